@@ -1,0 +1,1 @@
+"""Dataset manifests, real-data sources, brand-mark rendering, synthetic photos and counterfeit transforms."""

@@ -1,0 +1,1 @@
+"""State, the BentoML service, the CLI, batch scanning, intelligence and reports."""

@@ -1,0 +1,1 @@
+"""Training the embedder, evaluation, fusion calibration and model artifacts."""

@@ -1,0 +1,1 @@
+"""Pixels → evidence → score. A library: no database, no HTTP, no training code."""

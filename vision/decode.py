@@ -1,0 +1,100 @@
+"""The one safe way an image enters markguard: bytes → RGB uint8 array.
+
+Formats are recognised by their magic bytes (never by file name), the pixel count is checked from
+the header before any pixel is allocated, EXIF orientation is applied, and transparency is laid on
+white so that a logo on a transparent ground looks as it does on a page.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from markguard.vision.errors import ImageTooLarge, InvalidImage, UnsupportedFormat
+
+__all__ = ["ImageFormat", "sniff_format", "decode_image", "read_image", "MAX_PIXELS", "MAX_BYTES"]
+
+MAX_PIXELS = 40_000_000  # 40 MP: larger than any phone photo, far below a bomb's billions
+MAX_BYTES = 32 * 1024 * 1024  # 32 MiB of encoded data
+
+# Pillow's own bomb guard is set just above ours so that ours, with its clearer message, fires first.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS * 2
+
+
+class ImageFormat(enum.StrEnum):
+    JPEG = "JPEG"
+    PNG = "PNG"
+    WEBP = "WEBP"
+
+
+def sniff_format(data: bytes) -> ImageFormat:
+    """The format named by the data's magic bytes; `UnsupportedFormat` for anything else."""
+    if not data:
+        raise InvalidImage("empty file")
+    if data[:3] == b"\xff\xd8\xff":
+        return ImageFormat.JPEG
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return ImageFormat.PNG
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ImageFormat.WEBP
+    raise UnsupportedFormat("not a JPEG, PNG or WebP image")
+
+
+def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> np.ndarray:
+    """Decode `data` into an (H, W, 3) uint8 RGB array, upright per its EXIF orientation."""
+    if len(data) > max_bytes:
+        raise ImageTooLarge(f"{len(data)} bytes exceeds the {max_bytes}-byte limit")
+    fmt = sniff_format(data)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=[fmt.value]) as img:
+                width, height = img.size
+                if width <= 0 or height <= 0:
+                    raise InvalidImage("image has no pixels")
+                if width * height > max_pixels:
+                    raise ImageTooLarge(f"{width}x{height} pixels exceeds the {max_pixels}-pixel limit")
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb(img)
+    except (ImageTooLarge, InvalidImage):
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(str(exc)) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidImage(f"corrupt {fmt.value} data ({_short(exc)})") from None
+
+
+def read_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> np.ndarray:
+    """Read and decode a file, refusing before reading when the file is larger than `max_bytes`."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ImageTooLarge(f"{size} bytes exceeds the {max_bytes}-byte limit")
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise InvalidImage("is a directory") from None
+    except OSError as exc:
+        raise InvalidImage(f"cannot read ({exc.strerror or exc})") from None
+    return decode_image(data, max_pixels=max_pixels, max_bytes=max_bytes)
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return np.ascontiguousarray(rgb)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:120]

@@ -1,0 +1,136 @@
+"""The embedder interface: a registry of backbones, and a base class that checks what they compute.
+
+`Embedder.forward` validates the input batch and asserts the output is (N, dim), finite and unit
+norm; subclasses only build their network and write `compute`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "EmbedderConfig",
+    "Embedder",
+    "BackboneEmbedder",
+    "register_backbone",
+    "create_backbone",
+    "BACKBONES",
+]
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_backbone(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make a backbone creatable by name (tests parametrize over `BACKBONES`)."""
+
+    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in BACKBONES:
+            raise ValueError(f"backbone {name!r} registered twice")
+        BACKBONES[name] = cls
+        return cls
+
+    return wrap
+
+
+def create_backbone(name: str, **kwargs: Any) -> nn.Module:
+    try:
+        factory = BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}") from None
+    return factory(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedderConfig:
+    """What `embedder.json` holds: the only source of input size, mean/std and dimension."""
+
+    architecture: str
+    input_size: int  # pixels, square
+    mean: tuple[float, float, float]  # per RGB channel, on [0, 1] pixels
+    std: tuple[float, float, float]
+    embedding_dim: int
+    head: str  # "none": pooled trunk features; "linear": a learned projection
+    weights_sha256: str
+    weights_file: str = "weights.safetensors"
+
+    def __post_init__(self) -> None:
+        if self.input_size < 32 or self.input_size > 1024:
+            raise ValueError(f"input_size {self.input_size} out of range")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need three channels, std > 0")
+        if self.head not in ("none", "linear"):
+            raise ValueError(f"unknown head {self.head!r}")
+        if "/" in self.weights_file or "\\" in self.weights_file or self.weights_file.startswith("."):
+            raise ValueError("weights_file must be a plain file name inside the artifact")
+
+    @classmethod
+    def from_json(cls, path: Path) -> EmbedderConfig:
+        raw = json.loads(Path(path).read_text())
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - fields
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+        raw["mean"] = tuple(raw["mean"])
+        raw["std"] = tuple(raw["std"])
+        return cls(**raw)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+
+class Embedder(nn.Module):
+    """Base class: checks the batch going in and the unit vectors coming out."""
+
+    def __init__(self, config: EmbedderConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def compute(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = self.config.input_size
+        if x.ndim != 4 or x.shape[1:] != (3, size, size):
+            raise ValueError(f"expected a (N, 3, {size}, {size}) batch, got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"expected a floating-point batch, got {x.dtype}")
+        out = self.compute(x)
+        n, dim = x.shape[0], self.config.embedding_dim
+        if out.shape != (n, dim):
+            raise AssertionError(f"{type(self).__name__} returned {tuple(out.shape)}, expected ({n}, {dim})")
+        if not torch.isfinite(out).all():
+            raise FloatingPointError(f"{type(self).__name__} produced non-finite embeddings")
+        norms = out.detach().float().norm(dim=1)
+        if n and not torch.allclose(norms, torch.ones_like(norms), atol=1e-3):
+            raise AssertionError(f"{type(self).__name__} returned vectors that are not unit norm")
+        return out
+
+
+class BackboneEmbedder(Embedder):
+    """A registered trunk, global average pooling, an optional linear projection, L2 normalisation."""
+
+    def __init__(self, config: EmbedderConfig) -> None:
+        super().__init__(config)
+        self.backbone = create_backbone(config.architecture)
+        feature_dim = self.backbone.feature_dim
+        if config.head == "linear":
+            self.head: nn.Module = nn.Linear(feature_dim, config.embedding_dim)
+        elif config.embedding_dim == feature_dim:
+            self.head = nn.Identity()
+        else:
+            raise ValueError(f"head 'none' needs embedding_dim == {feature_dim}")
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Trunk features pooled to (N, feature_dim): what training caches when the trunk is frozen."""
+        return self.backbone.forward_features(x).mean(dim=(2, 3))
+
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.pooled(x)), dim=1)
