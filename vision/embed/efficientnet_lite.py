@@ -11,9 +11,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from markguard.vision.embed.base import register_backbone
+from torch import nn
 
 __all__ = ["EfficientNetLite"]
 

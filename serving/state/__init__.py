@@ -1,0 +1,1 @@
+"""The state home: catalog database, content-addressed blobs, index files, models, secrets."""

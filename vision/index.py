@@ -1,0 +1,220 @@
+"""vision: index — FAISS nearest-reference search over L2-normalised embeddings.
+
+Inner product on unit vectors (= cosine similarity). Each vector carries its reference id, brand,
+product and kind, so a search can be limited to a brand, a product or a kind with an id selector:
+a filtered search never returns another brand's reference. Small sets use an exact flat index; the
+structure is chosen by size in `_build` so larger sets can move to IVF without changing callers.
+
+On disk an index is a folder of versions; `manifest.json`, written last by atomic replace, names the
+current version's files with their SHA-256. A reader checks both before parsing, so a writer killed
+mid-save leaves the previous version readable, and a tampered file is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+from markguard.vision.atomic import atomic_write_bytes
+from markguard.vision.errors import IntegrityError
+
+__all__ = ["ReferenceIndex", "SearchResult", "KIND_CODES"]
+
+KIND_CODES = {"genuine": 0, "counterfeit": 1}
+_MANIFEST = "manifest.json"
+_FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    """(n_queries, k) arrays; missing neighbours have id -1 and similarity -inf."""
+
+    similarities: np.ndarray
+    ids: np.ndarray
+
+
+class ReferenceIndex:
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self.ids = np.empty(0, dtype=np.int64)
+        self.brand_ids = np.empty(0, dtype=np.int64)
+        self.product_ids = np.empty(0, dtype=np.int64)  # -1: no product
+        self.kinds = np.empty(0, dtype=np.int8)
+        self.version = 0
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+    def add(
+        self,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        *,
+        brand_ids: np.ndarray,
+        product_ids: np.ndarray,
+        kinds: np.ndarray,
+    ) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        n = ids.size
+        if vectors.shape != (n, self.dim):
+            raise ValueError(f"expected ({n}, {self.dim}) vectors, got {vectors.shape}")
+        if not np.isfinite(vectors).all():
+            raise ValueError("non-finite vectors")
+        if np.unique(ids).size != n or np.isin(ids, self.ids).any():
+            raise ValueError("duplicate reference ids")
+        if n == 0:
+            return
+        self._index.add_with_ids(vectors, ids)
+        self.ids = np.concatenate([self.ids, ids])
+        self.brand_ids = np.concatenate([self.brand_ids, np.asarray(brand_ids, dtype=np.int64)])
+        self.product_ids = np.concatenate([self.product_ids, np.asarray(product_ids, dtype=np.int64)])
+        self.kinds = np.concatenate([self.kinds, np.asarray(kinds, dtype=np.int8)])
+
+    def remove(self, ids: np.ndarray) -> int:
+        ids = np.asarray(ids, dtype=np.int64)
+        removed = int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
+        keep = ~np.isin(self.ids, ids)
+        self.ids, self.brand_ids = self.ids[keep], self.brand_ids[keep]
+        self.product_ids, self.kinds = self.product_ids[keep], self.kinds[keep]
+        return removed
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        return np.stack([self._index.reconstruct(int(i)) for i in ids]) if ids.size else np.empty((0, self.dim), np.float32)
+
+    def allowed_ids(
+        self, *, brand_id: int | None = None, product_id: int | None = None, kind: str | None = None
+    ) -> np.ndarray:
+        mask = np.ones(self.ids.size, dtype=bool)
+        if brand_id is not None:
+            mask &= self.brand_ids == brand_id
+        if product_id is not None:
+            mask &= self.product_ids == product_id
+        if kind is not None:
+            mask &= self.kinds == KIND_CODES[kind]
+        return self.ids[mask]
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        brand_id: int | None = None,
+        product_id: int | None = None,
+        kind: str | None = None,
+    ) -> SearchResult:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"expected (n, {self.dim}) queries, got {queries.shape}")
+        n = queries.shape[0]
+        params = None
+        if brand_id is not None or product_id is not None or kind is not None:
+            allowed = self.allowed_ids(brand_id=brand_id, product_id=product_id, kind=kind)
+            if allowed.size == 0:
+                return _empty(n, k)
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
+            k_eff = min(k, int(allowed.size))
+        else:
+            k_eff = min(k, len(self))
+        if k_eff == 0:
+            return _empty(n, k)
+        sims, ids = self._index.search(queries, k_eff, params=params)
+        sims = np.where(ids < 0, -np.inf, sims).astype(np.float32)
+        if k_eff < k:
+            pad = _empty(n, k - k_eff)
+            sims, ids = np.hstack([sims, pad.similarities]), np.hstack([ids, pad.ids])
+        return SearchResult(similarities=sims, ids=ids)
+
+    def metadata(self, reference_id: int) -> tuple[int, int, int]:
+        """(brand_id, product_id, kind code) of one reference."""
+        (pos,) = np.nonzero(self.ids == reference_id)
+        if pos.size == 0:
+            raise KeyError(reference_id)
+        i = int(pos[0])
+        return int(self.brand_ids[i]), int(self.product_ids[i]), int(self.kinds[i])
+
+    # -- persistence -----------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike[str], *, extra: dict | None = None) -> int:
+        """Write a new version into `directory`, then point the manifest at it. Returns the version."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        previous = read_manifest(directory)
+        version = max(self.version, previous["version"] if previous else 0) + 1
+        index_bytes = faiss.serialize_index(self._index).tobytes()
+        meta = io.BytesIO()
+        np.savez(meta, ids=self.ids, brand_ids=self.brand_ids, product_ids=self.product_ids, kinds=self.kinds)
+        files = {f"index-{version}.faiss": index_bytes, f"meta-{version}.npz": meta.getvalue()}
+        for name, data in files.items():
+            atomic_write_bytes(directory / name, data)
+        manifest = {
+            "format": _FORMAT,
+            "version": version,
+            "dim": self.dim,
+            "count": len(self),
+            "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+            **(extra or {}),
+        }
+        atomic_write_bytes(directory / _MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        self.version = version
+        _remove_old_versions(directory, keep={version, previous["version"] if previous else version})
+        return version
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> ReferenceIndex:
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        if manifest is None:
+            raise IntegrityError(f"{directory}: no index manifest")
+        blobs = {}
+        for name, digest in manifest["files"].items():
+            if "/" in name or name.startswith("."):
+                raise IntegrityError(f"{directory}: unsafe file name {name!r} in manifest")
+            data = (directory / name).read_bytes()
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise IntegrityError(f"{directory / name}: checksum does not match the manifest")
+            blobs[name.split("-", 1)[0]] = data
+        index = cls(int(manifest["dim"]))
+        index._index = faiss.deserialize_index(np.frombuffer(blobs["index"], dtype=np.uint8))
+        with np.load(io.BytesIO(blobs["meta"]), allow_pickle=False) as meta:
+            index.ids, index.brand_ids = meta["ids"], meta["brand_ids"]
+            index.product_ids, index.kinds = meta["product_ids"], meta["kinds"]
+        if index._index.ntotal != index.ids.size or index._index.d != index.dim:
+            raise IntegrityError(f"{directory}: index and metadata disagree")
+        index.version = int(manifest["version"])
+        return index
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> dict | None:
+    path = Path(directory) / _MANIFEST
+    if not path.exists():
+        return None
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != _FORMAT:
+        raise IntegrityError(f"{path}: unknown index format {manifest.get('format')!r}")
+    return manifest
+
+
+def _empty(n: int, k: int) -> SearchResult:
+    return SearchResult(similarities=np.full((n, k), -np.inf, np.float32), ids=np.full((n, k), -1, np.int64))
+
+
+def _remove_old_versions(directory: Path, *, keep: set[int]) -> None:
+    for path in directory.iterdir():
+        stem = path.name.split(".", 1)[0]
+        if path.name.startswith(".") and path.name.endswith(".tmp"):
+            continue  # another writer's file in flight; never ours to remove
+        if "-" in stem and stem.split("-", 1)[0] in ("index", "meta"):
+            try:
+                version = int(stem.split("-", 1)[1])
+            except ValueError:
+                continue
+            if version not in keep:
+                path.unlink(missing_ok=True)
