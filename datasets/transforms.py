@@ -1,0 +1,386 @@
+"""Counterfeit transforms: named, seeded edits of a genuine mark that copy what counterfeiters get wrong.
+
+A registry like timm's `register_model`: `@register_transform("name")` adds a function
+`(spec, mark, *, strength, rng) -> mark` to `TRANSFORMS`; `create_transform(name)` returns it wrapped
+so that inputs and outputs are checked in one place. `strength` in [0, 1] scales how far the edit goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from markguard.datasets.fonts import WORDMARK_FONTS
+from markguard.datasets.marks import (
+    MarkSpec,
+    RenderError,
+    colorize,
+    icon_mask,
+    load_icons,
+    luminance,
+    render_mark,
+    with_changes,
+)
+from markguard.vision.errors import NotFound
+
+__all__ = ["CounterfeitTransform", "TRANSFORMS", "register_transform", "create_transform", "transform_names"]
+
+TransformFn = Callable[..., np.ndarray]
+
+
+@dataclass(frozen=True)
+class CounterfeitTransform:
+    """A registered transform; calling it checks the mark and strength, the function only edits."""
+
+    name: str
+    fn: TransformFn
+    needs_text: bool = False
+
+    def __call__(self, spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: np.random.Generator) -> np.ndarray:
+        if mark.ndim != 3 or mark.shape[2] != 4 or mark.dtype != np.uint8:
+            raise ValueError(f"{self.name}: expected an (H, W, 4) uint8 mark, got {mark.shape} {mark.dtype}")
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"{self.name}: strength must lie in [0, 1], got {strength}")
+        if self.needs_text and not spec.has_text:
+            raise ValueError(f"{self.name}: needs a mark with a wordmark")
+        out = self.fn(spec, mark, strength=float(strength), rng=rng)
+        if out.ndim != 3 or out.shape[2] != 4 or out.dtype != np.uint8 or not (out[..., 3] > 8).any():
+            raise RenderError(f"{self.name}: produced no visible mark")
+        return np.ascontiguousarray(out)
+
+
+TRANSFORMS: dict[str, CounterfeitTransform] = {}
+
+
+def register_transform(name: str, *, needs_text: bool = False) -> Callable[[TransformFn], TransformFn]:
+    """Decorator adding a transform to `TRANSFORMS` under `name` (names are unique)."""
+
+    def decorate(fn: TransformFn) -> TransformFn:
+        if name in TRANSFORMS:
+            raise ValueError(f"transform {name!r} is already registered")
+        TRANSFORMS[name] = CounterfeitTransform(name=name, fn=fn, needs_text=needs_text)
+        return fn
+
+    return decorate
+
+
+def create_transform(name: str) -> CounterfeitTransform:
+    """The registered transform called `name`; `NotFound` lists the known names otherwise."""
+    try:
+        return TRANSFORMS[name]
+    except KeyError:
+        raise NotFound(f"unknown transform {name!r}; known: {', '.join(transform_names())}") from None
+
+
+def transform_names(*, text: bool = True) -> list[str]:
+    """Registered names in registration order (those needing a wordmark only when `text`)."""
+    return [n for n, t in TRANSFORMS.items() if text or not t.needs_text]
+
+
+# ---------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _crop_ink(rgba: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(rgba[..., 3] > 8)
+    if len(xs) == 0:
+        return rgba
+    return rgba[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+
+
+def _components(rgba: np.ndarray, *, min_share: float = 0.01) -> tuple[np.ndarray, list[int]]:
+    """Connected ink components (labels image, ids) with at least `min_share` of the ink."""
+    ink = (rgba[..., 3] > 64).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
+    total = max(1, int(ink.sum()))
+    ids = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= min_share * total]
+    return labels, ids
+
+
+def _pad(rgba: np.ndarray, pad: int) -> np.ndarray:
+    return np.pad(rgba, ((pad, pad), (pad, pad), (0, 0)))
+
+
+_LOOKALIKE = {
+    "o": "0", "O": "0", "0": "O", "l": "I", "I": "l", "i": "l", "m": "rn", "e": "c", "c": "e", "a": "o",
+    "u": "v", "v": "u", "n": "h", "h": "n", "S": "5", "s": "5", "B": "8", "G": "C", "C": "G", "E": "F",
+    "F": "E", "b": "d", "d": "b", "p": "q", "q": "p", "k": "x", "t": "f", "r": "n", "y": "v", "g": "q",
+}  # fmt: skip
+
+
+def misspell(text: str, *, edits: int, rng: np.random.Generator) -> str:
+    """`text` with `edits` counterfeit-style typos: look-alike letters, swaps, doubles and drops."""
+    out = text
+    for _ in range(max(1, edits)):
+        for _attempt in range(10):
+            letters = [i for i, ch in enumerate(out) if ch.isalnum()] or list(range(len(out)))
+            i = int(rng.choice(letters))
+            kind = int(rng.integers(4))
+            if kind == 0 and out[i] in _LOOKALIKE:
+                cand = out[:i] + _LOOKALIKE[out[i]] + out[i + 1 :]
+            elif kind == 1 and i + 1 < len(out) and out[i] != out[i + 1]:
+                cand = out[:i] + out[i + 1] + out[i] + out[i + 2 :]
+            elif kind == 2:
+                cand = out[: i + 1] + out[i] + out[i + 1 :]
+            elif kind == 3 and len(out) > 3:
+                cand = out[:i] + out[i + 1 :]
+            else:
+                continue
+            if cand != out and cand.strip():
+                out = cand
+                break
+    if out == text:  # every attempt was a no-op (very short names): change one letter outright
+        out = text[:-1] + ("x" if text[-1:] != "x" else "z")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# the transforms
+
+
+@register_transform("misspelled_wordmark", needs_text=True)
+def misspelled_wordmark(spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """The brand name with one to three typos, set in the genuine font."""
+    assert spec.text is not None
+    text = misspell(spec.text, edits=1 + int(strength * 2.99), rng=rng)
+    return render_mark(with_changes(spec, text=text), height=mark.shape[0])
+
+
+_FAMILY = {f: f.split("-")[0].rstrip("0123456789").removesuffix("Bol") for f in WORDMARK_FONTS}
+
+
+@register_transform("substituted_font", needs_text=True)
+def substituted_font(spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """The right name in the wrong typeface: a sibling weight when weak, another family when strong."""
+    others = [f for f in WORDMARK_FONTS if f != spec.font]
+    same = [f for f in others if _FAMILY[f] == _FAMILY.get(spec.font)]
+    pool = same if (same and strength < 0.4) else [f for f in others if f not in same] or others
+    font = str(rng.choice(pool))
+    return render_mark(with_changes(spec, font=font), height=mark.shape[0])
+
+
+@register_transform("colour_shift")
+def colour_shift(spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """The official colour moved in hue (or, for black/grey/white marks, tinted and lightened)."""
+    rgb = mark[..., :3].reshape(-1, 1, 3)
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV_FULL).astype(np.float32)
+    r, g, b = spec.color
+    if max(r, g, b) - min(r, g, b) < 40:  # achromatic: no hue to shift, so tint it
+        hsv[..., 0] = float(rng.uniform(0, 256))
+        hsv[..., 1] = 90 + 120 * strength
+        dv = (50 + 70 * strength) * (1 if luminance(spec.color) < 0.5 else -1)
+        hsv[..., 2] = np.clip(hsv[..., 2] + dv, 0, 255)
+    else:
+        shift = (18 + 50 * strength) * (1 if rng.random() < 0.5 else -1)  # of 256 hue steps
+        hsv[..., 0] = (hsv[..., 0] + shift) % 256
+        hsv[..., 1] = np.clip(hsv[..., 1] * float(rng.uniform(0.6, 1.1)), 0, 255)
+    out = mark.copy()
+    out[..., :3] = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB_FULL).reshape(mark.shape[:2] + (3,))
+    return out
+
+
+@register_transform("aspect_distortion")
+def aspect_distortion(spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """The mark stretched or squeezed horizontally by 10-40 %."""
+    factor = 1.0 + (0.1 + 0.3 * strength) * (1 if rng.random() < 0.5 else -1)
+    h, w = mark.shape[:2]
+    return cv2.resize(mark, (max(2, round(w * factor)), h), interpolation=cv2.INTER_LINEAR)
+
+
+@register_transform("element_shift")
+def element_shift(spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """One element (a letter, the icon, or half of a one-piece mark) moved out of its place."""
+    h = mark.shape[0]
+    pad = int(0.3 * h) + 2
+    big = _pad(mark, pad)
+    labels, ids = _components(big)
+    step = (0.06 + 0.2 * strength) * h
+    angle = rng.uniform(0, 2 * np.pi)
+    dx, dy = int(round(step * np.cos(angle))), int(round(step * np.sin(angle)))
+    if len(ids) >= 2:
+        region = labels == int(rng.choice(ids))
+    else:  # one piece: shift the right half, as with a misregistered print plate
+        region = np.zeros(big.shape[:2], bool)
+        region[:, big.shape[1] // 2 :] = True
+        dx, dy = 0, dy if dy != 0 else max(1, int(step))
+    moved = np.where(region[..., None], big, 0).astype(np.uint8)
+    rest = np.where(region[..., None], 0, big).astype(np.uint8)
+    moved = np.roll(moved, (dy, dx), axis=(0, 1))
+    return _crop_ink(_over(moved, rest))
+
+
+def _over(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+    a = top[..., 3:4].astype(np.float32) / 255
+    out = bottom.astype(np.float32)
+    out[..., :3] = np.where(a > 0, top[..., :3], bottom[..., :3])
+    out[..., 3:4] = 255 * (a + out[..., 3:4] / 255 * (1 - a))
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+@register_transform("element_removal")
+def element_removal(spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """One element left out (a letter, a part of the icon), or a bite taken out of a one-piece mark."""
+    labels, ids = _components(mark, min_share=0.02)
+    out = mark.copy()
+    if len(ids) >= 3 or (len(ids) == 2 and strength >= 0.5):
+        areas = np.array([(labels == i).sum() for i in ids], np.float64)
+        order = [ids[j] for j in np.argsort(areas)]  # weak: a small element; strong: a larger one
+        victim = order[min(len(order) - 1, int(strength * (len(order) - 1) * 0.7 + rng.integers(2)))]
+        out[labels == victim, 3] = 0
+    else:
+        h, w = mark.shape[:2]
+        bw, bh = int(w * (0.2 + 0.25 * strength)), int(h * (0.25 + 0.3 * strength))
+        x0, y0 = int(rng.integers(0, max(1, w - bw))), int(rng.integers(0, max(1, h - bh)))
+        out[y0 : y0 + bh, x0 : x0 + bw, 3] = 0
+    if not (out[..., 3] > 8).any():
+        return mark[:, ::-1].copy()
+    return _crop_ink(out) if out[..., 3].max() > 8 else mark
+
+
+@register_transform("mirrored_element")
+def mirrored_element(spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """One element flipped (a reversed letter, a mirrored icon), or a strip of a one-piece mark."""
+    labels, ids = _components(mark, min_share=0.02)
+    if len(ids) < 2:  # one piece: mirror a strip at one end in place, a part drawn the wrong way round
+        w = mark.shape[1]
+        sw = max(2, int(w * (0.25 + 0.35 * strength)))
+        x0 = 0 if rng.random() < 0.5 else w - sw
+        out = mark.copy()
+        out[:, x0 : x0 + sw] = mark[:, x0 : x0 + sw][:, ::-1]
+        return out
+    candidates: list[tuple[float, np.ndarray]] = []
+    for i in ids:
+        region = labels == i
+        ys, xs = np.nonzero(region)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        piece = np.where(region[..., None], mark, 0)[y0:y1, x0:x1]
+        for flip in (piece[:, ::-1],):
+            out = np.where(region[..., None], 0, mark).astype(np.uint8)
+            out[y0:y1, x0:x1] = _over(np.ascontiguousarray(flip), out[y0:y1, x0:x1])
+            change = float(np.abs(out[..., 3].astype(np.int16) - mark[..., 3]).mean())
+            candidates.append((change, out))
+    candidates.sort(key=lambda c: -c[0])
+    if candidates[0][0] < 0.5:  # every element is left-right symmetric: flip one upside down instead
+        return _flip_vertical(mark, labels, ids, rng)
+    useful = [c for c in candidates if c[0] > 0.25 * candidates[0][0]]
+    # strength picks how visible the flip is: weak flips a small change, strong the most visible one
+    pick = min(len(useful) - 1, int((1.0 - strength) * len(useful) + rng.integers(0, 2)))
+    return useful[pick][1]
+
+
+def _flip_vertical(mark: np.ndarray, labels: np.ndarray, ids: list[int], rng: np.random.Generator) -> np.ndarray:
+    region = labels == int(rng.choice(ids))
+    ys, xs = np.nonzero(region)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    piece = np.where(region[..., None], mark, 0)[y0:y1, x0:x1][::-1]
+    out = np.where(region[..., None], 0, mark).astype(np.uint8)
+    out[y0:y1, x0:x1] = _over(np.ascontiguousarray(piece), out[y0:y1, x0:x1])
+    return out
+
+
+@register_transform("stroke_weight")
+def stroke_weight(spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Strokes made bolder or thinner, as a re-drawn or re-cut printing plate gets them."""
+    h = mark.shape[0]
+    radius = max(1, round((0.01 + 0.03 * strength) * h))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    big = _pad(mark, radius + 1)
+    alpha = big[..., 3]
+    thinner = cv2.erode(alpha, kernel)
+    if rng.random() < 0.5 and (thinner > 128).sum() > 0.45 * (alpha > 128).sum():
+        new_alpha = thinner
+    else:
+        new_alpha = cv2.dilate(alpha, kernel)
+    return _crop_ink(colorize(new_alpha, spec.color) if _uniform(mark) else _with_alpha(big, new_alpha))
+
+
+def _uniform(mark: np.ndarray) -> bool:
+    ink = mark[..., 3] > 8
+    return bool(ink.any()) and int(np.ptp(mark[..., :3][ink], axis=0).max()) < 8
+
+
+def _with_alpha(rgba: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    out = rgba.copy()
+    rgb = cv2.dilate(rgba[..., :3], np.ones((5, 5), np.uint8))  # colour for newly inked pixels
+    out[..., :3] = np.where((rgba[..., 3:4] > 8), rgba[..., :3], rgb)
+    out[..., 3] = alpha
+    return out
+
+
+@register_transform("degraded_print")
+def degraded_print(spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Cheap printing: two of blur, ink bleed, a coarse halftone screen and banding."""
+    h = mark.shape[0]
+    pad = max(2, h // 16)
+    big = _pad(mark, pad).astype(np.float32)
+    alpha = big[..., 3]
+    rgb = big[..., :3]
+    effects = rng.permutation(4)[:2]
+    for effect in effects:
+        if effect == 0:  # blur
+            sigma = (0.008 + 0.02 * strength) * h
+            alpha = cv2.GaussianBlur(alpha, (0, 0), sigma)
+        elif effect == 1:  # ink bleed: spread and darken
+            r = max(1, round((0.01 + 0.03 * strength) * h))
+            alpha = cv2.GaussianBlur(cv2.dilate(alpha, np.ones((2 * r + 1, 2 * r + 1), np.uint8)), (0, 0), r)
+            rgb = rgb * (1.0 - 0.25 * strength)
+        elif effect == 2:  # halftone: ink only where a dot screen allows
+            period = max(3, round((0.03 + 0.05 * strength) * h))
+            yy, xx = np.mgrid[0 : alpha.shape[0], 0 : alpha.shape[1]].astype(np.float32)
+            screen = 0.5 + 0.25 * (np.cos(2 * np.pi * xx / period) + np.cos(2 * np.pi * yy / period))
+            alpha = np.where(alpha / 255 > screen * (0.4 + 0.6 * strength), alpha, alpha * (0.55 - 0.4 * strength))
+        else:  # banding: horizontal stripes of lighter ink
+            period = max(4, round(h / (4 + 8 * strength)))
+            rows = (np.arange(alpha.shape[0]) // (period // 2)) % 2 == 1
+            rgb[rows] = rgb[rows] + (255 - rgb[rows]) * (0.25 + 0.4 * strength)
+            alpha[rows] = alpha[rows] * (1.0 - 0.35 * strength)
+    out = np.dstack([rgb, alpha])
+    return _crop_ink(np.clip(out, 0, 255).astype(np.uint8))
+
+
+@register_transform("look_alike")
+def look_alike(spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Another brand's mark edited toward this one: its icon in this colour, or its name merged into ours."""
+    h = mark.shape[0]
+    icons = load_icons()
+    if spec.layout in ("lockup", "icon") and spec.svg:
+        genuine = icon_mask(spec.svg, height=h).astype(np.float32) / 255
+        scored: list[tuple[float, np.ndarray]] = []
+        for j in rng.choice(len(icons), size=32, replace=False):
+            other = icons[int(j)]
+            if other.title == spec.brand:
+                continue
+            try:
+                m = icon_mask(other.svg, height=h)
+            except RenderError:
+                continue
+            m = cv2.resize(m, genuine.shape[::-1], interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+            iou = float(np.minimum(m, genuine).sum() / max(1e-6, np.maximum(m, genuine).sum()))
+            scored.append((iou, m))
+        scored.sort(key=lambda s: -s[0])
+        other = scored[min(len(scored) - 1, int(strength * len(scored) / 4))][1]
+        w = 0.25 + 0.3 * (1.0 - strength)  # how far the other mark is edited toward this one
+        blended = np.clip(255 * ((1 - w) * other + w * genuine), 0, 255).astype(np.uint8)
+        icon_rgba = colorize(blended, spec.color)
+        if spec.layout == "icon" or not spec.text:
+            return icon_rgba
+        words = render_mark(with_changes(spec, layout="wordmark"), height=round(h * 0.55))
+        gap = max(2, h // 6)
+        out = np.zeros((h, icon_rgba.shape[1] + gap + words.shape[1], 4), np.uint8)
+        out[:, : icon_rgba.shape[1]] = icon_rgba
+        y = (h - words.shape[0]) // 2
+        out[y : y + words.shape[0], icon_rgba.shape[1] + gap :] = words
+        return out
+    assert spec.text is not None
+    titles = [i.title for i in icons if i.title != spec.brand and abs(len(i.title) - len(spec.text)) <= 2]
+    other_text = str(rng.choice(titles)) if titles else spec.text[::-1]
+    keep = rng.random(len(spec.text)) >= 0.1 + 0.25 * strength
+    keep[0] = True  # the first letter is what a shopper reads first
+    text = "".join(
+        ch if (k or i >= len(other_text)) else other_text[i] for i, (ch, k) in enumerate(zip(spec.text, keep, strict=True))
+    )
+    if text == spec.text:
+        text = misspell(spec.text, edits=1, rng=rng)
+    return render_mark(with_changes(spec, text=text), height=h)
