@@ -110,14 +110,18 @@ class ReferenceIndex:
         brand_id: int | None = None,
         product_id: int | None = None,
         kind: str | None = None,
+        allowed_ids: np.ndarray | None = None,
     ) -> SearchResult:
+        """Top-k by inner product, limited to references matching every filter given."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"expected (n, {self.dim}) queries, got {queries.shape}")
         n = queries.shape[0]
         params = None
-        if brand_id is not None or product_id is not None or kind is not None:
+        if brand_id is not None or product_id is not None or kind is not None or allowed_ids is not None:
             allowed = self.allowed_ids(brand_id=brand_id, product_id=product_id, kind=kind)
+            if allowed_ids is not None:
+                allowed = np.intersect1d(allowed, np.asarray(allowed_ids, dtype=np.int64))
             if allowed.size == 0:
                 return _empty(n, k)
             params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))

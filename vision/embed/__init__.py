@@ -10,6 +10,7 @@ from markguard.vision.embed.base import (
     register_backbone,
 )
 from markguard.vision.embed.preprocess import preprocess
+from markguard.vision.embed.run import embed_images
 
 __all__ = [
     "BACKBONES",
@@ -19,4 +20,5 @@ __all__ = [
     "create_backbone",
     "register_backbone",
     "preprocess",
+    "embed_images",
 ]

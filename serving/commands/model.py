@@ -1,0 +1,76 @@
+"""`markguard model init|list|promote|register`: the home's model registry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from markguard.serving.cli import add_home_argument
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    model = subparsers.add_parser("model", help="list, register and promote model artifacts")
+    sub = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    p = sub.add_parser("init", help="register and promote the default model if the home has none")
+    add_home_argument(p)
+    p.set_defaults(func=cmd_init)
+    p = sub.add_parser("list", help="models as JSON lines")
+    add_home_argument(p)
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("register", help="copy an artifact folder into the home")
+    p.add_argument("path", type=Path)
+    p.add_argument("--promote", action="store_true")
+    add_home_argument(p)
+    p.set_defaults(func=cmd_register)
+    p = sub.add_parser("promote", help="make a model the one that scores (re-embeds the references)")
+    p.add_argument("tag")
+    add_home_argument(p)
+    p.set_defaults(func=cmd_promote)
+
+
+def _home(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from markguard.serving.state.home import Home
+
+    return Home(args.home)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from markguard.serving.models import ensure_default_model
+
+    artifact = ensure_default_model(_home(args))
+    print(json.dumps({"model": artifact.tag, "promoted": True}))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from markguard.serving.models import list_models
+
+    for row in list_models(_home(args)):
+        print(json.dumps({"tag": row.tag, "promoted": row.promoted, "created_at": row.created_at.isoformat(),
+                          "metrics": row.card.get("metrics", {})}, sort_keys=True))
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from markguard.serving.models import register_artifact
+
+    artifact = register_artifact(_home(args), args.path)
+    if args.promote:
+        return cmd_promote(argparse.Namespace(home=args.home, tag=artifact.tag))
+    print(json.dumps({"model": artifact.tag, "promoted": False}))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from markguard.serving.indexing import sync_index
+    from markguard.serving.models import promote, promoted_artifact
+
+    home = _home(args)
+    promote(home, args.tag)
+    artifact = promoted_artifact(home)
+    index = sync_index(home, artifact, artifact.load_embedder())  # re-embeds references, with progress
+    print(json.dumps({"model": artifact.tag, "promoted": True, "references": len(index)}))
+    return 0

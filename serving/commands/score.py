@@ -1,0 +1,75 @@
+"""`markguard score IMAGE...`: one score JSON object per image, in the order given."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from markguard.serving.cli import add_home_argument
+from markguard.vision.decode import MAX_BYTES
+from markguard.vision.errors import ImageError, MarkguardError
+
+__all__ = ["register"]
+
+_CHUNK = 16  # images embedded together
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("score", help="score listing photos; prints one JSON object per image")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--brand", help="the brand the listing claims")
+    p.add_argument("--product", help="the product the listing claims (needs --brand)")
+    p.add_argument("--seller", help="the seller's id, for reuse across sellers")
+    p.add_argument("--listing", help="the listing's id")
+    p.add_argument("--no-record", action="store_true", help="do not record the listing in the catalog")
+    add_home_argument(p)
+    p.set_defaults(func=cmd_score)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from markguard.serving.engine import ScoreRequest, ScoringEngine
+    from markguard.serving.state.home import Home
+
+    if args.product and not args.brand:
+        raise MarkguardError("--product needs --brand")
+    engine = ScoringEngine(Home(args.home))
+    failed = 0
+    for start in range(0, len(args.images), _CHUNK):
+        requests = []
+        for path in args.images[start : start + _CHUNK]:
+            try:
+                data = _read(path)
+            except MarkguardError as exc:
+                print(f"markguard: error: {path}: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            requests.append(
+                ScoreRequest(data, brand=args.brand, product=args.product, seller=args.seller, listing=args.listing, label=path)
+            )
+        try:
+            results = engine.score_many(requests, record=not args.no_record)
+        except ImageError:  # find the bad photo(s): score the chunk one by one
+            results = []
+            for request in requests:
+                try:
+                    results.append(engine.score(request, record=not args.no_record))
+                except ImageError as exc:
+                    print(f"markguard: error: {request.label}: {exc}", file=sys.stderr)
+                    failed += 1
+        for result in results:
+            print(json.dumps(result.to_dict()), flush=True)
+    return 2 if failed else 0
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_BYTES + 1)
+    except IsADirectoryError:
+        raise MarkguardError("is a directory") from None
+    except OSError as exc:
+        raise MarkguardError(exc.strerror or str(exc)) from None
+    if len(data) > MAX_BYTES:
+        raise MarkguardError(f"larger than the {MAX_BYTES}-byte limit")
+    return data

@@ -1,0 +1,137 @@
+"""Enrolling reference images: files, folders and zip archives → blobs, catalog rows, index vectors.
+
+All inputs are read and decoded before anything is written. Then, under the home's write lock, the
+catalog rows are inserted in one transaction, the index's new version is saved, and only then is
+the transaction committed: a failure at any step leaves catalog and index as they were.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from markguard.serving.brands import get_brand, get_or_create_product
+from markguard.serving.indexing import add_references, load_or_new
+from markguard.serving.state.home import Home
+from markguard.serving.state.schema import Reference, ReferenceKind
+from markguard.vision.archive import IMAGE_SUFFIXES, is_zip, iter_zip_images
+from markguard.vision.artifact import ModelArtifact
+from markguard.vision.decode import MAX_BYTES, decode_image
+from markguard.vision.embed import Embedder, embed_images
+from markguard.vision.errors import ImageError, MarkguardError
+from sqlalchemy import select
+
+__all__ = ["InputImage", "collect_inputs", "enroll", "EnrollReport"]
+
+
+@dataclasses.dataclass(frozen=True)
+class InputImage:
+    label: str  # the file, or `archive.zip!member`, as the user will recognise it
+    data: bytes
+
+
+def collect_inputs(paths: Iterable[str | Path]) -> list[InputImage]:
+    """Expand files, folders (recursively, image suffixes only) and zip archives into image bytes."""
+    found: list[InputImage] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise MarkguardError(f"{raw}: no images found in folder")
+            found.extend(_read_file(p, str(p)) for p in files)
+        elif path.is_file() and path.suffix.lower() == ".zip" or (path.is_file() and is_zip(path)):
+            members = [InputImage(f"{raw}!{m.name}", m.data) for m in iter_zip_images(path)]
+            if not members:
+                raise MarkguardError(f"{raw}: no images found in archive")
+            found.extend(members)
+        elif path.exists():
+            found.append(_read_file(path, str(raw)))
+        else:
+            raise MarkguardError(f"{raw}: no such file or folder")
+    return found
+
+
+def _read_file(path: Path, label: str) -> InputImage:
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise MarkguardError(f"{label}: {size} bytes exceeds the {MAX_BYTES}-byte limit")
+    return InputImage(label, path.read_bytes())
+
+
+@dataclasses.dataclass
+class EnrollReport:
+    added: list[int] = dataclasses.field(default_factory=list)  # reference ids
+    duplicates: list[str] = dataclasses.field(default_factory=list)
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (label, reason)
+
+
+def enroll(
+    home: Home,
+    artifact: ModelArtifact,
+    model: Embedder,
+    *,
+    brand: str,
+    inputs: list[InputImage],
+    product: str | None = None,
+    kind: ReferenceKind = ReferenceKind.GENUINE,
+    skip_bad: bool = False,
+    progress: bool = False,
+) -> EnrollReport:
+    report = EnrollReport()
+    with home.sessions() as session:
+        get_brand(session, brand)  # unknown brand: fail before decoding anything
+    decoded: list[tuple[InputImage, np.ndarray, str]] = []
+    seen: set[str] = set()
+    for item in inputs:
+        try:
+            pixels = decode_image(item.data)
+        except ImageError as exc:
+            if not skip_bad:
+                raise MarkguardError(f"{item.label}: {exc}") from None
+            report.skipped.append((item.label, str(exc)))
+            continue
+        digest = hashlib.sha256(item.data).hexdigest()
+        if digest in seen:
+            report.duplicates.append(item.label)
+            continue
+        seen.add(digest)
+        decoded.append((item, pixels, digest))
+
+    with home.write_lock(), home.sessions() as session:
+        brand_row = get_brand(session, brand)
+        existing = set(session.scalars(select(Reference.sha256).where(Reference.brand_id == brand_row.id)))
+        fresh = [d for d in decoded if d[2] not in existing]
+        report.duplicates.extend(d[0].label for d in decoded if d[2] in existing)
+        if not fresh:
+            return report
+        vectors = embed_images(model, [d[1] for d in fresh], progress=progress)
+        product_row = get_or_create_product(session, brand_row, product) if product else None
+        rows = []
+        for item, pixels, digest in fresh:
+            home.put_blob(item.data)
+            rows.append(
+                Reference(
+                    brand_id=brand_row.id,
+                    product_id=product_row.id if product_row else None,
+                    kind=kind,
+                    sha256=digest,
+                    width=int(pixels.shape[1]),
+                    height=int(pixels.shape[0]),
+                    source=item.label[-1000:],
+                )
+            )
+        session.add_all(rows)
+        session.flush()  # assigns ids inside the still-open transaction
+        index = load_or_new(home, artifact)
+        stale = np.array([r.id for r in rows if r.id in set(index.ids.tolist())], dtype=np.int64)
+        if stale.size:  # ids of deleted references that the catalog has handed out again
+            index.remove(stale)
+        add_references(index, rows, vectors)
+        index.save(home.index_dir(artifact.tag), extra={"model_tag": artifact.tag})
+        session.commit()
+        report.added = [r.id for r in rows]
+    return report

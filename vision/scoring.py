@@ -1,0 +1,149 @@
+"""vision: scoring — signals → risk ∈ [0, 1] → decision, with the evidence that made it.
+
+The fusion that turns signals into a risk is data in the model artifact (`fusion.json`), never
+constants in code. Two kinds exist:
+
+- `provisional`: risk falls linearly from 1 to 0 as the best genuine similarity for the claim rises
+  from `similarity_floor` to `similarity_ceiling`. Used by the ImageNet baseline until a calibrated
+  fusion is trained; results say `"provisional": true`.
+- `logistic`: risk = sigmoid(bias + Σ weight·(value − mean)/scale) over named signals, fitted and
+  calibrated on validation data by training. A signal that is missing contributes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["Decision", "Fusion", "Policy", "Signal", "NamedScore", "Claim", "Match", "ScoreResult"]
+
+
+class Decision(enum.StrEnum):
+    PASS = "pass"
+    REVIEW = "review"
+    TAKEDOWN = "takedown"
+
+
+@dataclasses.dataclass(frozen=True)
+class Signal:
+    value: float | None
+    contribution: float  # in the fusion's own units (risk for provisional, log-odds for logistic)
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """Risk thresholds for a brand: defaults are the model's calibrated operating points."""
+
+    review_at: float
+    takedown_at: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.review_at <= self.takedown_at <= 1.0:
+            raise ValueError(f"need 0 <= review_at <= takedown_at <= 1, got {self.review_at}, {self.takedown_at}")
+
+    def decide(self, risk: float) -> Decision:
+        if risk >= self.takedown_at:
+            return Decision.TAKEDOWN
+        if risk >= self.review_at:
+            return Decision.REVIEW
+        return Decision.PASS
+
+
+class Fusion:
+    """Reads `fusion.json`; `risk(signals)` returns the risk and each signal's contribution."""
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        self.spec = dict(spec)
+        self.kind = self.spec.get("kind")
+        if self.kind not in ("provisional", "logistic"):
+            raise ValueError(f"unknown fusion kind {self.kind!r}")
+        self.policy = Policy(review_at=float(self.spec["review_at"]), takedown_at=float(self.spec["takedown_at"]))
+        self.match_threshold = float(self.spec["match_threshold"])
+
+    @property
+    def provisional(self) -> bool:
+        return self.kind == "provisional"
+
+    def risk(self, values: Mapping[str, float | None]) -> tuple[float, dict[str, Signal]]:
+        if self.kind == "provisional":
+            return self._provisional(values)
+        return self._logistic(values)
+
+    def _provisional(self, values: Mapping[str, float | None]) -> tuple[float, dict[str, Signal]]:
+        lo, hi = float(self.spec["similarity_floor"]), float(self.spec["similarity_ceiling"])
+        sim = values.get("genuine_similarity")
+        risk = 1.0 if sim is None else min(1.0, max(0.0, (hi - sim) / (hi - lo)))
+        signals = {name: Signal(value=v, contribution=0.0) for name, v in values.items()}
+        signals["genuine_similarity"] = Signal(value=sim, contribution=risk)
+        return risk, signals
+
+    def _logistic(self, values: Mapping[str, float | None]) -> tuple[float, dict[str, Signal]]:
+        logit = float(self.spec["bias"])
+        signals: dict[str, Signal] = {}
+        for name, params in self.spec["signals"].items():
+            value = values.get(name)
+            if value is None or not math.isfinite(value):
+                contribution = 0.0
+                value = None
+            else:
+                contribution = float(params["weight"]) * (value - float(params["mean"])) / float(params["scale"])
+            logit += contribution
+            signals[name] = Signal(value=value, contribution=contribution)
+        for name, value in values.items():
+            signals.setdefault(name, Signal(value=value, contribution=0.0))
+        return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, logit)))), signals
+
+
+@dataclasses.dataclass(frozen=True)
+class NamedScore:
+    name: str | None
+    score: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    brand: str | None
+    product: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+    reference_id: int
+    brand: str
+    product: str | None
+    kind: str
+    similarity: float
+    inliers: int | None = None
+    box: tuple[int, int, int, int] | None = None  # the query region that matched, (x0, y0, x1, y1)
+
+
+@dataclasses.dataclass
+class ScoreResult:
+    """The score JSON of ARCHITECTURE.md; `to_dict()` is what the CLI, API and batch scans emit."""
+
+    risk: float
+    decision: Decision
+    brand: NamedScore
+    product: NamedScore
+    claimed: Claim
+    matches: list[Match]
+    signals: dict[str, Signal]
+    model: str
+    provisional: bool
+    elapsed_ms: float = 0.0
+    ocr: dict[str, Any] = dataclasses.field(default_factory=lambda: {"lines": [], "wordmarks": [], "serials": []})
+    duplicates: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    image: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["decision"] = self.decision.value
+        if self.image is None:
+            del out["image"]
+        for match in out["matches"]:
+            if match["box"] is not None:
+                match["box"] = list(match["box"])
+        return out
