@@ -67,6 +67,8 @@ class BrandSummary:
     genuine: int
     counterfeit: int
     wordmarks: list[str]
+    serial_pattern: str | None
+    serial_checksum: str
     review_at: float | None
     takedown_at: float | None
 
@@ -84,6 +86,8 @@ def summarize(session: Session, brand: Brand) -> BrandSummary:
         genuine=int(counts.get("genuine", 0)),
         counterfeit=int(counts.get("counterfeit", 0)),
         wordmarks=list(brand.wordmarks),
+        serial_pattern=brand.serial_pattern,
+        serial_checksum=brand.serial_checksum,
         review_at=brand.review_at,
         takedown_at=brand.takedown_at,
     )

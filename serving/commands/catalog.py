@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 
 from markguard.serving.brands import add_brand, get_brand, list_brands, summarize
 from markguard.serving.cli import add_home_argument
 from markguard.serving.state.home import Home
-from markguard.serving.state.schema import Reference, ReferenceKind
+from markguard.serving.state.schema import Brand, Reference, ReferenceKind
 from markguard.vision.errors import MarkguardError
 from sqlalchemy import select
 
 __all__ = ["register"]
+
+# Check-digit schemes a brand may register; vision.text implements each.
+SERIAL_CHECKSUMS = ("none", "luhn", "gs1", "iso7064-mod11-2")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = brand_sub.add_parser("add", help="add a brand")
     p.add_argument("name")
     p.add_argument("--wordmark", action="append", default=None, help="a text mark of the brand (repeatable)")
+    _add_serial_arguments(p)
     add_home_argument(p)
     p.set_defaults(func=cmd_brand_add)
     p = brand_sub.add_parser("list", help="list brands as JSON lines")
@@ -37,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--wordmark", action="append", default=None, help="replace the wordmarks (repeatable)")
     p.add_argument("--review-at", type=_unit_float, help="risk from which a listing goes to review")
     p.add_argument("--takedown-at", type=_unit_float, help="risk from which a listing is taken down")
+    _add_serial_arguments(p)
     add_home_argument(p)
     p.set_defaults(func=cmd_brand_update)
 
@@ -62,6 +68,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_reference_delete)
 
 
+def _add_serial_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--serial-pattern", metavar="REGEX", help="the full-match pattern of the brand's genuine serials")
+    p.add_argument("--serial-checksum", choices=SERIAL_CHECKSUMS, help="check digit over the serial's digits")
+
+
+def _apply_serial_arguments(brand: Brand, args: argparse.Namespace) -> None:
+    if args.serial_pattern is not None:
+        try:
+            re.compile(args.serial_pattern)
+        except re.error as exc:
+            raise MarkguardError(f"--serial-pattern is not a valid regular expression: {exc}") from None
+        brand.serial_pattern = args.serial_pattern or None
+    if args.serial_checksum is not None:
+        brand.serial_checksum = args.serial_checksum
+
+
 def _unit_float(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -77,6 +99,8 @@ def cmd_brand_add(args: argparse.Namespace) -> int:
     home = Home(args.home)
     with home.write_lock(), home.sessions.begin() as session:
         brand = add_brand(session, args.name, wordmarks=args.wordmark)
+        _apply_serial_arguments(brand, args)
+        session.flush()
         _print(dataclasses.asdict(summarize(session, brand)))
     return 0
 
@@ -107,6 +131,7 @@ def cmd_brand_update(args: argparse.Namespace) -> int:
         if review is not None and takedown is not None and review > takedown:
             raise MarkguardError("--review-at must not exceed --takedown-at")
         brand.review_at, brand.takedown_at = review, takedown
+        _apply_serial_arguments(brand, args)
         session.flush()
         _print(dataclasses.asdict(summarize(session, brand)))
     return 0
