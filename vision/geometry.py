@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from collections.abc import Callable
 from typing import Literal
 
 import cv2
@@ -19,7 +20,6 @@ __all__ = ["LocalFeatures", "GeometryMatch", "extract_features", "match_features
 Method = Literal["sift", "orb"]
 
 _FORMAT_VERSION = 1
-_ROBUST = cv2.USAC_MAGSAC
 _MIN_SIDE_PX = 8  # below this no detector finds anything useful
 _MAX_PERSPECTIVE = 8.0  # longest / shortest of two opposite sides of the matched rectangle
 
@@ -90,13 +90,22 @@ class GeometryMatch:
 
 @dataclasses.dataclass(frozen=True)
 class _Detector:
+    create: Callable[[int], cv2.Feature2D]  # max_keypoints -> detector
     dtype: np.dtype
+    dim: int
     norm: int
 
 
+# SIFT is the default: on grocery val it separated same-product from same-brand pairs better than ORB
+# (inlier AUC 0.71 against 0.64, see tests/vision/test_geometry.py); ORB extracts ten times faster.
 _DETECTORS: dict[str, _Detector] = {
-    "sift": _Detector(np.dtype(np.float32), cv2.NORM_L2),
-    "orb": _Detector(np.dtype(np.uint8), cv2.NORM_HAMMING),
+    "sift": _Detector(lambda n: cv2.SIFT_create(nfeatures=n), np.dtype(np.float32), 128, cv2.NORM_L2),
+    "orb": _Detector(
+        lambda n: cv2.ORB_create(nfeatures=n, edgeThreshold=15, patchSize=15),
+        np.dtype(np.uint8),
+        32,
+        cv2.NORM_HAMMING,
+    ),
 }
 
 
@@ -105,37 +114,35 @@ def extract_features(
     *,
     method: Method = "sift",
     max_side: int = 640,
-    min_side: int = 320,
     max_keypoints: int = 1000,
 ) -> LocalFeatures:
-    """Detect and describe keypoints on a copy resized to fit `max_side` (small images are enlarged
-    to `min_side`, since thumbnails otherwise yield a handful of keypoints)."""
+    """Detect and describe at most `max_keypoints` keypoints (the strongest) on a grey copy shrunk to
+    fit `max_side`, so that one extraction costs tens of milliseconds whatever the photo's size.
+
+    Small images are not enlarged: SIFT already doubles its first octave, and enlarging measured no
+    better on grocery photos while it slowed matching.
+    """
     _check_rgb(image)
     if method not in _DETECTORS:
         raise ValueError(f"unknown method {method!r}; known: {sorted(_DETECTORS)}")
     height, width = image.shape[:2]
-    long_side, short_side = max(height, width), min(height, width)
-    scale = min(max_side / long_side, max(1.0, min_side / short_side))
+    scale = min(1.0, max_side / max(height, width))
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    if scale != 1.0:
+    if scale < 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
-    dim = 128 if method == "sift" else 32
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    detector = _DETECTORS[method]
     points = np.zeros((0, 2), np.float32)
-    descriptors = np.zeros((0, dim), _DETECTORS[method].dtype)
+    descriptors = np.zeros((0, detector.dim), detector.dtype)
     if min(gray.shape) >= _MIN_SIDE_PX:
-        if method == "sift":
-            detector = cv2.SIFT_create(nfeatures=max_keypoints)
-        else:
-            detector = cv2.ORB_create(nfeatures=max_keypoints, edgeThreshold=15, patchSize=15)
-        keypoints, desc = detector.detectAndCompute(gray, None)
+        keypoints, desc = detector.create(max_keypoints).detectAndCompute(gray, None)
         if desc is not None and len(keypoints):
-            # SIFT may return a few more than asked for (ties); keep the strongest.
+            # SIFT may return a few more than asked for (ties at the cut); keep the strongest.
             order = np.argsort([-kp.response for kp in keypoints], kind="stable")[:max_keypoints]
             xy = np.array([keypoints[i].pt for i in order], dtype=np.float32).reshape(-1, 2)
-            points = (xy + 0.5) / np.float32(scale) - 0.5  # pixel centres back to original pixels
-            descriptors = np.ascontiguousarray(desc[order])
-    return LocalFeatures(method, points.astype(np.float32), descriptors, (width, height), float(scale))
+            points = ((xy + 0.5) / np.float32(scale) - 0.5).astype(np.float32)  # back to original pixels
+            descriptors = np.ascontiguousarray(desc[order], dtype=detector.dtype)
+    return LocalFeatures(method, points, descriptors, (width, height), float(scale))
 
 
 def match_features(
@@ -166,7 +173,9 @@ def match_features(
     src = reference.points[pairs[:, 1]].astype(np.float64)
     dst = query.points[pairs[:, 0]].astype(np.float64)
     threshold = reproj_px / query.scale
-    homography, mask = cv2.findHomography(src, dst, _ROBUST, threshold, maxIters=2000, confidence=0.995)
+    homography, mask = cv2.findHomography(
+        src, dst, cv2.USAC_MAGSAC, threshold, maxIters=2000, confidence=0.995
+    )
     if homography is None or mask is None:
         return GeometryMatch(0, 0.0, n, None, None, "no homography")
     inliers = int(np.count_nonzero(mask))
@@ -184,7 +193,9 @@ def match_features(
     )
     if reason is not None:
         return GeometryMatch(0, 0.0, n, None, None, reason)
-    box = _projected_box(homography, reference.image_size, query.image_size) or _points_box(dst[keep], query.image_size)
+    box = _projected_box(homography, reference.image_size, query.image_size) or _points_box(
+        dst[keep], query.image_size
+    )
     return GeometryMatch(inliers, inliers / n, n, homography, box, None)
 
 
@@ -201,7 +212,9 @@ def verify(
     """Geometric verification of a query image (or its features) against one reference."""
     q = query if isinstance(query, LocalFeatures) else extract_features(query, method=method)
     r = reference if isinstance(reference, LocalFeatures) else extract_features(reference, method=q.method)
-    return match_features(q, r, ratio=ratio, reproj_px=reproj_px, min_inliers=min_inliers, allow_mirror=allow_mirror)
+    return match_features(
+        q, r, ratio=ratio, reproj_px=reproj_px, min_inliers=min_inliers, allow_mirror=allow_mirror
+    )
 
 
 def _ratio_matches(query: LocalFeatures, reference: LocalFeatures, *, ratio: float) -> np.ndarray:
