@@ -20,7 +20,16 @@ from markguard.serving.state.schema import Brand, Listing, Product
 from markguard.vision.decode import decode_image
 from markguard.vision.embed import embed_images
 from markguard.vision.index import KIND_CODES, ReferenceIndex, read_manifest
-from markguard.vision.scoring import Claim, Fusion, Match, NamedScore, Policy, ScoreResult
+from markguard.vision.scoring import (
+    SIGNAL_NAMES,
+    Claim,
+    Fusion,
+    Match,
+    NamedScore,
+    Policy,
+    ScoreResult,
+    embedding_signals,
+)
 from sqlalchemy import select
 
 __all__ = ["ScoringEngine", "ScoreRequest"]
@@ -135,17 +144,18 @@ class ScoringEngine:
             brand = session.get(Brand, b)
             product = session.get(Product, p) if p >= 0 else None
 
-        values: dict[str, float | None] = {"genuine_similarity": None, "margin": None, "counterfeit_similarity": None}
+        values: dict[str, float | None] = dict.fromkeys(SIGNAL_NAMES)
         brand_score = product_score = None
         if brand is not None:
+            values = embedding_signals(self.index, vector, brand_id=brand.id, product_id=product.id if product else None)
             brand_score = self._best(query, brand_id=brand.id, kind="genuine")
-            genuine = self._best(query, brand_id=brand.id, product_id=product.id if product else None, kind="genuine")
-            product_score = genuine if product is not None else None
-            values["genuine_similarity"] = genuine
-            values["counterfeit_similarity"] = self._best(query, brand_id=brand.id, kind="counterfeit")
-            rival = self._best_other(query, brand_id=brand.id, product_id=product.id if product else None)
-            if genuine is not None and rival is not None:
-                values["margin"] = genuine - rival
+            product_score = values["genuine_similarity"] if product is not None else None
+            if product is None:  # a brand-only claim: name the brand's best-matching product
+                best_in_brand = self.index.search(query, 1, brand_id=brand.id, kind="genuine")
+                if best_in_brand.ids[0, 0] >= 0:
+                    _, p, _ = self.index.metadata(int(best_in_brand.ids[0, 0]))
+                    product = session.get(Product, p) if p >= 0 else None
+                    product_score = float(best_in_brand.similarities[0, 0]) if product else None
         risk, signals = self.fusion.risk(values)
         policy = self._policy(brand)
         return ScoreResult(
@@ -163,16 +173,6 @@ class ScoringEngine:
 
     def _best(self, query: np.ndarray, **filters: int | str | None) -> float | None:
         hits = self.index.search(query, 1, **filters)  # type: ignore[arg-type]
-        return float(hits.similarities[0, 0]) if hits.ids[0, 0] >= 0 else None
-
-    def _best_other(self, query: np.ndarray, *, brand_id: int, product_id: int | None) -> float | None:
-        """Best genuine similarity to anything that is not the claim (another product, another brand)."""
-        index = self.index
-        claim = index.brand_ids == brand_id
-        if product_id is not None:
-            claim &= index.product_ids == product_id
-        allowed = index.ids[~claim & (index.kinds == KIND_CODES["genuine"])]
-        hits = index.search(query, 1, allowed_ids=allowed)
         return float(hits.similarities[0, 0]) if hits.ids[0, 0] >= 0 else None
 
     def _policy(self, brand: Brand | None) -> Policy:

@@ -18,7 +18,52 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["Decision", "Fusion", "Policy", "Signal", "NamedScore", "Claim", "Match", "ScoreResult"]
+import numpy as np
+from markguard.vision.index import KIND_CODES, ReferenceIndex
+
+__all__ = [
+    "Decision",
+    "Fusion",
+    "Policy",
+    "Signal",
+    "NamedScore",
+    "Claim",
+    "Match",
+    "ScoreResult",
+    "embedding_signals",
+    "SIGNAL_NAMES",
+]
+
+# The embedding signals every fusion may use; geometry and OCR signals are added by their stages.
+SIGNAL_NAMES = ("genuine_similarity", "margin", "counterfeit_similarity")
+
+
+def _best(index: ReferenceIndex, query: np.ndarray, **filters: Any) -> float | None:
+    hits = index.search(query, 1, **filters)
+    return float(hits.similarities[0, 0]) if hits.ids[0, 0] >= 0 else None
+
+
+def embedding_signals(
+    index: ReferenceIndex, vector: np.ndarray, *, brand_id: int, product_id: int | None
+) -> dict[str, float | None]:
+    """What the embedding says about a claim: training (calibration) and serving both call this.
+
+    - genuine_similarity: best similarity to the claim's genuine references (product if claimed);
+    - margin: that minus the best similarity to any genuine reference outside the claim;
+    - counterfeit_similarity: best similarity to the brand's known fakes.
+    """
+    query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+    genuine = _best(index, query, brand_id=brand_id, product_id=product_id, kind="genuine")
+    claim = index.brand_ids == brand_id
+    if product_id is not None:
+        claim &= index.product_ids == product_id
+    outside = index.ids[~claim & (index.kinds == KIND_CODES["genuine"])]
+    rival = _best(index, query, allowed_ids=outside)
+    return {
+        "genuine_similarity": genuine,
+        "margin": None if genuine is None or rival is None else genuine - rival,
+        "counterfeit_similarity": _best(index, query, brand_id=brand_id, kind="counterfeit"),
+    }
 
 
 class Decision(enum.StrEnum):
@@ -139,7 +184,8 @@ class ScoreResult:
     image: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        out = {"image": self.image} if self.image is not None else {}
+        out.update(dataclasses.asdict(self))
         out["decision"] = self.decision.value
         if self.image is None:
             del out["image"]
