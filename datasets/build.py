@@ -23,7 +23,7 @@ from markguard.datasets.manifest import MANIFEST_NAME, Label, ManifestRow, write
 from markguard.vision.errors import MarkguardError
 from PIL import Image, ImageDraw
 
-__all__ = ["BuildRefused", "Skipped", "Tile", "BuildReport", "prepare_output", "finish_build", "save_png", "save_jpeg"]
+__all__ = ["BuildRefused", "Skipped", "Tile", "BuildReport", "prepare_output", "finish_build", "save_png", "save_jpeg", "write_atomic"]
 
 BUILD_FILE = "build.json"
 STATS_FILE = "stats.json"
@@ -75,7 +75,7 @@ class BuildReport:
             "by_split": dict(sorted(Counter(r.split for r in self.rows).items())),
             "brands_by_split": {k: len(v) for k, v in sorted(brands_by_split.items())},
             "by_label": dict(sorted(Counter(str(r.label) for r in self.rows).items())),
-            "by_source": dict(sorted(Counter(r.source or "-" for r in self.rows).items())),
+            "by_source": dict(sorted(Counter((r.source or "-").split(":")[0] for r in self.rows).items())),
             "by_transform": dict(sorted(Counter(r.transform for r in self.rows if r.transform).items())),
             "with_serial": sum(1 for r in self.rows if r.serial),
             "skipped": len(self.skipped),
@@ -127,16 +127,17 @@ def save_png(path: Path, image: np.ndarray) -> None:
     """Encode without metadata so that equal pixels give equal bytes."""
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG", optimize=False, compress_level=6)
-    _write_atomic(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
 
 
 def save_jpeg(path: Path, image: np.ndarray, *, quality: int = 92) -> None:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=quality, subsampling=0, optimize=False)
-    _write_atomic(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary file and a rename, so a crash never leaves half an image."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
@@ -180,4 +181,4 @@ def _wrap(text: str, width: int) -> list[str]:
             line = word
         else:
             line = f"{line} {word}".strip()
-    return [*lines, line[:width]] if line else lines
+    return [ln[:width] for ln in (*lines, line) if ln]

@@ -57,7 +57,8 @@ class MarkSpec:
 
     @property
     def has_text(self) -> bool:
-        return bool(self.text)
+        """True when the rendered mark shows the wordmark (text transforms need one)."""
+        return bool(self.text) and self.layout != "icon"
 
 
 @cache

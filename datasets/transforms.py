@@ -264,7 +264,7 @@ def mirrored_element(spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: 
     candidates.sort(key=lambda c: -c[0])
     if candidates[0][0] < 0.5:  # every element is left-right symmetric: flip one upside down instead
         return _flip_vertical(mark, labels, ids, rng)
-    useful = [c for c in candidates if c[0] > 0.25 * candidates[0][0]]
+    useful = [c for c in candidates if c[0] > max(0.5, 0.25 * candidates[0][0])]
     # strength picks how visible the flip is: weak flips a small change, strong the most visible one
     pick = min(len(useful) - 1, int((1.0 - strength) * len(useful) + rng.integers(0, 2)))
     return useful[pick][1]

@@ -1,0 +1,153 @@
+"""`markguard datasets ...`: build manifests from real sources, brand marks and synthetic photos.
+
+Each build command takes `--out DIR` (refused if it holds another build, unless `--force`) and
+`--seed`, writes `manifest.jsonl`, `stats.json` and `contact_sheet.png`, and prints the stats as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from markguard.datasets.build import BuildReport
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `datasets` and its sub-commands to the `markguard` parser."""
+    parser = subparsers.add_parser("datasets", help="build dataset manifests (real, brand marks, synthetic)",
+                                   description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="datasets_command", metavar="BUILD", required=True)
+
+    p = sub.add_parser("import-folder", help="a folder or zip laid out BRAND/[PRODUCT/]*.jpg (+ counterfeit/)")
+    p.add_argument("src", type=Path, help="folder or .zip archive")
+    _common(p)
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of images (by content hash) in val")
+    p.add_argument("--max-members", type=int, default=20_000, help="zip: most members accepted")
+    p.add_argument("--max-total-mb", type=int, default=2048, help="zip: most uncompressed MiB accepted")
+    p.add_argument("--max-ratio", type=float, default=100.0, help="zip: highest compression ratio of a member")
+    p.set_defaults(func=_import_folder)
+
+    p = sub.add_parser("grocery", help="the shared GroceryStoreDataset packages (31 products)")
+    _common(p)
+    p.add_argument("--source", type=Path, default=None,
+                   help="grocery-packages folder (default: $MARKGUARD_DATA or ../shared/data, + /grocery-packages)")
+    p.set_defaults(func=_grocery)
+
+    p = sub.add_parser("brandmarks", help="clean renders of real brand marks (simple-icons) and wordmarks")
+    _common(p)
+    p.add_argument("--brands", type=int, default=1000, help="number of brands (0: all, about 3,400)")
+    p.add_argument("--sizes", type=_sizes, default=(64, 128, 224), help="canvas sizes in px, comma-separated")
+    p.add_argument("--fonts", type=int, default=3, help="wordmark fonts per brand")
+    p.add_argument("--counterfeits", type=int, default=2, help="counterfeit edits of each brand's mark")
+    _split_args(p)
+    p.set_defaults(func=_brandmarks)
+
+    p = sub.add_parser("synth", help="synthetic listing photos: genuine marks and counterfeits on real products")
+    _common(p)
+    p.add_argument("--brands", type=int, default=200, help="number of brands")
+    p.add_argument("--per-brand", type=int, default=8, help="genuine photos per brand")
+    p.add_argument("--counterfeits-per-genuine", type=int, default=1, help="counterfeit photos beside each genuine")
+    p.add_argument("--size", type=int, default=256, help="photo side in px")
+    p.add_argument("--serial-rate", type=float, default=0.4, help="share of photos with a printed serial label")
+    p.add_argument("--source", type=Path, default=None,
+                   help="data root with clothing/ and grocery-packages/ (default: $MARKGUARD_DATA or ../shared/data)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (the output is the same for any number)")
+    _split_args(p)
+    p.set_defaults(func=_synth)
+
+    p = sub.add_parser("transforms", help="list the registered counterfeit transforms, one per line")
+    p.set_defaults(func=_transforms)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="output folder (manifest.jsonl, images/, contact_sheet.png)")
+    p.add_argument("--seed", type=int, default=0, help="seed: the same seed builds the same bytes")
+    p.add_argument("--force", action="store_true", help="replace a different build already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _split_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of brands in val (brand-disjoint)")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="share of brands in test (brand-disjoint)")
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(sorted({int(s) for s in text.split(",") if s.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 64,128,224, got {text!r}") from None
+    if not sizes or min(sizes) < 16 or max(sizes) > 1024:
+        raise argparse.ArgumentTypeError("sizes must lie in 16..1024 px")
+    return sizes
+
+
+def _finish(report: BuildReport, stats: dict[str, Any], started: float) -> int:
+    shown = dict(stats)
+    skipped = shown.pop("skipped_inputs")
+    shown["skipped_inputs"] = skipped[:50]
+    if len(skipped) > 50:
+        shown["skipped_inputs_more"] = len(skipped) - 50
+    shown["out"] = str(report.out)
+    shown["seconds"] = round(time.monotonic() - started, 1)
+    print(json.dumps(shown, indent=1))
+    for s in skipped[:20]:
+        print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
+    return 0 if report.rows else 1
+
+
+def _import_folder(args: argparse.Namespace) -> int:
+    from markguard.datasets.import_folder import ImportOptions, ZipLimits, build_import
+
+    started = time.monotonic()
+    limits = ZipLimits(max_members=args.max_members, max_total_bytes=args.max_total_mb * 1024**2, max_ratio=args.max_ratio)
+    opts = ImportOptions(seed=args.seed, val_fraction=args.val_fraction, limits=limits)
+    report, stats = build_import(args.src, args.out, opts=opts, force=args.force, progress=not args.quiet)
+    return _finish(report, stats, started)
+
+
+def _grocery(args: argparse.Namespace) -> int:
+    from markguard.datasets.grocery import GroceryOptions, build_grocery
+    from markguard.datasets.sources import default_data_root
+
+    started = time.monotonic()
+    source = args.source or default_data_root() / "grocery-packages"
+    report, stats = build_grocery(args.out, source=source, opts=GroceryOptions(seed=args.seed), force=args.force,
+                                  progress=not args.quiet)
+    return _finish(report, stats, started)
+
+
+def _brandmarks(args: argparse.Namespace) -> int:
+    from markguard.datasets.brandmarks import BrandmarkOptions, build_brandmarks
+
+    started = time.monotonic()
+    opts = BrandmarkOptions(brands=args.brands, sizes=args.sizes, fonts=args.fonts, counterfeits=args.counterfeits,
+                            val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
+    report, stats = build_brandmarks(args.out, opts=opts, force=args.force, progress=not args.quiet)
+    return _finish(report, stats, started)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from markguard.datasets.sources import default_data_root
+    from markguard.datasets.synth import SynthOptions, build_synth
+
+    started = time.monotonic()
+    opts = SynthOptions(brands=args.brands, per_brand=args.per_brand, counterfeits_per_genuine=args.counterfeits_per_genuine,
+                        size=args.size, serial_rate=args.serial_rate, val_fraction=args.val_fraction,
+                        test_fraction=args.test_fraction, seed=args.seed)
+    report, stats = build_synth(args.out, data_root=args.source or default_data_root(), opts=opts, force=args.force,
+                                workers=args.workers, progress=not args.quiet)
+    return _finish(report, stats, started)
+
+
+def _transforms(args: argparse.Namespace) -> int:
+    from markguard.datasets.transforms import transform_names
+
+    for name in transform_names():
+        print(name)
+    return 0

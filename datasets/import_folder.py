@@ -1,0 +1,221 @@
+"""`import-folder`: a user's own photos, `BRAND/[PRODUCT/]*.jpg` plus an optional `counterfeit/` subtree,
+from a folder or a zip of one.
+
+Archives are read, never extracted: no path from the archive is ever used for writing (images are
+stored under their content hash), and member count, total size and compression ratio are capped
+before anything is decompressed. Every image goes through the safe decoder; every skip has a reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import unicodedata
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from markguard.datasets.build import BuildReport, Skipped, Tile, finish_build, prepare_output, write_atomic
+from markguard.datasets.manifest import Label, ManifestRow
+from markguard.datasets.splits import split_for
+from markguard.vision.decode import MAX_BYTES, decode_image, sniff_format
+from markguard.vision.errors import ImageError
+from tqdm import tqdm
+
+__all__ = ["ImportOptions", "ZipLimits", "build_import"]
+
+COUNTERFEIT_DIR = "counterfeit"
+
+
+@dataclass(frozen=True)
+class ZipLimits:
+    """Caps checked against the archive's directory before decompressing, and again while reading."""
+
+    max_members: int = 20_000
+    max_total_bytes: int = 2 * 1024**3  # uncompressed, all members together
+    max_member_bytes: int = MAX_BYTES  # the decoder's own limit
+    max_ratio: float = 100.0  # uncompressed / compressed size of one member
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    seed: int = 0
+    val_fraction: float = 0.2  # share of images (by content hash) put in `val`
+    limits: ZipLimits = ZipLimits()
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str  # posix path inside the source, used only for brand/product names and reports
+    read: Callable[[], bytes]
+
+
+class _Refused(Exception):
+    """A whole source refused (missing, unreadable, an archive over the caps)."""
+
+
+def _folder_entries(root: Path, skipped: list[Skipped]) -> Iterator[_Entry]:
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                skipped.append(Skipped(rel, "symbolic link (not followed)"))
+                continue
+            yield _Entry(rel, lambda p=path: _read_file(p))
+
+
+def _read_file(path: Path) -> bytes:
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise ImageError(f"{size} bytes exceeds the {MAX_BYTES}-byte limit")
+    return path.read_bytes()
+
+
+def _unsafe_name(name: str) -> str | None:
+    """Why an archive member name is unsafe to trust, or None."""
+    if not name or "\x00" in name:
+        return "empty or NUL in name"
+    if "\\" in name:
+        return "backslash in path"
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return "absolute path"
+    if ".." in PurePosixPath(name).parts:
+        return "path escapes the archive (..)"
+    return None
+
+
+def _zip_entries(path: Path, limits: ZipLimits, skipped: list[Skipped]) -> Iterator[_Entry]:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise _Refused(f"not a readable zip archive ({exc})") from None
+    with archive:
+        members = archive.infolist()
+        if len(members) > limits.max_members:
+            raise _Refused(f"zip has {len(members)} members, over the cap of {limits.max_members}")
+        total = sum(m.file_size for m in members)
+        if total > limits.max_total_bytes:
+            raise _Refused(f"zip would unpack to {total} bytes, over the cap of {limits.max_total_bytes} (zip bomb?)")
+        budget = limits.max_total_bytes
+        for info in sorted(members, key=lambda m: m.filename):
+            name = info.filename
+            if info.is_dir():
+                continue
+            if (why := _unsafe_name(name)) is not None:
+                skipped.append(Skipped(name, f"unsafe archive path: {why}"))
+                continue
+            if stat.S_ISLNK(info.external_attr >> 16):
+                skipped.append(Skipped(name, "symbolic link in archive"))
+                continue
+            if info.flag_bits & 0x1:
+                skipped.append(Skipped(name, "encrypted member"))
+                continue
+            if info.file_size > limits.max_member_bytes:
+                skipped.append(Skipped(name, f"{info.file_size} bytes exceeds the {limits.max_member_bytes}-byte limit"))
+                continue
+            ratio = info.file_size / max(1, info.compress_size)
+            if ratio > limits.max_ratio:
+                skipped.append(Skipped(name, f"compression ratio {ratio:.0f} exceeds {limits.max_ratio:.0f} (zip bomb?)"))
+                continue
+
+            def read(info: zipfile.ZipInfo = info) -> bytes:
+                nonlocal budget
+                with archive.open(info) as fh:
+                    data = fh.read(info.file_size + 1)  # never more than the header promised, plus one to catch a lie
+                if len(data) != info.file_size:
+                    raise ImageError("member size differs from its header")
+                budget -= len(data)
+                if budget < 0:
+                    raise ImageError("archive total size cap reached")
+                return data
+
+            yield _Entry(name, read)
+
+
+def _layout(name: str) -> tuple[Label, str, str | None] | str:
+    """(label, brand, product) from `[counterfeit/]BRAND/[PRODUCT/]file`, or why it does not fit."""
+    parts = list(PurePosixPath(name).parts)
+    if any(p.startswith(".") or p == "__MACOSX" for p in parts):
+        return "hidden file or folder"
+    label = Label.GENUINE
+    if parts and parts[0].lower() == COUNTERFEIT_DIR:
+        label, parts = Label.COUNTERFEIT, parts[1:]
+    if len(parts) < 2:
+        return "not inside a BRAND folder"
+    if len(parts) > 3:
+        return "too deep: expected BRAND/[PRODUCT/]image"
+    brand = _clean(parts[0])
+    product = _clean(parts[1]) if len(parts) == 3 else None
+    if not brand or (len(parts) == 3 and not product):
+        return "empty brand or product name"
+    return label, brand, product
+
+
+def _clean(text: str) -> str:
+    text = unicodedata.normalize("NFC", text)
+    return "".join(ch for ch in text if unicodedata.category(ch)[0] != "C").strip()
+
+
+def build_import(src: Path, out: Path, *, opts: ImportOptions, force: bool = False,
+                 progress: bool = True) -> tuple[BuildReport, dict]:
+    """Import a folder or zip archive into `out`; returns the report (with every skip) and the stats."""
+    fingerprint = {"command": "import-folder", "source": str(src), "options": {
+        "seed": opts.seed, "val_fraction": opts.val_fraction, "limits": opts.limits.__dict__}}
+    prepare_output(out, fingerprint=fingerprint, force=force)
+    report = BuildReport(out=out, command="import-folder", rows=[])
+    tiles: dict[str, list[Tile]] = {}
+    seen: dict[str, str] = {}
+    try:
+        if src.is_dir():
+            entries = _folder_entries(src, report.skipped)
+        elif src.is_file():
+            entries = _zip_entries(src, opts.limits, report.skipped)
+        else:
+            raise _Refused("source missing")
+        for entry in tqdm(entries, desc="import", unit="file", disable=None if progress else True):
+            _import_one(entry, out=out, opts=opts, report=report, seen=seen, tiles=tiles)
+    except _Refused as exc:
+        report.skipped.append(Skipped(str(src), str(exc)))
+    except OSError as exc:
+        report.skipped.append(Skipped(str(src), f"unreadable source ({exc.strerror or exc})"))
+    sheet = [tiles[b] for b in sorted(tiles)][:8]
+    title = f"import-folder: {len(report.rows)} images, {len(tiles)} brands; green genuine, red counterfeit"
+    return report, finish_build(report, sheet=sheet, title=title)
+
+
+def _import_one(entry: _Entry, *, out: Path, opts: ImportOptions, report: BuildReport, seen: dict[str, str],
+                tiles: dict[str, list[Tile]]) -> None:
+    layout = _layout(entry.name)
+    if isinstance(layout, str):
+        report.skipped.append(Skipped(entry.name, layout))
+        return
+    label, brand, product = layout
+    try:
+        data = entry.read()
+        image = decode_image(data)
+    except ImageError as exc:
+        report.skipped.append(Skipped(entry.name, str(exc)))
+        return
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, RuntimeError) as exc:
+        report.skipped.append(Skipped(entry.name, f"unreadable ({str(exc)[:100]})"))
+        return
+    digest = hashlib.sha256(data).hexdigest()
+    if digest in seen:
+        report.skipped.append(Skipped(entry.name, f"duplicate of {seen[digest]}"))
+        return
+    seen[digest] = entry.name
+    ext = sniff_format(data).value.lower().replace("jpeg", "jpg")
+    rel = f"images/{label}/{digest[:24]}.{ext}"  # named by content: nothing from the source path is written
+    write_atomic(out / rel, data)
+    split = "val" if split_for(digest, seed=opts.seed, val_fraction=opts.val_fraction, test_fraction=0.0) == "val" else "train"
+    report.rows.append(ManifestRow(image=rel, brand=brand, product=product, label=label, split=split,
+                                   source=f"import:{entry.name}"))
+    row = tiles.setdefault(brand, [])
+    if len(row) < 8:
+        row.append(Tile(image, f"{label}: {product or brand}", label))
+        row.sort(key=lambda t: t.label is Label.COUNTERFEIT)
