@@ -88,21 +88,21 @@ def _as_unsigned(h: PerceptualHash | int) -> int:
 
 def _shrink(image: np.ndarray) -> np.ndarray:
     """Grey (ITU-R 601 luma) at 32×32, float64: area averaging removes what re-encoding changes."""
-    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    small = cv2.resize(grey, (_DCT_SIZE, _DCT_SIZE), interpolation=cv2.INTER_AREA)
-    return small.astype(np.float64)
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    return cv2.resize(grey, (_DCT_SIZE, _DCT_SIZE), interpolation=cv2.INTER_AREA)
 
 
 def _hash_bits(small: np.ndarray) -> np.ndarray:
     """(8, 8) bools: low-frequency DCT-II coefficients above their median.
 
     `cv2.dct` is orthonormal; undoing its 1/√2 on row and column 0 gives coefficients proportional
-    to the unnormalised DCT-II, which is what the median is taken over in the usual pHash.
+    to the unnormalised DCT-II, which is what the median is taken over in the usual pHash. The
+    tiny margin keeps rounding noise out of flat images, whose AC coefficients are all zero.
     """
     coeffs = cv2.dct(small)[:HASH_SIZE, :HASH_SIZE].copy()
     coeffs[0, :] *= _SQRT2
     coeffs[:, 0] *= _SQRT2
-    return coeffs > np.median(coeffs)
+    return coeffs > np.median(coeffs) + 1e-9 * (np.abs(coeffs).max() + 1.0)
 
 
 def _bits_to_hash(bits: np.ndarray) -> PerceptualHash:
