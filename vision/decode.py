@@ -64,8 +64,8 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_bytes: int = 
                 return _to_rgb(img)
     except (ImageTooLarge, InvalidImage):
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLarge(str(exc)) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLarge(f"image exceeds the {max_pixels}-pixel limit (decompression bomb?)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidImage(f"corrupt {fmt.value} data ({_short(exc)})") from None
 
