@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from markguard.serving.state.schema import Brand, Product, Reference
-from markguard.vision.errors import MarkguardError, NotFound
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+
+from markguard.serving.state.schema import Brand, Product, Reference
+from markguard.vision.errors import MarkguardError, NotFound
 
 __all__ = ["brand_key", "add_brand", "get_brand", "get_product", "get_or_create_product", "list_brands", "BrandSummary"]
 

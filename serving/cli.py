@@ -25,6 +25,8 @@ COMMAND_MODULES = (
     "markguard.serving.commands.score",
     "markguard.serving.commands.serve",
     "markguard.serving.commands.model",
+    "markguard.serving.commands.keys",
+    "markguard.serving.commands.demo",
     "markguard.datasets.cli",
     "markguard.training.cli",
     "markguard.serving.commands.bench",

@@ -12,6 +12,8 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+from sqlalchemy import select
+
 from markguard.serving.brands import get_brand, get_product
 from markguard.serving.indexing import sync_index
 from markguard.serving.models import ensure_default_model
@@ -30,7 +32,6 @@ from markguard.vision.scoring import (
     ScoreResult,
     embedding_signals,
 )
-from sqlalchemy import select
 
 __all__ = ["ScoringEngine", "ScoreRequest"]
 

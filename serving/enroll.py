@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import select
+
 from markguard.serving.brands import get_brand, get_or_create_product
 from markguard.serving.indexing import add_references, load_or_new
 from markguard.serving.state.home import Home
@@ -22,7 +24,6 @@ from markguard.vision.artifact import ModelArtifact
 from markguard.vision.decode import MAX_BYTES, decode_image
 from markguard.vision.embed import Embedder, embed_images
 from markguard.vision.errors import ImageError, MarkguardError
-from sqlalchemy import select
 
 __all__ = ["InputImage", "collect_inputs", "enroll", "EnrollReport"]
 

@@ -9,14 +9,15 @@ crash between an index save and a catalog commit.
 from __future__ import annotations
 
 import numpy as np
+from sqlalchemy import select
+from tqdm import tqdm
+
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Reference
 from markguard.vision.artifact import ModelArtifact
 from markguard.vision.decode import decode_image
 from markguard.vision.embed import Embedder, embed_images
 from markguard.vision.index import KIND_CODES, ReferenceIndex, read_manifest
-from sqlalchemy import select
-from tqdm import tqdm
 
 __all__ = ["load_or_new", "sync_index", "add_references"]
 

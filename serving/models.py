@@ -9,11 +9,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from sqlalchemy import select, update
+
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import ModelVersion
 from markguard.vision.artifact import ModelArtifact, build_imagenet_artifact, load_artifact
 from markguard.vision.errors import IntegrityError, NotFound
-from sqlalchemy import select, update
 
 __all__ = ["ensure_default_model", "promoted_artifact", "register_artifact", "promote", "list_models", "PROVISIONAL_FUSION"]
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+from sqlalchemy import select
+
 from markguard.serving.brands import get_brand
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Reference
 from markguard.vision.errors import NotFound
 from markguard.vision.index import ReferenceIndex, read_manifest
-from sqlalchemy import select
 
 __all__ = ["delete_references"]
 

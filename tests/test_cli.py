@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from markguard.serving.cli import main
 from PIL import Image
+
+from markguard.serving.cli import main
 
 SCORE_FIELDS = {"image", "risk", "decision", "brand", "product", "claimed", "matches", "model", "elapsed_ms",
                 "signals", "ocr", "duplicates", "provisional"}

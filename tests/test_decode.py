@@ -8,9 +8,10 @@ import zlib
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from markguard.vision.decode import ImageFormat, decode_image, read_image, sniff_format
 from markguard.vision.errors import ImageTooLarge, InvalidImage, UnsupportedFormat
-from PIL import Image
 
 
 def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from markguard.vision.artifact import (
     IMAGENET_LITE0_SHA256,
     imagenet_weights_path,

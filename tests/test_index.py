@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from markguard.vision.errors import IntegrityError
 from markguard.vision.index import ReferenceIndex, read_manifest
 

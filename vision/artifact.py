@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
+
 from markguard.vision.embed import BackboneEmbedder, EmbedderConfig
 from markguard.vision.errors import IntegrityError
-from safetensors.torch import load_file, save_file
 
 __all__ = [
     "ModelArtifact",

@@ -14,8 +14,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from markguard.vision.errors import ImageTooLarge, InvalidImage, UnsupportedFormat
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from markguard.vision.errors import ImageTooLarge, InvalidImage, UnsupportedFormat
 
 __all__ = ["ImageFormat", "sniff_format", "decode_image", "read_image", "MAX_PIXELS", "MAX_BYTES"]
 

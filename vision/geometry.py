@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import zipfile
 from collections.abc import Callable
 from typing import Literal
 
@@ -62,6 +63,14 @@ class LocalFeatures:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LocalFeatures:
+        """Read what `to_bytes` wrote; ValueError for anything else (object arrays are never loaded)."""
+        try:
+            return cls._from_npz(data)
+        except (KeyError, OSError, EOFError, TypeError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"not a local features archive ({exc})") from None
+
+    @classmethod
+    def _from_npz(cls, data: bytes) -> LocalFeatures:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             version = int(npz["version"])
             if version != _FORMAT_VERSION:
@@ -84,7 +93,7 @@ class GeometryMatch:
     inlier_ratio: float  # inliers / matches (0 when there are no matches)
     matches: int  # matches that passed the ratio test
     homography: np.ndarray | None  # (3, 3) float64, reference pixels → query pixels
-    box: tuple[int, int, int, int] | None  # the reference's outline projected into the query, clipped
+    box: tuple[int, int, int, int] | None  # reference outline projected into the query (inliers box if it cannot be)
     rejected: str | None = None  # why no homography was accepted ("too few matches", "mirrored", ...)
 
 
@@ -154,15 +163,15 @@ def match_features(
     min_inliers: int = 6,
     max_scale_change: float = 20.0,
     min_box_fraction: float = 0.002,
-    allow_mirror: bool = False,
 ) -> GeometryMatch:
     """Ratio-test matches, then a USAC/MAGSAC homography reference → query, kept only if plausible.
 
     `reproj_px` is in the query's working pixels (the scale its features were found at), so the
-    tolerance does not depend on the photo's resolution. A homography is rejected when it mirrors
-    the reference (unless `allow_mirror`), changes scale by more than `max_scale_change` between the
-    two working images, folds or collapses the reference's outline, or maps it onto less than
-    `min_box_fraction` of the query's area.
+    tolerance does not depend on the photo's resolution. The homography is rejected when the inliers
+    span less than `min_box_fraction` of the reference (all on one spot), or when, applied to the
+    rectangle around them, it mirrors it (USAC already refuses most mirrored samples; a mirrored mark
+    is not the genuine one), folds it, sends it through infinity, changes its scale by more than
+    `max_scale_change` between the two working images, or stretches opposite sides more than 8:1.
     """
     if query.method != reference.method:
         raise ValueError(f"cannot match {query.method} features with {reference.method} features")
@@ -189,7 +198,6 @@ def match_features(
         query,
         max_scale_change=max_scale_change,
         min_box_fraction=min_box_fraction,
-        allow_mirror=allow_mirror,
     )
     if reason is not None:
         return GeometryMatch(0, 0.0, n, None, None, reason)
@@ -207,14 +215,11 @@ def verify(
     ratio: float = 0.8,
     reproj_px: float = 4.0,
     min_inliers: int = 6,
-    allow_mirror: bool = False,
 ) -> GeometryMatch:
     """Geometric verification of a query image (or its features) against one reference."""
     q = query if isinstance(query, LocalFeatures) else extract_features(query, method=method)
     r = reference if isinstance(reference, LocalFeatures) else extract_features(reference, method=q.method)
-    return match_features(
-        q, r, ratio=ratio, reproj_px=reproj_px, min_inliers=min_inliers, allow_mirror=allow_mirror
-    )
+    return match_features(q, r, ratio=ratio, reproj_px=reproj_px, min_inliers=min_inliers)
 
 
 def _ratio_matches(query: LocalFeatures, reference: LocalFeatures, *, ratio: float) -> np.ndarray:
@@ -257,7 +262,6 @@ def _implausible(
     *,
     max_scale_change: float,
     min_box_fraction: float,
-    allow_mirror: bool,
 ) -> str | None:
     """Why a homography is not a plausible view of the matched part of the reference (None when it is).
 
@@ -282,7 +286,7 @@ def _implausible(
     if not (np.all(turns > 0) or np.all(turns < 0)):
         return "folded"
     # The rectangle runs clockwise on screen (y down), so its turns are positive; a mirror reverses them.
-    if np.all(turns < 0) and not allow_mirror:
+    if np.all(turns < 0):
         return "mirrored"
     x, y = quad[:, 0], quad[:, 1]
     area = 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
@@ -307,10 +311,10 @@ def _projected_box(
     if quad is None:
         return None
     width, height = query_size
-    x0 = int(np.clip(np.floor(quad[:, 0].min()), 0, width))
-    y0 = int(np.clip(np.floor(quad[:, 1].min()), 0, height))
-    x1 = int(np.clip(np.ceil(quad[:, 0].max()), 0, width))
-    y1 = int(np.clip(np.ceil(quad[:, 1].max()), 0, height))
+    x0 = int(np.clip(np.rint(quad[:, 0].min()), 0, width))
+    y0 = int(np.clip(np.rint(quad[:, 1].min()), 0, height))
+    x1 = int(np.clip(np.rint(quad[:, 0].max()), 0, width))
+    y1 = int(np.clip(np.rint(quad[:, 1].max()), 0, height))
     if x1 <= x0 or y1 <= y0:
         return None
     return (x0, y0, x1, y1)

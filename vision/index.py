@@ -21,6 +21,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
 from markguard.vision.atomic import atomic_write_bytes
 from markguard.vision.errors import IntegrityError
 

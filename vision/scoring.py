@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
 from markguard.vision.index import KIND_CODES, ReferenceIndex
 
 __all__ = [

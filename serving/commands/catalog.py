@@ -8,12 +8,13 @@ import json
 import re
 import sys
 
+from sqlalchemy import select
+
 from markguard.serving.brands import add_brand, get_brand, list_brands, summarize
 from markguard.serving.cli import add_home_argument
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Brand, Reference, ReferenceKind
 from markguard.vision.errors import MarkguardError
-from sqlalchemy import select
 
 __all__ = ["register"]
 

@@ -19,11 +19,12 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
 from markguard.serving.state.catalog import migrate, open_engine, session_factory
 from markguard.vision.atomic import atomic_write_bytes
 from markguard.vision.errors import IntegrityError
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = ["Home"]
 

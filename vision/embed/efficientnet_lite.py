@@ -11,8 +11,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from markguard.vision.embed.base import register_backbone
 from torch import nn
+
+from markguard.vision.embed.base import register_backbone
 
 __all__ = ["EfficientNetLite"]
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 import torch
+
 from markguard.vision.embed.base import EmbedderConfig
 
 __all__ = ["preprocess", "resize_square"]

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
 from markguard.vision.embed.base import Embedder
 from markguard.vision.embed.preprocess import preprocess
-from tqdm import tqdm
 
 __all__ = ["embed_images"]
 

@@ -1,0 +1,45 @@
+"""`markguard key create|revoke`: API keys for the HTTP service."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from markguard.serving.cli import add_home_argument
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from markguard.serving.keys import Role
+
+    key = subparsers.add_parser("key", help="create and revoke API keys")
+    sub = key.add_subparsers(dest="key_command", metavar="ACTION", required=True)
+    p = sub.add_parser("create", help="create a key; it is printed once and stored only as a hash")
+    p.add_argument("--role", required=True, choices=[r.value for r in Role])
+    p.add_argument("--brand", help="the brand a brand key belongs to")
+    p.add_argument("--label", default="", help="a note for whoever lists keys later")
+    add_home_argument(p)
+    p.set_defaults(func=cmd_create)
+    p = sub.add_parser("revoke", help="revoke a key by its id (the part after mg_)")
+    p.add_argument("key_id")
+    add_home_argument(p)
+    p.set_defaults(func=cmd_revoke)
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from markguard.serving.keys import Role, create_key
+    from markguard.serving.state.home import Home
+
+    key, principal = create_key(Home(args.home), role=Role(args.role), brand=args.brand, label=args.label)
+    print(json.dumps({"key": key, "key_id": principal.key_id, "role": principal.role.value, "brand": principal.brand_name}))
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    from markguard.serving.keys import revoke_key
+    from markguard.serving.state.home import Home
+
+    revoke_key(Home(args.home), args.key_id)
+    print(json.dumps({"revoked": args.key_id}))
+    return 0

@@ -1,0 +1,33 @@
+"""`markguard serve`: run the BentoML service on this home."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from markguard.serving.cli import add_home_argument
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="serve the scoring API (BentoML) on this home")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    add_home_argument(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from markguard.serving.models import ensure_default_model
+    from markguard.serving.state.home import Home
+
+    home = Home(args.home)
+    ensure_default_model(home)  # prepare once here, not racing in every worker
+    os.environ["MARKGUARD_HOME"] = str(home.root)
+    os.environ.setdefault("BENTOML_HOME", str(home.root / "bentoml"))
+    argv = [sys.executable, "-m", "bentoml", "serve", "markguard.serving.service:Markguard",
+            "--host", args.host, "--port", str(args.port)]
+    os.execv(sys.executable, argv)  # replaces this process: signals reach the server directly
+    return 0  # pragma: no cover
