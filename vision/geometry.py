@@ -93,7 +93,9 @@ class GeometryMatch:
     inlier_ratio: float  # inliers / matches (0 when there are no matches)
     matches: int  # matches that passed the ratio test
     homography: np.ndarray | None  # (3, 3) float64, reference pixels → query pixels
-    box: tuple[int, int, int, int] | None  # reference outline projected into the query (inliers box if it cannot be)
+    box: (
+        tuple[int, int, int, int] | None
+    )  # reference outline projected into the query (inliers box if it cannot be)
     rejected: str | None = None  # why no homography was accepted ("too few matches", "mirrored", ...)
 
 

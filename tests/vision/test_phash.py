@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from PIL import Image
+
 from markguard.vision.decode import decode_image, read_image
 from markguard.vision.phash import PerceptualHash, hamming, hamming_many, phash
-from PIL import Image
 
 U64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
 
