@@ -14,6 +14,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
+
 from markguard.datasets.build import BuildReport, Skipped, Tile, finish_build, prepare_output, save_png
 from markguard.datasets.fonts import WORDMARK_FONTS
 from markguard.datasets.manifest import Label, ManifestRow
@@ -30,7 +32,6 @@ from markguard.datasets.marks import (
 )
 from markguard.datasets.splits import split_for, unit_hash
 from markguard.datasets.transforms import TRANSFORMS, transform_names
-from tqdm import tqdm
 
 __all__ = ["BrandmarkOptions", "build_brandmarks"]
 

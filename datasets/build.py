@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw
+
 from markguard.datasets.fonts import load_font
 from markguard.datasets.manifest import MANIFEST_NAME, Label, ManifestRow, write_manifest
 from markguard.vision.errors import MarkguardError
-from PIL import Image, ImageDraw
 
 __all__ = ["BuildRefused", "Skipped", "Tile", "BuildReport", "prepare_output", "finish_build", "save_png", "save_jpeg", "write_atomic"]
 

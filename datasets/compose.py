@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from PIL import Image, ImageDraw
+
 from markguard.datasets.fonts import load_font
 from markguard.datasets.manifest import Box
 from markguard.datasets.marks import luminance
 from markguard.vision.decode import decode_image
-from PIL import Image, ImageDraw
 
 __all__ = ["Scene", "compose_scene", "render_label", "rendered_packaging", "crop_square"]
 

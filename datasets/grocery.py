@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from markguard.datasets.build import BuildReport, Skipped, Tile, finish_build, prepare_output, write_atomic
 from markguard.datasets.manifest import Label, ManifestRow
 from markguard.vision.decode import read_image, sniff_format
 from markguard.vision.errors import ImageError
-from tqdm import tqdm
 
 __all__ = ["GroceryOptions", "brand_of", "build_grocery"]
 

@@ -18,12 +18,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from tqdm import tqdm
+
 from markguard.datasets.build import BuildReport, Skipped, Tile, finish_build, prepare_output, write_atomic
 from markguard.datasets.manifest import Label, ManifestRow
 from markguard.datasets.splits import split_for
 from markguard.vision.decode import MAX_BYTES, decode_image, sniff_format
 from markguard.vision.errors import ImageError
-from tqdm import tqdm
 
 __all__ = ["ImportOptions", "ZipLimits", "build_import"]
 

@@ -15,11 +15,12 @@ import cv2
 import numpy as np
 import resvg_py
 import simple_icons_pack
+from PIL import Image, ImageDraw
+
 from markguard.datasets.fonts import WORDMARK_FONTS, load_font
 from markguard.datasets.splits import unit_hash
 from markguard.vision.decode import decode_image
 from markguard.vision.errors import ImageError, MarkguardError
-from PIL import Image, ImageDraw
 
 __all__ = ["BrandIcon", "MarkSpec", "RenderError", "load_icons", "icon_mask", "text_mask", "render_mark", "mark_spec"]
 

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+
 from markguard.datasets.splits import unit_hash
 
 __all__ = ["SerialFormat", "serial_format", "luhn_digit"]

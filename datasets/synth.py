@@ -14,6 +14,8 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+
 from markguard.datasets.build import BuildReport, Skipped, Tile, finish_build, prepare_output, save_jpeg
 from markguard.datasets.compose import compose_scene, crop_square, render_label, rendered_packaging
 from markguard.datasets.manifest import Label, ManifestRow
@@ -24,7 +26,6 @@ from markguard.datasets.splits import split_for, unit_hash
 from markguard.datasets.transforms import TRANSFORMS, transform_names
 from markguard.vision.decode import read_image
 from markguard.vision.errors import ImageError
-from tqdm import tqdm
 
 __all__ = ["SynthOptions", "build_synth", "pick_brands"]
 

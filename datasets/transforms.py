@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
 from markguard.datasets.fonts import WORDMARK_FONTS
 from markguard.datasets.marks import (
     MarkSpec,
@@ -148,16 +149,26 @@ def misspelled_wordmark(spec: MarkSpec, mark: np.ndarray, *, strength: float, rn
     return render_mark(with_changes(spec, text=text), height=mark.shape[0])
 
 
-_FAMILY = {f: f.split("-")[0].rstrip("0123456789").removesuffix("Bol") for f in WORDMARK_FONTS}
+def _family(font: str) -> str:
+    return font.split("-")[0].rstrip("0123456789").removesuffix("Bol")
+
+
+def _bold(font: str) -> bool:
+    return "Bold" in font or font.endswith("Bol") or font == "cmb10"
 
 
 @register_transform("substituted_font", needs_text=True)
 def substituted_font(spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: np.random.Generator) -> np.ndarray:
-    """The right name in the wrong typeface: a sibling weight when weak, another family when strong."""
+    """The right name in the wrong typeface: a sibling style when weak, another family, then another weight."""
     others = [f for f in WORDMARK_FONTS if f != spec.font]
-    same = [f for f in others if _FAMILY[f] == _FAMILY.get(spec.font)]
-    pool = same if (same and strength < 0.4) else [f for f in others if f not in same] or others
-    font = str(rng.choice(pool))
+    same_weight = [f for f in others if _bold(f) == _bold(spec.font)]
+    if strength < 0.4:
+        pool = [f for f in same_weight if _family(f) == _family(spec.font)]
+    elif strength < 0.75:
+        pool = [f for f in same_weight if _family(f) != _family(spec.font)]
+    else:
+        pool = [f for f in others if _bold(f) != _bold(spec.font)]
+    font = str(rng.choice(pool or same_weight or others))
     return render_mark(with_changes(spec, font=font), height=mark.shape[0])
 
 
@@ -196,7 +207,7 @@ def element_shift(spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: np.
     pad = int(0.3 * h) + 2
     big = _pad(mark, pad)
     labels, ids = _components(big)
-    step = (0.06 + 0.2 * strength) * h
+    step = (0.05 + 0.15 * strength) * h
     angle = rng.uniform(0, 2 * np.pi)
     dx, dy = int(round(step * np.cos(angle))), int(round(step * np.sin(angle)))
     if len(ids) >= 2:
@@ -224,19 +235,27 @@ def element_removal(spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: n
     """One element left out (a letter, a part of the icon), or a bite taken out of a one-piece mark."""
     labels, ids = _components(mark, min_share=0.02)
     out = mark.copy()
-    if len(ids) >= 3 or (len(ids) == 2 and strength >= 0.5):
-        areas = np.array([(labels == i).sum() for i in ids], np.float64)
-        order = [ids[j] for j in np.argsort(areas)]  # weak: a small element; strong: a larger one
-        victim = order[min(len(order) - 1, int(strength * (len(order) - 1) * 0.7 + rng.integers(2)))]
-        out[labels == victim, 3] = 0
-    else:
+    if len(ids) >= 2:  # drop one element, never the main one
+        areas = {i: int((labels == i).sum()) for i in ids}
+        others = sorted((i for i in ids if i != max(areas, key=areas.__getitem__)), key=areas.__getitem__)
+        # weak: one of the smaller elements; strong: one of the larger ones
+        pick = min(len(others) - 1, int(strength * len(others) * 0.8 + rng.integers(2) * 0.5))
+        out[labels == others[pick], 3] = 0
+    else:  # one piece: a bite out of it, sized by strength (the best of a few tries at hitting ink)
         h, w = mark.shape[:2]
-        bw, bh = int(w * (0.2 + 0.25 * strength)), int(h * (0.25 + 0.3 * strength))
-        x0, y0 = int(rng.integers(0, max(1, w - bw))), int(rng.integers(0, max(1, h - bh)))
+        ink = mark[..., 3].astype(np.float64)
+        target = (0.06 + 0.16 * strength) * ink.sum()
+        best: tuple[float, int, int, int, int] | None = None
+        for _ in range(8):
+            bw, bh = int(w * rng.uniform(0.2, 0.45)), int(h * rng.uniform(0.25, 0.55))
+            x0, y0 = int(rng.integers(0, max(1, w - bw))), int(rng.integers(0, max(1, h - bh)))
+            err = abs(ink[y0 : y0 + bh, x0 : x0 + bw].sum() - target)
+            if best is None or err < best[0]:
+                best = (err, x0, y0, bw, bh)
+        assert best is not None
+        _, x0, y0, bw, bh = best
         out[y0 : y0 + bh, x0 : x0 + bw, 3] = 0
-    if not (out[..., 3] > 8).any():
-        return mark[:, ::-1].copy()
-    return _crop_ink(out) if out[..., 3].max() > 8 else mark
+    return _crop_ink(out) if (out[..., 3] > 8).any() else mark[:, ::-1].copy()
 
 
 @register_transform("mirrored_element")
@@ -289,7 +308,7 @@ def stroke_weight(spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: np.
     big = _pad(mark, radius + 1)
     alpha = big[..., 3]
     thinner = cv2.erode(alpha, kernel)
-    if rng.random() < 0.5 and (thinner > 128).sum() > 0.45 * (alpha > 128).sum():
+    if rng.random() < 0.5 and (thinner > 128).sum() > 0.6 * (alpha > 128).sum():
         new_alpha = thinner
     else:
         new_alpha = cv2.dilate(alpha, kernel)
@@ -360,8 +379,8 @@ def look_alike(spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: np.ran
             iou = float(np.minimum(m, genuine).sum() / max(1e-6, np.maximum(m, genuine).sum()))
             scored.append((iou, m))
         scored.sort(key=lambda s: -s[0])
-        other = scored[min(len(scored) - 1, int(strength * len(scored) / 4))][1]
-        w = 0.25 + 0.3 * (1.0 - strength)  # how far the other mark is edited toward this one
+        other = scored[min(len(scored) - 1, int(strength * 2.99))][1]  # one of the three most alike
+        w = 0.35 + 0.3 * (1.0 - strength)  # how far the other mark is edited toward this one
         blended = np.clip(255 * ((1 - w) * other + w * genuine), 0, 255).astype(np.uint8)
         icon_rgba = colorize(blended, spec.color)
         if spec.layout == "icon" or not spec.text:
@@ -376,11 +395,10 @@ def look_alike(spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: np.ran
     assert spec.text is not None
     titles = [i.title for i in icons if i.title != spec.brand and abs(len(i.title) - len(spec.text)) <= 2]
     other_text = str(rng.choice(titles)) if titles else spec.text[::-1]
-    keep = rng.random(len(spec.text)) >= 0.1 + 0.25 * strength
-    keep[0] = True  # the first letter is what a shopper reads first
-    text = "".join(
-        ch if (k or i >= len(other_text)) else other_text[i] for i, (ch, k) in enumerate(zip(spec.text, keep, strict=True))
-    )
+    letters = [i for i in range(1, min(len(spec.text), len(other_text))) if spec.text[i].isalnum()]
+    count = min(len(letters), max(1, round(len(spec.text) * (0.1 + 0.2 * strength))))
+    swap = set(rng.choice(letters, size=count, replace=False).tolist()) if letters else set()
+    text = "".join(other_text[i] if i in swap else ch for i, ch in enumerate(spec.text))
     if text == spec.text:
         text = misspell(spec.text, edits=1, rng=rng)
     return render_mark(with_changes(spec, text=text), height=h)
