@@ -128,7 +128,7 @@ class _ObjectnessMap:
         grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
         self.image_size = (width, height)
-        if min(grey.shape) < 8:  # too thin for either map: every box scores the same
+        if min(grey.shape) < 8 or grey.std() < 1e-3:  # too thin or flat for either map: all boxes score 1
             self.map = np.ones_like(grey)
         else:
             self.map = 0.5 * _unit(_spectral_residual(grey)) + 0.5 * _unit(_gradient_energy(grey))

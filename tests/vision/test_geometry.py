@@ -230,4 +230,4 @@ def test_grocery_same_product_beats_same_brand(grocery: Path) -> None:
     print(f"geometry on grocery val, negatives of another brand: {other_brand}")
     assert same_brand["auc_inliers"] >= 0.62  # measured 0.71: same-brand packages share their wordmark
     assert other_brand["auc_inliers"] >= 0.75
-    assert same_brand["ms_match"] < 60
+    assert same_brand["ms_match"] < 100  # about 6 ms on an idle core
