@@ -1,27 +1,34 @@
 """The scoring engine: one loaded model, its index and the catalog, answering `score` calls.
 
-It turns a photo and an optional claim into a `ScoreResult` (vision.scoring) and records the
-listing. Created once per process (CLI run, BentoML worker); the index is reloaded when another
-process saves a new version.
+A photo goes through three steps, split so that a server can batch the middle one across requests:
+`plan` (decode, candidate regions, crops) → `embed` (one forward pass for many crops) → `finish`
+(search, geometry, photo reuse, fusion, decision, record). `score_many` runs all three.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from markguard.serving.brands import get_brand, get_product
 from markguard.serving.indexing import sync_index
 from markguard.serving.models import ensure_default_model
 from markguard.serving.state.home import Home
-from markguard.serving.state.schema import Brand, Listing, Product
+from markguard.serving.state.schema import Brand, Listing, Product, Reference
 from markguard.vision.decode import decode_image
 from markguard.vision.embed import embed_images
+from markguard.vision.geometry import LocalFeatures, extract_features
 from markguard.vision.index import KIND_CODES, ReferenceIndex, read_manifest
+from markguard.vision.phash import hamming_many, phash
+from markguard.vision.regions import Region, crop, propose_regions
 from markguard.vision.scoring import (
     SIGNAL_NAMES,
     Claim,
@@ -30,32 +37,44 @@ from markguard.vision.scoring import (
     NamedScore,
     Policy,
     ScoreResult,
-    embedding_signals,
+    geometry_signals,
+    region_signals,
 )
 
-__all__ = ["ScoringEngine", "ScoreRequest"]
+__all__ = ["ScoringEngine", "ScoreRequest", "ScorePlan"]
 
 TOP_MATCHES = 5
-_SEARCH_K = 50
+_SEARCH_K = 20  # neighbours per region before merging
+_GEOMETRY_REFERENCES = 3  # the claim's top genuine references checked for shape agreement
+_DUPLICATE_BITS = 6  # perceptual hashes this close are the same photo (re-encoded, resized, cropped a little)
+_FEATURE_CACHE = 2048  # reference feature sets kept in memory
 
 
+@dataclasses.dataclass(frozen=True)
 class ScoreRequest:
     """One photo to score, with what the listing claims about it."""
 
-    def __init__(
-        self,
-        data: bytes,
-        *,
-        brand: str | None = None,
-        product: str | None = None,
-        seller: str | None = None,
-        listing: str | None = None,
-        label: str | None = None,
-    ) -> None:
-        if product is not None and brand is None:
+    data: bytes
+    brand: str | None = None
+    product: str | None = None
+    seller: str | None = None
+    listing: str | None = None
+    label: str | None = None  # how the caller names the photo (a path); echoed as `image`
+
+    def __post_init__(self) -> None:
+        if self.product is not None and self.brand is None:
             raise ValueError("a product claim needs a brand claim")
-        self.data, self.brand, self.product = data, brand, product
-        self.seller, self.listing, self.label = seller, listing, label
+
+
+@dataclasses.dataclass
+class ScorePlan:
+    request: ScoreRequest
+    brand_id: int | None
+    product_id: int | None
+    image: np.ndarray
+    regions: list[Region]
+    crops: list[np.ndarray]
+    started: float
 
 
 class ScoringEngine:
@@ -64,8 +83,12 @@ class ScoringEngine:
         self.artifact = ensure_default_model(home)
         self.model = self.artifact.load_embedder(device=device)
         self.fusion = Fusion(self.artifact.fusion)
+        self.max_regions = int(self.artifact.fusion.get("max_regions", 6))
         self.index: ReferenceIndex = sync_index(home, self.artifact, self.model)
-        self._names: dict[tuple[str, int], str] = {}
+        self._features: OrderedDict[int, LocalFeatures] = OrderedDict()
+        self._hashes = np.empty(0, dtype=np.int64)
+        self._hash_rows = np.empty(0, dtype=np.int64)
+        self._lock = threading.Lock()
 
     @property
     def model_tag(self) -> str:
@@ -77,91 +100,81 @@ class ScoringEngine:
         if manifest is not None and manifest["version"] != self.index.version:
             self.index = ReferenceIndex.load(self.home.index_dir(self.model_tag))
 
-    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        return embed_images(self.model, images)
+    # -- the three steps ---------------------------------------------------------------------------
+    def plan(self, request: ScoreRequest) -> ScorePlan:
+        """Resolve the claim (unknown brand or product: NotFound), decode, propose regions, crop."""
+        started = time.perf_counter()
+        brand_id = product_id = None
+        if request.brand is not None:
+            with self.home.sessions() as session:
+                brand = get_brand(session, request.brand)
+                brand_id = brand.id
+                if request.product is not None:
+                    product_id = get_product(session, brand, request.product).id
+        image = decode_image(request.data)
+        regions = propose_regions(image, max_regions=self.max_regions)
+        crops = [image if r.box == (0, 0, image.shape[1], image.shape[0]) else crop(image, r) for r in regions]
+        return ScorePlan(request, brand_id, product_id, image, regions, crops, started)
+
+    def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        return embed_images(self.model, crops)
+
+    def finish(self, plan: ScorePlan, vectors: np.ndarray, *, record: bool = True) -> ScoreResult:
+        with self._lock:  # the catalog session and caches are per engine; searches are cheap
+            with self.home.sessions() as session:
+                result = self._finish(session, plan, vectors)
+                if record:
+                    self._record(session, plan, result)
+                session.commit()
+        result.elapsed_ms = round((time.perf_counter() - plan.started) * 1000, 2)
+        return result
 
     def score(self, request: ScoreRequest, *, record: bool = True) -> ScoreResult:
         return self.score_many([request], record=record)[0]
 
     def score_many(self, requests: Sequence[ScoreRequest], *, record: bool = True) -> list[ScoreResult]:
-        """Score photos together: decoding per photo, one batched forward pass for all of them."""
-        started = time.perf_counter()
+        """Score photos together: one batched forward pass for every region of every photo."""
         self.refresh()
-        with self.home.sessions() as session:
-            claims = [self._resolve_claim(session, r) for r in requests]  # unknown brand: fail first
-        images = [decode_image(r.data) for r in requests]
-        vectors = self.embed(images) if images else np.empty((0, self.model.config.embedding_dim))
-        per_image_ms = (time.perf_counter() - started) * 1000 / max(1, len(requests))
-        results = []
-        with self.home.sessions() as session:
-            for request, claim, vector in zip(requests, claims, vectors, strict=True):
-                t0 = time.perf_counter()
-                result = self._score_vector(session, vector, claim, request)
-                result.elapsed_ms = round(per_image_ms + (time.perf_counter() - t0) * 1000, 2)
-                if record:
-                    self._record(session, request, result)
-                results.append(result)
-            session.commit()
+        plans = [self.plan(r) for r in requests]
+        vectors = self.embed([c for p in plans for c in p.crops])
+        results, start = [], 0
+        for plan in plans:
+            results.append(self.finish(plan, vectors[start : start + len(plan.crops)], record=record))
+            start += len(plan.crops)
         return results
 
     # -- internals ---------------------------------------------------------------------------------
-    def _resolve_claim(self, session, request: ScoreRequest) -> tuple[Brand | None, Product | None]:  # type: ignore[no-untyped-def]
-        if request.brand is None:
-            return None, None
-        brand = get_brand(session, request.brand)
-        product = get_product(session, brand, request.product) if request.product else None
-        return brand, product
-
-    def _name(self, session, table: type[Brand] | type[Product], row_id: int) -> str:  # type: ignore[no-untyped-def]
-        key = (table.__tablename__, row_id)
-        if key not in self._names:
-            self._names[key] = session.get(table, row_id).name
-        return self._names[key]
-
-    def _score_vector(self, session, vector: np.ndarray, claim, request: ScoreRequest) -> ScoreResult:  # type: ignore[no-untyped-def]
-        brand, product = claim
-        query = vector[None, :]
-        hits = self.index.search(query, _SEARCH_K)
-        matches = []
-        for sim, ref_id in zip(hits.similarities[0], hits.ids[0], strict=True):
-            if ref_id < 0 or len(matches) >= TOP_MATCHES:
-                break
-            b, p, k = self.index.metadata(int(ref_id))
-            matches.append(
-                Match(
-                    reference_id=int(ref_id),
-                    brand=self._name(session, Brand, b),
-                    product=self._name(session, Product, p) if p >= 0 else None,
-                    kind="genuine" if k == KIND_CODES["genuine"] else "counterfeit",
-                    similarity=round(float(sim), 4),
-                )
-            )
-
-        # Without a claim, judge the photo against the best-matching genuine brand and product.
-        best = self.index.search(query, 1, kind="genuine")
-        best_sim = float(best.similarities[0, 0]) if best.ids[0, 0] >= 0 else None
-        if brand is None and best_sim is not None and best_sim >= self.fusion.match_threshold:
-            b, p, _ = self.index.metadata(int(best.ids[0, 0]))
-            brand = session.get(Brand, b)
-            product = session.get(Product, p) if p >= 0 else None
+    def _finish(self, session: Session, plan: ScorePlan, vectors: np.ndarray) -> ScoreResult:
+        request, index = plan.request, self.index
+        matches = self._matches(session, plan, vectors)
+        brand_id, product_id = plan.brand_id, plan.product_id
+        if brand_id is None:  # no claim: judge the photo against the best-matching genuine reference
+            best = next((m for m in matches if m.kind == "genuine"), None)
+            if best is not None and best.similarity >= self.fusion.match_threshold:
+                brand_id, product_id, _ = index.metadata(best.reference_id)
+                product_id = product_id if product_id >= 0 else None
 
         values: dict[str, float | None] = dict.fromkeys(SIGNAL_NAMES)
         brand_score = product_score = None
-        if brand is not None:
-            values = embedding_signals(self.index, vector, brand_id=brand.id, product_id=product.id if product else None)
-            brand_score = self._best(query, brand_id=brand.id, kind="genuine")
-            product_score = values["genuine_similarity"] if product is not None else None
-            if product is None:  # a brand-only claim: name the brand's best-matching product
-                best_in_brand = self.index.search(query, 1, brand_id=brand.id, kind="genuine")
-                if best_in_brand.ids[0, 0] >= 0:
-                    _, p, _ = self.index.metadata(int(best_in_brand.ids[0, 0]))
-                    product = session.get(Product, p) if p >= 0 else None
-                    product_score = float(best_in_brand.similarities[0, 0]) if product else None
+        if brand_id is not None:
+            embedding, region = region_signals(index, vectors, brand_id=brand_id, product_id=product_id)
+            values.update(embedding)
+            values.update(self._geometry(plan, vectors[region : region + 1], brand_id=brand_id,
+                                         product_id=product_id, matches=matches))
+            brand_score = self._best(vectors, brand_id=brand_id, kind="genuine")
+            if product_id is not None:
+                product_score = values["genuine_similarity"]
+            else:  # a brand-only claim: name the brand's best-matching product
+                best_id = self._best_id(vectors, brand_id=brand_id, kind="genuine")
+                if best_id is not None and index.metadata(best_id)[1] >= 0:
+                    product_id = index.metadata(best_id)[1]
+                    product_score = brand_score
         risk, signals = self.fusion.risk(values)
-        policy = self._policy(brand)
+        brand = session.get(Brand, brand_id) if brand_id is not None else None
+        product = session.get(Product, product_id) if product_id is not None else None
         return ScoreResult(
             risk=round(risk, 4),
-            decision=policy.decide(risk),
+            decision=self._policy(brand).decide(risk),
             brand=NamedScore(name=brand.name if brand else None, score=_round(brand_score)),
             product=NamedScore(name=product.name if product else None, score=_round(product_score)),
             claimed=Claim(brand=request.brand, product=request.product),
@@ -169,12 +182,102 @@ class ScoringEngine:
             signals=signals,
             model=self.model_tag,
             provisional=self.fusion.provisional,
+            duplicates=self._duplicates(session, plan),
             image=request.label,
         )
 
-    def _best(self, query: np.ndarray, **filters: int | str | None) -> float | None:
-        hits = self.index.search(query, 1, **filters)  # type: ignore[arg-type]
-        return float(hits.similarities[0, 0]) if hits.ids[0, 0] >= 0 else None
+    def _matches(self, session: Session, plan: ScorePlan, vectors: np.ndarray) -> list[Match]:
+        """Top references over all regions, each with the region that matched it best."""
+        hits = self.index.search(vectors, _SEARCH_K)
+        best: dict[int, tuple[float, int]] = {}
+        for region, (sims, ids) in enumerate(zip(hits.similarities, hits.ids, strict=True)):
+            for sim, ref_id in zip(sims, ids, strict=True):
+                if ref_id >= 0 and float(sim) > best.get(int(ref_id), (-np.inf, 0))[0]:
+                    best[int(ref_id)] = (float(sim), region)
+        ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:TOP_MATCHES]
+        matches = []
+        for ref_id, (sim, region) in ranked:
+            b, p, k = self.index.metadata(ref_id)
+            matches.append(
+                Match(
+                    reference_id=ref_id,
+                    brand=self._name(session, Brand, b),
+                    product=self._name(session, Product, p) if p >= 0 else None,
+                    kind="genuine" if k == KIND_CODES["genuine"] else "counterfeit",
+                    similarity=round(sim, 4),
+                    box=tuple(int(v) for v in plan.regions[region].box),
+                )
+            )
+        return matches
+
+    def _geometry(
+        self, plan: ScorePlan, vector: np.ndarray, *, brand_id: int, product_id: int | None, matches: list[Match]
+    ) -> dict[str, float | None]:
+        """Shape agreement between the photo and the claim's references nearest to its best region."""
+        hits = self.index.search(vector, _GEOMETRY_REFERENCES, brand_id=brand_id, product_id=product_id,
+                                 kind="genuine")
+        ref_ids = [int(i) for i in hits.ids[0] if i >= 0]
+        if not ref_ids:
+            return {}
+        query = extract_features(plan.image)
+        values, found = geometry_signals(query, [self._reference_features(i) for i in ref_ids])
+        by_id = dict(zip(ref_ids, found, strict=True))
+        for i, match in enumerate(matches):
+            if match.reference_id in by_id:
+                matches[i] = dataclasses.replace(match, inliers=by_id[match.reference_id].inliers)
+        return values
+
+    def _reference_features(self, reference_id: int) -> LocalFeatures:
+        if reference_id in self._features:
+            self._features.move_to_end(reference_id)
+            return self._features[reference_id]
+        with self.home.sessions() as session:
+            sha = session.scalar(select(Reference.sha256).where(Reference.id == reference_id))
+        features = extract_features(decode_image(self.home.get_blob(sha)))
+        self._features[reference_id] = features
+        if len(self._features) > _FEATURE_CACHE:
+            self._features.popitem(last=False)
+        return features
+
+    def _duplicates(self, session: Session, plan: ScorePlan) -> list[dict]:
+        """Earlier listings that showed the same photo, or a near copy, under another listing id."""
+        self._load_hashes(session)
+        if not self._hashes.size:
+            return []
+        query = phash(plan.image)
+        close = np.nonzero(hamming_many(query, self._hashes) <= _DUPLICATE_BITS)[0]
+        rows = session.scalars(select(Listing).where(Listing.id.in_(self._hash_rows[close].tolist()))).all()
+        out = []
+        for row in sorted(rows, key=lambda r: r.id):
+            if plan.request.listing is not None and row.listing_id == plan.request.listing:
+                continue  # the same listing scored again is not reuse
+            out.append({"listing_id": row.listing_id, "seller_id": row.seller_id,
+                        "distance": int(hamming_many(query, np.array([row.phash], np.int64))[0]),
+                        "scored_at": row.scored_at.isoformat()})
+        return out
+
+    def _load_hashes(self, session: Session) -> None:
+        last = int(self._hash_rows[-1]) if self._hash_rows.size else 0
+        rows = session.execute(
+            select(Listing.id, Listing.phash).where(Listing.id > last, Listing.phash.is_not(None)).order_by(Listing.id)
+        ).all()
+        if rows:
+            self._hash_rows = np.concatenate([self._hash_rows, np.array([r[0] for r in rows], np.int64)])
+            self._hashes = np.concatenate([self._hashes, np.array([r[1] for r in rows], np.int64)])
+
+    def _best(self, vectors: np.ndarray, **filters: int | str | None) -> float | None:
+        hits = self.index.search(vectors, 1, **filters)  # type: ignore[arg-type]
+        sims = hits.similarities[:, 0]
+        return float(sims.max()) if (hits.ids[:, 0] >= 0).any() else None
+
+    def _best_id(self, vectors: np.ndarray, **filters: int | str | None) -> int | None:
+        hits = self.index.search(vectors, 1, **filters)  # type: ignore[arg-type]
+        if not (hits.ids[:, 0] >= 0).any():
+            return None
+        return int(hits.ids[int(np.argmax(hits.similarities[:, 0])), 0])
+
+    def _name(self, session: Session, table: type[Brand] | type[Product], row_id: int) -> str:
+        return session.get(table, row_id).name
 
     def _policy(self, brand: Brand | None) -> Policy:
         default = self.fusion.policy
@@ -185,17 +288,17 @@ class ScoringEngine:
             takedown_at=brand.takedown_at if brand.takedown_at is not None else default.takedown_at,
         )
 
-    def _record(self, session, request: ScoreRequest, result: ScoreResult) -> None:  # type: ignore[no-untyped-def]
+    def _record(self, session: Session, plan: ScorePlan, result: ScoreResult) -> None:
         brand_id = None
         if result.brand.name is not None:
             brand_id = session.scalar(select(Brand.id).where(Brand.name == result.brand.name))
         session.add(
             Listing(
-                listing_id=request.listing,
-                seller_id=request.seller,
+                listing_id=plan.request.listing,
+                seller_id=plan.request.seller,
                 brand_id=brand_id,
-                image_sha256=hashlib.sha256(request.data).hexdigest(),
-                phash=None,
+                image_sha256=hashlib.sha256(plan.request.data).hexdigest(),
+                phash=phash(plan.image).int64,
                 risk=result.risk,
                 decision=result.decision.value,
                 model_tag=result.model,
@@ -206,4 +309,3 @@ class ScoringEngine:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
-

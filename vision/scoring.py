@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from markguard.vision.geometry import GeometryMatch, LocalFeatures, match_features
 from markguard.vision.index import KIND_CODES, ReferenceIndex
 
 __all__ = [
@@ -32,11 +33,13 @@ __all__ = [
     "Match",
     "ScoreResult",
     "embedding_signals",
+    "region_signals",
+    "geometry_signals",
     "SIGNAL_NAMES",
 ]
 
-# The embedding signals every fusion may use; geometry and OCR signals are added by their stages.
-SIGNAL_NAMES = ("genuine_similarity", "margin", "counterfeit_similarity")
+# Signals a fusion may use: embedding (per best region), geometry, then OCR's (vision.text).
+SIGNAL_NAMES = ("genuine_similarity", "margin", "counterfeit_similarity", "log_inliers", "inlier_ratio")
 
 
 def _best(index: ReferenceIndex, query: np.ndarray, **filters: Any) -> float | None:
@@ -65,6 +68,31 @@ def embedding_signals(
         "margin": None if genuine is None or rival is None else genuine - rival,
         "counterfeit_similarity": _best(index, query, brand_id=brand_id, kind="counterfeit"),
     }
+
+
+def region_signals(
+    index: ReferenceIndex, vectors: np.ndarray, *, brand_id: int, product_id: int | None
+) -> tuple[dict[str, float | None], int]:
+    """Embedding signals of the region that best matches the claim, and that region's position.
+
+    The mark may fill 5% of a listing photo: each candidate region (the full photo first) is judged,
+    and the one most similar to the claim's genuine references speaks for the photo.
+    """
+    per_region = [embedding_signals(index, v, brand_id=brand_id, product_id=product_id) for v in vectors]
+    sims = [s["genuine_similarity"] if s["genuine_similarity"] is not None else -math.inf for s in per_region]
+    best = int(np.argmax(sims)) if per_region else 0
+    return per_region[best], best
+
+
+def geometry_signals(
+    query: LocalFeatures, references: list[LocalFeatures]
+) -> tuple[dict[str, float | None], list[GeometryMatch]]:
+    """Shape agreement with the claim's top references: the best one's inliers (log1p) and ratio."""
+    found = [match_features(query, ref) for ref in references]
+    if not found:
+        return {"log_inliers": None, "inlier_ratio": None}, found
+    best = max(found, key=lambda m: m.inliers)
+    return {"log_inliers": math.log1p(best.inliers), "inlier_ratio": best.inlier_ratio}, found
 
 
 class Decision(enum.StrEnum):
