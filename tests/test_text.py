@@ -133,6 +133,13 @@ def test_extract_joins_words_and_skips_labels() -> None:
     assert [(c.normalized, c.format_ok, c.line) for c in found] == [("AB12345678", True, 0)]
 
 
+def test_extract_serial_run_into_its_label() -> None:
+    found = extract_serials(["SNAB12345678"], pattern=PATTERN)
+    assert [(c.normalized, c.format_ok) for c in found] == [("AB12345678", True)]
+    found = extract_serials(["LOT4006381333931X"], pattern=PATTERN)  # only the line's end is tried
+    assert [c.format_ok for c in found] == [False]
+
+
 def test_extract_with_checksum_and_hyphen_pattern() -> None:
     found = extract_serials(["GTIN 40O638I333931"], pattern=r"\d{13}", checksum="gs1")
     assert found[0].normalized == "4006381333931" and found[0].checksum_ok is True and found[0].substitutions == 2

@@ -316,6 +316,34 @@ def normalize_serial(text: str, *, pattern: str, max_substitutions: int = 4) -> 
     return None
 
 
+@functools.lru_cache(maxsize=64)
+def _widths(pattern: str) -> range:
+    try:
+        from re import _parser  # type: ignore[attr-defined]
+
+        lo, hi = _parser.parse(pattern).getwidth()
+    except Exception:
+        return range(0)
+    return range(lo, min(hi, lo + 3) + 1) if 4 <= lo <= 40 else range(0)
+
+
+def _windows(
+    line: str, line_no: int, *, pattern: str, checksum: str, max_substitutions: int
+) -> list[tuple[tuple[int, bool, int], int, int, SerialCandidate]]:
+    """The line's last letters and digits, as wide as the pattern: a serial run into its label ("SNAB123…")."""
+    key = serial_key(line)
+    out = []
+    for width in _widths(pattern):
+        if len(key) >= width:
+            i = len(key) - width
+            norm = normalize_serial(key[i : i + width], pattern=pattern, max_substitutions=max_substitutions)
+            if norm is not None:
+                ok = checksum_ok(checksum, norm[0])
+                cand = SerialCandidate(line, norm[0], True, ok, norm[1], line_no)
+                out.append(((norm[1], ok is False, -len(norm[0])), i, i + width, cand))
+    return out
+
+
 def _separators(pattern: str) -> list[str]:
     alphabet = pattern_alphabet(pattern)
     return [""] + [c for c in " -/." if c in alphabet]
@@ -354,6 +382,9 @@ def extract_serials(
                             ok = checksum_ok(checksum, norm[0])
                             cand = SerialCandidate(text, norm[0], True, ok, norm[1], line_no)
                             found.append(((norm[1], ok is False, -len(norm[0])), i, i + n, cand))
+        if pattern and not found:
+            found = _windows(line, line_no, pattern=pattern, checksum=checksum, max_substitutions=max_substitutions)
+            found = [(rank, 0, len(words), cand) for rank, _, _, cand in found]
         taken: set[int] = set()
         for _, start, end, cand in sorted(found, key=lambda f: f[0]):
             span = set(range(start, end))
