@@ -117,8 +117,8 @@ def iou(a: Box, b: Box) -> float:
 class _ObjectnessMap:
     """Spectral-residual saliency and gradient energy, each scaled to [0, 1], averaged, at low resolution.
 
-    Marks and labels are both salient and dense in edges; the average is kinder to photos where one
-    of the two fails (a blurred close-up has few edges, a busy shelf saturates saliency).
+    Marks and labels are both salient and dense in edges; averaging the two lets either carry a photo
+    where the other is weak.
     """
 
     def __init__(self, image: np.ndarray) -> None:
@@ -141,7 +141,7 @@ class _ObjectnessMap:
         return float(total / ((x1 - x0) * (y1 - y0)) / self.mean)
 
     def blobs(self, *, max_blobs: int = 6, padding: float = 0.25) -> list[Box]:
-        """Boxes around the connected areas well above the map's mean, largest mass first."""
+        """Padded boxes around the connected areas more than one deviation above the map's mean, largest first."""
         if self.map.shape[0] < 8 or self.map.shape[1] < 8:
             return []
         threshold = self.map.mean() + self.map.std()
