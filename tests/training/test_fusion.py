@@ -1,0 +1,63 @@
+"""Fusion calibration: monotone risk, thresholds at target false-positive rates, a growing signal vector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from markguard.training.fusion import fit_fusion, threshold_at_fpr
+from markguard.vision.scoring import Fusion
+
+
+def _toy(n: int = 400, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < 0.5  # not genuine
+    sim = np.where(y, rng.normal(0.45, 0.1, n), rng.normal(0.7, 0.1, n))
+    values = [{"genuine_similarity": float(s), "margin": float(s - 0.5 + rng.normal(0, 0.05)),
+               "counterfeit_similarity": None if i % 3 else float(rng.normal(0.4, 0.1))} for i, s in enumerate(sim)]
+    return values, y
+
+
+def test_risk_is_monotone_in_genuine_similarity() -> None:
+    values, y = _toy()
+    spec, _ = fit_fusion(values, y, match_threshold=0.5)
+    fusion = Fusion(spec)
+    assert spec["signals"]["genuine_similarity"]["weight"] < 0
+    risks = [fusion.risk({"genuine_similarity": s, "margin": 0.1, "counterfeit_similarity": 0.4})[0]
+             for s in np.linspace(0, 1, 21)]
+    assert all(a > b for a, b in zip(risks, risks[1:], strict=False))
+
+
+def test_thresholds_meet_the_target_false_positive_rates() -> None:
+    values, y = _toy(1000, seed=1)
+    spec, points = fit_fusion(values, y, match_threshold=0.5, takedown_fpr=0.01, review_fpr=0.05)
+    fusion = Fusion(spec)
+    risks = np.array([fusion.risk(v)[0] for v in values])
+    assert (risks[~y] >= spec["takedown_at"]).mean() <= 0.01
+    assert (risks[~y] >= spec["review_at"]).mean() <= 0.05
+    assert spec["review_at"] <= spec["takedown_at"]
+    take = next(p for p in points if p.name == "takedown")
+    assert take.fpr <= 0.01 and take.tpr > 0.3
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_threshold_at_fpr_is_the_lowest_admissible(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, 10, 50) / 10  # ties
+    for fpr in (0.0, 0.01, 0.05, 0.3):
+        t = threshold_at_fpr(g, fpr)
+        assert (g >= t).mean() <= fpr + 1e-12
+        lower = [c for c in sorted(set(g)) if c < t]
+        assert all((g >= c).mean() > fpr for c in lower)  # naive: every lower candidate breaks the target
+
+
+def test_new_signals_join_the_vector_and_missing_ones_contribute_nothing() -> None:
+    values, y = _toy()
+    rng = np.random.default_rng(3)
+    for v, bad in zip(values, y, strict=True):
+        v["inliers"] = float(rng.poisson(5 if bad else 30))
+    spec, _ = fit_fusion(values, y, match_threshold=0.5)
+    assert list(spec["signals"]) == ["genuine_similarity", "margin", "counterfeit_similarity", "inliers"]
+    assert spec["signals"]["inliers"]["weight"] < 0
+    _, signals = Fusion(spec).risk({"genuine_similarity": 0.6, "margin": 0.1, "counterfeit_similarity": None})
+    assert signals["counterfeit_similarity"].contribution == 0.0 and signals["inliers"].contribution == 0.0

@@ -1,0 +1,95 @@
+"""CI smoke test: one tiny epoch through the default code path → an artifact that loads and scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from markguard.training.data import load_images, make_eval_set, read_items
+from markguard.vision.artifact import load_artifact
+from markguard.vision.embed import embed_images
+from markguard.vision.index import KIND_CODES, ReferenceIndex
+from markguard.vision.scoring import Fusion, embedding_signals
+
+
+def test_tiny_run_writes_a_loadable_artifact_that_scores(tiny_run: Path, tiny_grocery: Path) -> None:
+    artifact = load_artifact(tiny_run / "artifact")
+    model = artifact.load_embedder()
+    assert artifact.embedder.head == "linear" and artifact.embedder.embedding_dim == 32
+    fusion = Fusion(artifact.fusion)
+    assert fusion.kind == "logistic" and not fusion.provisional
+    assert 0 <= fusion.policy.review_at <= fusion.policy.takedown_at <= 1
+    card = artifact.card
+    for key in ("config", "git_commit", "metrics", "operating_points", "data"):
+        assert key in card
+    assert card["data"]["manifest_hash"] and "grocery_val" in card["metrics"]
+
+    es = make_eval_set(read_items(tiny_grocery), split="val")
+    refs = embed_images(model, load_images(es.references))
+    index = ReferenceIndex(refs.shape[1])
+    brands = sorted({r.brand for r in es.references})
+    products = sorted({r.product for r in es.references})
+    index.add(np.arange(len(refs)), refs, brand_ids=np.array([brands.index(r.brand) for r in es.references]),
+              product_ids=np.array([products.index(r.product) for r in es.references]),
+              kinds=np.full(len(refs), KIND_CODES["genuine"]))
+    query = embed_images(model, load_images(es.queries[:1]))[0]
+    q = es.queries[0]
+    values = embedding_signals(index, query, brand_id=brands.index(q.brand), product_id=products.index(q.product))
+    risk, signals = fusion.risk(values)
+    assert 0.0 <= risk <= 1.0 and set(signals) >= {"genuine_similarity", "margin"}
+
+
+def test_run_folder_has_config_metrics_plots_checkpoint_and_bentoml(tiny_run: Path) -> None:
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["optim"]["epochs"] == 1 and config["model"]["input_size"] == 64
+    history = json.loads((tiny_run / "metrics.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1] and np.isfinite(history[1]["train_loss"])
+    for png in ("loss.png", "roc_grocery_val.png", "per_brand_grocery_val.png"):
+        assert (tiny_run / png).stat().st_size > 1000
+    state = torch.load(tiny_run / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["config"] == config
+    assert any((tiny_run / "bentoml" / "models").rglob("card.json"))
+
+
+def test_resume_continues_from_the_checkpoint(tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from markguard.training.train import main
+
+    run = tmp_path / "resumed"
+    shutil.copytree(tiny_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["optim"]["epochs"] = 2
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["--resume", str(run), "--no-bentoml", "--quiet"]) == 0
+    history = json.loads((run / "metrics.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert load_artifact(run / "artifact").card["config"]["optim"]["epochs"] == 2
+
+
+def test_evaluate_command_prints_and_writes_metrics(tiny_run: Path, tiny_synth: Path, tmp_path: Path, capsys) -> None:
+    from markguard.serving.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(tiny_run / "artifact"), "--manifest", str(tiny_synth), "--split", "val",
+                 "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "recall_at_1" in printed and "counterfeit transform" in printed
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    for key in ("recall_at_1", "recall_at_5", "map_at_r", "claim_auc", "claim_tpr_at_fpr_1pct",
+                "claim_tpr_at_fpr_5pct", "per_brand", "counterfeit_flagged_by_transform",
+                "counterfeit_flagged_by_strength"):
+        assert key in metrics
+    assert (out / "roc.png").is_file()
+
+
+def test_bench_embedder_prints_both_models(tiny_run: Path, tiny_grocery: Path, tiny_synth: Path, capsys) -> None:
+    from markguard.training.benchmarks.embedder import main
+
+    assert main(["--model", str(tiny_run / "artifact"), "--grocery", str(tiny_grocery), "--synth", str(tiny_synth),
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "imagenet" in printed and "grocery val" in printed and "synthetic held-out" in printed

@@ -1,0 +1,45 @@
+"""Training's eval transform is serving's preprocessing, bit for bit; the cached split computes the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from markguard.training.data import augment, eval_transform, load_images, read_items
+from markguard.training.model import SplitEmbedder, build_model
+from markguard.vision.artifact import load_artifact
+from markguard.vision.decode import read_image
+from markguard.vision.embed import preprocess
+
+
+def test_eval_transform_equals_serving_preprocess_bit_for_bit(tiny_run: Path, tiny_grocery: Path) -> None:
+    config = load_artifact(tiny_run / "artifact").embedder
+    items = read_items(tiny_grocery)[:4]
+    ours = eval_transform(load_images(items), config)
+    serving = preprocess([read_image(i.path) for i in items], config)  # what serving runs on an upload
+    assert ours.dtype == serving.dtype and torch.equal(ours, serving)
+
+
+@pytest.mark.parametrize("trainable_blocks", [-1, 0, 2])
+def test_split_embedder_computes_the_artifact_model(trainable_blocks: int) -> None:
+    model = build_model(architecture="efficientnet_lite0", input_size=64, embedding_dim=16, seed=0)
+    split = SplitEmbedder(model, trainable_blocks=trainable_blocks)
+    split.train()  # batch norm stays in eval mode
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(split.suffix(split.prefix(x)), model(x), atol=1e-6)
+    assert all(not p.requires_grad for p in model.backbone._conv_stem.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
+
+
+def test_augment_keeps_uint8_rgb_and_never_mirrors() -> None:
+    image = np.zeros((80, 120, 3), np.uint8)
+    image[:, :60] = 255  # left half white
+    params = {"scale_min": 0.9, "rotate": 0.0, "brightness": 0.0, "contrast": 0.0, "blur_p": 0.0}
+    for seed in range(5):
+        out = augment(image, rng=np.random.default_rng(seed), params=params)
+        assert out.dtype == np.uint8 and out.shape[2] == 3
+        assert out[:, 0].mean() > out[:, -1].mean()  # white stays on the left

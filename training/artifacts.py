@@ -1,0 +1,81 @@
+"""Writing the trained model: the artifact folder (via `vision.artifact.write_artifact`), its card,
+and a copy in the BentoML model store with labels and metrics metadata."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from markguard.vision.artifact import ModelArtifact, load_artifact
+
+__all__ = ["git_commit", "register_bentoml", "resolve_model", "json_metrics"]
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit (with `+dirty` when tracked files differ), or `unknown`."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def json_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics without the private `_`-keys (curves kept for plots only)."""
+    return {k: json_metrics(v) if isinstance(v, dict) else v for k, v in metrics.items() if not k.startswith("_")}
+
+
+def _store(bentoml_home: Path):  # type: ignore[no-untyped-def]
+    from bentoml._internal.models import ModelStore
+
+    path = Path(bentoml_home) / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return ModelStore(path)
+
+
+def register_bentoml(artifact: ModelArtifact, *, name: str, bentoml_home: Path) -> str:
+    """Copy the artifact into the BentoML model store at `bentoml_home` as `name:version` (the
+    version is the artifact tag without the `name-` prefix); returns the BentoML tag."""
+    import bentoml
+
+    version = artifact.tag[len(name) + 1 :] if artifact.tag.startswith(name + "-") else artifact.tag
+    tag = bentoml.Tag(name, version)
+    metrics = artifact.card.get("metrics", {})
+    flat = {f"{s}.{k}": v for s, m in metrics.items() for k, v in m.items() if isinstance(v, int | float)}
+    labels = {"project": "markguard", "kind": "embedder", "architecture": artifact.embedder.architecture,
+              "head": artifact.embedder.head}
+    with bentoml.models.create(tag, labels=labels, metadata={"markguard_tag": artifact.tag, **flat},
+                               _model_store=_store(bentoml_home)) as model:
+        for f in artifact.path.iterdir():
+            shutil.copy2(f, Path(model.path) / f.name)
+    return str(model.tag)
+
+
+def resolve_model(ref: str, *, home: Path | None = None, bentoml_home: Path | None = None) -> ModelArtifact:
+    """An artifact from a folder path, a tag registered in a markguard home, or a BentoML model tag."""
+    if Path(ref).is_dir():
+        return load_artifact(ref)
+    home = Path(home or os.environ.get("MARKGUARD_HOME", ".markguard"))
+    for card in sorted((home / "models").glob("*/card.json")):
+        artifact = load_artifact(card.parent)
+        if artifact.tag == ref:
+            return artifact
+    bentoml_home = bentoml_home or (Path(os.environ["BENTOML_HOME"]) if "BENTOML_HOME" in os.environ else None)
+    if bentoml_home is not None:
+        from markguard.vision.errors import NotFound
+
+        try:
+            model = _store(bentoml_home).get(ref)
+        except Exception as exc:  # bentoml raises its own NotFound
+            raise NotFound(f"no model {ref!r} as a folder, in {home}, or in {bentoml_home}: {exc}") from None
+        return load_artifact(model.path)
+    from markguard.vision.errors import NotFound
+
+    raise NotFound(f"no model {ref!r} as a folder or in {home / 'models'}")

@@ -1,0 +1,90 @@
+"""`markguard bench embedder`: the ImageNet-only embedder against a trained model, side by side, on
+grocery val (real photos; the catalogue images as references) and on held-out synthetic brands (the
+synthetic build's `test` split, brand-disjoint from training and calibration).
+
+Both models embed through `vision.embed.embed_images` (serving's path). Metrics: product/brand
+recall@1 of unclaimed photos, and claim AUC on the best genuine similarity (grocery: true product vs
+another product of the same brand; synthetic: genuine photo vs a counterfeit claiming the brand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from markguard.training.artifacts import json_metrics, resolve_model
+from markguard.training.data import ensure_grocery, ensure_synth, make_eval_set, read_items
+from markguard.training.evaluate import evaluate_artifact
+from markguard.vision.artifact import build_imagenet_artifact
+
+__all__ = ["get_args_parser", "main"]
+
+SHIPPED = Path(__file__).resolve().parents[2] / "serving" / "default_model"
+_NO_FUSION = {"kind": "provisional", "similarity_floor": 0.0, "similarity_ceiling": 1.0, "match_threshold": 0.0,
+              "review_at": 0.5, "takedown_at": 0.9}  # the bench compares embeddings only
+COLUMNS = ("recall_at_1", "claim_auc")
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="markguard bench embedder", description=__doc__.splitlines()[0], add_help=add_help)
+    p.add_argument("--model", default=str(SHIPPED), help="trained artifact folder or tag (default: the shipped model)")
+    p.add_argument("--grocery", type=Path, default=Path(".markguard/data/grocery"),
+                   help="grocery manifest folder (built with `markguard datasets grocery` when missing; '' to skip)")
+    p.add_argument("--synth", type=Path, default=Path(".markguard/data/synth"),
+                   help="the synthetic build the model was trained on ('' to skip)")
+    p.add_argument("--synth-split", default="test", help="held-out split of the synthetic build (default test)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    trained = resolve_model(args.model)
+    sets = {}
+    if str(args.grocery) not in ("", "."):
+        sets["grocery val (real photos)"] = make_eval_set(read_items(ensure_grocery(args.grocery)), split="val")
+    if str(args.synth) not in ("", "."):
+        if not (Path(args.synth) / "manifest.jsonl").is_file() and not Path(args.synth).is_file():
+            cfg = trained.card.get("config", {}).get("data", {})
+            ensure_synth(args.synth, brands=cfg.get("synth_brands", 120), per_brand=cfg.get("synth_per_brand", 6),
+                         size=cfg.get("synth_size", 256), seed=cfg.get("synth_seed", 0))
+        sets[f"synthetic held-out brands ({args.synth_split})"] = make_eval_set(read_items(args.synth),
+                                                                             split=args.synth_split)
+    results: dict[str, dict[str, dict]] = {}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="markguard-bench-") as tmp:
+        baseline = build_imagenet_artifact(Path(tmp) / "imagenet", fusion=_NO_FUSION)
+        for name, es in sets.items():
+            if not es.queries or not es.references:
+                print(f"{name}: empty, skipped")
+                continue
+            results[name] = {}
+            for label, artifact in (("imagenet", baseline), ("trained", trained)):
+                m = evaluate_artifact(artifact, es, device=args.device, use_fusion=False, progress=not args.quiet)
+                results[name][label] = {"tag": artifact.tag, "queries": m["queries"], "references": m["references"],
+                                        "claim_negatives": m.get("claim_negatives"),
+                                        **{k: m.get(k) for k in (*COLUMNS, "recall_at_5", "map_at_r")}}
+    print(f"markguard bench embedder: ImageNet-only Lite0 vs {trained.tag} ({time.monotonic() - started:.0f}s)")
+    header = f"{'set':<40} {'metric':<12} {'imagenet':>9} {'trained':>9} {'ratio':>7}"
+    print(header)
+    print("-" * len(header))
+    for name, r in results.items():
+        for k in COLUMNS:
+            a, b = r["imagenet"][k], r["trained"][k]
+            ratio = b / a if a else float("nan")
+            print(f"{name:<40} {k:<12} {a:>9.3f} {b:>9.3f} {ratio:>6.2f}x")
+        print(f"{'':<40} ({r['trained']['queries']} queries, {r['trained']['references']} references; "
+              f"claim negatives: {r['trained']['claim_negatives']})")
+    if args.json:
+        args.json.write_text(json.dumps(json_metrics(results), indent=2, sort_keys=True) + "\n")
+    return 0

@@ -1,0 +1,181 @@
+"""Training and evaluation data: manifests from `markguard.datasets`, classes, augmented views, eval sets.
+
+Each (brand, product, genuine-or-transform) is its own class, so counterfeit variants and look-alike
+products of a brand are pushed away from its genuine photos. The eval transform is `vision.embed.preprocess`
+itself (what serving runs); augmentation only edits the uint8 image before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from markguard.datasets.manifest import MANIFEST_NAME, Label, ManifestRow, read_manifest
+from markguard.vision.decode import read_image
+from markguard.vision.embed import EmbedderConfig, preprocess
+
+__all__ = [
+    "Item",
+    "EvalSet",
+    "read_items",
+    "manifest_path",
+    "manifest_sha256",
+    "ensure_grocery",
+    "ensure_synth",
+    "class_key",
+    "make_eval_set",
+    "load_images",
+    "augment",
+    "eval_transform",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """A manifest row with its image's absolute path."""
+
+    path: Path
+    row: ManifestRow
+
+    @property
+    def brand(self) -> str:
+        return self.row.brand
+
+    @property
+    def product(self) -> str | None:
+        return self.row.product
+
+    @property
+    def genuine(self) -> bool:
+        return self.row.label is Label.GENUINE
+
+
+def manifest_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path / MANIFEST_NAME if path.is_dir() else path
+
+
+def manifest_sha256(path: str | Path) -> str:
+    return hashlib.sha256(manifest_path(path).read_bytes()).hexdigest()
+
+
+def read_items(path: str | Path) -> list[Item]:
+    """Every row of a manifest (read with the datasets reader), image paths made absolute."""
+    mpath = manifest_path(path)
+    return [Item(path=mpath.parent / row.image, row=row) for row in read_manifest(mpath)]
+
+
+def ensure_grocery(out: Path, *, source: str = "") -> Path:
+    """The grocery manifest at `out`, built by `markguard.datasets.grocery` when missing."""
+    if not manifest_path(out).is_file():
+        from markguard.datasets.grocery import GroceryOptions, build_grocery
+        from markguard.datasets.sources import default_data_root
+
+        src = Path(source) if source else default_data_root() / "grocery-packages"
+        build_grocery(Path(out), source=src, opts=GroceryOptions(), progress=True)
+    return manifest_path(out)
+
+
+def ensure_synth(out: Path, *, brands: int, per_brand: int, size: int, seed: int) -> Path:
+    """The synthetic listing-photo manifest at `out`, built by `markguard.datasets.synth` when missing."""
+    if not manifest_path(out).is_file():
+        from markguard.datasets.sources import default_data_root
+        from markguard.datasets.synth import SynthOptions, build_synth
+
+        opts = SynthOptions(brands=brands, per_brand=per_brand, size=size, seed=seed)
+        build_synth(Path(out), data_root=default_data_root(), opts=opts, progress=True)
+    return manifest_path(out)
+
+
+def class_key(row: ManifestRow) -> str:
+    """The metric-learning class: brand, product, and `genuine` or the counterfeit transform."""
+    kind = "genuine" if row.label is Label.GENUINE else (row.transform or "counterfeit")
+    return f"{row.brand}\x1f{row.product or ''}\x1f{kind}"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    """References to enroll (genuine and known fakes) and the photos to score against them."""
+
+    name: str
+    references: list[Item]
+    queries: list[Item]
+
+
+def make_eval_set(items: Sequence[Item], *, split: str, name: str = "") -> EvalSet:
+    """Queries: the split's photos. References: the catalogue (`source: iconic`) images of the split's
+    classes when the manifest has them; otherwise the split's first genuine photo per (brand, product)
+    and first counterfeit per brand (a known fake), in manifest path order, which then leave the queries.
+    """
+    in_split = sorted((i for i in items if i.row.split == split), key=lambda i: i.row.image)
+    classes = {(i.brand, i.product) for i in in_split}
+    iconic = sorted((i for i in items if i.row.source == "iconic" and (i.brand, i.product) in classes),
+                    key=lambda i: i.row.image)
+    if iconic:
+        refs = iconic
+        queries = [i for i in in_split if i.row.source != "iconic"]
+    else:
+        refs, seen_genuine, seen_fake = [], set(), set()
+        for item in in_split:
+            key = (item.brand, item.product)
+            if item.genuine and key not in seen_genuine:
+                seen_genuine.add(key)
+                refs.append(item)
+            elif not item.genuine and item.brand not in seen_fake:
+                seen_fake.add(item.brand)
+                refs.append(item)
+        chosen = {id(r) for r in refs}
+        queries = [i for i in in_split if id(i) not in chosen]
+    return EvalSet(name=name or split, references=refs, queries=queries)
+
+
+def load_images(items: Sequence[Item], *, max_side: int | None = None) -> list[np.ndarray]:
+    """Decode with the safe decoder. Evaluation keeps photos as decoded (serving sees the same pixels);
+    training views may shrink large photos (area) to `max_side` before augmenting, to bound the work."""
+    out = []
+    for item in items:
+        image = read_image(item.path)
+        h, w = image.shape[:2]
+        if max_side is not None and max(h, w) > max_side:
+            s = max_side / max(h, w)
+            image = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+        out.append(image)
+    return out
+
+
+def eval_transform(images: Sequence[np.ndarray], config: EmbedderConfig) -> torch.Tensor:
+    """The evaluation transform: serving's `preprocess`, unchanged (a test checks it bit for bit)."""
+    return preprocess(images, config)
+
+
+def augment(image: np.ndarray, *, rng: np.random.Generator, params: dict[str, Any]) -> np.ndarray:
+    """A random view of an RGB uint8 photo: crop, small rotation, brightness/contrast, blur.
+
+    No flips and no hue changes: a mirrored or recoloured mark is one of the counterfeit transforms.
+    """
+    h, w = image.shape[:2]
+    area = rng.uniform(float(params["scale_min"]), 1.0) * h * w
+    ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    ch = int(min(h, max(8, round(np.sqrt(area / ratio)))))
+    cw = int(min(w, max(8, round(np.sqrt(area * ratio)))))
+    y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    out = image[y0 : y0 + ch, x0 : x0 + cw]
+    angle = rng.uniform(-1, 1) * float(params["rotate"])
+    if angle:
+        m = cv2.getRotationMatrix2D((cw / 2, ch / 2), angle, 1.0)
+        out = cv2.warpAffine(out, m, (cw, ch), borderMode=cv2.BORDER_REFLECT_101)
+    b = 1.0 + rng.uniform(-1, 1) * float(params["brightness"])
+    c = 1.0 + rng.uniform(-1, 1) * float(params["contrast"])
+    f = out.astype(np.float32)
+    f = (f - f.mean()) * c + f.mean() * b
+    out = np.clip(f, 0, 255).astype(np.uint8)
+    if rng.random() < float(params["blur_p"]):
+        out = cv2.GaussianBlur(out, (0, 0), sigmaX=rng.uniform(0.5, 1.5))
+    return np.ascontiguousarray(out)

@@ -1,0 +1,406 @@
+"""`markguard train`: fine-tune Lite0 + a linear head with ArcFace, calibrate the fusion, write the artifact.
+
+One linear loop (torchvision references style): data → cached frozen prefix → `train_one_epoch` /
+`evaluate` per epoch (metrics JSON, checkpoint) → calibration → artifact, card, plots, BentoML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from markguard.training.args import add_train_arguments
+from markguard.training.artifacts import git_commit, json_metrics, register_bentoml
+from markguard.training.config import load_config
+from markguard.training.data import (
+    EvalSet,
+    Item,
+    augment,
+    class_key,
+    ensure_grocery,
+    ensure_synth,
+    eval_transform,
+    load_images,
+    make_eval_set,
+    manifest_sha256,
+    read_items,
+)
+from markguard.training.evaluation import evaluate_embeddings, make_claims
+from markguard.training.fusion import fit_fusion
+from markguard.training.losses import create_loss
+from markguard.training.model import SplitEmbedder, build_model, cache_prefix, embed_cached
+from markguard.training.plots import plot_loss, plot_per_brand, plot_roc
+from markguard.vision.artifact import write_artifact
+from markguard.vision.scoring import Fusion
+
+__all__ = ["get_args_parser", "main", "train_one_epoch", "evaluate"]
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train the markguard embedder", add_help=add_help)
+    add_train_arguments(p)
+    return p
+
+
+# -- data ----------------------------------------------------------------------------------------------------------
+
+
+def _load_data(config: dict[str, Any]) -> tuple[list[Item], dict[str, EvalSet], dict[str, str]]:
+    d = config["data"]
+    items: list[Item] = []
+    hashes: dict[str, str] = {}
+    eval_sets: dict[str, EvalSet] = {}
+    if d["grocery"]:
+        path = ensure_grocery(Path(d["grocery"]), source=d["grocery_source"])
+        rows = read_items(path)
+        hashes["grocery"] = manifest_sha256(path)
+        items += [i for i in rows if i.row.split == "train"]
+        eval_sets["grocery_val"] = make_eval_set(rows, split="val", name="grocery_val")
+    if d["synth"]:
+        path = ensure_synth(Path(d["synth"]), brands=d["synth_brands"], per_brand=d["synth_per_brand"],
+                            size=d["synth_size"], seed=d["synth_seed"])
+        rows = read_items(path)
+        hashes["synth"] = manifest_sha256(path)
+        items += [i for i in rows if i.row.split == "train"]
+        eval_sets["synth_val"] = make_eval_set(rows, split="val", name="synth_val")
+    if d["max_train_images"]:
+        rng = np.random.default_rng(config["seed"])
+        keep = np.sort(rng.permutation(len(items))[: d["max_train_images"]])
+        items = [items[i] for i in keep]
+    if not items:
+        raise ValueError("no training images: set data.grocery and/or data.synth")
+    for name in [n for n, es in eval_sets.items() if not es.references or not es.queries]:
+        print(f"markguard train: eval set {name} is empty (too few brands in its split); left out")
+        del eval_sets[name]
+    return items, eval_sets, hashes
+
+
+def _views(item: Item, aug: dict[str, Any]) -> int:
+    if item.row.source == "iconic":
+        return int(aug["iconic_views"])
+    if item.row.source == "synth":
+        return int(aug["synth_views"])
+    return int(aug["views"])
+
+
+def _cache_train(split: SplitEmbedder, items: list[Item], config: dict[str, Any], device: str,
+                 quiet: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prefix features of every training view (view 0 = the eval transform) and each view's item index."""
+    aug = config["augment"]
+    jobs = [(i, v) for i, item in enumerate(items) for v in range(_views(item, aug))]
+    cfg = split.model.config
+
+    def make(start: int, stop: int) -> torch.Tensor:
+        chunk = jobs[start:stop]
+        images = load_images([items[i] for i, _ in chunk], max_side=max(512, 2 * cfg.input_size))
+        views = [img if v == 0 else augment(img, rng=np.random.default_rng([config["seed"], i, v]), params=aug)
+                 for img, (i, v) in zip(images, chunk, strict=True)]
+        return eval_transform(views, cfg)
+
+    feats = cache_prefix(split, make, len(jobs), batch_size=config["eval"]["batch_size"], device=device,
+                         desc="caching training views")
+    return feats, torch.tensor([i for i, _ in jobs], dtype=torch.long)
+
+
+def _cache_eval(split: SplitEmbedder, es: EvalSet, config: dict[str, Any], device: str) -> dict[str, torch.Tensor]:
+    cfg = split.model.config
+    out = {}
+    for part in ("references", "queries"):
+        items = getattr(es, part)
+        out[part] = cache_prefix(split, lambda a, b, items=items: eval_transform(load_images(items[a:b]), cfg),
+                                 len(items), batch_size=config["eval"]["batch_size"], device=device,
+                                 desc=f"caching {es.name} {part}")
+    return out
+
+
+# -- the loop --------------------------------------------------------------------------------------------------------
+
+
+def train_one_epoch(split: SplitEmbedder, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, feats: torch.Tensor, labels: torch.Tensor, *,
+                    batch_size: int, epoch: int, generator: torch.Generator, device: str, quiet: bool) -> float:
+    split.train()
+    loss_fn.train()
+    order = torch.randperm(len(feats), generator=generator)
+    total, count = 0.0, 0
+    bar = tqdm(range(0, len(order), batch_size), desc=f"epoch {epoch}", unit="batch", disable=quiet or None,
+               leave=False)
+    for start in bar:
+        idx = order[start : start + batch_size]
+        x, y = feats[idx].to(device), labels[idx].to(device)
+        loss = loss_fn(split.suffix(x), y)
+        if not torch.isfinite(loss):  # NaN guard: never step on a non-finite loss
+            raise FloatingPointError(f"epoch {epoch}: non-finite loss {loss.item()} at batch {start // batch_size}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += float(loss.detach()) * len(idx)
+        count += len(idx)
+        bar.set_postfix(loss=f"{total / count:.3f}")
+    return total / max(count, 1)
+
+
+def evaluate(embed, eval_sets: dict[str, EvalSet], caches: dict[str, dict[str, torch.Tensor]], *,  # noqa: ANN001
+             fusion: Fusion | None = None, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Metrics per eval set; `embed(features) -> unit vectors` (the trained suffix, or the baseline)."""
+    out = {}
+    for name, es in eval_sets.items():
+        refs, queries = embed(caches[name]["references"]), embed(caches[name]["queries"])
+        out[name] = evaluate_embeddings(es, refs, queries, fusion=fusion, seed=seed)
+    return out
+
+
+def _baseline_embed(split: SplitEmbedder, device: str):  # type: ignore[no-untyped-def]
+    """The ImageNet-only embedder (pooled trunk, no head) on cached features: the epoch-0 reference."""
+    bb = split.model.backbone
+
+    @torch.no_grad()
+    def embed(f: torch.Tensor) -> np.ndarray:
+        f = f.to(device)
+        if split.trainable_blocks >= 0:
+            for block in bb._blocks[split.split :]:
+                f = block(f)
+            f = F.relu6(bb._bn1(bb._conv_head(f))).mean(dim=(2, 3))
+        return F.normalize(f, dim=1).float().cpu().numpy()
+
+    return embed
+
+
+def _short(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    keys = ("recall_at_1", "recall_at_5", "map_at_r", "claim_auc")
+    return {n: {k: round(float(m[k]), 4) for k in keys if k in m} for n, m in metrics.items()}
+
+
+def _checkpoint(path: Path, *, split: SplitEmbedder, loss_fn: torch.nn.Module, optimizer, scheduler,  # noqa: ANN001
+                epoch: int, config: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    """A plain dict of tensors and primitives (loadable with `weights_only=True`), written atomically."""
+    state = {
+        "model": split.model.state_dict(),
+        "loss": loss_fn.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "config": json.loads(json.dumps(config)),
+        "history": json.loads(json.dumps(history)),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+# -- main ---------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    if args.resume:
+        run_dir = Path(args.resume)
+        config = json.loads((run_dir / "config.json").read_text())
+        if args.device:
+            config["device"] = args.device
+    else:
+        config = load_config(args.config, args.overrides)
+        if args.device:
+            config["device"] = args.device
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(args.out or Path("runs") / f"train-{stamp}")
+        run_dir.mkdir(parents=True, exist_ok=False)
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    device = config["device"]
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("markguard train: --device cuda but no CUDA device is available")
+    torch.set_num_threads(int(config["threads"]))
+    torch.manual_seed(config["seed"])
+    quiet = bool(args.quiet)
+
+    items, eval_sets, hashes = _load_data(config)
+    classes = sorted({class_key(i.row) for i in items})
+    class_of = {c: k for k, c in enumerate(classes)}
+    m = config["model"]
+    model = build_model(architecture=m["architecture"], input_size=m["input_size"], embedding_dim=m["embedding_dim"],
+                        seed=config["seed"]).to(device)
+    split = SplitEmbedder(model, trainable_blocks=m["trainable_blocks"])
+    print(f"markguard train: {len(items)} training images, {len(classes)} classes, eval sets "
+          f"{ {n: (len(e.references), len(e.queries)) for n, e in eval_sets.items()} }, run folder {run_dir}")
+
+    # the frozen prefix is run once; the cache survives --resume
+    cache_path = run_dir / "feature_cache.pt"
+    t0 = time.monotonic()
+    if cache_path.is_file():
+        cache = torch.load(cache_path, map_location="cpu", weights_only=True)
+    else:
+        feats, owner = _cache_train(split, items, config, device, quiet)
+        cache = {"train": feats, "owner": owner, **{f"eval/{n}/{k}": v for n, es in eval_sets.items()
+                                                    for k, v in _cache_eval(split, es, config, device).items()}}
+        torch.save(cache, cache_path)
+    cache_seconds = time.monotonic() - t0
+    feats = cache["train"].to(device)
+    labels = torch.tensor([class_of[class_key(items[int(i)].row)] for i in cache["owner"]], dtype=torch.long)
+    eval_caches = {n: {k: cache[f"eval/{n}/{k}"] for k in ("references", "queries")} for n in eval_sets}
+
+    o = config["optim"]
+    loss_fn = create_loss(config["loss"]["name"], num_classes=len(classes), embedding_dim=m["embedding_dim"],
+                          margin=config["loss"]["margin"], scale=config["loss"]["scale"], seed=config["seed"]).to(device)
+    head_params = list(model.head.parameters()) + list(loss_fn.parameters())
+    trunk_params = [p for p in split.trainable_parameters() if all(p is not h for h in head_params)]
+    optimizer = torch.optim.AdamW([{"params": trunk_params, "lr": o["lr"]}, {"params": head_params, "lr": o["head_lr"]}],
+                                  weight_decay=o["weight_decay"])
+    steps_per_epoch = -(-len(feats) // o["batch_size"])
+    total_steps, warmup = o["epochs"] * steps_per_epoch, o["warmup_epochs"] * steps_per_epoch
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + np.cos(np.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    history: list[dict[str, Any]] = []
+    start_epoch = 1
+    ckpt_path = run_dir / "checkpoint.pt"
+    if args.resume and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        loss_fn.load_state_dict(state["loss"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = state["history"]
+        start_epoch = int(state["epoch"]) + 1
+        print(f"markguard train: resumed from epoch {state['epoch']}")
+    else:
+        baseline = evaluate(_baseline_embed(split, device), eval_sets, eval_caches, seed=config["seed"])
+        history.append({"epoch": 0, "model": "imagenet-baseline", "val": json_metrics(baseline)})
+        print(f"epoch 0 (ImageNet baseline): {_short(baseline)}")
+
+    def embed(f: torch.Tensor) -> np.ndarray:
+        return embed_cached(split, f, device=device)
+
+    generator = torch.Generator().manual_seed(config["seed"])
+    for _ in range(1, start_epoch):  # the same shuffles as an uninterrupted run
+        torch.randperm(len(feats), generator=generator)
+    for epoch in range(start_epoch, o["epochs"] + 1):
+        t = time.monotonic()
+        loss = train_one_epoch(split, loss_fn, optimizer, scheduler, feats, labels, batch_size=o["batch_size"],
+                               epoch=epoch, generator=generator, device=device, quiet=quiet)
+        metrics = evaluate(embed, eval_sets, eval_caches, seed=config["seed"])
+        history.append({"epoch": epoch, "train_loss": loss, "seconds": round(time.monotonic() - t, 2),
+                        "lr": optimizer.param_groups[0]["lr"], "val": json_metrics(metrics)})
+        print(f"epoch {epoch}: loss {loss:.4f} {_short(metrics)} ({time.monotonic() - t:.1f}s)")
+        (run_dir / "metrics.json").write_text(json.dumps(history, indent=2) + "\n")
+        _checkpoint(ckpt_path, split=split, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
+                    config=config, history=history)
+
+    finish(split=split, config=config, run_dir=run_dir, eval_sets=eval_sets, eval_caches=eval_caches,
+           history=history, hashes=hashes, classes=len(classes), train_images=len(items),
+           seconds={"cache": round(cache_seconds, 1), "total": round(time.monotonic() - started, 1)}, args=args)
+    return 0
+
+
+def finish(*, split: SplitEmbedder, config: dict[str, Any], run_dir: Path, eval_sets: dict[str, EvalSet],
+           eval_caches: dict[str, dict[str, torch.Tensor]], history: list[dict[str, Any]], hashes: dict[str, str],
+           classes: int, train_images: int, seconds: dict[str, float], args: argparse.Namespace) -> None:
+    """Calibrate the fusion on the validation claims, evaluate with it, write artifact, card, plots, BentoML."""
+    device = config["device"]
+    c = config["calibration"]
+    vectors = {n: (embed_cached(split, eval_caches[n]["references"], device=device),
+                   embed_cached(split, eval_caches[n]["queries"], device=device)) for n in eval_sets}
+    claim_sets = {n: make_claims(es, *vectors[n], seed=config["seed"]) for n, es in eval_sets.items()}
+    values = [v for cs in claim_sets.values() for v in cs.values]
+    not_genuine = np.concatenate([cs.not_genuine for cs in claim_sets.values()])
+    true_sims = np.array([v["genuine_similarity"] for cs in claim_sets.values()
+                          for v, k in zip(cs.values, cs.kind, strict=True)
+                          if k == "true" and v["genuine_similarity"] is not None])
+    match_threshold = float(np.quantile(true_sims, c["match_miss_rate"])) if true_sims.size else 0.5
+    spec, points = fit_fusion(values, not_genuine, match_threshold=match_threshold, takedown_fpr=c["takedown_fpr"],
+                              review_fpr=c["review_fpr"], C=c["C"])
+    fusion = Fusion(spec)
+    metrics = {n: evaluate_embeddings(es, *vectors[n], fusion=fusion, claims=claim_sets[n]) for n, es in eval_sets.items()}
+    baseline = history[0]["val"] if history and history[0]["epoch"] == 0 else {}
+    print("markguard train: calibrated fusion", json.dumps({k: spec[k] for k in ("review_at", "takedown_at", "match_threshold")}))
+
+    model = split.model.cpu()
+    sha8 = _state_hash(model.state_dict())
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    tag = f"{config['tag_prefix']}-{stamp}-{sha8}"
+    card = {
+        "tag": tag,
+        "description": ("EfficientNet-Lite0 (ImageNet) + linear head, fine-tuned with ArcFace where each "
+                        "(brand, product, genuine-or-transform) is a class; logistic fusion calibrated on validation claims."),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "markguard train " + " ".join(_argv_of(args)),
+        "config": config,
+        "data": {"manifests_sha256": hashes, "manifest_hash": _combined(hashes), "train_images": train_images,
+                 "classes": classes, "eval_sets": {n: {"references": len(e.references), "queries": len(e.queries)}
+                                                   for n, e in eval_sets.items()}},
+        "git_commit": git_commit(),
+        "training": {"seconds": seconds, "device": device, "epochs": config["optim"]["epochs"],
+                     "torch": torch.__version__, "threads": config["threads"]},
+        "metrics": {n: json_metrics(m) for n, m in metrics.items()},
+        "baseline_metrics": {"model": "imagenet-lite0 pooled (no head)", **baseline},
+        "operating_points": [p.__dict__ for p in points] + [{"name": "match", "threshold": match_threshold,
+                                                              "miss_rate_target": c["match_miss_rate"]}],
+        "calibration_data": sorted(eval_sets),
+    }
+    if (run_dir / "artifact").exists():  # a resumed run that had finished: the artifact is written again
+        shutil.rmtree(run_dir / "artifact")
+    artifact = write_artifact(run_dir / "artifact", state_dict=model.state_dict(), embedder=model.config,
+                              fusion=spec, card=card)
+    (run_dir / "metrics_final.json").write_text(json.dumps(card["metrics"], indent=2, sort_keys=True) + "\n")
+    plot_loss(history, run_dir / "loss.png")
+    for n, m in metrics.items():
+        curves = dict(m.get("_roc", {}))
+        plot_roc(curves, run_dir / f"roc_{n}.png", title=f"{n}: claim verification")
+        plot_per_brand(m["per_brand"], run_dir / f"per_brand_{n}.png", title=f"{n}: recall@1 per brand")
+    if not args.no_bentoml:
+        import os
+
+        home = args.bentoml_home or (Path(os.environ["BENTOML_HOME"]) if "BENTOML_HOME" in os.environ else run_dir / "bentoml")
+        print(f"markguard train: BentoML model {register_bentoml(artifact, name=config['tag_prefix'], bentoml_home=home)}"
+              f" in {home}")
+    print(f"markguard train: artifact {artifact.path} (tag {tag}) in {seconds['total'] / 60:.1f} min")
+    for n, m in card["metrics"].items():
+        print(f"  {n}: " + ", ".join(f"{k}={m[k]:.3f}" for k in ("recall_at_1", "recall_at_5", "map_at_r", "claim_auc",
+                                                                   "risk_auc") if k in m))
+
+
+def _state_hash(state: dict[str, torch.Tensor]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:8]
+
+
+def _combined(hashes: dict[str, str]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
+
+
+def _argv_of(args: argparse.Namespace) -> list[str]:
+    out = []
+    if args.config:
+        out += ["--config", str(args.config)]
+    for s in args.overrides:
+        out += ["--set", s]
+    if args.device:
+        out += ["--device", args.device]
+    return out
