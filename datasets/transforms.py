@@ -100,6 +100,13 @@ def _components(rgba: np.ndarray, *, min_share: float = 0.01) -> tuple[np.ndarra
     return labels, ids
 
 
+def _region(labels: np.ndarray, i: int) -> np.ndarray:
+    """Component `i` with its anti-aliased rim (which lies under the 64 threshold), not touching others."""
+    core = (labels == i).astype(np.uint8)
+    grown = cv2.dilate(core, np.ones((5, 5), np.uint8)).astype(bool)
+    return grown & ((labels == 0) | (labels == i))
+
+
 def _pad(rgba: np.ndarray, pad: int) -> np.ndarray:
     return np.pad(rgba, ((pad, pad), (pad, pad), (0, 0)))
 
@@ -211,7 +218,7 @@ def element_shift(spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: np.
     angle = rng.uniform(0, 2 * np.pi)
     dx, dy = int(round(step * np.cos(angle))), int(round(step * np.sin(angle)))
     if len(ids) >= 2:
-        region = labels == int(rng.choice(ids))
+        region = _region(labels, int(rng.choice(ids)))
     else:  # one piece: shift the right half, as with a misregistered print plate
         region = np.zeros(big.shape[:2], bool)
         region[:, big.shape[1] // 2 :] = True
@@ -240,7 +247,7 @@ def element_removal(spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: n
         others = sorted((i for i in ids if i != max(areas, key=areas.__getitem__)), key=areas.__getitem__)
         # weak: one of the smaller elements; strong: one of the larger ones
         pick = min(len(others) - 1, int(strength * len(others) * 0.8 + rng.integers(2) * 0.5))
-        out[labels == others[pick], 3] = 0
+        out[_region(labels, others[pick]), 3] = 0
     else:  # one piece: a bite out of it, sized by strength (the best of a few tries at hitting ink)
         h, w = mark.shape[:2]
         ink = mark[..., 3].astype(np.float64)
@@ -260,43 +267,32 @@ def element_removal(spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: n
 
 @register_transform("mirrored_element")
 def mirrored_element(spec: MarkSpec, mark: np.ndarray, *, strength: float, rng: np.random.Generator) -> np.ndarray:
-    """One element flipped (a reversed letter, a mirrored icon), or a strip of a one-piece mark."""
+    """One element flipped (a reversed letter, a mirrored icon), or a strip of a symmetric or one-piece mark."""
     labels, ids = _components(mark, min_share=0.02)
-    if len(ids) < 2:  # one piece: mirror a strip at one end in place, a part drawn the wrong way round
-        w = mark.shape[1]
-        sw = max(2, int(w * (0.25 + 0.35 * strength)))
-        x0 = 0 if rng.random() < 0.5 else w - sw
-        out = mark.copy()
-        out[:, x0 : x0 + sw] = mark[:, x0 : x0 + sw][:, ::-1]
-        return out
-    candidates: list[tuple[float, np.ndarray]] = []
-    for i in ids:
-        region = labels == i
-        ys, xs = np.nonzero(region)
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        piece = np.where(region[..., None], mark, 0)[y0:y1, x0:x1]
-        for flip in (piece[:, ::-1],):
-            out = np.where(region[..., None], 0, mark).astype(np.uint8)
-            out[y0:y1, x0:x1] = _over(np.ascontiguousarray(flip), out[y0:y1, x0:x1])
-            change = float(np.abs(out[..., 3].astype(np.int16) - mark[..., 3]).mean())
-            candidates.append((change, out))
-    candidates.sort(key=lambda c: -c[0])
-    if candidates[0][0] < 0.5:  # every element is left-right symmetric: flip one upside down instead
-        return _flip_vertical(mark, labels, ids, rng)
-    useful = [c for c in candidates if c[0] > max(0.5, 0.25 * candidates[0][0])]
-    # strength picks how visible the flip is: weak flips a small change, strong the most visible one
-    pick = min(len(useful) - 1, int((1.0 - strength) * len(useful) + rng.integers(0, 2)))
-    return useful[pick][1]
+    for axis in (1, 0) if len(ids) >= 2 else ():  # left-right first; upside down only if all are symmetric
+        candidates = sorted((_flip_element(mark, _region(labels, i), axis) for i in ids), key=lambda c: -c[0])
+        useful = [c for c in candidates if c[0] > max(0.5, 0.25 * candidates[0][0])]
+        if useful:
+            # strength picks how visible the flip is: weak a small change, strong the most visible one
+            pick = min(len(useful) - 1, int((1.0 - strength) * len(useful) + rng.integers(0, 2)))
+            return useful[pick][1]
+    # one piece, or nothing changes when flipped: mirror a strip at one end in place
+    w = mark.shape[1]
+    sw = max(2, int(w * (0.25 + 0.35 * strength)))
+    x0 = 0 if rng.random() < 0.5 else w - sw
+    out = mark.copy()
+    out[:, x0 : x0 + sw] = mark[:, x0 : x0 + sw][:, ::-1]
+    return out
 
 
-def _flip_vertical(mark: np.ndarray, labels: np.ndarray, ids: list[int], rng: np.random.Generator) -> np.ndarray:
-    region = labels == int(rng.choice(ids))
+def _flip_element(mark: np.ndarray, region: np.ndarray, axis: int) -> tuple[float, np.ndarray]:
+    """The mark with one element flipped in place along `axis`, and how much the ink changed."""
     ys, xs = np.nonzero(region)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    piece = np.where(region[..., None], mark, 0)[y0:y1, x0:x1][::-1]
+    piece = np.flip(np.where(region[..., None], mark, 0)[y0:y1, x0:x1], axis=axis)
     out = np.where(region[..., None], 0, mark).astype(np.uint8)
     out[y0:y1, x0:x1] = _over(np.ascontiguousarray(piece), out[y0:y1, x0:x1])
-    return out
+    return float(np.abs(out[..., 3].astype(np.int16) - mark[..., 3]).mean()), out
 
 
 @register_transform("stroke_weight")
