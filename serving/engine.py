@@ -46,7 +46,7 @@ __all__ = ["ScoringEngine", "ScoreRequest", "ScorePlan"]
 TOP_MATCHES = 5
 _SEARCH_K = 20  # neighbours per region before merging
 _GEOMETRY_REFERENCES = 3  # the claim's top genuine references checked for shape agreement
-_DUPLICATE_BITS = 6  # perceptual hashes this close are the same photo (re-encoded, resized, cropped a little)
+_DUPLICATE_BITS = 8  # re-encoded, resized or 2%-cropped copies measured ≤ 10 bits apart; distinct photos ≥ 10, 1st percentile 20
 _FEATURE_CACHE = 2048  # reference feature sets kept in memory
 
 

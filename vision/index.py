@@ -41,6 +41,15 @@ class SearchResult:
 
 
 class ReferenceIndex:
+    """Exact (flat) below `ivf_min` vectors; an inverted-file index with trained lists from there up.
+
+    HNSW is not used: references are deleted, and HNSW cannot remove vectors.
+    """
+
+    ivf_min = 100_000  # vectors; below this exact search is fast enough (see `markguard bench index`)
+    probe_fraction = 0.125  # of the lists visited per unfiltered IVF search (recall@10 in the bench)
+    narrow_filter = 0.05  # a filter keeping less than this fraction of references searches every list
+
     def __init__(self, dim: int) -> None:
         self.dim = dim
         self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
@@ -73,15 +82,43 @@ class ReferenceIndex:
             raise ValueError("duplicate reference ids")
         if n == 0:
             return
-        self._index.add_with_ids(vectors, ids)
+        if not self.is_ivf and len(self) + n >= self.ivf_min:
+            self._to_ivf(extra=vectors, extra_ids=ids)
+        else:
+            self._index.add_with_ids(vectors, ids)
         self.ids = np.concatenate([self.ids, ids])
         self.brand_ids = np.concatenate([self.brand_ids, np.asarray(brand_ids, dtype=np.int64)])
         self.product_ids = np.concatenate([self.product_ids, np.asarray(product_ids, dtype=np.int64)])
         self.kinds = np.concatenate([self.kinds, np.asarray(kinds, dtype=np.int8)])
 
+    @property
+    def is_ivf(self) -> bool:
+        return isinstance(self._index, faiss.IndexIVF)
+
+    def _nprobe(self) -> int:
+        return max(1, int(np.ceil(self.probe_fraction * self._index.nlist)))
+
+    def _to_ivf(self, *, extra: np.ndarray, extra_ids: np.ndarray) -> None:
+        """Move every vector into an IVF index whose lists are trained on them (k-means, ~4·√N lists)."""
+        vectors = np.concatenate([self.vectors(self.ids), extra]) if len(self) else extra
+        all_ids = np.concatenate([self.ids, extra_ids])
+        nlist = int(4 * np.sqrt(len(vectors)))
+        quantizer = faiss.IndexFlatIP(self.dim)
+        ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(0).choice(len(vectors), size=min(len(vectors), 64 * nlist), replace=False)
+        ivf.train(vectors[np.sort(sample)])
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct and remove by id
+        ivf.add_with_ids(vectors, all_ids)
+        quantizer.this.disown()  # the IVF index owns its quantizer from here
+        ivf.own_fields = True
+        self._index = ivf
+
     def remove(self, ids: np.ndarray) -> int:
         ids = np.asarray(ids, dtype=np.int64)
-        removed = int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
+        ids = ids[np.isin(ids, self.ids)]
+        # An IVF index with a hash-table direct map removes only through an IDSelectorArray.
+        selector = faiss.IDSelectorArray(ids) if self.is_ivf else faiss.IDSelectorBatch(ids)
+        removed = int(self._index.remove_ids(selector)) if ids.size else 0
         keep = ~np.isin(self.ids, ids)
         self.ids, self.brand_ids = self.ids[keep], self.brand_ids[keep]
         self.product_ids, self.kinds = self.product_ids[keep], self.kinds[keep]
@@ -125,10 +162,19 @@ class ReferenceIndex:
                 allowed = np.intersect1d(allowed, np.asarray(allowed_ids, dtype=np.int64))
             if allowed.size == 0:
                 return _empty(n, k)
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
+            selector = faiss.IDSelectorBatch(allowed)
+            if self.is_ivf:  # visit more lists the narrower the filter: all of them below `narrow_filter`
+                fraction = allowed.size / max(1, len(self))
+                nlist = self._index.nlist
+                nprobe = nlist if fraction < self.narrow_filter else min(nlist, int(np.ceil(self._nprobe() / fraction)))
+                params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+            else:
+                params = faiss.SearchParameters(sel=selector)
             k_eff = min(k, int(allowed.size))
         else:
             k_eff = min(k, len(self))
+            if self.is_ivf:
+                params = faiss.SearchParametersIVF(nprobe=self._nprobe())
         if k_eff == 0:
             return _empty(n, k)
         sims, ids = self._index.search(queries, k_eff, params=params)
