@@ -10,8 +10,8 @@ __all__ = ["register", "BENCHMARKS"]
 # name → module with `get_args_parser()` and `main(argv) -> int` (torchvision references style).
 BENCHMARKS = {
     "ocr": "markguard.training.benchmarks.ocr",
-    "index": "markguard.training.benchmarks.index",
-    "scoring": "markguard.training.benchmarks.scoring",
+    "index": "markguard.serving.benchmarks.index",
+    "scoring": "markguard.serving.benchmarks.scoring",
     "embedder": "markguard.training.benchmarks.embedder",
     "serve": "markguard.serving.bench_serve",
 }

@@ -1,0 +1,1 @@
+"""Benchmarks of the whole service path (catalog, engine, index); `markguard bench NAME` runs them."""
