@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "markguard.datasets.cli",
     "markguard.training.cli",
     "markguard.serving.commands.bench",
+    "markguard.serving.commands.serials",
 )
 
 

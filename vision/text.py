@@ -212,6 +212,7 @@ _TO_DIGIT = {"O": "0", "D": "0", "Q": "0", "I": "1", "L": "1", "S": "5", "B": "8
 _TO_LETTER = {"0": "OD", "1": "IL", "5": "S", "8": "B", "2": "Z", "6": "G", "4": "A", "7": "T"}
 _ALTERNATES = {k: tuple(v) for k, v in _TO_DIGIT.items()} | {k: tuple(v) for k, v in _TO_LETTER.items()}
 _SPLIT = re.compile(r"[\s:;,|]+")
+_NOT_ALNUM = re.compile(r"[^0-9A-Za-z]+")
 _MAX_TRIES = 20_000  # regex full-matches per candidate: bounds the substitution search
 
 
@@ -227,7 +228,7 @@ class SerialCandidate:
 
 def serial_key(text: str) -> str:
     """The form a serial is hashed in: letters and digits only, upper case (separators and case ignored)."""
-    return "".join(c for c in text if c.isascii() and c.isalnum()).upper()
+    return _NOT_ALNUM.sub("", text).upper()
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,0 +1,304 @@
+"""Serial intelligence: the brands' genuine-serial registry, serial reuse across listings, the `ocr` evidence.
+
+Serials are stored only as keyed hashes (HMAC-SHA256 with the home's secret) of their canonical form
+(`vision.text.serial_key`: letters and digits, upper case), never as text: a leaked catalog does not
+leak a brand's serials, and two homes cannot be joined on them.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hmac
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from sqlalchemy import String, cast, distinct, func, literal, or_, select
+from sqlalchemy.orm import Session
+from tqdm import tqdm
+
+from markguard.serving.brands import get_brand
+from markguard.serving.state.home import Home
+from markguard.serving.state.schema import Brand, GenuineSerial, Listing, ListingSerial
+from markguard.vision.errors import MarkguardError
+from markguard.vision.text import SerialCandidate, match_wordmarks, serial_key
+
+if TYPE_CHECKING:  # the OCR engine (torch) is not needed to import serials
+    import numpy as np
+
+    from markguard.vision.ocr import Box, OcrEngine
+
+__all__ = [
+    "ImportReport",
+    "import_serials",
+    "serial_evidence",
+    "record_serials",
+    "serials_to_record",
+    "ocr_evidence",
+]
+
+CHUNK = 20_000  # serials hashed and inserted per statement: bounds memory whatever the file's size
+_HEADER_NAMES = {"serial", "serials", "serial_number", "serialnumber", "sn"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportReport:
+    brand: str
+    read: int  # non-empty serials in the file
+    added: int  # new to the registry
+    duplicates: int  # already registered, or repeated in the file
+    format_mismatch: int  # serials the brand's pattern rejects (stored all the same)
+    elapsed_s: float
+
+
+def _hasher(home: Home) -> Callable[[str], str]:
+    """`home.keyed_hash` with the secret read once (it is read from disk on every call)."""
+    secret = home.secret()
+    return lambda text: hmac.digest(secret, text.encode("utf-8"), "sha256").hex()
+
+
+def _lines(fh: BinaryIO, bar: tqdm) -> Iterator[str]:
+    for raw in fh:
+        bar.update(len(raw))
+        yield raw.decode("utf-8", errors="replace")
+
+
+def _serials(path: Path, bar: tqdm) -> Iterator[str]:
+    """Stream the serials of a CSV (a `serial` column, else the first) or plain-text file (one a line)."""
+    with open(path, "rb") as fh:
+        head = fh.readline()
+        fh.seek(0)
+        first = head.decode("utf-8", errors="replace").lstrip("\ufeff")
+        is_csv = path.suffix.lower() == ".csv" or "," in first or "\t" in first
+        if not is_csv:
+            for line in _lines(fh, bar):
+                text = line.strip().lstrip("\ufeff")
+                if text and not text.startswith("#") and text.casefold() not in _HEADER_NAMES:
+                    yield text
+            return
+        delimiter = "\t" if "\t" in first and "," not in first else ","
+        rows = csv.reader(_lines(fh, bar), delimiter=delimiter)
+        column = 0
+        for row_no, row in enumerate(rows):
+            if not row:
+                continue
+            if row_no == 0:
+                names = [c.strip().lstrip("\ufeff").casefold() for c in row]
+                hits = [i for i, n in enumerate(names) if n in _HEADER_NAMES]
+                if hits or not any(ch.isdigit() for ch in "".join(names)):  # a header row
+                    column = hits[0] if hits else 0
+                    continue
+            if column < len(row) and row[column].strip():
+                yield row[column].strip()
+
+
+def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) -> None:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        session.execute(pg_insert(GenuineSerial).on_conflict_do_nothing(), rows)
+    elif dialect == "sqlite":  # the driver's executemany: SQLAlchemy's per-row work would dominate
+        session.connection().exec_driver_sql(
+            "INSERT OR IGNORE INTO genuine_serials (brand_id, serial_hmac) VALUES (?, ?)",
+            [(r["brand_id"], r["serial_hmac"]) for r in rows],
+        )
+    else:  # pragma: no cover - the catalog runs on SQLite or PostgreSQL
+        raise MarkguardError(f"serial import does not support the {dialect} database")
+
+
+def import_serials(
+    home: Home, brand: str, path: str | os.PathLike[str], *, progress: bool = True
+) -> ImportReport:
+    """Register a brand's genuine serials from a CSV or text file of any size, streamed in chunks.
+
+    Re-running is harmless: each chunk commits, and serials already registered are ignored.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MarkguardError(f"{path}: no such file")
+    started = time.perf_counter()
+    keyed = _hasher(home)
+    with home.write_lock():
+        with home.sessions() as session:
+            row = get_brand(session, brand)
+            brand_id, brand_name, pattern = row.id, row.name, row.serial_pattern
+            before = _registered(session, brand_id)
+        regex = re.compile(pattern) if pattern else None
+        read = mismatched = 0
+        bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="serials", disable=not progress)
+        with bar:
+            chunk: set[str] = set()
+            for text in _serials(path, bar):
+                read += 1
+                if regex is not None and not (regex.fullmatch(text) or regex.fullmatch(text.upper())):
+                    mismatched += 1
+                key = serial_key(text)
+                if key:
+                    chunk.add(keyed(key))
+                if len(chunk) >= CHUNK:
+                    _flush(home, brand_id, chunk)
+            _flush(home, brand_id, chunk)
+        with home.sessions() as session:
+            added = _registered(session, brand_id) - before
+    return ImportReport(
+        brand=brand_name,
+        read=read,
+        added=added,
+        duplicates=read - added,
+        format_mismatch=mismatched,
+        elapsed_s=round(time.perf_counter() - started, 2),
+    )
+
+
+def _flush(home: Home, brand_id: int, chunk: set[str]) -> None:
+    if chunk:
+        with home.sessions.begin() as session:
+            rows = [{"brand_id": brand_id, "serial_hmac": h} for h in sorted(chunk)]  # sorted: B-tree locality
+            _insert_ignoring_duplicates(session, rows)
+        chunk.clear()
+
+
+def _registered(session: Session, brand_id: int) -> int:
+    return int(session.scalar(select(func.count()).where(GenuineSerial.brand_id == brand_id)) or 0)
+
+
+def serial_evidence(
+    session: Session,
+    home: Home,
+    *,
+    brand: Brand | None,
+    candidates: Sequence[SerialCandidate],
+    listing_row_id: int | None = None,
+    seller_id: str | None = None,
+    listing_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Per candidate: the score JSON's serial entry, with registry and reuse looked up.
+
+    `registered` is None when the brand has no registry; `seen_in_listings` / `seen_by_sellers`
+    count distinct other listings (by listing id, else by row) and other sellers that showed it.
+    """
+    keyed = _hasher(home)
+    brand_id = brand.id if brand is not None else None
+    has_registry = brand_id is not None and session.scalar(
+        select(GenuineSerial.serial_hmac).where(GenuineSerial.brand_id == brand_id).limit(1)
+    )
+    out = []
+    for cand in candidates:
+        digest = keyed(serial_key(cand.normalized))
+        registered = None
+        if has_registry:
+            registered = (
+                session.scalar(
+                    select(GenuineSerial.serial_hmac).where(
+                        GenuineSerial.brand_id == brand_id, GenuineSerial.serial_hmac == digest
+                    )
+                )
+                is not None
+            )
+        listings, sellers = _seen(session, digest, brand_id, listing_row_id, seller_id, listing_id)
+        out.append(
+            {
+                "text": cand.text,
+                "normalized": cand.normalized,
+                "format_ok": cand.format_ok,
+                "checksum_ok": cand.checksum_ok,
+                "registered": registered,
+                "seen_in_listings": listings,
+                "seen_by_sellers": sellers,
+            }
+        )
+    return out
+
+
+def _seen(
+    session: Session,
+    digest: str,
+    brand_id: int | None,
+    listing_row_id: int | None,
+    seller_id: str | None,
+    listing_id: str | None,
+) -> tuple[int, int]:
+    same_brand = ListingSerial.brand_id == brand_id if brand_id is not None else ListingSerial.brand_id.is_(None)
+    base = (
+        select()
+        .select_from(ListingSerial)
+        .join(Listing, Listing.id == ListingSerial.listing_row_id)
+        .where(ListingSerial.serial_hmac == digest, same_brand)
+    )
+    if listing_row_id is not None:
+        base = base.where(Listing.id != listing_row_id)
+    if listing_id is not None:  # the same listing scored again is not reuse
+        base = base.where(or_(Listing.listing_id.is_(None), Listing.listing_id != listing_id))
+    listing_key = func.coalesce(Listing.listing_id, literal("#").concat(cast(Listing.id, String)))
+    listings = session.scalar(base.add_columns(func.count(distinct(listing_key))))
+    sellers_q = base.add_columns(func.count(distinct(Listing.seller_id))).where(Listing.seller_id.is_not(None))
+    if seller_id is not None:
+        sellers_q = sellers_q.where(Listing.seller_id != seller_id)
+    return int(listings or 0), int(session.scalar(sellers_q) or 0)
+
+
+def serials_to_record(ocr: dict[str, Any]) -> list[str]:
+    """The serials of an `ocr` evidence dict worth remembering: those the brand's pattern does not reject."""
+    return [s["normalized"] for s in ocr.get("serials", []) if s["format_ok"] is not False]
+
+
+def record_serials(
+    session: Session,
+    home: Home,
+    *,
+    listing_row_id: int,
+    brand_id: int | None,
+    normalized_serials: Sequence[str],
+) -> int:
+    """Remember the serials a scored listing showed (keyed hashes), so later listings see the reuse."""
+    keyed = _hasher(home)
+    digests = dict.fromkeys(keyed(k) for k in (serial_key(s) for s in normalized_serials) if k)
+    for digest in digests:
+        session.add(ListingSerial(listing_row_id=listing_row_id, brand_id=brand_id, serial_hmac=digest))
+    return len(digests)
+
+
+def ocr_evidence(
+    session: Session,
+    home: Home,
+    engine: OcrEngine,
+    image: np.ndarray,
+    *,
+    brand: Brand | None,
+    seller_id: str | None = None,
+    listing_id: str | None = None,
+    listing_row_id: int | None = None,
+    regions: Sequence[Box] | None = None,
+    budget_ms: float | None = None,
+) -> dict[str, Any]:
+    """The score JSON's `ocr` part for one photo: `{lines, wordmarks, serials}`.
+
+    `brand` is the claimed (or best-matching) brand: its wordmarks may be near-missed and its
+    pattern and checksum judge the serials; every brand's wordmarks may be read as `other_brand`.
+    """
+    lines = engine.read(image, regions=regions, budget_ms=budget_ms)
+    marks = {b.name: list(b.wordmarks or [b.name]) for b in session.scalars(select(Brand))}
+    texts = [line.text for line in lines]
+    hits = match_wordmarks(texts, brand=brand.name if brand is not None else None, wordmarks=marks)
+    pattern = brand.serial_pattern if brand is not None else None
+    checksum = brand.serial_checksum if brand is not None else "none"
+    candidates = engine.read_serials(image, lines, pattern=pattern, checksum=checksum or "none")
+    serials = serial_evidence(
+        session,
+        home,
+        brand=brand,
+        candidates=candidates,
+        listing_row_id=listing_row_id,
+        seller_id=seller_id,
+        listing_id=listing_id,
+    )
+    return {
+        "lines": [line.to_dict() for line in lines],
+        "wordmarks": [{**dataclasses.asdict(h), "match": h.match.value} for h in hits],
+        "serials": serials,
+    }
