@@ -1,0 +1,107 @@
+"""serving.engine: regions, geometry, photo reuse and claims, through the real model and index."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from markguard.serving.brands import add_brand
+from markguard.serving.engine import ScoreRequest, ScoringEngine
+from markguard.serving.enroll import collect_inputs, enroll
+from markguard.serving.models import ensure_default_model
+from markguard.serving.state.home import Home
+from markguard.vision.errors import NotFound
+
+MILK, OTHER = "Milk/Arla-Standard-Milk", "Milk/Arla-Ecological-Medium-Fat-Milk"
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory, grocery: Path) -> ScoringEngine:
+    home = Home(tmp_path_factory.mktemp("engine-home"))
+    artifact = ensure_default_model(home)
+    model = artifact.load_embedder()
+    with home.sessions.begin() as session:
+        add_brand(session, "Arla")
+    for product in (MILK, OTHER):
+        iconic = next((grocery / "iconic" / "Packages" / product).glob("*_Iconic.jpg"))
+        train = sorted((grocery / "train" / "Packages" / product).glob("*.jpg"))[:2]
+        enroll(home, artifact, model, brand="Arla", product=product.split("/")[1], inputs=collect_inputs([iconic, *train]))
+    return ScoringEngine(home)
+
+
+def _val(grocery: Path, product: str, i: int = 0) -> bytes:
+    return sorted((grocery / "val" / "Packages" / product).glob("*.jpg"))[i].read_bytes()
+
+
+def _jpeg(image: np.ndarray, quality: int = 80) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def test_match_boxes_lie_inside_the_photo(engine: ScoringEngine, grocery: Path) -> None:
+    data = _val(grocery, MILK)
+    width, height = Image.open(io.BytesIO(data)).size
+    result = engine.score(ScoreRequest(data), record=False)
+    assert result.matches
+    for match in result.matches:
+        x0, y0, x1, y1 = match.box
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+
+
+def test_a_small_mark_is_found_by_a_region(engine: ScoringEngine, grocery: Path) -> None:
+    """The package pasted small into a large busy frame still matches its product through a crop."""
+    package = np.asarray(Image.open(io.BytesIO(_val(grocery, MILK, 1))).convert("RGB"))
+    rng = np.random.default_rng(0)
+    canvas = rng.integers(0, 255, (900, 1200, 3), dtype=np.uint8)
+    small = np.asarray(Image.fromarray(package).resize((300, 300)))
+    canvas[500:800, 750:1050] = small
+    result = engine.score(ScoreRequest(_jpeg(canvas)), record=False)
+    best = result.matches[0]
+    assert best.box != (0, 0, 1200, 900)  # a crop, not the whole frame, matched best
+
+
+def test_geometry_counts_inliers_for_the_claim(engine: ScoringEngine, grocery: Path) -> None:
+    iconic = next((grocery / "iconic" / "Packages" / MILK).glob("*_Iconic.jpg")).read_bytes()
+    result = engine.score(ScoreRequest(iconic, brand="Arla", product="Arla-Standard-Milk"), record=False)
+    assert result.signals["log_inliers"].value is not None and result.signals["log_inliers"].value > np.log1p(20)
+    assert any(m.inliers and m.inliers > 20 for m in result.matches)
+
+
+def test_photo_reuse_across_listings(engine: ScoringEngine, grocery: Path) -> None:
+    data = _val(grocery, MILK, 2)
+    first = engine.score(ScoreRequest(data, listing="L-1", seller="S-1"))
+    assert first.duplicates == [] or all(d["listing_id"] != "L-1" for d in first.duplicates)
+    image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    reencoded = _jpeg(np.asarray(Image.fromarray(image).resize((image.shape[1] // 2, image.shape[0] // 2))), 60)
+    again = engine.score(ScoreRequest(reencoded, listing="L-2", seller="S-2"))
+    assert [(d["listing_id"], d["seller_id"]) for d in again.duplicates] == [("L-1", "S-1")]
+    same_listing = engine.score(ScoreRequest(data, listing="L-1", seller="S-1"), record=False)
+    assert [d["listing_id"] for d in same_listing.duplicates] == ["L-2"]  # itself is not reuse
+    other = engine.score(ScoreRequest(_val(grocery, OTHER, 0), listing="L-3"), record=False)
+    assert other.duplicates == []
+
+
+def test_brand_only_claim_names_the_best_product(engine: ScoringEngine, grocery: Path) -> None:
+    result = engine.score(ScoreRequest(_val(grocery, MILK), brand="arla"), record=False)
+    assert result.brand.name == "Arla" and result.product.name in ("Arla-Standard-Milk", "Arla-Ecological-Medium-Fat-Milk")
+    assert result.claimed.brand == "arla" and result.claimed.product is None
+
+
+def test_unknown_claims_fail_before_any_work(engine: ScoringEngine, grocery: Path) -> None:
+    with pytest.raises(NotFound):
+        engine.score(ScoreRequest(b"not even an image", brand="Nope"))
+    with pytest.raises(ValueError, match="needs a brand"):
+        ScoreRequest(b"", product="x")
+
+
+def test_batched_scores_equal_single_scores(engine: ScoringEngine, grocery: Path) -> None:
+    requests = [ScoreRequest(_val(grocery, MILK, i), brand="Arla") for i in range(3)]
+    together = engine.score_many(requests, record=False)
+    alone = [engine.score(r, record=False) for r in requests]
+    for a, b in zip(together, alone, strict=True):
+        assert a.risk == pytest.approx(b.risk, abs=1e-3) and a.decision == b.decision
