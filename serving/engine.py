@@ -81,7 +81,7 @@ class ScoringEngine:
     def __init__(self, home: Home, *, device: str = "cpu") -> None:
         self.home = home
         self.artifact = ensure_default_model(home)
-        self.model = self.artifact.load_embedder(device=device)
+        self.model = self.artifact.load_embedder(device=device, fuse=True)
         self.fusion = Fusion(self.artifact.fusion)
         self.max_regions = int(self.artifact.fusion.get("max_regions", 6))
         self.index: ReferenceIndex = sync_index(home, self.artifact, self.model)

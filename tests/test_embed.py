@@ -109,3 +109,12 @@ def test_config_round_trips_and_rejects_unknown_keys(tmp_path, imagenet_artifact
     path.write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="unknown keys"):
         EmbedderConfig.from_json(path)
+
+
+def test_folded_batchnorm_gives_the_same_embeddings(imagenet_artifact) -> None:
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(3)]
+    plain = embed_images(imagenet_artifact.load_embedder(), images)
+    fused_model = imagenet_artifact.load_embedder(fuse=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused_model.modules())
+    assert np.allclose(embed_images(fused_model, images), plain, atol=1e-4)

@@ -70,11 +70,15 @@ class ModelArtifact:
     def tag(self) -> str:
         return str(self.card["tag"])
 
-    def load_embedder(self, *, device: str = "cpu") -> BackboneEmbedder:
+    def load_embedder(self, *, device: str = "cpu", fuse: bool = False) -> BackboneEmbedder:
+        """The embedder in eval mode; `fuse=True` folds BatchNorm for faster inference (not for training)."""
         model = BackboneEmbedder(self.embedder)
         state = load_weights(self.path / self.embedder.weights_file, sha256=self.embedder.weights_sha256)
         model.load_state_dict(state, strict=True)
-        return model.to(device).eval()
+        model.eval()
+        if fuse and hasattr(model.backbone, "fuse_batchnorm"):
+            model.backbone.fuse_batchnorm()
+        return model.to(device)
 
 
 def load_artifact(path: str | os.PathLike[str]) -> ModelArtifact:
