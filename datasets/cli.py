@@ -11,9 +11,10 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from markguard.datasets.build import BuildReport
+if TYPE_CHECKING:  # the builders (numpy, PIL, matplotlib fonts) load only when a build runs
+    from markguard.datasets.build import BuildReport
 
 __all__ = ["register"]
 
