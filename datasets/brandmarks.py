@@ -29,6 +29,7 @@ from markguard.datasets.marks import (
     mark_spec,
     render_mark,
     text_mask,
+    with_changes,
 )
 from markguard.datasets.splits import split_for, unit_hash
 from markguard.datasets.transforms import TRANSFORMS, transform_names
@@ -134,7 +135,7 @@ def _render_brand(icon: BrandIcon, *, out: Path, opts: BrandmarkOptions, report:
         emit(f"wordmark_{font}", _on_ground(rgba, size=big, ground=LIGHT), source="wordmark",
              caption=f"wordmark {font}" if j == 0 else "")
     spec = mark_spec(icon, seed=opts.seed)
-    spec = spec.__class__(**{**spec.__dict__, "color": _ink_for(spec.color, LIGHT)})
+    spec = with_changes(spec, color=_ink_for(spec.color, LIGHT))
     try:
         genuine = render_mark(spec, height=128)
     except RenderError as exc:

@@ -63,8 +63,8 @@ class _Result:
     tiles: list[Tile] = field(default_factory=list)
 
 
-def pick_brands(count: int, *, seed: int) -> list[tuple[BrandIcon, MarkSpec]]:
-    """`count` brands whose marks render, in an order shuffled by the seed; `RenderError`s are skipped."""
+def pick_brands(count: int, *, seed: int, skipped: list[Skipped] | None = None) -> list[tuple[BrandIcon, MarkSpec]]:
+    """`count` brands whose marks render, in an order shuffled by the seed; those that fail go to `skipped`."""
     icons = sorted(load_icons(), key=lambda i: unit_hash("brand", seed, i.slug))
     picked: list[tuple[BrandIcon, MarkSpec]] = []
     titles: set[str] = set()
@@ -76,7 +76,9 @@ def pick_brands(count: int, *, seed: int) -> list[tuple[BrandIcon, MarkSpec]]:
         spec = mark_spec(icon, seed=seed)
         try:
             render_mark(spec, height=MARK_HEIGHT)
-        except RenderError:
+        except RenderError as exc:
+            if skipped is not None:
+                skipped.append(Skipped(f"simple-icons:{icon.slug}", str(exc)))
             continue
         titles.add(icon.title.lower())
         picked.append((icon, spec))
@@ -173,7 +175,7 @@ def build_synth(out: Path, *, data_root: Path, opts: SynthOptions, force: bool =
     surfaces = product_surfaces(data_root)
     if not surfaces:
         report.skipped.append(Skipped(str(data_root), "no product photos found (clothing/, grocery-packages/); using rendered cards"))
-    brands = pick_brands(opts.brands, seed=opts.seed)
+    brands = pick_brands(opts.brands, seed=opts.seed, skipped=report.skipped)
     jobs = [
         _Job(index=i, slug=icon.slug, spec=spec, k=k,
              split=split_for(spec.brand, seed=opts.seed, val_fraction=opts.val_fraction, test_fraction=opts.test_fraction),
