@@ -110,14 +110,12 @@ class EvalSet:
 
 
 def make_eval_set(items: Sequence[Item], *, split: str, name: str = "") -> EvalSet:
-    """Queries: the split's photos. References: the catalogue (`source: iconic`) images of the split's
-    classes when the manifest has them; otherwise the split's first genuine photo per (brand, product)
+    """Queries: the split's photos. References: every catalogue (`source: iconic`) image of the manifest
+    when it has them (all products enrolled, as a brand would); otherwise the split's first genuine photo per (brand, product)
     and first counterfeit per brand (a known fake), in manifest path order, which then leave the queries.
     """
     in_split = sorted((i for i in items if i.row.split == split), key=lambda i: i.row.image)
-    classes = {(i.brand, i.product) for i in in_split}
-    iconic = sorted((i for i in items if i.row.source == "iconic" and (i.brand, i.product) in classes),
-                    key=lambda i: i.row.image)
+    iconic = sorted((i for i in items if i.row.source == "iconic"), key=lambda i: i.row.image)
     if iconic:
         refs = iconic
         queries = [i for i in in_split if i.row.source != "iconic"]

@@ -136,7 +136,7 @@ def evaluate_embeddings(
         out["claim_tpr_at_fpr_5pct"] = blocks[primary]["tpr_at_fpr_5pct"]
         mask = (kinds == "true") | (kinds == primary)
         fpr, tpr, _ = roc_curve(scores[mask], kinds[mask] == "true")
-        out["_roc"] = {"similarity": (fpr.tolist(), tpr.tolist())}
+        out["_roc"] = {f"best genuine similarity (true vs {primary} claims)": (fpr.tolist(), tpr.tolist())}
     if fusion is not None:
         out.update(_fusion_metrics(eval_set, claims, fusion, out))
     return out
@@ -155,7 +155,7 @@ def _fusion_metrics(eval_set: EvalSet, claims: ClaimSet, fusion: Fusion, out: di
         "not_genuine_flagged": float((decisions[y] != "pass").mean()) if y.any() else float("nan"),
     }
     fpr, tpr, _ = roc_curve(risks, y)
-    out.setdefault("_roc", {})["fusion risk"] = (fpr.tolist(), tpr.tolist())
+    out.setdefault("_roc", {})["fusion risk (all claims, positive = not genuine)"] = (fpr.tolist(), tpr.tolist())
     # counterfeits: flagged (review or takedown) when claiming the brand they imitate, by transform and strength
     by_transform: dict[str, list[bool]] = defaultdict(list)
     by_strength: dict[str, list[bool]] = defaultdict(list)

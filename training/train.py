@@ -37,7 +37,7 @@ from markguard.training.data import (
     read_items,
 )
 from markguard.training.evaluation import evaluate_embeddings, make_claims
-from markguard.training.fusion import fit_fusion
+from markguard.training.fusion import fit_fusion, threshold_at_fpr
 from markguard.training.losses import create_loss
 from markguard.training.model import SplitEmbedder, build_model, cache_prefix, embed_cached
 from markguard.training.plots import plot_loss, plot_per_brand, plot_roc
@@ -240,16 +240,21 @@ def run(args: argparse.Namespace) -> int:
     print(f"markguard train: {len(items)} training images, {len(classes)} classes, eval sets "
           f"{ {n: (len(e.references), len(e.queries)) for n, e in eval_sets.items()} }, run folder {run_dir}")
 
-    # the frozen prefix is run once; the cache survives --resume
+    # the frozen prefix is run once; the cache survives --resume (parts that no longer fit are recomputed)
     cache_path = run_dir / "feature_cache.pt"
     t0 = time.monotonic()
-    if cache_path.is_file():
-        cache = torch.load(cache_path, map_location="cpu", weights_only=True)
-    else:
-        feats, owner = _cache_train(split, items, config, device, quiet)
-        cache = {"train": feats, "owner": owner, **{f"eval/{n}/{k}": v for n, es in eval_sets.items()
-                                                    for k, v in _cache_eval(split, es, config, device).items()}}
+    cache = torch.load(cache_path, map_location="cpu", weights_only=True) if cache_path.is_file() else {}
+    previous, fresh = sorted(cache), set()
+    if len(cache.get("owner", ())) != sum(_views(i, config["augment"]) for i in items):
+        cache["train"], cache["owner"] = _cache_train(split, items, config, device, quiet)
+        fresh |= {"train", "owner"}
+    for n, es in eval_sets.items():
+        if any(len(cache.get(f"eval/{n}/{k}", ())) != len(getattr(es, k)) for k in ("references", "queries")):
+            cache.update({f"eval/{n}/{k}": v for k, v in _cache_eval(split, es, config, device).items()})
+            fresh |= {f"eval/{n}/references", f"eval/{n}/queries"}
+    if fresh:
         torch.save(cache, cache_path)
+    reused = [k for k in previous if k not in fresh and k != "owner"]
     cache_seconds = time.monotonic() - t0
     feats = cache["train"].to(device)
     labels = torch.tensor([class_of[class_key(items[int(i)].row)] for i in cache["owner"]], dtype=torch.long)
@@ -308,13 +313,15 @@ def run(args: argparse.Namespace) -> int:
 
     finish(split=split, config=config, run_dir=run_dir, eval_sets=eval_sets, eval_caches=eval_caches,
            history=history, hashes=hashes, classes=len(classes), train_images=len(items),
-           seconds={"cache": round(cache_seconds, 1), "total": round(time.monotonic() - started, 1)}, args=args)
+           seconds={"cache": round(cache_seconds, 1), "total": round(time.monotonic() - started, 1)},
+           cache_reused=reused, args=args)
     return 0
 
 
 def finish(*, split: SplitEmbedder, config: dict[str, Any], run_dir: Path, eval_sets: dict[str, EvalSet],
            eval_caches: dict[str, dict[str, torch.Tensor]], history: list[dict[str, Any]], hashes: dict[str, str],
-           classes: int, train_images: int, seconds: dict[str, float], args: argparse.Namespace) -> None:
+           classes: int, train_images: int, seconds: dict[str, float], cache_reused: list[str],
+           args: argparse.Namespace) -> None:
     """Calibrate the fusion on the validation claims, evaluate with it, write artifact, card, plots, BentoML."""
     device = config["device"]
     c = config["calibration"]
@@ -323,10 +330,10 @@ def finish(*, split: SplitEmbedder, config: dict[str, Any], run_dir: Path, eval_
     claim_sets = {n: make_claims(es, *vectors[n], seed=config["seed"]) for n, es in eval_sets.items()}
     values = [v for cs in claim_sets.values() for v in cs.values]
     not_genuine = np.concatenate([cs.not_genuine for cs in claim_sets.values()])
-    true_sims = np.array([v["genuine_similarity"] for cs in claim_sets.values()
-                          for v, k in zip(cs.values, cs.kind, strict=True)
-                          if k == "true" and v["genuine_similarity"] is not None])
-    match_threshold = float(np.quantile(true_sims, c["match_miss_rate"])) if true_sims.size else 0.5
+    other_sims = np.array([v["genuine_similarity"] for cs in claim_sets.values()
+                           for v, k in zip(cs.values, cs.kind, strict=True)
+                           if k == "other_brand" and v["genuine_similarity"] is not None])
+    match_threshold = threshold_at_fpr(other_sims, c["match_false_rate"]) if other_sims.size else 0.5
     spec, points = fit_fusion(values, not_genuine, match_threshold=match_threshold, takedown_fpr=c["takedown_fpr"],
                               review_fpr=c["review_fpr"], C=c["C"])
     fusion = Fusion(spec)
@@ -349,12 +356,13 @@ def finish(*, split: SplitEmbedder, config: dict[str, Any], run_dir: Path, eval_
                  "classes": classes, "eval_sets": {n: {"references": len(e.references), "queries": len(e.queries)}
                                                    for n, e in eval_sets.items()}},
         "git_commit": git_commit(),
-        "training": {"seconds": seconds, "device": device, "epochs": config["optim"]["epochs"],
+        "training": {"seconds": seconds, "feature_cache_reused": cache_reused, "device": device, "epochs": config["optim"]["epochs"],
                      "torch": torch.__version__, "threads": config["threads"]},
         "metrics": {n: json_metrics(m) for n, m in metrics.items()},
         "baseline_metrics": {"model": "imagenet-lite0 pooled (no head)", **baseline},
         "operating_points": [p.__dict__ for p in points] + [{"name": "match", "threshold": match_threshold,
-                                                              "miss_rate_target": c["match_miss_rate"]}],
+                                                              "false_match_target": c["match_false_rate"],
+                                                              "meaning": "best similarity an unclaimed photo needs to name a brand"}],
         "calibration_data": sorted(eval_sets),
     }
     if (run_dir / "artifact").exists():  # a resumed run that had finished: the artifact is written again

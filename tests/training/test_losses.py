@@ -41,8 +41,8 @@ def test_arcface_matches_naive_loop(margin: float, scale: float, seed: int) -> N
 def test_arcface_decreases_when_an_embedding_moves_to_its_proxy_and_checks_inputs() -> None:
     loss = ArcFaceLoss(num_classes=3, embedding_dim=4, seed=0)
     labels = torch.tensor([1])
-    far = float(loss(-loss.proxies[1:2].detach(), labels))
-    near = float(loss(loss.proxies[1:2].detach(), labels))
+    far = loss(-loss.proxies[1:2].detach(), labels).item()
+    near = loss(loss.proxies[1:2].detach(), labels).item()
     assert near < far
     with pytest.raises(ValueError):
         loss(torch.randn(2, 3), torch.tensor([0, 1]))

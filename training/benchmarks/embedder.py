@@ -4,7 +4,8 @@ synthetic build's `test` split, brand-disjoint from training and calibration).
 
 Both models embed through `vision.embed.embed_images` (serving's path). Metrics: product/brand
 recall@1 of unclaimed photos, and claim AUC on the best genuine similarity (grocery: true product vs
-another product of the same brand; synthetic: genuine photo vs a counterfeit claiming the brand).
+another product of the same brand; synthetic: genuine photo vs a counterfeit claiming the brand);
+`claim_auc_other_brand` (true claim vs a claim of another brand) is printed beside them for context.
 """
 
 from __future__ import annotations
@@ -73,16 +74,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 m = evaluate_artifact(artifact, es, device=args.device, use_fusion=False, progress=not args.quiet)
                 results[name][label] = {"tag": artifact.tag, "queries": m["queries"], "references": m["references"],
                                         "claim_negatives": m.get("claim_negatives"),
+                                        "claim_auc_other_brand": m.get("claim_vs_other_brand", {}).get("auc"),
                                         **{k: m.get(k) for k in (*COLUMNS, "recall_at_5", "map_at_r")}}
     print(f"markguard bench embedder: ImageNet-only Lite0 vs {trained.tag} ({time.monotonic() - started:.0f}s)")
-    header = f"{'set':<40} {'metric':<12} {'imagenet':>9} {'trained':>9} {'ratio':>7}"
+    header = f"{'set':<40} {'metric':<22} {'imagenet':>9} {'trained':>9} {'ratio':>7}"
     print(header)
     print("-" * len(header))
     for name, r in results.items():
-        for k in COLUMNS:
+        for k in (*COLUMNS, "claim_auc_other_brand"):
             a, b = r["imagenet"][k], r["trained"][k]
+            if a is None or b is None:
+                continue
             ratio = b / a if a else float("nan")
-            print(f"{name:<40} {k:<12} {a:>9.3f} {b:>9.3f} {ratio:>6.2f}x")
+            print(f"{name:<40} {k:<22} {a:>9.3f} {b:>9.3f} {ratio:>6.2f}x")
         print(f"{'':<40} ({r['trained']['queries']} queries, {r['trained']['references']} references; "
               f"claim negatives: {r['trained']['claim_negatives']})")
     if args.json:

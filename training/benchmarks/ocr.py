@@ -141,7 +141,7 @@ def compose(photo: np.ndarray, label: np.ndarray, *, rng: np.random.Generator) -
     """Warp the label in perspective onto the photo; blur, noise and JPEG the result. Returns the label's box."""
     h, w = photo.shape[:2]
     lh, lw = label.shape[:2]
-    scale = float(rng.uniform(0.45, 0.7)) * w / lw
+    scale = float(rng.uniform(0.25, 0.6)) * w / lw  # the label spans a quarter to 60 % of the photo
     tw, th = lw * scale, lh * scale
     x0 = float(rng.uniform(0.02 * w, w - tw - 0.02 * w))
     y0 = float(rng.uniform(0.05 * h, h - th - 0.05 * h))
@@ -153,10 +153,10 @@ def compose(photo: np.ndarray, label: np.ndarray, *, rng: np.random.Generator) -
     warped = cv2.warpPerspective(label, m, (w, h), flags=cv2.INTER_LINEAR)
     mask = cv2.warpPerspective(np.full((lh, lw), 255, np.uint8), m, (w, h))[..., None] / 255.0
     out = (photo * (1 - mask) + warped * mask).astype(np.float32)
-    sigma = float(rng.uniform(0.0, 1.2))
+    sigma = float(rng.uniform(0.0, 1.6))
     if sigma > 0.3:
         out = cv2.GaussianBlur(out, (0, 0), sigma)
-    out += rng.normal(0, float(rng.uniform(0, 6)), size=out.shape)
+    out += rng.normal(0, float(rng.uniform(0, 8)), size=out.shape)
     buf = io.BytesIO()
     Image.fromarray(np.clip(out, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=int(rng.integers(55, 92)))
     jpeg = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from markguard.vision.decode import read_image
-    from markguard.vision.ocr import create_ocr_engine
+    from markguard.vision.ocr import shared_ocr_engine
 
     torch.set_num_threads(args.threads)
     photos = sorted(Path(args.data).rglob("*.jpg"))
@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mark_fonts = available_fonts(WORDMARK_FONTS)
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
-    engine = create_ocr_engine(threads=args.threads)
+    engine = shared_ocr_engine()  # takes the torch threads just set
     build_s = time.perf_counter() - t0
     marks = {b: [b] for b in BRANDS}
     rows: list[dict[str, Any]] = []
