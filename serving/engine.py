@@ -20,13 +20,15 @@ from sqlalchemy.orm import Session
 
 from markguard.serving.brands import get_brand, get_product
 from markguard.serving.indexing import sync_index
-from markguard.serving.models import ensure_default_model
+from markguard.serving.models import OCR_PRIORS, ensure_default_model
+from markguard.serving.serials import ocr_evidence, record_serials, serials_to_record
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Brand, Listing, Product, Reference
 from markguard.vision.decode import decode_image
 from markguard.vision.embed import embed_images
 from markguard.vision.geometry import LocalFeatures, extract_features
 from markguard.vision.index import KIND_CODES, ReferenceIndex, read_manifest
+from markguard.vision.ocr import OcrEngine, OcrLine, shared_ocr_engine
 from markguard.vision.phash import hamming_many, phash
 from markguard.vision.regions import Region, crop, propose_regions
 from markguard.vision.scoring import (
@@ -38,6 +40,7 @@ from markguard.vision.scoring import (
     Policy,
     ScoreResult,
     geometry_signals,
+    ocr_signals,
     region_signals,
 )
 
@@ -75,14 +78,19 @@ class ScorePlan:
     regions: list[Region]
     crops: list[np.ndarray]
     started: float
+    ocr_lines: list[OcrLine] | None = None  # None: OCR is off for this engine
 
 
 class ScoringEngine:
-    def __init__(self, home: Home, *, device: str = "cpu") -> None:
+    """`ocr=False` skips reading text (faster; the `ocr` part of results stays empty)."""
+
+    def __init__(self, home: Home, *, device: str = "cpu", ocr: bool = True, ocr_budget_ms: float = 3000.0) -> None:
         self.home = home
         self.artifact = ensure_default_model(home)
         self.model = self.artifact.load_embedder(device=device, fuse=True)
-        self.fusion = Fusion(self.artifact.fusion)
+        self.fusion = Fusion({"priors": OCR_PRIORS, **self.artifact.fusion})
+        self.ocr: OcrEngine | None = shared_ocr_engine() if ocr else None
+        self.ocr_budget_ms = ocr_budget_ms
         self.max_regions = int(self.artifact.fusion.get("max_regions", 6))
         self.index: ReferenceIndex = sync_index(home, self.artifact, self.model)
         self._features: OrderedDict[int, LocalFeatures] = OrderedDict()
@@ -112,9 +120,11 @@ class ScoringEngine:
                 if request.product is not None:
                     product_id = get_product(session, brand, request.product).id
         image = decode_image(request.data)
-        regions = propose_regions(image, max_regions=self.max_regions)
+        lines = self.ocr.read(image, budget_ms=self.ocr_budget_ms) if self.ocr is not None else None
+        text_boxes = [line.box for line in lines or []]
+        regions = propose_regions(image, max_regions=self.max_regions, text_boxes=text_boxes)
         crops = [image if r.box == (0, 0, image.shape[1], image.shape[0]) else crop(image, r) for r in regions]
-        return ScorePlan(request, brand_id, product_id, image, regions, crops, started)
+        return ScorePlan(request, brand_id, product_id, image, regions, crops, started, lines)
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         return embed_images(self.model, crops)
@@ -124,7 +134,10 @@ class ScoringEngine:
             with self.home.sessions() as session:
                 result = self._finish(session, plan, vectors)
                 if record:
-                    self._record(session, plan, result)
+                    row = self._record(session, plan, result)
+                    if result.ocr["serials"]:
+                        record_serials(session, self.home, listing_row_id=row.id, brand_id=row.brand_id,
+                                       normalized_serials=serials_to_record(result.ocr))
                 session.commit()
         result.elapsed_ms = round((time.perf_counter() - plan.started) * 1000, 2)
         return result
@@ -162,6 +175,13 @@ class ScoringEngine:
             values.update(self._geometry(plan, vectors[region : region + 1], brand_id=brand_id,
                                          product_id=product_id, matches=matches))
             brand_score = self._best(vectors, brand_id=brand_id, kind="genuine")
+        brand = session.get(Brand, brand_id) if brand_id is not None else None
+        ocr = {"lines": [], "wordmarks": [], "serials": []}
+        if plan.ocr_lines is not None:
+            ocr = ocr_evidence(session, self.home, self.ocr, plan.image, brand=brand, lines=plan.ocr_lines,
+                               seller_id=request.seller, listing_id=request.listing)
+            values.update(ocr_signals(ocr, brand=brand.name if brand else None))
+        if brand_id is not None:
             if product_id is not None:
                 product_score = values["genuine_similarity"]
             else:  # a brand-only claim: name the brand's best-matching product
@@ -170,7 +190,6 @@ class ScoringEngine:
                     product_id = index.metadata(best_id)[1]
                     product_score = brand_score
         risk, signals = self.fusion.risk(values)
-        brand = session.get(Brand, brand_id) if brand_id is not None else None
         product = session.get(Product, product_id) if product_id is not None else None
         return ScoreResult(
             risk=round(risk, 4),
@@ -183,6 +202,7 @@ class ScoringEngine:
             model=self.model_tag,
             provisional=self.fusion.provisional,
             duplicates=self._duplicates(session, plan),
+            ocr=ocr,
             image=request.label,
         )
 
@@ -288,12 +308,11 @@ class ScoringEngine:
             takedown_at=brand.takedown_at if brand.takedown_at is not None else default.takedown_at,
         )
 
-    def _record(self, session: Session, plan: ScorePlan, result: ScoreResult) -> None:
+    def _record(self, session: Session, plan: ScorePlan, result: ScoreResult) -> Listing:
         brand_id = None
         if result.brand.name is not None:
             brand_id = session.scalar(select(Brand.id).where(Brand.name == result.brand.name))
-        session.add(
-            Listing(
+        row = Listing(
                 listing_id=plan.request.listing,
                 seller_id=plan.request.seller,
                 brand_id=brand_id,
@@ -303,8 +322,10 @@ class ScoringEngine:
                 decision=result.decision.value,
                 model_tag=result.model,
                 result={"risk": result.risk, "decision": result.decision.value},
-            )
         )
+        session.add(row)
+        session.flush()
+        return row
 
 
 def _round(value: float | None) -> float | None:

@@ -30,7 +30,21 @@ PROVISIONAL_FUSION = {
     "match_threshold": 0.30,
     "review_at": 0.5,
     "takedown_at": 0.85,
+    "priors": None,  # filled below
 }
+
+# Expert log-odds for OCR evidence (see vision.scoring); the engine uses them for an artifact whose
+# fusion.json carries no `priors` of its own. A misspelt own wordmark or an impossible serial alone moves a pass to
+# review; with a serial that three other sellers also show, to takedown.
+OCR_PRIORS = {
+    "wordmark_exact": -0.5,
+    "wordmark_near_miss": 2.5,
+    "other_brand_wordmark": 1.0,
+    "serial_invalid": 2.5,
+    "serial_unregistered": 1.5,
+    "serial_reuse_sellers": 1.0,
+}
+PROVISIONAL_FUSION["priors"] = OCR_PRIORS
 
 # A trained default model shipped in the repository (training issue); absent, the ImageNet baseline.
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "default_model"

@@ -30,7 +30,7 @@ from markguard.vision.text import SerialCandidate, match_wordmarks, serial_key
 if TYPE_CHECKING:  # the OCR engine (torch) is not needed to import serials
     import numpy as np
 
-    from markguard.vision.ocr import Box, OcrEngine
+    from markguard.vision.ocr import Box, OcrEngine, OcrLine
 
 __all__ = [
     "ImportReport",
@@ -275,13 +275,17 @@ def ocr_evidence(
     listing_row_id: int | None = None,
     regions: Sequence[Box] | None = None,
     budget_ms: float | None = None,
+    lines: Sequence[OcrLine] | None = None,
 ) -> dict[str, Any]:
     """The score JSON's `ocr` part for one photo: `{lines, wordmarks, serials}`.
 
+    `lines`, when the caller has read the photo already (the scoring engine does, to propose
+    regions from the text boxes), are used instead of reading it again.
     `brand` is the claimed (or best-matching) brand: its wordmarks may be near-missed and its
     pattern and checksum judge the serials; every brand's wordmarks may be read as `other_brand`.
     """
-    lines = engine.read(image, regions=regions, budget_ms=budget_ms)
+    if lines is None:
+        lines = engine.read(image, regions=regions, budget_ms=budget_ms)
     marks = {b.name: list(b.wordmarks or [b.name]) for b in session.scalars(select(Brand))}
     texts = [line.text for line in lines]
     hits = match_wordmarks(texts, brand=brand.name if brand is not None else None, wordmarks=marks)

@@ -22,6 +22,13 @@ MILK = "Milk/Arla-Standard-Milk"
 OTHER_MILK = "Milk/Arla-Ecological-Medium-Fat-Milk"
 
 
+def _default_tag() -> str:
+    from markguard.serving.models import SHIPPED_MODEL_DIR
+    from markguard.vision.artifact import load_artifact
+
+    return load_artifact(SHIPPED_MODEL_DIR).tag
+
+
 def run(capsys, *argv: str) -> tuple[int, list[dict], str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -68,8 +75,8 @@ def test_score_contract(enrolled: Path, grocery: Path, capsys) -> None:
         assert result["decision"] in ("pass", "review", "takedown")
         assert result["claimed"] == {"brand": None, "product": None}
         assert result["brand"]["name"] in ("Arla", None)
-        assert result["model"].startswith("imagenet-lite0-")
-        assert result["provisional"] is True
+        assert result["model"] == _default_tag()
+        assert result["provisional"] is False  # the shipped model has a calibrated fusion
         match = result["matches"][0]
         assert {"reference_id", "brand", "product", "kind", "similarity", "inliers", "box"} <= set(match)
         assert result["matches"] == sorted(result["matches"], key=lambda m: -m["similarity"])
@@ -77,8 +84,10 @@ def test_score_contract(enrolled: Path, grocery: Path, capsys) -> None:
 
 def test_claim_changes_the_judged_product(enrolled: Path, grocery: Path, capsys) -> None:
     photo = str(_val(grocery, MILK)[0])
-    _, (true_claim,), _ = run(capsys, "score", photo, "--brand", "arla", "--product", "Arla-Standard-Milk")
-    _, (false_claim,), _ = run(capsys, "score", photo, "--brand", "Arla", "--product", "Arla-Ecological-Medium-Fat-Milk")
+    _, (true_claim,), _ = run(capsys, "score", photo, "--brand", "arla", "--product", "Arla-Standard-Milk", "--no-ocr")
+    _, (false_claim,), _ = run(
+        capsys, "score", photo, "--brand", "Arla", "--product", "Arla-Ecological-Medium-Fat-Milk", "--no-ocr"
+    )
     assert true_claim["claimed"] == {"brand": "arla", "product": "Arla-Standard-Milk"}
     assert true_claim["product"]["name"] == "Arla-Standard-Milk"
     assert false_claim["product"]["name"] == "Arla-Ecological-Medium-Fat-Milk"
@@ -89,7 +98,8 @@ def test_scores_are_identical_in_a_new_process(enrolled: Path, grocery: Path, ca
     photo = str(_val(grocery, MILK)[0])
     _, (here,), _ = run(capsys, "score", photo, "--brand", "Arla", "--no-record")
     proc = subprocess.run(
-        [sys.executable, "-m", "markguard.serving.cli", "score", photo, "--brand", "Arla", "--no-record", "--home", str(enrolled)],
+        [sys.executable, "-m", "markguard.serving.cli", "score", photo, "--brand", "Arla", "--no-record",
+         "--home", str(enrolled)],
         capture_output=True, text=True, check=True,
     )
     there = json.loads(proc.stdout)
@@ -166,9 +176,9 @@ def test_unknown_brand(enrolled: Path, grocery: Path, capsys) -> None:
     photo = str(_val(grocery, MILK)[0])
     code, _, err = run(capsys, "enroll", "Nope", photo)
     _assert_one_line_error(code, err, "unknown brand 'Nope'")
-    code, _, err = run(capsys, "score", photo, "--brand", "Nope")
+    code, _, err = run(capsys, "score", photo, "--brand", "Nope", "--no-ocr")
     _assert_one_line_error(code, err, "unknown brand 'Nope'")
-    code, _, err = run(capsys, "score", photo, "--brand", "Arla", "--product", "Nope")
+    code, _, err = run(capsys, "score", photo, "--brand", "Arla", "--product", "Nope", "--no-ocr")
     _assert_one_line_error(code, err, "unknown product 'Nope'")
 
 
@@ -176,7 +186,7 @@ def test_score_reports_each_bad_photo_and_scores_the_rest(enrolled: Path, grocer
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
     good = str(_val(grocery, MILK)[0])
-    code, results, err = run(capsys, "score", good, str(bad), good)
+    code, results, err = run(capsys, "score", good, str(bad), good, "--no-ocr")
     assert code == 2
     assert [r["image"] for r in results] == [good, good]
     assert err.count("markguard: error:") == 1 and "bad.png" in err and "Traceback" not in err

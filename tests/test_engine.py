@@ -15,6 +15,7 @@ from markguard.serving.enroll import collect_inputs, enroll
 from markguard.serving.models import ensure_default_model
 from markguard.serving.state.home import Home
 from markguard.vision.errors import NotFound
+from markguard.vision.scoring import OCR_SIGNAL_NAMES
 
 MILK, OTHER = "Milk/Arla-Standard-Milk", "Milk/Arla-Ecological-Medium-Fat-Milk"
 
@@ -30,7 +31,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory, grocery: Path) -> ScoringEn
         iconic = next((grocery / "iconic" / "Packages" / product).glob("*_Iconic.jpg"))
         train = sorted((grocery / "train" / "Packages" / product).glob("*.jpg"))[:2]
         enroll(home, artifact, model, brand="Arla", product=product.split("/")[1], inputs=collect_inputs([iconic, *train]))
-    return ScoringEngine(home)
+    return ScoringEngine(home, ocr=False)  # OCR has its own engine test below
 
 
 def _val(grocery: Path, product: str, i: int = 0) -> bytes:
@@ -97,6 +98,40 @@ def test_unknown_claims_fail_before_any_work(engine: ScoringEngine, grocery: Pat
         engine.score(ScoreRequest(b"not even an image", brand="Nope"))
     with pytest.raises(ValueError, match="needs a brand"):
         ScoreRequest(b"", product="x")
+
+
+def test_ocr_evidence_reaches_the_score(grocery: Path, tmp_path: Path) -> None:
+    """A misspelt wordmark and a serial with a wrong check digit, rendered on a real photo, raise the risk."""
+    from PIL import ImageDraw, ImageFont
+
+    home = Home(tmp_path / "home")
+    with home.sessions.begin() as session:
+        brand = add_brand(session, "Valio", wordmarks=["VALIO"])
+        brand.serial_pattern, brand.serial_checksum = r"VL\d{8}", "luhn"
+    artifact = ensure_default_model(home)
+    iconic = next((grocery / "iconic" / "Packages").glob("*/Valio-*/*_Iconic.jpg"))
+    enroll(home, artifact, artifact.load_embedder(), brand="Valio", inputs=collect_inputs([iconic]))
+    engine = ScoringEngine(home)
+    photo = Image.open(iconic).convert("RGB").resize((600, 600))
+    font = ImageFont.truetype("DejaVuSans-Bold.ttf", 48)
+
+    def label(text: str, serial: str) -> bytes:
+        img = photo.copy()
+        draw = ImageDraw.Draw(img)
+        draw.rectangle((40, 420, 560, 580), fill="white")
+        draw.text((60, 430), text, fill="black", font=font)
+        draw.text((60, 500), serial, fill="black", font=font)
+        return _jpeg(np.asarray(img), 92)
+
+    genuine = engine.score(ScoreRequest(label("VALIO", "VL12345674"), brand="Valio"), record=False)
+    fake = engine.score(ScoreRequest(label("VALJO", "VL12345675"), brand="Valio"), record=False)
+    assert any(w["match"] == "exact" for w in genuine.ocr["wordmarks"]), genuine.ocr
+    assert any(w["match"] == "near_miss" for w in fake.ocr["wordmarks"]), fake.ocr
+    assert fake.signals["wordmark_near_miss"].value == 1.0
+    assert fake.signals["serial_invalid"].value == 1.0 and genuine.signals["serial_invalid"].value == 0.0
+    ocr_part = {n: (genuine.signals[n].contribution, fake.signals[n].contribution) for n in OCR_SIGNAL_NAMES}
+    logit = lambda r: np.log(r / (1 - r))  # noqa: E731
+    assert logit(fake.risk) - logit(genuine.risk) > 3.0, ocr_part
 
 
 def test_batched_scores_equal_single_scores(engine: ScoringEngine, grocery: Path) -> None:

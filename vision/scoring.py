@@ -8,6 +8,11 @@ constants in code. Two kinds exist:
   fusion is trained; results say `"provisional": true`.
 - `logistic`: risk = sigmoid(bias + Σ weight·(value − mean)/scale) over named signals, fitted and
   calibrated on validation data by training. A signal that is missing contributes nothing.
+
+Either kind may carry `priors`: log-odds added per unit of an evidence signal that the calibration
+data cannot show (OCR: a misspelt wordmark, an impossible serial, a serial reused by other sellers).
+They are expert weights, stored in the artifact beside the fitted ones and reported per signal like
+every contribution, until labelled reviews let training fit them.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ __all__ = [
     "embedding_signals",
     "region_signals",
     "geometry_signals",
+    "ocr_signals",
     "SIGNAL_NAMES",
+    "OCR_SIGNAL_NAMES",
 ]
 
 # Signals a fusion may use: embedding (per best region), geometry, then OCR's (vision.text).
@@ -68,6 +75,46 @@ def embedding_signals(
         "margin": None if genuine is None or rival is None else genuine - rival,
         "counterfeit_similarity": _best(index, query, brand_id=brand_id, kind="counterfeit"),
     }
+
+
+OCR_SIGNAL_NAMES = (
+    "wordmark_exact",
+    "wordmark_near_miss",
+    "other_brand_wordmark",
+    "serial_invalid",
+    "serial_unregistered",
+    "serial_reuse_sellers",
+)
+
+
+def ocr_signals(ocr: Mapping[str, Any], *, brand: str | None) -> dict[str, float | None]:
+    """OCR evidence about the claim as numbers; None where the photo showed nothing to judge.
+
+    - wordmark_exact / wordmark_near_miss: the claimed brand's wordmark read as spelt / only misspelt
+      (a near miss beside an exact reading is OCR noise on a genuine package more often than a fake);
+    - other_brand_wordmark: another brand's wordmark read (a look-alike, or a wrong claim);
+    - serial_invalid: a serial that breaks the brand's format or check digit;
+    - serial_unregistered: a well-formed serial absent from the brand's genuine registry;
+    - serial_reuse_sellers: log1p of the other sellers that showed the same serial.
+    """
+    hits = list(ocr.get("wordmarks", []))
+    serials = list(ocr.get("serials", []))
+    own = [h for h in hits if brand is not None and h["brand"] == brand]
+    values: dict[str, float | None] = dict.fromkeys(OCR_SIGNAL_NAMES)
+    if hits:
+        exact = any(h["match"] == "exact" for h in own)
+        values["wordmark_exact"] = float(exact)
+        values["wordmark_near_miss"] = float(not exact and any(h["match"] == "near_miss" for h in own))
+        values["other_brand_wordmark"] = float(any(h["brand"] != brand for h in hits))
+    if serials:
+        values["serial_invalid"] = float(
+            any(s["format_ok"] is False or s["checksum_ok"] is False for s in serials)
+        )
+        judged = [s for s in serials if s["registered"] is not None and s["format_ok"] is not False]
+        if judged:
+            values["serial_unregistered"] = float(not any(s["registered"] for s in judged))
+        values["serial_reuse_sellers"] = math.log1p(max(int(s["seen_by_sellers"]) for s in serials))
+    return values
 
 
 def region_signals(
@@ -142,9 +189,18 @@ class Fusion:
         return self.kind == "provisional"
 
     def risk(self, values: Mapping[str, float | None]) -> tuple[float, dict[str, Signal]]:
-        if self.kind == "provisional":
-            return self._provisional(values)
-        return self._logistic(values)
+        risk, signals = self._provisional(values) if self.kind == "provisional" else self._logistic(values)
+        priors = self.spec.get("priors", {})
+        present = {n: values.get(n) for n in priors if values.get(n) is not None}
+        if not present:
+            return risk, signals
+        clipped = min(max(risk, 1e-6), 1 - 1e-6)
+        logit = math.log(clipped / (1 - clipped))
+        for name, value in present.items():
+            contribution = float(priors[name]) * float(value)  # type: ignore[arg-type]
+            logit += contribution
+            signals[name] = Signal(value=value, contribution=contribution)
+        return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, logit)))), signals
 
     def _provisional(self, values: Mapping[str, float | None]) -> tuple[float, dict[str, Signal]]:
         lo, hi = float(self.spec["similarity_floor"]), float(self.spec["similarity_ceiling"])

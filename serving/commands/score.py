@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seller", help="the seller's id, for reuse across sellers")
     p.add_argument("--listing", help="the listing's id")
     p.add_argument("--no-record", action="store_true", help="do not record the listing in the catalog")
+    p.add_argument("--no-ocr", action="store_true", help="skip reading text (faster; no wordmark or serial evidence)")
     add_home_argument(p)
     p.set_defaults(func=cmd_score)
 
@@ -33,7 +34,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     if args.product and not args.brand:
         raise MarkguardError("--product needs --brand")
-    engine = ScoringEngine(Home(args.home))
+    engine = ScoringEngine(Home(args.home), ocr=not args.no_ocr)
     failed = 0
     for start in range(0, len(args.images), _CHUNK):
         requests = []
