@@ -51,6 +51,7 @@ _SEARCH_K = 20  # neighbours per region before merging
 _GEOMETRY_REFERENCES = 3  # the claim's top genuine references checked for shape agreement
 _DUPLICATE_BITS = 8  # re-encoded, resized or 2%-cropped copies measured ≤ 10 bits apart; distinct photos ≥ 10, 1st percentile 20
 _FEATURE_CACHE = 2048  # reference feature sets kept in memory
+_OCR_CACHE = 256  # photos whose OCR lines are kept (keyed by content hash)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,7 @@ class ScoringEngine:
         self.max_regions = int(self.artifact.fusion.get("max_regions", 6))
         self.index: ReferenceIndex = sync_index(home, self.artifact, self.model)
         self._features: OrderedDict[int, LocalFeatures] = OrderedDict()
+        self._ocr_cache: OrderedDict[str, list[OcrLine]] = OrderedDict()
         self._hashes = np.empty(0, dtype=np.int64)
         self._hash_rows = np.empty(0, dtype=np.int64)
         self._lock = threading.Lock()
@@ -120,11 +122,25 @@ class ScoringEngine:
                 if request.product is not None:
                     product_id = get_product(session, brand, request.product).id
         image = decode_image(request.data)
-        lines = self.ocr.read(image, budget_ms=self.ocr_budget_ms) if self.ocr is not None else None
+        lines = self._read_text(request.data, image) if self.ocr is not None else None
         text_boxes = [line.box for line in lines or []]
         regions = propose_regions(image, max_regions=self.max_regions, text_boxes=text_boxes)
         crops = [image if r.box == (0, 0, image.shape[1], image.shape[0]) else crop(image, r) for r in regions]
         return ScorePlan(request, brand_id, product_id, image, regions, crops, started, lines)
+
+    def _read_text(self, data: bytes, image: np.ndarray) -> list[OcrLine]:
+        """OCR lines of a photo; the same photo scored again (another claim, a retry) is read once."""
+        key = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            if key in self._ocr_cache:
+                self._ocr_cache.move_to_end(key)
+                return self._ocr_cache[key]
+        lines = self.ocr.read(image, budget_ms=self.ocr_budget_ms)
+        with self._lock:
+            self._ocr_cache[key] = lines
+            if len(self._ocr_cache) > _OCR_CACHE:
+                self._ocr_cache.popitem(last=False)
+        return lines
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         return embed_images(self.model, crops)

@@ -158,3 +158,42 @@ def test_writer_killed_mid_save_leaves_a_loadable_index(tmp_path) -> None:
             loaded = ReferenceIndex.load(tmp_path)
             assert len(loaded) % 500 == 0 and len(loaded) == loaded.ids.size
     assert kills == 8 and read_manifest(tmp_path) is not None
+
+
+def test_searches_keep_working_while_a_writer_swaps_versions(tmp_path) -> None:
+    """Readers reload whatever version the manifest names while a writer keeps saving new ones."""
+    import threading
+
+    index, _ = _filled(n=300, dim=16)
+    index.save(tmp_path)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        rng = np.random.default_rng(11)
+        next_id = 10_000
+        while not stop.is_set():
+            index.add(np.arange(next_id, next_id + 50), _unit(rng, 50, 16), brand_ids=np.zeros(50),
+                      product_ids=np.zeros(50), kinds=np.zeros(50))
+            next_id += 50
+            index.save(tmp_path)
+
+    def reader() -> None:
+        q = _unit(np.random.default_rng(12), 4, 16)
+        try:
+            for _ in range(60):
+                loaded = ReferenceIndex.load(tmp_path)
+                hits = loaded.search(q, 5, brand_id=1)
+                assert (hits.ids[hits.ids >= 0] % 5 == 2).all()  # brand 1 holds ids 2, 7, 12, ...
+        except BaseException as exc:  # reported below, with the thread's traceback
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads[1:]:
+        t.join()
+    stop.set()
+    threads[0].join()
+    assert not errors, errors
+    assert ReferenceIndex.load(tmp_path).version > 1

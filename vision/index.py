@@ -219,8 +219,18 @@ class ReferenceIndex:
         return version
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> ReferenceIndex:
-        directory = Path(directory)
+    def load(cls, directory: str | os.PathLike[str], *, attempts: int = 5) -> ReferenceIndex:
+        """Load the version the manifest names; if a writer removed it meanwhile, read the manifest again."""
+        for attempt in range(attempts):
+            try:
+                return cls._load(Path(directory))
+            except FileNotFoundError:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _load(cls, directory: Path) -> ReferenceIndex:
         manifest = read_manifest(directory)
         if manifest is None:
             raise IntegrityError(f"{directory}: no index manifest")
