@@ -1,89 +1,109 @@
 """The BentoML service: `bentoml serve markguard.serving.service:Markguard` (or `markguard serve`).
 
-Each worker loads the promoted model and the index once, from the home named by MARKGUARD_HOME.
-Every call but BentoML's health, readiness and metrics routes needs `Authorization: Bearer <key>`;
-the key decides the tenant and role.
+Two services in one deployment:
+- `Embedder` holds the model and answers one batchable API, `embed`: BentoML's adaptive batching
+  merges the crops of concurrent requests into shared forward passes.
+- `Markguard` (the entry service, `MARKGUARD_WORKERS` workers) holds the scoring engine (model, OCR
+  reader, index, catalog) and serves the HTTP API of `markguard.serving.api`, mounted at `/`; its
+  forward passes go to `Embedder`. `MARKGUARD_BATCHING=0` runs them in the worker instead, one per
+  request (the naive baseline of `markguard bench serve`).
+
+Each worker loads everything in `__init__`, so BentoML's `/readyz` answers 200 only once all is loaded.
+Torch, FAISS and OpenCV threads are set per worker: BentoML does not divide cores between workers.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any
 
 import bentoml
+import numpy as np
 
-from markguard.vision.decode import MAX_BYTES
-from markguard.vision.errors import ImageError, MarkguardError, NotFound
+from markguard.serving.api import Backend, build_app, local_embed
+from markguard.serving.limits import GuardMiddleware, RateLimiter, configure_logging, log
 
-__all__ = ["Markguard"]
+__all__ = ["Markguard", "Embedder"]
 
-SCORING_ROLES = ("admin", "platform")
-
-
-def _threads() -> int:
-    return max(1, int(os.environ.get("MARKGUARD_THREADS", "0")) or (os.cpu_count() or 1))
+WORKERS = max(1, int(os.environ.get("MARKGUARD_WORKERS", "1")))
+MAX_BATCH = int(os.environ.get("MARKGUARD_MAX_BATCH", "64"))  # crops per forward pass
+MAX_LATENCY_MS = int(os.environ.get("MARKGUARD_MAX_LATENCY_MS", "2000"))  # a batch's wait budget
 
 
-@bentoml.service(name="markguard", traffic={"timeout": 120}, workers=1)
-class Markguard:
+def _threads(share: int) -> int:
+    """Threads for one process that shares the machine with `share` others (MARKGUARD_THREADS overrides)."""
+    given = int(os.environ.get("MARKGUARD_THREADS", "0"))
+    return given if given > 0 else max(1, (os.cpu_count() or 1) // max(1, share))
+
+
+def _set_threads(n: int) -> None:
+    import cv2
+    import faiss
+    import torch
+
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+    cv2.setNumThreads(n)
+
+
+def _home():
+    from markguard.serving.state.home import Home
+
+    return Home(os.environ.get("MARKGUARD_HOME", ".markguard"))
+
+
+@bentoml.service(name="markguard-embedder", workers=1, traffic={"timeout": 120})
+class Embedder:
+    """The model behind adaptive batching: (N, S, S, 3) uint8 crops → (N, dim) unit vectors."""
+
     def __init__(self) -> None:
-        import cv2
+        from markguard.serving.models import ensure_default_model
+
+        _set_threads(_threads(1))
+        artifact = ensure_default_model(_home())
+        self.model = artifact.load_embedder(device="cpu", fuse=True)
+
+    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=MAX_LATENCY_MS)
+    def embed(self, crops: np.ndarray) -> np.ndarray:
         import torch
 
+        from markguard.serving.metrics import EMBED_BATCH
+        from markguard.vision.embed import preprocess
+
+        EMBED_BATCH.observe(len(crops))
+        with torch.inference_mode():
+            return self.model(preprocess(list(crops), self.model.config)).float().numpy()
+
+
+api_app = build_app()
+
+
+@bentoml.service(name="markguard", workers=WORKERS, traffic={"timeout": 120})
+@bentoml.asgi_app(api_app, path="/")
+class Markguard:
+    embedder = bentoml.depends(Embedder)
+
+    def __init__(self) -> None:
         from markguard.serving.engine import ScoringEngine
-        from markguard.serving.state.home import Home
+        from markguard.serving.metrics import INDEX_SIZE, TimedOcr
 
-        torch.set_num_threads(_threads())
-        cv2.setNumThreads(_threads())
-        self.home = Home(os.environ.get("MARKGUARD_HOME", ".markguard"))
-        self.engine = ScoringEngine(self.home)
+        configure_logging()
+        _set_threads(_threads(WORKERS))
+        ocr = os.environ.get("MARKGUARD_OCR", "1") != "0"
+        engine = ScoringEngine(_home(), ocr=ocr)
+        if engine.ocr is not None:
+            engine.ocr = TimedOcr(engine.ocr)
+        INDEX_SIZE.set(len(engine.index.ids))
+        if os.environ.get("MARKGUARD_BATCHING", "1") == "0":
+            embed = local_embed(engine)
+        else:
+            async def embed(crops: np.ndarray) -> np.ndarray:
+                return await self.embedder.to_async.embed(crops)
 
-    def _principal(self, ctx: bentoml.Context, roles: tuple[str, ...]) -> Any:
-        from markguard.serving.keys import authenticate
+        rate = float(os.environ.get("MARKGUARD_RATE", "50"))  # requests/s per key, per worker
+        burst = int(os.environ.get("MARKGUARD_BURST", "100"))
+        api_app.state.backend = Backend(engine=engine, embed=embed, limiter=RateLimiter(rate=rate, burst=burst))
+        log.info("worker ready", extra={"fields": {"model": engine.model_tag, "ocr": ocr,
+                                                   "index_size": len(engine.index.ids)}})
 
-        header = ctx.request.headers.get("authorization", "")
-        token = header[7:] if header.lower().startswith("bearer ") else None
-        principal = authenticate(self.home, token)
-        if principal is None:
-            ctx.response.status_code = 401
-            ctx.response.headers["WWW-Authenticate"] = "Bearer"
-            return None
-        if principal.role.value not in roles:
-            ctx.response.status_code = 403
-            return None
-        return principal
 
-    @bentoml.api(route="/score")
-    def score(
-        self,
-        image: Path,
-        ctx: bentoml.Context,
-        brand: str | None = None,
-        product: str | None = None,
-        listing_id: str | None = None,
-        seller_id: str | None = None,
-        title: str | None = None,
-    ) -> dict[str, Any]:
-        """Score one listing photo (multipart `image`); returns the score JSON of ARCHITECTURE.md."""
-        from markguard.serving.engine import ScoreRequest
-
-        if self._principal(ctx, SCORING_ROLES) is None:
-            return {"error": "missing or invalid API key" if ctx.response.status_code == 401 else "forbidden"}
-        size = image.stat().st_size
-        if size > MAX_BYTES:
-            ctx.response.status_code = 413
-            return {"error": f"image larger than {MAX_BYTES} bytes"}
-        try:
-            request = ScoreRequest(image.read_bytes(), brand=brand or None, product=product or None,
-                                   seller=seller_id or None, listing=listing_id or None)
-            return self.engine.score(request).to_dict()
-        except ImageError as exc:
-            ctx.response.status_code = 415 if "not a JPEG" in str(exc) else 422
-            return {"error": str(exc)}
-        except NotFound as exc:
-            ctx.response.status_code = 404
-            return {"error": str(exc)}
-        except (MarkguardError, ValueError) as exc:
-            ctx.response.status_code = 400
-            return {"error": str(exc)}
+Markguard.add_asgi_middleware(GuardMiddleware)

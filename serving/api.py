@@ -1,0 +1,452 @@
+"""The HTTP API (FastAPI, mounted into the BentoML service): scoring and management routes.
+
+Scoring runs the engine's three steps; the middle one, the forward pass, goes through `Backend.embed`,
+which in the service is the batchable BentoML API of `Embedder` (adaptive batching across requests).
+The key in `Authorization: Bearer` decides the role and the tenant: a brand key sees only its own brand,
+and another brand's objects answer 404, as if they did not exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from markguard.serving.brands import add_brand, get_brand, summarize
+from markguard.serving.engine import ScoreRequest, ScoringEngine
+from markguard.serving.enroll import InputImage, collect_inputs, enroll
+from markguard.serving.keys import Principal, Role, authenticate, create_key
+from markguard.serving.limits import ApiError, RateLimiter, request_id_of
+from markguard.serving.limits import _BodyTooLarge as BodyTooLarge
+from markguard.serving.metrics import DECISIONS, INDEX_SIZE, LISTINGS_SCORED
+from markguard.serving.references import delete_references
+from markguard.serving.reviews import record_review
+from markguard.serving.state.schema import Reference, ReferenceKind
+from markguard.vision.archive import is_zip
+from markguard.vision.decode import MAX_BYTES, decode_image, sniff_format
+from markguard.vision.embed.preprocess import resize_square
+from markguard.vision.errors import ImageError, InvalidImage, MarkguardError, NotFound, UnsupportedFormat
+from markguard.vision.text import CHECKSUMS
+
+__all__ = ["Backend", "build_app"]
+
+MAX_BATCH_IMAGES = 32
+_URL = re.compile(r"^\s*[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+Embed = Callable[[np.ndarray], Awaitable[np.ndarray]]
+
+
+@dataclasses.dataclass
+class Backend:
+    """What one worker holds: the engine (model, OCR, index, catalog) and how it runs forward passes."""
+
+    engine: ScoringEngine
+    embed: Embed  # (N, S, S, 3) uint8 → (N, dim) unit vectors
+    limiter: RateLimiter
+
+    @property
+    def home(self):  # noqa: ANN201
+        return self.engine.home
+
+
+def local_embed(engine: ScoringEngine) -> Embed:
+    """One forward pass per call in this process: the naive path (and the in-process tests')."""
+
+    async def embed(crops: np.ndarray) -> np.ndarray:
+        return await run_in_threadpool(engine.embed, list(crops))
+
+    return embed
+
+
+# -- request bodies (documented in the OpenAPI schema) ---------------------------------------------
+class BrandIn(BaseModel):
+    name: str = Field(max_length=100)
+    wordmarks: list[str] | None = None
+
+
+class PolicyIn(BaseModel):
+    review_at: float | None = Field(None, ge=0, le=1)
+    takedown_at: float | None = Field(None, ge=0, le=1)
+    wordmarks: list[str] | None = None
+    serial_pattern: str | None = Field(None, max_length=500)
+    serial_checksum: str | None = None
+
+
+class ReviewIn(BaseModel):
+    listing_id: str = Field(max_length=200)
+    label: ReferenceKind
+    note: str = Field("", max_length=2000)
+
+
+class KeyIn(BaseModel):
+    role: Role
+    brand: str | None = None
+    label: str = Field("", max_length=200)
+
+
+def build_app(backend: Backend | None = None) -> FastAPI:
+    """The API; `backend` may be attached later as `app.state.backend` (the service does, per worker)."""
+    app = FastAPI(title="markguard", version="1", docs_url=None, redoc_url=None,
+                  description="Scoring and management API. Every route needs `Authorization: Bearer <key>`.")
+    app.state.backend = backend
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.message, "request_id": request_id_of(request.scope)},
+                            status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return JSONResponse({"error": "request body too large", "request_id": request_id_of(request.scope)},
+                            status_code=413)
+
+    @app.exception_handler(422)
+    async def _invalid(request: Request, exc: Exception) -> JSONResponse:
+        errors = getattr(exc, "errors", lambda: [])()
+        detail = [{"loc": e.get("loc"), "msg": e.get("msg")} for e in errors][:10]
+        return JSONResponse({"error": "invalid request", "detail": detail,
+                             "request_id": request_id_of(request.scope)}, status_code=422)
+
+    from fastapi.exceptions import RequestValidationError
+
+    app.add_exception_handler(RequestValidationError, _invalid)
+
+    def be(request: Request) -> Backend:
+        b = request.app.state.backend
+        if b is None:
+            raise ApiError(503, "not ready")
+        return b
+
+    def auth(request: Request, *roles: Role) -> Principal:
+        b = be(request)
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else None
+        principal = authenticate(b.home, token)
+        if principal is None:
+            raise ApiError(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
+        wait = b.limiter.take(principal.key_id)
+        if wait:
+            raise ApiError(429, "rate limit exceeded", headers={"Retry-After": str(max(1, round(wait)))})
+        if principal.role is not Role.ADMIN and principal.role not in roles:
+            raise ApiError(403, f"a {principal.role.value} key cannot do this")
+        return principal
+
+    def brand_of(request: Request, principal: Principal, name: str) -> str:
+        """The brand's canonical name; a brand key asking for another brand gets 404, like an unknown one."""
+        with be(request).home.sessions() as session:
+            try:
+                row = get_brand(session, name)
+            except NotFound:
+                raise ApiError(404, f"unknown brand {name!r}") from None
+            if principal.role is Role.BRAND and row.id != principal.brand_id:
+                raise ApiError(404, f"unknown brand {name!r}")
+            return row.name
+
+    # -- scoring ------------------------------------------------------------------------------------
+    async def photo(value: Any, what: str = "image") -> bytes:
+        if value is None:
+            raise ApiError(422, f"missing {what}: upload the photo as a multipart file")
+        if isinstance(value, str):
+            if _URL.match(value):
+                raise ApiError(400, "URL inputs are refused: upload the photo's bytes, the server never fetches")
+            raise ApiError(422, f"{what} must be an uploaded file")
+        data = await value.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise ApiError(413, f"{what} larger than {MAX_BYTES} bytes")
+        if not data:
+            raise ApiError(422, f"{what} is empty")
+        try:
+            sniff_format(data)
+        except UnsupportedFormat as exc:
+            raise ApiError(415, f"{what}: {exc}") from None
+        return data
+
+    async def form_of(request: Request) -> Any:
+        kind = request.headers.get("content-type", "")
+        if not kind.startswith("multipart/form-data"):
+            raise ApiError(415, "send multipart/form-data with the photo as a file; URLs are refused")
+        form = await request.form(max_files=MAX_BATCH_IMAGES, max_fields=64)
+        for field in ("url", "image_url", "urls"):
+            if field in form:
+                raise ApiError(400, "URL inputs are refused: upload the photo's bytes, the server never fetches")
+        return form
+
+    async def score_photos(b: Backend, requests: list[ScoreRequest], route: str) -> list[dict[str, Any]]:
+        await run_in_threadpool(b.engine.refresh)
+        plans = []
+        for req in requests:
+            try:
+                plans.append(await run_in_threadpool(b.engine.plan, req))
+            except UnsupportedFormat as exc:
+                raise ApiError(415, str(exc)) from None
+            except ImageError as exc:
+                raise ApiError(422, str(exc)) from None
+            except NotFound as exc:
+                raise ApiError(404, str(exc)) from None
+        size = b.engine.model.config.input_size
+        crops = np.stack([resize_square(c, size) for p in plans for c in p.crops])
+        vectors = await b.embed(crops)
+        out, start = [], 0
+        for req, plan in zip(requests, plans, strict=True):
+            await run_in_threadpool(b.home.put_blob, req.data)  # kept so a review can make it a known fake
+            result = await run_in_threadpool(b.engine.finish, plan, vectors[start : start + len(plan.crops)])
+            start += len(plan.crops)
+            LISTINGS_SCORED.labels(route=route).inc()
+            DECISIONS.labels(brand=result.brand.name or "-", decision=result.decision.value).inc()
+            out.append(result.to_dict())
+        INDEX_SIZE.set(len(b.engine.index.ids))
+        return out
+
+    def claim(form: Any, i: int, name: str) -> str | None:
+        values = form.getlist(name)
+        value = values[i] if len(values) > 1 and i < len(values) else (values[0] if values else None)
+        if value is not None and not isinstance(value, str):
+            raise ApiError(422, f"{name} must be a text field")
+        if value is not None and len(value) > 200:
+            raise ApiError(422, f"{name} longer than 200 characters")
+        return value or None
+
+    def request_of(data: bytes, form: Any, i: int) -> ScoreRequest:
+        try:
+            return ScoreRequest(data, brand=claim(form, i, "brand"), product=claim(form, i, "product"),
+                                seller=claim(form, i, "seller_id"), listing=claim(form, i, "listing_id"))
+        except ValueError as exc:
+            raise ApiError(422, str(exc)) from None
+
+    @app.post("/score", tags=["scoring"], summary="Score one listing photo")
+    async def score(request: Request) -> dict[str, Any]:
+        """Multipart: `image` (file), and text fields `brand`, `product`, `listing_id`, `seller_id`, `title`.
+        Returns the score JSON (risk, decision, brand, product, matches, ocr, duplicates, signals)."""
+        auth(request, Role.PLATFORM)
+        form = await form_of(request)
+        data = await photo(form.get("image"))
+        return (await score_photos(be(request), [request_of(data, form, 0)], "score"))[0]
+
+    @app.post("/score_batch", tags=["scoring"], summary="Score several listing photos")
+    async def score_batch(request: Request) -> dict[str, Any]:
+        """Multipart: `images` (files, repeated, at most 32); `brand`, `product`, `listing_id`, `seller_id`
+        each given once (applies to all) or once per image, in order."""
+        auth(request, Role.PLATFORM)
+        form = await form_of(request)
+        files = form.getlist("images")
+        if not files:
+            raise ApiError(422, "missing images: upload the photos as multipart files named `images`")
+        datas = [await photo(f, f"images[{i}]") for i, f in enumerate(files)]
+        return {"results": await score_photos(be(request), [request_of(d, form, i) for i, d in enumerate(datas)],
+                                              "score_batch")}
+
+    @app.post("/embed", tags=["scoring"], summary="Embed one photo (the whole frame)")
+    async def embed(request: Request) -> dict[str, Any]:
+        """Multipart `image`; returns the model's unit vector for the whole photo (the embedding-only path)."""
+        auth(request, Role.PLATFORM)
+        form = await form_of(request)
+        data = await photo(form.get("image"))
+        b = be(request)
+        try:
+            pixels = await run_in_threadpool(decode_image, data)
+        except UnsupportedFormat as exc:
+            raise ApiError(415, str(exc)) from None
+        except ImageError as exc:
+            raise ApiError(422, str(exc)) from None
+        crop = resize_square(pixels, b.engine.model.config.input_size)[None]
+        vector = await b.embed(crop)
+        return {"model": b.engine.model_tag, "vector": [round(float(v), 6) for v in vector[0]]}
+
+    # -- brands -------------------------------------------------------------------------------------
+    @app.post("/brands", tags=["brands"], status_code=201, summary="Create a brand (admin)")
+    async def create_brand(request: Request, body: BrandIn) -> dict[str, Any]:
+        auth(request, Role.ADMIN)
+        home = be(request).home
+
+        def work() -> dict[str, Any]:
+            with home.sessions.begin() as session:
+                row = add_brand(session, body.name, wordmarks=body.wordmarks)
+                return {"name": row.name, "wordmarks": row.wordmarks}
+
+        try:
+            return await run_in_threadpool(work)
+        except MarkguardError as exc:
+            raise ApiError(409 if "already exists" in str(exc) else 422, str(exc)) from None
+
+    @app.get("/brands/{brand}", tags=["brands"], summary="A brand's policy and counts")
+    async def show_brand(request: Request, brand: str) -> dict[str, Any]:
+        principal = auth(request, Role.BRAND)
+        name = brand_of(request, principal, brand)
+        with be(request).home.sessions() as session:
+            row = get_brand(session, name)
+            return {**_policy(row), "summary": dataclasses.asdict(summarize(session, row))}
+
+    @app.patch("/brands/{brand}", tags=["brands"], summary="Change a brand's policy")
+    async def patch_brand(request: Request, brand: str, body: PolicyIn) -> dict[str, Any]:
+        """Thresholds (`review_at` ≤ `takedown_at`, risks in [0, 1]), wordmarks, serial pattern and checksum."""
+        principal = auth(request, Role.BRAND)
+        name = brand_of(request, principal, brand)
+        changes = body.model_dump(exclude_unset=True)
+        if "serial_pattern" in changes and changes["serial_pattern"]:
+            try:
+                re.compile(changes["serial_pattern"])
+            except re.error as exc:
+                raise ApiError(422, f"serial_pattern is not a regular expression: {exc}") from None
+        if "serial_checksum" in changes and changes["serial_checksum"] not in (*CHECKSUMS, "none", None):
+            raise ApiError(422, f"serial_checksum must be one of {sorted([*CHECKSUMS, 'none'])}")
+        if "wordmarks" in changes and (not changes["wordmarks"] or any(len(w) > 100 for w in changes["wordmarks"])):
+            raise ApiError(422, "wordmarks: 1 or more names of at most 100 characters")
+        with be(request).home.sessions.begin() as session:
+            row = get_brand(session, name)
+            for key, value in changes.items():
+                setattr(row, key, "none" if key == "serial_checksum" and value is None else value)
+            if row.review_at is not None and row.takedown_at is not None and row.review_at > row.takedown_at:
+                raise ApiError(422, "review_at must not exceed takedown_at")
+            return _policy(row)
+
+    # -- references ---------------------------------------------------------------------------------
+    @app.get("/brands/{brand}/references", tags=["references"], summary="List a brand's references")
+    async def list_references(request: Request, brand: str, limit: int = 1000, after: int = 0) -> dict[str, Any]:
+        principal = auth(request, Role.BRAND)
+        name = brand_of(request, principal, brand)
+        with be(request).home.sessions() as session:
+            row = get_brand(session, name)
+            refs = session.scalars(select(Reference).where(Reference.brand_id == row.id, Reference.id > after)
+                                   .order_by(Reference.id).limit(max(1, min(limit, 1000)))).all()
+            return {"brand": name, "references": [
+                {"id": r.id, "product": r.product.name if r.product else None, "kind": r.kind.value,
+                 "sha256": r.sha256, "width": r.width, "height": r.height, "source": r.source,
+                 "created_at": r.created_at.isoformat()} for r in refs]}
+
+    @app.post("/brands/{brand}/references", tags=["references"], status_code=201,
+              summary="Upload reference images (files or zip archives)")
+    async def upload_references(request: Request, brand: str) -> dict[str, Any]:
+        """Multipart: `files` (images or zip archives, repeated), optional `product`, `kind` (genuine|counterfeit).
+        All-or-nothing: one unreadable image refuses the upload."""
+        principal = auth(request, Role.BRAND)
+        name = brand_of(request, principal, brand)
+        form = await form_of(request)
+        kind_text = form.get("kind") or "genuine"
+        if kind_text not in ("genuine", "counterfeit"):
+            raise ApiError(422, "kind must be genuine or counterfeit")
+        product = form.get("product") or None
+        files = form.getlist("files")
+        if not files or any(isinstance(f, str) for f in files):
+            if any(isinstance(f, str) and _URL.match(f) for f in files):
+                raise ApiError(400, "URL inputs are refused: upload the files, the server never fetches")
+            raise ApiError(422, "upload one or more files named `files`")
+        inputs = await _inputs(files)
+        b = be(request)
+        try:
+            report = await run_in_threadpool(
+                enroll, b.home, b.engine.artifact, b.engine.model, brand=name, inputs=inputs, product=product,
+                kind=ReferenceKind(kind_text))
+        except NotFound as exc:
+            raise ApiError(404, str(exc)) from None
+        except MarkguardError as exc:
+            raise ApiError(415 if "not a JPEG" in str(exc) else 422, str(exc)) from None
+        return {"brand": name, "added": report.added, "duplicates": report.duplicates}
+
+    @app.delete("/brands/{brand}/references/{reference_id}", tags=["references"], summary="Delete a reference")
+    async def delete_reference(request: Request, brand: str, reference_id: int) -> dict[str, Any]:
+        principal = auth(request, Role.BRAND)
+        name = brand_of(request, principal, brand)
+        try:
+            deleted = await run_in_threadpool(delete_references, be(request).home, brand=name, ids=[reference_id])
+        except NotFound:
+            raise ApiError(404, f"brand {name!r} has no reference {reference_id}") from None
+        return {"brand": name, "deleted": deleted}
+
+    @app.post("/brands/{brand}/serials", tags=["serials"], summary="Import genuine serials (CSV or text file)")
+    async def import_brand_serials(request: Request, brand: str) -> dict[str, Any]:
+        """Multipart `file`: one serial a line, or a CSV with a `serial` column. Stored as keyed hashes."""
+        from markguard.serving.serials import import_serials
+
+        principal = auth(request, Role.BRAND)
+        name = brand_of(request, principal, brand)
+        form = await form_of(request)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, "upload the serials as a file named `file`")
+        with tempfile.NamedTemporaryFile(suffix=".csv") as fh:
+            while chunk := await upload.read(1 << 20):
+                fh.write(chunk)
+            fh.flush()
+            try:
+                report = await run_in_threadpool(import_serials, be(request).home, name, fh.name, progress=False)
+            except MarkguardError as exc:
+                raise ApiError(422, str(exc)) from None
+        return dataclasses.asdict(report)
+
+    # -- reviews and keys ---------------------------------------------------------------------------
+    @app.post("/reviews", tags=["reviews"], status_code=201, summary="Label a scored listing (moderator)")
+    async def review(request: Request, body: ReviewIn) -> dict[str, Any]:
+        """Kept as labelled data for retraining; a `counterfeit` label also enrolls the listing's photo as a
+        known-fake reference of its brand."""
+        principal = auth(request, Role.MODERATOR)
+        b = be(request)
+        try:
+            report = await run_in_threadpool(
+                record_review, b.home, b.engine.artifact, b.engine.model, listing_id=body.listing_id,
+                label=body.label, reviewer_key_id=principal.key_id, note=body.note)
+        except NotFound as exc:
+            raise ApiError(404, str(exc)) from None
+        except MarkguardError as exc:
+            raise ApiError(409, str(exc)) from None
+        return dataclasses.asdict(report)
+
+    @app.post("/keys", tags=["keys"], status_code=201, summary="Create an API key (admin); shown once")
+    async def new_key(request: Request, body: KeyIn) -> dict[str, Any]:
+        auth(request, Role.ADMIN)
+        try:
+            key, who = await run_in_threadpool(create_key, be(request).home, role=body.role, brand=body.brand,
+                                               label=body.label)
+        except NotFound as exc:
+            raise ApiError(404, str(exc)) from None
+        except MarkguardError as exc:
+            raise ApiError(422, str(exc)) from None
+        return {"key": key, "key_id": who.key_id, "role": who.role.value, "brand": who.brand_name}
+
+    return app
+
+
+def _policy(row: Any) -> dict[str, Any]:
+    return {"name": row.name, "review_at": row.review_at, "takedown_at": row.takedown_at,
+            "wordmarks": row.wordmarks, "serial_pattern": row.serial_pattern,
+            "serial_checksum": row.serial_checksum}
+
+
+async def _inputs(files: list[UploadFile]) -> list[InputImage]:
+    """Uploaded images and zip archives → image bytes (archives expanded by the safe zip reader)."""
+    out: list[InputImage] = []
+    for i, upload in enumerate(files):
+        data = await upload.read(MAX_BYTES + 1)
+        label = (upload.filename or f"file{i}")[-200:]
+        if len(data) > MAX_BYTES:
+            raise ApiError(413, f"{label}: larger than {MAX_BYTES} bytes")
+        if data[:4] == b"PK\x03\x04":
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "upload.zip"
+                path.write_bytes(data)
+                if not is_zip(path):
+                    raise ApiError(415, f"{label}: not a zip archive")
+                try:
+                    found = collect_inputs([path])
+                except MarkguardError as exc:
+                    raise ApiError(422, f"{label}: {exc}") from None
+                out.extend(InputImage(f"{label}!{x.label.split('!', 1)[-1]}", x.data) for x in found)
+            continue
+        try:
+            sniff_format(data)
+        except UnsupportedFormat:
+            raise ApiError(415, f"{label}: not a JPEG, PNG or WebP image, nor a zip archive") from None
+        except InvalidImage as exc:
+            raise ApiError(422, f"{label}: {exc}") from None
+        out.append(InputImage(label, data))
+    return out
