@@ -26,7 +26,7 @@ from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Brand, Listing, Product, Reference
 from markguard.vision.decode import decode_image
 from markguard.vision.embed import embed_images
-from markguard.vision.geometry import LocalFeatures, extract_features
+from markguard.vision.geometry import LocalFeatures, extract_features, match_features
 from markguard.vision.index import KIND_CODES, ReferenceIndex, read_manifest
 from markguard.vision.ocr import OcrEngine, OcrLine, shared_ocr_engine
 from markguard.vision.phash import hamming_many, phash
@@ -49,6 +49,7 @@ __all__ = ["ScoringEngine", "ScoreRequest", "ScorePlan"]
 TOP_MATCHES = 5
 _SEARCH_K = 20  # neighbours per region before merging
 _GEOMETRY_REFERENCES = 3  # the claim's top genuine references checked for shape agreement
+_RERANK = 5  # an unclaimed photo's nearest genuine references re-ranked by geometry
 _DUPLICATE_BITS = 8  # re-encoded, resized or 2%-cropped copies measured ≤ 10 bits apart; distinct photos ≥ 10, 1st percentile 20
 _FEATURE_CACHE = 2048  # reference feature sets kept in memory
 _OCR_CACHE = 256  # photos whose OCR lines are kept (keyed by content hash)
@@ -80,6 +81,7 @@ class ScorePlan:
     crops: list[np.ndarray]
     started: float
     ocr_lines: list[OcrLine] | None = None  # None: OCR is off for this engine
+    features: LocalFeatures | None = None  # the photo's local features, extracted when first needed
 
 
 class ScoringEngine:
@@ -178,9 +180,9 @@ class ScoringEngine:
         matches = self._matches(session, plan, vectors)
         brand_id, product_id = plan.brand_id, plan.product_id
         if brand_id is None:  # no claim: judge the photo against the best-matching genuine reference
-            best = next((m for m in matches if m.kind == "genuine"), None)
-            if best is not None and best.similarity >= self.fusion.match_threshold:
-                brand_id, product_id, _ = index.metadata(best.reference_id)
+            best = self._verified_best(plan, vectors)
+            if best is not None:
+                brand_id, product_id, _ = index.metadata(best)
                 product_id = product_id if product_id >= 0 else None
 
         values: dict[str, float | None] = dict.fromkeys(SIGNAL_NAMES)
@@ -246,6 +248,29 @@ class ScoringEngine:
             )
         return matches
 
+    def _verified_best(self, plan: ScorePlan, vectors: np.ndarray) -> int | None:
+        """The best genuine reference for an unclaimed photo: the embedding's nearest few, re-ranked
+        by geometric verification (spatial re-ranking, as in Philbin et al. 2007). A reference whose
+        shape agrees (an accepted homography) outranks one that only looks alike; among equals, the
+        more similar wins. Below the model's match threshold nothing is a match."""
+        hits = self.index.search(vectors, _RERANK, kind="genuine")
+        best_sim: dict[int, float] = {}
+        for sims, ids in zip(hits.similarities, hits.ids, strict=True):
+            for sim, ref_id in zip(sims, ids, strict=True):
+                if ref_id >= 0 and float(sim) >= self.fusion.match_threshold:
+                    best_sim[int(ref_id)] = max(best_sim.get(int(ref_id), -1.0), float(sim))
+        if not best_sim:
+            return None
+        candidates = sorted(best_sim, key=lambda i: -best_sim[i])[:_RERANK]
+        query = self._query_features(plan)
+        inliers = {i: match_features(query, self._reference_features(i)).inliers for i in candidates}
+        return max(candidates, key=lambda i: (inliers[i], best_sim[i]))
+
+    def _query_features(self, plan: ScorePlan) -> LocalFeatures:
+        if plan.features is None:
+            plan.features = extract_features(plan.image)
+        return plan.features
+
     def _geometry(
         self, plan: ScorePlan, vector: np.ndarray, *, brand_id: int, product_id: int | None, matches: list[Match]
     ) -> dict[str, float | None]:
@@ -255,7 +280,7 @@ class ScoringEngine:
         ref_ids = [int(i) for i in hits.ids[0] if i >= 0]
         if not ref_ids:
             return {}
-        query = extract_features(plan.image)
+        query = self._query_features(plan)
         values, found = geometry_signals(query, [self._reference_features(i) for i in ref_ids])
         by_id = dict(zip(ref_ids, found, strict=True))
         for i, match in enumerate(matches):
