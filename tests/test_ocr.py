@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,17 @@ def test_rejects_what_decode_would_not_give() -> None:
         engine.read(np.zeros((10, 10), dtype=np.uint8))
     with pytest.raises(ValueError):
         engine.read(np.zeros((10, 10, 3), dtype=np.float32))
+
+
+def test_bench_smoke(engine: OcrEngine, tmp_path: Path) -> None:
+    if not any(CLOTHING.glob("train/*/*.jpg")):
+        pytest.skip(f"shared clothing photos not found under {CLOTHING}")
+    from markguard.training.benchmarks.ocr import main
+
+    out = tmp_path / "ocr.json"
+    assert main(["--n", "2", "--quiet", "--out", str(out), "--threads", "2"]) == 0
+    results = json.loads(out.read_text())
+    assert results["overall"]["photos"] == 2 and len(results["photos"]) == 2
+    for key in ("serial_exact_raw", "serial_exact_normalized", "checksum_valid_rate", "false_valid_rate",
+                "misspelling_precision", "misspelling_recall", "ocr_ms_mean"):
+        assert key in results["overall"]
