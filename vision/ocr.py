@@ -25,6 +25,7 @@ from markguard.vision.errors import IntegrityError
 from markguard.vision.text import SerialCandidate, extract_serials, pattern_alphabet
 
 __all__ = [
+    "Box",
     "OcrLine",
     "OcrPolicy",
     "OcrEngine",
