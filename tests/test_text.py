@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,7 +16,6 @@ from markguard.vision.text import (
     extract_serials,
     match_wordmarks,
     normalize_serial,
-    ocr_signals,
     pattern_alphabet,
     serial_key,
 )
@@ -217,18 +218,24 @@ def test_no_claim_judges_every_brand() -> None:
 
 
 def test_ocr_signals() -> None:
-    assert ocr_signals({"lines": [], "wordmarks": [], "serials": []}) == dict.fromkeys(ocr_signals({}), None)
+    from markguard.vision.scoring import OCR_SIGNAL_NAMES, ocr_signals
+
+    assert ocr_signals({"lines": [], "wordmarks": [], "serials": []}, brand="Adidas") == dict.fromkeys(OCR_SIGNAL_NAMES)
     ocr = {
         "wordmarks": [{"text": "Abidas", "brand": "Adidas", "match": "near_miss", "distance": 1}],
         "serials": [
             {"format_ok": True, "checksum_ok": True, "registered": False, "seen_in_listings": 3, "seen_by_sellers": 2},
         ],
     }
-    assert ocr_signals(ocr) == {
-        "wordmark_misspelt": 1.0,
-        "wordmark_other_brand": 0.0,
-        "serial_format_bad": 0.0,
-        "serial_checksum_bad": 0.0,
+    assert ocr_signals(ocr, brand="Adidas") == {
+        "wordmark_exact": 0.0,
+        "wordmark_near_miss": 1.0,
+        "other_brand_wordmark": 0.0,
+        "serial_invalid": 0.0,
         "serial_unregistered": 1.0,
-        "serial_reuse_sellers": 2.0,
+        "serial_reuse_sellers": pytest.approx(math.log1p(2)),
     }
+    exact_too = {**ocr, "wordmarks": [*ocr["wordmarks"], {"text": "Adidas", "brand": "Adidas", "match": "exact",
+                                                          "distance": 0}]}
+    assert ocr_signals(exact_too, brand="Adidas")["wordmark_near_miss"] == 0.0  # OCR noise beside the real mark
+    assert ocr_signals(ocr, brand="Nike")["other_brand_wordmark"] == 1.0

@@ -30,8 +30,6 @@ __all__ = [
     "normalize_serial",
     "serial_key",
     "pattern_alphabet",
-    "ocr_signals",
-    "OCR_SIGNAL_NAMES",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -400,37 +398,3 @@ def extract_serials(
             out.setdefault(cand.normalized, cand)
     ranked = sorted(out.values(), key=lambda c: (c.format_ok is not True, c.substitutions, c.checksum_ok is False))
     return ranked[:limit]
-
-
-# ----------------------------------------------------------------------------------------------
-# Signals for the fusion
-# ----------------------------------------------------------------------------------------------
-
-OCR_SIGNAL_NAMES = (
-    "wordmark_misspelt",
-    "wordmark_other_brand",
-    "serial_format_bad",
-    "serial_checksum_bad",
-    "serial_unregistered",
-    "serial_reuse_sellers",
-)
-
-
-def ocr_signals(ocr: Mapping[str, Any]) -> dict[str, float | None]:
-    """The score JSON's `ocr` part → fusion signals (None where the photo or the brand says nothing)."""
-    marks = ocr.get("wordmarks", [])
-    kinds = {m["match"] for m in marks}
-    serials = ocr.get("serials", [])
-    formatted = [s for s in serials if s["format_ok"] is not False]
-    checked = [s for s in formatted if s["checksum_ok"] is not None]
-    looked_up = [s for s in formatted if s.get("registered") is not None]
-    return {
-        "wordmark_misspelt": (1.0 if WordmarkMatch.NEAR_MISS in kinds else 0.0) if marks else None,
-        "wordmark_other_brand": (1.0 if WordmarkMatch.OTHER_BRAND in kinds else 0.0) if marks else None,
-        "serial_format_bad": (0.0 if any(s["format_ok"] for s in serials) else 1.0)
-        if any(s["format_ok"] is not None for s in serials)
-        else None,
-        "serial_checksum_bad": (0.0 if any(s["checksum_ok"] for s in checked) else 1.0) if checked else None,
-        "serial_unregistered": (0.0 if any(s["registered"] for s in looked_up) else 1.0) if looked_up else None,
-        "serial_reuse_sellers": float(max(s.get("seen_by_sellers", 0) for s in formatted)) if formatted else None,
-    }
