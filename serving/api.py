@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from bentoml.exceptions import ServiceUnavailable
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -27,7 +28,7 @@ from markguard.serving.brands import add_brand, get_brand, summarize
 from markguard.serving.engine import ScoreRequest, ScoringEngine
 from markguard.serving.enroll import InputImage, collect_inputs, enroll
 from markguard.serving.keys import Principal, Role, authenticate, create_key
-from markguard.serving.limits import ApiError, RateLimiter, request_id_of
+from markguard.serving.limits import ApiError, RateLimiter, log, request_id_of
 from markguard.serving.limits import _BodyTooLarge as BodyTooLarge
 from markguard.serving.metrics import DECISIONS, INDEX_SIZE, LISTINGS_SCORED
 from markguard.serving.references import delete_references
@@ -118,6 +119,12 @@ def build_app(backend: Backend | None = None) -> FastAPI:
         return JSONResponse({"error": "invalid request", "detail": detail,
                              "request_id": request_id_of(request.scope)}, status_code=422)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        rid = request_id_of(request.scope)
+        log.error("unhandled error", exc_info=exc, extra={"fields": {"request_id": rid, "path": request.url.path}})
+        return JSONResponse({"error": "internal error", "request_id": rid}, status_code=500)
+
     from fastapi.exceptions import RequestValidationError
 
     app.add_exception_handler(RequestValidationError, _invalid)
@@ -141,6 +148,16 @@ def build_app(backend: Backend | None = None) -> FastAPI:
         if principal.role is not Role.ADMIN and principal.role not in roles:
             raise ApiError(403, f"a {principal.role.value} key cannot do this")
         return principal
+
+    def require(*roles: Role) -> Any:
+        """Auth as a dependency, so it answers before the body is validated (401/403 before 422)."""
+
+        def dependency(request: Request) -> Principal:
+            return auth(request, *roles)
+
+        return Depends(dependency)
+
+    as_admin, as_brand, as_moderator = require(Role.ADMIN), require(Role.BRAND), require(Role.MODERATOR)
 
     def brand_of(request: Request, principal: Principal, name: str) -> str:
         """The brand's canonical name; a brand key asking for another brand gets 404, like an unknown one."""
@@ -196,7 +213,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
                 raise ApiError(404, str(exc)) from None
         size = b.engine.model.config.input_size
         crops = np.stack([resize_square(c, size) for p in plans for c in p.crops])
-        vectors = await b.embed(crops)
+        vectors = await embed_or_503(b, crops)
         out, start = [], 0
         for req, plan in zip(requests, plans, strict=True):
             await run_in_threadpool(b.home.put_blob, req.data)  # kept so a review can make it a known fake
@@ -207,6 +224,12 @@ def build_app(backend: Backend | None = None) -> FastAPI:
             out.append(result.to_dict())
         INDEX_SIZE.set(len(b.engine.index.ids))
         return out
+
+    async def embed_or_503(b: Backend, crops: np.ndarray) -> np.ndarray:
+        try:
+            return await b.embed(crops)
+        except ServiceUnavailable:
+            raise ApiError(503, "embedder overloaded, retry later", headers={"Retry-After": "1"}) from None
 
     def claim(form: Any, i: int, name: str) -> str | None:
         values = form.getlist(name)
@@ -260,13 +283,12 @@ def build_app(backend: Backend | None = None) -> FastAPI:
         except ImageError as exc:
             raise ApiError(422, str(exc)) from None
         crop = resize_square(pixels, b.engine.model.config.input_size)[None]
-        vector = await b.embed(crop)
+        vector = await embed_or_503(b, crop)
         return {"model": b.engine.model_tag, "vector": [round(float(v), 6) for v in vector[0]]}
 
     # -- brands -------------------------------------------------------------------------------------
     @app.post("/brands", tags=["brands"], status_code=201, summary="Create a brand (admin)")
-    async def create_brand(request: Request, body: BrandIn) -> dict[str, Any]:
-        auth(request, Role.ADMIN)
+    async def create_brand(request: Request, body: BrandIn, _: Principal = as_admin) -> dict[str, Any]:
         home = be(request).home
 
         def work() -> dict[str, Any]:
@@ -288,9 +310,9 @@ def build_app(backend: Backend | None = None) -> FastAPI:
             return {**_policy(row), "summary": dataclasses.asdict(summarize(session, row))}
 
     @app.patch("/brands/{brand}", tags=["brands"], summary="Change a brand's policy")
-    async def patch_brand(request: Request, brand: str, body: PolicyIn) -> dict[str, Any]:
+    async def patch_brand(request: Request, brand: str, body: PolicyIn,
+                          principal: Principal = as_brand) -> dict[str, Any]:
         """Thresholds (`review_at` ≤ `takedown_at`, risks in [0, 1]), wordmarks, serial pattern and checksum."""
-        principal = auth(request, Role.BRAND)
         name = brand_of(request, principal, brand)
         changes = body.model_dump(exclude_unset=True)
         if "serial_pattern" in changes and changes["serial_pattern"]:
@@ -386,10 +408,10 @@ def build_app(backend: Backend | None = None) -> FastAPI:
 
     # -- reviews and keys ---------------------------------------------------------------------------
     @app.post("/reviews", tags=["reviews"], status_code=201, summary="Label a scored listing (moderator)")
-    async def review(request: Request, body: ReviewIn) -> dict[str, Any]:
+    async def review(request: Request, body: ReviewIn,
+                     principal: Principal = as_moderator) -> dict[str, Any]:
         """Kept as labelled data for retraining; a `counterfeit` label also enrolls the listing's photo as a
         known-fake reference of its brand."""
-        principal = auth(request, Role.MODERATOR)
         b = be(request)
         try:
             report = await run_in_threadpool(
@@ -402,8 +424,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
         return dataclasses.asdict(report)
 
     @app.post("/keys", tags=["keys"], status_code=201, summary="Create an API key (admin); shown once")
-    async def new_key(request: Request, body: KeyIn) -> dict[str, Any]:
-        auth(request, Role.ADMIN)
+    async def new_key(request: Request, body: KeyIn, _: Principal = as_admin) -> dict[str, Any]:
         try:
             key, who = await run_in_threadpool(create_key, be(request).home, role=body.role, brand=body.brand,
                                                label=body.label)

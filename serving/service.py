@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+import aiohttp
 import bentoml
 import numpy as np
 
@@ -26,7 +27,7 @@ __all__ = ["Markguard", "Embedder"]
 
 WORKERS = max(1, int(os.environ.get("MARKGUARD_WORKERS", "1")))
 MAX_BATCH = int(os.environ.get("MARKGUARD_MAX_BATCH", "64"))  # crops per forward pass
-MAX_LATENCY_MS = int(os.environ.get("MARKGUARD_MAX_LATENCY_MS", "2000"))  # a batch's wait budget
+MAX_LATENCY_MS = int(os.environ.get("MARKGUARD_MAX_LATENCY_MS", "60000"))  # a batch's wait budget
 
 
 def _threads(share: int) -> int:
@@ -97,7 +98,10 @@ class Markguard:
             embed = local_embed(engine)
         else:
             async def embed(crops: np.ndarray) -> np.ndarray:
-                return await self.embedder.to_async.embed(crops)
+                try:
+                    return await self.embedder.to_async.embed(crops)
+                except aiohttp.ClientConnectionError:  # a keep-alive connection the embedder had closed
+                    return await self.embedder.to_async.embed(crops)  # idempotent: retry once
 
         rate = float(os.environ.get("MARKGUARD_RATE", "50"))  # requests/s per key, per worker
         burst = int(os.environ.get("MARKGUARD_BURST", "100"))

@@ -15,6 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="serve the scoring API (BentoML) on this home")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--workers", type=int, default=None,
+                   help="scoring worker processes (default: MARKGUARD_WORKERS or 1); threads are divided among them")
     add_home_argument(p)
     p.set_defaults(func=cmd_serve)
 
@@ -26,6 +28,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     home = Home(args.home)
     ensure_default_model(home)  # prepare once here, not racing in every worker
     os.environ["MARKGUARD_HOME"] = str(home.root)
+    if args.workers is not None:
+        os.environ["MARKGUARD_WORKERS"] = str(max(1, args.workers))
     os.environ.setdefault("BENTOML_HOME", str(home.root / "bentoml"))
     argv = [sys.executable, "-m", "bentoml", "serve", "markguard.serving.service:Markguard",
             "--host", args.host, "--port", str(args.port)]

@@ -1,0 +1,272 @@
+"""The HTTP API in process (Starlette TestClient on the real app, engine, model, catalog and index)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+import zlib
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+MAX_BODY = 2 * 1024 * 1024
+ERROR_BODIES: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def engine(api_home):
+    from markguard.serving.engine import ScoringEngine
+    from markguard.serving.state.home import Home
+
+    return ScoringEngine(Home(api_home.root), ocr=False)
+
+
+def _client(engine, *, rate: float = 1000.0, burst: int = 1000) -> TestClient:
+    from markguard.serving.api import Backend, build_app, local_embed
+    from markguard.serving.limits import GuardMiddleware, RateLimiter
+
+    backend = Backend(engine=engine, embed=local_embed(engine), limiter=RateLimiter(rate=rate, burst=burst))
+    return TestClient(GuardMiddleware(build_app(backend), max_body=MAX_BODY), raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def client(engine) -> TestClient:
+    return _client(engine)
+
+
+def call(client: TestClient, method: str, path: str, key: str | None = None, **kwargs):
+    headers = kwargs.pop("headers", {})
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    r = client.request(method, path, headers=headers, **kwargs)
+    if r.status_code >= 400:
+        ERROR_BODIES.append(r.text)
+        assert r.json()["error"] and r.headers["x-request-id"]
+    return r
+
+
+def photo(api_home, i: int = 0) -> tuple[str, bytes, str]:
+    return ("listing.jpg", api_home.photos[i].read_bytes(), "image/jpeg")
+
+
+def png_header(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+# -- auth ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/score"), ("POST", "/score_batch"), ("POST", "/embed"), ("POST", "/brands"),
+    ("PATCH", "/brands/Oatly"), ("GET", "/brands/Oatly/references"), ("POST", "/brands/Oatly/references"),
+    ("DELETE", "/brands/Oatly/references/1"), ("POST", "/brands/Oatly/serials"), ("POST", "/reviews"),
+    ("POST", "/keys"),
+])
+def test_every_route_needs_a_key(client, method, path):
+    assert call(client, method, path).status_code == 401
+    r = call(client, method, path, key="mg_0123456789abcdef_not-the-secret")
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(("role", "method", "path"), [
+    ("platform", "POST", "/keys"), ("platform", "POST", "/brands"), ("platform", "GET", "/brands/Oatly/references"),
+    ("oatly", "POST", "/score"), ("oatly", "POST", "/reviews"), ("oatly", "POST", "/keys"),
+    ("moderator", "POST", "/score"), ("moderator", "POST", "/brands"),
+])
+def test_wrong_role_is_forbidden(client, api_home, role, method, path):
+    assert call(client, method, path, api_home.keys[role], json={}).status_code == 403
+
+
+def test_brand_key_cannot_see_or_change_another_brand(client, api_home):
+    oatly = api_home.keys["oatly"]
+    arla_ref = api_home.references["Arla"][0]
+    assert call(client, "GET", "/brands/Oatly/references", oatly).status_code == 200
+    assert call(client, "GET", "/brands/Arla/references", oatly).status_code == 404
+    assert call(client, "GET", "/brands/Arla", oatly).status_code == 404
+    assert call(client, "PATCH", "/brands/Arla", oatly, json={"review_at": 0.1}).status_code == 404
+    assert call(client, "DELETE", f"/brands/Arla/references/{arla_ref}", oatly).status_code == 404
+    assert call(client, "DELETE", f"/brands/Oatly/references/{arla_ref}", oatly).status_code == 404
+    assert call(client, "POST", "/brands/Arla/serials", oatly, files={"file": ("s.txt", b"A1\n")}).status_code == 404
+    listed = call(client, "GET", "/brands/Arla/references", api_home.keys["arla"]).json()["references"]
+    assert arla_ref in [r["id"] for r in listed]
+
+
+# -- scoring -------------------------------------------------------------------------------------------
+def test_score_returns_the_score_json_and_counts_it(client, api_home):
+    from prometheus_client import REGISTRY
+
+    before = REGISTRY.get_sample_value("markguard_listings_scored_total", {"route": "score"}) or 0
+    r = call(client, "POST", "/score", api_home.keys["platform"], files={"image": photo(api_home)},
+             data={"brand": "Oatly", "listing_id": "L-1", "seller_id": "S-1", "title": "oat yoghurt"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert 0 <= body["risk"] <= 1 and body["decision"] in ("pass", "review", "takedown")
+    assert body["claimed"] == {"brand": "Oatly", "product": None}
+    assert body["matches"] and body["brand"]["name"] == "Oatly"
+    assert REGISTRY.get_sample_value("markguard_listings_scored_total", {"route": "score"}) == before + 1
+
+
+def test_score_batch_and_embed(client, api_home, engine):
+    key = api_home.keys["platform"]
+    r = call(client, "POST", "/score_batch", key, files=[("images", photo(api_home, 1)), ("images", photo(api_home, 2))],
+             data={"listing_id": ["L-2", "L-3"]})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["results"]) == 2
+    vector = np.array(call(client, "POST", "/embed", key, files={"image": photo(api_home)}).json()["vector"])
+    assert vector.shape == (engine.model.config.embedding_dim,) and abs(np.linalg.norm(vector) - 1) < 1e-3
+
+
+def test_unknown_claimed_brand_is_404(client, api_home):
+    r = call(client, "POST", "/score", api_home.keys["platform"], files={"image": photo(api_home)}, data={"brand": "Nope"})
+    assert r.status_code == 404
+
+
+# -- hostile input -------------------------------------------------------------------------------------
+def test_body_cap_413_from_content_length_and_from_a_stream(client, api_home):
+    key = api_home.keys["platform"]
+    big = b"\xff\xd8\xff" + b"\0" * (MAX_BODY + 10)
+    assert call(client, "POST", "/score", key, files={"image": ("big.jpg", big)}).status_code == 413
+
+    def chunks():  # no Content-Length: counted as it streams
+        for _ in range(MAX_BODY // 65536 + 4):
+            yield b"\0" * 65536
+
+    r = call(client, "POST", "/score", key, content=chunks(),
+             headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 413
+
+
+@pytest.mark.parametrize(("name", "data", "status"), [
+    ("notes.txt", b"hello, this is not an image\n" * 20, 415),
+    ("photo.gif", b"GIF89a" + b"\0" * 100, 415),
+    ("empty.jpg", b"", 422),
+    ("huge.png", png_header(30000, 30000), 422),
+])
+def test_format_and_pixel_limits(client, api_home, name, data, status):
+    r = call(client, "POST", "/score", api_home.keys["platform"], files={"image": (name, data)})
+    assert r.status_code == status, r.text
+
+
+def test_truncated_jpeg_is_422(client, api_home):
+    data = api_home.photos[0].read_bytes()
+    r = call(client, "POST", "/score", api_home.keys["platform"], files={"image": ("cut.jpg", data[: len(data) // 3])})
+    assert r.status_code == 422, r.text
+
+
+def test_json_body_is_415_and_urls_are_refused(client, api_home):
+    key = api_home.keys["platform"]
+    assert call(client, "POST", "/score", key, json={"image": "https://example.com/a.jpg"}).status_code == 415
+    r = call(client, "POST", "/score", key, data={"image": "https://example.com/a.jpg"}, files={"x": ("x", b"x")})
+    assert r.status_code == 400 and "URL" in r.json()["error"]
+    r = call(client, "POST", "/score", key, data={"url": "http://127.0.0.1/x.jpg"}, files={"image": photo(api_home)})
+    assert r.status_code == 400
+
+
+def test_rate_limit_429(engine, api_home):
+    limited = _client(engine, rate=0.01, burst=3)
+    key = api_home.keys["oatly"]
+    codes = [call(limited, "GET", "/brands/Oatly/references", key).status_code for _ in range(5)]
+    assert codes[:3] == [200, 200, 200] and codes[3:] == [429, 429]
+    assert int(limited.get("/brands/Oatly", headers={"Authorization": f"Bearer {key}"}).headers["retry-after"]) >= 1
+
+
+def test_unexpected_errors_are_json_without_traceback():
+    from markguard.serving.limits import GuardMiddleware
+
+    async def broken(scope, receive, send):
+        raise RuntimeError("secret internals /etc/passwd")
+
+    r = TestClient(GuardMiddleware(broken), raise_server_exceptions=False).get("/anything")
+    assert r.status_code == 500 and r.json()["error"] == "internal error" and r.json()["request_id"]
+    assert "secret" not in r.text and "Traceback" not in r.text
+
+
+# -- management ----------------------------------------------------------------------------------------
+def test_brands_create_and_policy(client, api_home):
+    admin, oatly = api_home.keys["admin"], api_home.keys["oatly"]
+    assert call(client, "POST", "/brands", admin, json={"name": "Tropicana"}).status_code == 201
+    assert call(client, "POST", "/brands", admin, json={"name": "tropicana"}).status_code == 409
+    r = call(client, "PATCH", "/brands/Oatly", oatly, json={"review_at": 0.4, "takedown_at": 0.9,
+                                                            "wordmarks": ["Oatly", "OATLY!"],
+                                                            "serial_pattern": "[A-Z]{2}[0-9]{6}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["review_at"] == 0.4 and r.json()["wordmarks"] == ["Oatly", "OATLY!"]
+    assert call(client, "PATCH", "/brands/Oatly", oatly, json={"review_at": 0.95}).status_code == 422
+    assert call(client, "PATCH", "/brands/Oatly", oatly, json={"serial_pattern": "[unclosed"}).status_code == 422
+    assert call(client, "PATCH", "/brands/Oatly", oatly, json={"serial_checksum": "rot13"}).status_code == 422
+    assert call(client, "PATCH", "/brands/Oatly", oatly, json={"review_at": 2}).status_code == 422
+    assert call(client, "GET", "/brands/Oatly", oatly).json()["takedown_at"] == 0.9
+
+
+def test_references_upload_list_delete(client, api_home, grocery):
+    oatly = api_home.keys["oatly"]
+    files = sorted((grocery / "train").rglob("Oatly-*.jpg"))[10:13]
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("a/one.jpg", files[1].read_bytes())
+        zf.writestr("two.jpg", files[2].read_bytes())
+    r = call(client, "POST", "/brands/Oatly/references", oatly, data={"product": "Oatgurt"},
+             files=[("files", (files[0].name, files[0].read_bytes())), ("files", ("refs.zip", archive.getvalue()))])
+    assert r.status_code == 201, r.text
+    added = r.json()["added"]
+    assert len(added) == 3
+    listed = {x["id"]: x for x in call(client, "GET", "/brands/Oatly/references", oatly).json()["references"]}
+    assert set(added) <= set(listed) and listed[added[0]]["product"] == "Oatgurt"
+    assert call(client, "POST", "/brands/Oatly/references", oatly,
+                files={"files": ("notes.txt", b"not an image")}).status_code == 415
+    assert call(client, "DELETE", f"/brands/Oatly/references/{added[0]}", oatly).json()["deleted"] == [added[0]]
+    listed = call(client, "GET", "/brands/Oatly/references", oatly).json()["references"]
+    assert added[0] not in [x["id"] for x in listed]
+    assert call(client, "DELETE", f"/brands/Oatly/references/{added[0]}", oatly).status_code == 404
+
+
+def test_serial_import(client, api_home):
+    r = call(client, "POST", "/brands/Arla/serials", api_home.keys["arla"],
+             files={"file": ("serials.csv", b"serial\nAB123456\nAB123457\nAB123456\n")})
+    assert r.status_code == 200, r.text
+    assert r.json()["added"] == 2 and r.json()["brand"] == "Arla"
+
+
+def test_review_counterfeit_becomes_a_known_fake(client, api_home):
+    platform, moderator = api_home.keys["platform"], api_home.keys["moderator"]
+    r = call(client, "POST", "/score", platform, files={"image": photo(api_home, 1)},
+             data={"brand": "Oatly", "listing_id": "L-fake"})
+    assert r.status_code == 200
+    r = call(client, "POST", "/reviews", moderator, json={"listing_id": "L-fake", "label": "counterfeit", "note": "x"})
+    assert r.status_code == 201, r.text
+    ref = r.json()["reference_id"]
+    assert ref is not None and r.json()["brand"] == "Oatly"
+    listed = call(client, "GET", "/brands/Oatly/references", api_home.keys["oatly"]).json()["references"]
+    assert {x["id"]: x["kind"] for x in listed}[ref] == "counterfeit"
+    r = call(client, "POST", "/reviews", moderator, json={"listing_id": "L-1", "label": "genuine"})
+    assert r.status_code == 201 and r.json()["reference_id"] is None
+    assert call(client, "POST", "/reviews", moderator, json={"listing_id": "nope", "label": "genuine"}).status_code == 404
+    assert call(client, "POST", "/reviews", moderator, json={"listing_id": "L-1", "label": "maybe"}).status_code == 422
+
+
+def test_keys_admin_only_and_usable(client, api_home):
+    admin = api_home.keys["admin"]
+    r = call(client, "POST", "/keys", admin, json={"role": "brand", "brand": "Arla", "label": "arla ops"})
+    assert r.status_code == 201 and r.json()["brand"] == "Arla"
+    new = r.json()["key"]
+    assert call(client, "GET", "/brands/Arla/references", new).status_code == 200
+    assert call(client, "GET", "/brands/Oatly/references", new).status_code == 404
+    assert call(client, "POST", "/keys", admin, json={"role": "brand"}).status_code == 422
+    assert call(client, "POST", "/keys", admin, json={"role": "root"}).status_code == 422
+
+
+def test_openapi_documents_every_route(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/score", "/score_batch", "/embed", "/brands", "/brands/{brand}", "/brands/{brand}/references",
+                 "/brands/{brand}/references/{reference_id}", "/brands/{brand}/serials", "/reviews", "/keys"):
+        assert path in paths
+
+
+def test_no_error_body_shows_a_traceback():
+    assert ERROR_BODIES
+    for body in ERROR_BODIES:
+        assert "Traceback" not in body and 'File "' not in body
