@@ -1,0 +1,62 @@
+"""One real `markguard serve` on a free loopback port: ready, scores a real photo with a real key, stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_markguard_serve_scores_a_real_photo(api_home, tmp_path):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
+    env = {**os.environ, "MARKGUARD_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "markguard.serving.cli", "serve", "--home", str(api_home.root), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server not ready"
+            time.sleep(0.5)
+        headers = {"Authorization": f"Bearer {api_home.keys['platform']}"}
+        photo = api_home.photos[0]
+        r = httpx.post(url + "/score", headers=headers, timeout=120, data={"brand": "Oatly", "listing_id": "srv-1"},
+                       files={"image": (photo.name, photo.read_bytes(), "image/jpeg")})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["claimed"]["brand"] == "Oatly" and 0 <= body["risk"] <= 1 and "lines" in body["ocr"]
+        assert r.headers["x-request-id"]
+        assert httpx.post(url + "/score", files={"image": ("a.jpg", b"x")}, timeout=30).status_code == 401
+        metrics = httpx.get(url + "/metrics", timeout=30).text
+        assert 'markguard_listings_scored_total{route="score"} 1.0' in metrics
+        assert "bentoml_service_adaptive_batch_size" in metrics and "markguard_index_size" in metrics
+        assert "/brands/{brand}/references" in httpx.get(url + "/docs.json", timeout=30).json()["paths"]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
