@@ -9,7 +9,9 @@ Two services in one deployment:
   request (the naive baseline of `markguard bench serve`).
 
 Each worker loads everything in `__init__`, so BentoML's `/readyz` answers 200 only once all is loaded.
-Torch, FAISS and OpenCV threads are set per worker: BentoML does not divide cores between workers.
+Torch, FAISS and OpenCV threads are set per process (BentoML does not divide cores between workers): the
+cores are split between the scoring workers and the embedder, as oversubscribed OpenMP threads spin
+and slow every process down (on 2 shared cores, 2 torch threads ran Lite0 5× slower than 1).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class Embedder:
     def __init__(self) -> None:
         from markguard.serving.models import ensure_default_model
 
-        _set_threads(_threads(1))
+        _set_threads(_threads(WORKERS + 1))  # it shares the cores with the scoring workers
         artifact = ensure_default_model(_home())
         self.model = artifact.load_embedder(device="cpu", fuse=True)
 
@@ -88,7 +90,7 @@ class Markguard:
         from markguard.serving.metrics import INDEX_SIZE, TimedOcr
 
         configure_logging()
-        _set_threads(_threads(WORKERS))
+        _set_threads(_threads(WORKERS + 1))
         ocr = os.environ.get("MARKGUARD_OCR", "1") != "0"
         engine = ScoringEngine(_home(), ocr=ocr)
         if engine.ocr is not None:
