@@ -192,7 +192,8 @@ class ScoringEngine:
             values.update(embedding)
             values.update(self._geometry(plan, vectors[region : region + 1], brand_id=brand_id,
                                          product_id=product_id, matches=matches))
-            brand_score = self._best(vectors, brand_id=brand_id, kind="genuine")
+            brand_best = self._nearest(vectors, brand_id=brand_id, kind="genuine")
+            brand_score = brand_best[0] if brand_best else None
         brand = session.get(Brand, brand_id) if brand_id is not None else None
         ocr = {"lines": [], "wordmarks": [], "serials": []}
         if plan.ocr_lines is not None:
@@ -203,9 +204,8 @@ class ScoringEngine:
             if product_id is not None:
                 product_score = values["genuine_similarity"]
             else:  # a brand-only claim: name the brand's best-matching product
-                best_id = self._best_id(vectors, brand_id=brand_id, kind="genuine")
-                if best_id is not None and index.metadata(best_id)[1] >= 0:
-                    product_id = index.metadata(best_id)[1]
+                if brand_best is not None and index.metadata(brand_best[1])[1] >= 0:
+                    product_id = index.metadata(brand_best[1])[1]
                     product_score = brand_score
         risk, signals = self.fusion.risk(values)
         product = session.get(Product, product_id) if product_id is not None else None
@@ -326,16 +326,13 @@ class ScoringEngine:
             self._hash_rows = np.concatenate([self._hash_rows, np.array([r[0] for r in rows], np.int64)])
             self._hashes = np.concatenate([self._hashes, np.array([r[1] for r in rows], np.int64)])
 
-    def _best(self, vectors: np.ndarray, **filters: int | str | None) -> float | None:
-        hits = self.index.search(vectors, 1, **filters)  # type: ignore[arg-type]
-        sims = hits.similarities[:, 0]
-        return float(sims.max()) if (hits.ids[:, 0] >= 0).any() else None
-
-    def _best_id(self, vectors: np.ndarray, **filters: int | str | None) -> int | None:
+    def _nearest(self, vectors: np.ndarray, **filters: int | str | None) -> tuple[float, int] | None:
+        """(similarity, reference id) of the nearest reference to any region, among those filtered."""
         hits = self.index.search(vectors, 1, **filters)  # type: ignore[arg-type]
         if not (hits.ids[:, 0] >= 0).any():
             return None
-        return int(hits.ids[int(np.argmax(hits.similarities[:, 0])), 0])
+        best = int(np.argmax(hits.similarities[:, 0]))
+        return float(hits.similarities[best, 0]), int(hits.ids[best, 0])
 
     def _name(self, session: Session, table: type[Brand] | type[Product], row_id: int) -> str:
         return session.get(table, row_id).name

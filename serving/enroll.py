@@ -128,7 +128,8 @@ def enroll(
         session.add_all(rows)
         session.flush()  # assigns ids inside the still-open transaction
         index = load_or_new(home, artifact)
-        stale = np.array([r.id for r in rows if r.id in set(index.ids.tolist())], dtype=np.int64)
+        new_ids = np.array([r.id for r in rows], dtype=np.int64)
+        stale = new_ids[np.isin(new_ids, index.ids)]
         if stale.size:  # ids of deleted references that the catalog has handed out again
             index.remove(stale)
         add_references(index, rows, vectors)

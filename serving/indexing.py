@@ -47,7 +47,7 @@ def sync_index(home: Home, artifact: ModelArtifact, model: Embedder, *, batch_si
             refs = list(session.scalars(select(Reference).order_by(Reference.id)))
         catalog_ids = np.array([r.id for r in refs], dtype=np.int64)
         extra = index.ids[~np.isin(index.ids, catalog_ids)]
-        missing = [r for r in refs if r.id not in set(index.ids.tolist())]
+        missing = [r for r, present in zip(refs, np.isin(catalog_ids, index.ids), strict=True) if not present]
         if extra.size:
             index.remove(extra)
         for start in tqdm(range(0, len(missing), 256), desc="re-embedding references", disable=len(missing) < 64):
