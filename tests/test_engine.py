@@ -111,7 +111,7 @@ def test_ocr_evidence_reaches_the_score(grocery: Path, tmp_path: Path) -> None:
     artifact = ensure_default_model(home)
     iconic = next((grocery / "iconic" / "Packages").glob("*/Valio-*/*_Iconic.jpg"))
     enroll(home, artifact, artifact.load_embedder(), brand="Valio", inputs=collect_inputs([iconic]))
-    engine = ScoringEngine(home)
+    engine = ScoringEngine(home, ocr_budget_ms=60_000)  # no time pressure: the read must not depend on load
     photo = Image.open(iconic).convert("RGB").resize((600, 600))
     font = ImageFont.truetype("DejaVuSans-Bold.ttf", 48)
 
