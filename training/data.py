@@ -32,7 +32,10 @@ __all__ = [
     "class_key",
     "make_eval_set",
     "load_images",
+    "load_image",
     "augment",
+    "mark_box",
+    "mark_view",
     "eval_transform",
 ]
 
@@ -137,15 +140,47 @@ def make_eval_set(items: Sequence[Item], *, split: str, name: str = "") -> EvalS
 def load_images(items: Sequence[Item], *, max_side: int | None = None) -> list[np.ndarray]:
     """Decode with the safe decoder. Evaluation keeps photos as decoded (serving sees the same pixels);
     training views may shrink large photos (area) to `max_side` before augmenting, to bound the work."""
-    out = []
-    for item in items:
-        image = read_image(item.path)
-        h, w = image.shape[:2]
-        if max_side is not None and max(h, w) > max_side:
-            s = max_side / max(h, w)
-            image = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-        out.append(image)
-    return out
+    return [load_image(item, max_side=max_side)[0] for item in items]
+
+
+def load_image(item: Item, *, max_side: int | None = None) -> tuple[np.ndarray, float]:
+    """One photo (see `load_images`) and the factor it was shrunk by (1.0 when kept as decoded)."""
+    image = read_image(item.path)
+    h, w = image.shape[:2]
+    if max_side is None or max(h, w) <= max_side:
+        return image, 1.0
+    s = max_side / max(h, w)
+    return cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA), s
+
+
+def mark_box(item: Item, scale: float = 1.0) -> tuple[int, int, int, int] | None:
+    """The item's `mark` box (None without one), in the pixels of its photo shrunk by `scale`."""
+    box = next((b for b in item.row.boxes if b.kind == "mark"), None)
+    if box is None:
+        return None
+    return (round(box.x0 * scale), round(box.y0 * scale), round(box.x1 * scale), round(box.y1 * scale))
+
+
+def mark_view(image: np.ndarray, box: tuple[int, int, int, int], *, rng: np.random.Generator,
+              params: dict[str, Any]) -> np.ndarray:
+    """A random view of the mark: its box grown by `mark_context` (a [low, high] factor per side) and
+    shifted by up to a sixth of its size, clipped to the photo, then `augment`ed without the crop.
+
+    This is the crop serving's region proposals hand the embedder when they find the mark, so training
+    on it teaches the model the marks, not the backgrounds they were printed on."""
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = box
+    bw, bh = max(1, x1 - x0), max(1, y1 - y0)
+    lo, hi = (float(v) for v in params["mark_context"])
+    grow = rng.uniform(lo, hi)
+    cx = (x0 + x1) / 2 + rng.uniform(-1, 1) * bw / 6
+    cy = (y0 + y1) / 2 + rng.uniform(-1, 1) * bh / 6
+    half = max(bw, bh) * grow / 2  # square, like the windows serving proposes
+    a0, b0 = int(max(0, round(cx - half))), int(max(0, round(cy - half)))
+    a1, b1 = int(min(w, round(cx + half))), int(min(h, round(cy + half)))
+    if a1 - a0 < 8 or b1 - b0 < 8:
+        return augment(image, rng=rng, params=params)
+    return augment(image[b0:b1, a0:a1], rng=rng, params={**params, "scale_min": 1.0})
 
 
 def eval_transform(images: Sequence[np.ndarray], config: EmbedderConfig) -> torch.Tensor:

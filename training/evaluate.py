@@ -1,8 +1,10 @@
 """`markguard evaluate --model PATH_OR_TAG --manifest M`: retrieval, claim verification, per-brand and
 per-counterfeit-transform results of a model artifact, printed and written with a ROC plot.
 
-Images are embedded with `vision.embed.embed_images` and scored with the artifact's own fusion, the
-path serving takes.
+Images are embedded with `vision.embed.embed_images`, each query as serving sees it (the full photo
+and the crops `vision.regions.region_crops` proposes, up to the fusion's `max_regions`), and scored
+with the artifact's own fusion, geometry signals included when the fusion uses them: the path serving
+takes, without OCR.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import torch
 from markguard.training.args import add_evaluate_arguments
 from markguard.training.artifacts import json_metrics, resolve_model
 from markguard.training.data import EvalSet, load_images, make_eval_set, read_items
-from markguard.training.evaluation import evaluate_embeddings
+from markguard.training.evaluation import add_geometry, evaluate_embeddings, make_claims
 from markguard.training.plots import plot_per_brand, plot_roc
 from markguard.vision.artifact import ModelArtifact
 from markguard.vision.embed import embed_images
+from markguard.vision.geometry import extract_features
+from markguard.vision.regions import region_crops
 from markguard.vision.scoring import Fusion
 
 __all__ = ["get_args_parser", "main", "evaluate_artifact", "format_report"]
@@ -36,12 +40,29 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def evaluate_artifact(artifact: ModelArtifact, eval_set: EvalSet, *, device: str = "cpu", batch_size: int = 32,
-                      seed: int = 0, progress: bool = True, use_fusion: bool = True) -> dict[str, Any]:
+                      seed: int = 0, progress: bool = True, use_fusion: bool = True, regions: bool = True,
+                      geometry: bool | None = None) -> dict[str, Any]:
+    """Metrics of `artifact` on `eval_set`. `regions=False` embeds whole photos only; `geometry=None`
+    adds geometry signals when the fusion is used and weighs them."""
     model = artifact.load_embedder(device=device)
     refs = embed_images(model, load_images(eval_set.references), batch_size=batch_size, progress=progress)
-    queries = embed_images(model, load_images(eval_set.queries), batch_size=batch_size, progress=progress)
+    max_regions = int(artifact.fusion.get("max_regions", 6)) if regions else 1
+    crops: list[np.ndarray] = []
+    counts = []
+    for image in load_images(eval_set.queries):
+        _, found = region_crops(image, max_regions=max_regions)
+        crops += found
+        counts.append(len(found))
+    stacked = embed_images(model, crops, batch_size=batch_size, progress=progress)
+    queries = np.split(stacked, np.cumsum(counts)[:-1]) if counts else []
     fusion = Fusion(artifact.fusion) if use_fusion else None
-    return evaluate_embeddings(eval_set, refs, queries, fusion=fusion, seed=seed)
+    claims = make_claims(eval_set, refs, queries, seed=seed)
+    if geometry is None:
+        geometry = fusion is not None and "log_inliers" in fusion.spec.get("signals", {})
+    if geometry:
+        add_geometry(claims, queries, [extract_features(i) for i in load_images(eval_set.queries)],
+                     [extract_features(i) for i in load_images(eval_set.references)])
+    return evaluate_embeddings(eval_set, refs, queries, fusion=fusion, seed=seed, claims=claims)
 
 
 def format_report(name: str, m: dict[str, Any]) -> str:

@@ -1,6 +1,11 @@
 """Evaluating an embedder on an eval set: retrieval, claim verification, per brand, per counterfeit
-transform and strength. Claims are scored with `vision.scoring.embedding_signals` against an in-memory
+transform and strength. Claims are scored with `vision.scoring.region_signals` against an in-memory
 `ReferenceIndex`, the very signals serving computes, so calibration has no train/serve skew.
+
+A query is one vector (its full photo) or, as serving sees it, a block of region vectors — the full
+photo first, then the crops `vision.regions.propose_regions` finds — of which the region most similar
+to the claim speaks for the photo. Geometry signals (`vision.scoring.claim_geometry`) are added to the
+claims by `add_geometry`, from the photos' local features.
 """
 
 from __future__ import annotations
@@ -14,10 +19,14 @@ import numpy as np
 
 from markguard.training.data import EvalSet, Item
 from markguard.training.metrics import map_at_r, recall_at_k, roc_auc, roc_curve, tpr_at_fpr
+from markguard.vision.geometry import LocalFeatures
 from markguard.vision.index import KIND_CODES, ReferenceIndex
-from markguard.vision.scoring import Fusion, embedding_signals
+from markguard.vision.scoring import Fusion, claim_geometry, region_signals
 
-__all__ = ["ClaimSet", "build_index", "make_claims", "evaluate_embeddings", "STRENGTH_BINS"]
+__all__ = ["ClaimSet", "QueryVectors", "as_regions", "build_index", "make_claims", "add_geometry",
+           "evaluate_embeddings", "bootstrap_intervals", "STRENGTH_BINS"]
+
+QueryVectors = np.ndarray | Sequence[np.ndarray]  # (Q, d) full photos, or per query (regions, d), full photo first
 
 STRENGTH_BINS = ((0.0, 0.5), (0.5, 0.75), (0.75, 1.0001))
 
@@ -30,6 +39,22 @@ class ClaimSet:
     kind: list[str]  # true | same_brand | other_brand | counterfeit
     not_genuine: np.ndarray
     values: list[dict[str, float | None]]
+    brand_id: np.ndarray  # the claim, in `index`'s ids
+    product_id: list[int | None]
+    region: np.ndarray  # the query region that spoke for the claim
+    index: ReferenceIndex
+
+
+def as_regions(query_vectors: QueryVectors) -> list[np.ndarray]:
+    """Per query, its (regions, d) block; a (Q, d) array is one region (the full photo) per query."""
+    if isinstance(query_vectors, np.ndarray):
+        if query_vectors.ndim != 2:
+            raise ValueError(f"query vectors must be (Q, d), got shape {query_vectors.shape}")
+        return [query_vectors[q : q + 1] for q in range(len(query_vectors))]
+    blocks = [np.asarray(b, dtype=np.float32).reshape(-1, np.shape(b)[-1]) for b in query_vectors]
+    if any(len(b) == 0 for b in blocks):
+        raise ValueError("every query needs at least its full-photo vector")
+    return blocks
 
 
 class _Ids:
@@ -54,9 +79,10 @@ def build_index(refs: Sequence[Item], vectors: np.ndarray, ids: _Ids) -> Referen
     return index
 
 
-def make_claims(eval_set: EvalSet, ref_vectors: np.ndarray, query_vectors: np.ndarray, *, seed: int = 0) -> ClaimSet:
+def make_claims(eval_set: EvalSet, ref_vectors: np.ndarray, query_vectors: QueryVectors, *, seed: int = 0) -> ClaimSet:
     """Each genuine photo claims its own product (genuine), another product of its brand and another
     brand (not genuine); each counterfeit photo claims the brand it imitates (not genuine)."""
+    regions = as_regions(query_vectors)
     ids = _Ids([*eval_set.references, *eval_set.queries])
     index = build_index(eval_set.references, ref_vectors, ids)
     rng = np.random.default_rng(seed)
@@ -73,16 +99,37 @@ def make_claims(eval_set: EvalSet, ref_vectors: np.ndarray, query_vectors: np.nd
         other = [c for c in ref_classes if c[0] != item.brand]
         if other:
             claims.append((q, "other_brand", *other[int(rng.integers(len(other)))]))
-    values = []
+    values, brand_ids, product_ids, best_regions = [], [], [], []
     for q, _, brand, product in claims:
-        brand_id = ids.brands.get(brand, -2)
-        values.append(embedding_signals(index, query_vectors[q], brand_id=brand_id, product_id=ids.product(brand, product)))
+        brand_id, product_id = ids.brands.get(brand, -2), ids.product(brand, product)
+        signals, region = region_signals(index, regions[q], brand_id=brand_id, product_id=product_id)
+        values.append(signals)
+        brand_ids.append(brand_id)
+        product_ids.append(product_id)
+        best_regions.append(region)
     return ClaimSet(
         query=np.array([c[0] for c in claims], dtype=np.int64),
         kind=[c[1] for c in claims],
         not_genuine=np.array([c[1] != "true" for c in claims], dtype=bool),
         values=values,
+        brand_id=np.array(brand_ids, dtype=np.int64),
+        product_id=product_ids,
+        region=np.array(best_regions, dtype=np.int64),
+        index=index,
     )
+
+
+def add_geometry(claims: ClaimSet, query_vectors: QueryVectors, query_features: Sequence[LocalFeatures],
+                 reference_features: Sequence[LocalFeatures]) -> None:
+    """Add the geometry signals serving computes to every claim, in place: shape agreement between the
+    photo and the claim's genuine references nearest to the region that spoke for it."""
+    regions = as_regions(query_vectors)
+    for c, values in enumerate(claims.values):
+        q, region = int(claims.query[c]), int(claims.region[c])
+        geometry, _ = claim_geometry(claims.index, regions[q][region : region + 1], query_features[q],
+                                     lambda ref_id: reference_features[ref_id], brand_id=int(claims.brand_id[c]),
+                                     product_id=claims.product_id[c])
+        values.update(geometry)
 
 
 def _similarity_scores(claims: ClaimSet) -> np.ndarray:
@@ -100,28 +147,35 @@ def _auc_block(scores: np.ndarray, kinds: np.ndarray, negative_kind: str) -> dic
 
 
 def evaluate_embeddings(
-    eval_set: EvalSet, ref_vectors: np.ndarray, query_vectors: np.ndarray, *, fusion: Fusion | None = None,
+    eval_set: EvalSet, ref_vectors: np.ndarray, query_vectors: QueryVectors, *, fusion: Fusion | None = None,
     seed: int = 0, claims: ClaimSet | None = None,
 ) -> dict[str, Any]:
-    """All metrics of one embedder on one eval set (JSON-ready), plus `_roc` curves for plotting."""
+    """All metrics of one embedder on one eval set (JSON-ready), plus `_roc` curves for plotting.
+
+    Retrieval ranks references by their best similarity over the query's regions; MAP@R compares the
+    full-photo vectors of the queries among themselves."""
     refs, queries = eval_set.references, eval_set.queries
-    out: dict[str, Any] = {"references": len(refs), "queries": len(queries)}
+    regions = as_regions(query_vectors)
+    out: dict[str, Any] = {"references": len(refs), "queries": len(queries),
+                           "regions_per_query": float(np.mean([len(b) for b in regions])) if regions else 0.0}
     # retrieval: genuine queries against genuine references, label = (brand, product)
     g_ref = [i for i, r in enumerate(refs) if r.genuine]
     g_q = [i for i, q in enumerate(queries) if q.genuine]
     ref_labels = np.array([f"{refs[i].brand}\x1f{refs[i].product}" for i in g_ref])
     q_labels = np.array([f"{queries[i].brand}\x1f{queries[i].product}" for i in g_q])
-    sim = query_vectors[g_q] @ ref_vectors[g_ref].T
+    genuine_refs = ref_vectors[g_ref]
+    sim = np.stack([(regions[i] @ genuine_refs.T).max(axis=0) for i in g_q]) if g_q else np.zeros((0, len(g_ref)))
     out["recall_at_1"] = recall_at_k(sim, q_labels, ref_labels, 1)
     out["recall_at_5"] = recall_at_k(sim, q_labels, ref_labels, 5)
-    out["map_at_r"] = map_at_r(query_vectors[g_q], q_labels)
+    out["map_at_r"] = map_at_r(np.stack([regions[i][0] for i in g_q]) if g_q else np.zeros((0, 1)), q_labels)
     top1 = ref_labels[np.argmax(sim, axis=1)] == q_labels if len(g_ref) else np.zeros(len(g_q), bool)
+    out["_hits"] = (np.array(g_q, dtype=np.int64), np.asarray(top1, dtype=bool))
     per_brand: dict[str, list[bool]] = defaultdict(list)
     for hit, i in zip(top1, g_q, strict=True):
         per_brand[queries[i].brand].append(bool(hit))
     out["per_brand"] = {b: {"recall_at_1": float(np.mean(h)), "queries": len(h)} for b, h in sorted(per_brand.items())}
     # claim verification on the best genuine similarity for the claim
-    claims = claims or make_claims(eval_set, ref_vectors, query_vectors, seed=seed)
+    claims = claims or make_claims(eval_set, ref_vectors, regions, seed=seed)
     kinds = np.array(claims.kind)
     scores = _similarity_scores(claims)
     blocks = {k: _auc_block(scores, kinds, k) for k in ("same_brand", "counterfeit", "other_brand")}
@@ -130,6 +184,7 @@ def evaluate_embeddings(
     for name, block in blocks.items():
         if block:
             out[f"claim_vs_{name}"] = block
+    out["_claims"] = (claims.query, kinds == "true", (kinds == "true") | (kinds == primary), scores)
     if blocks[primary]:
         out["claim_auc"] = blocks[primary]["auc"]
         out["claim_tpr_at_fpr_1pct"] = blocks[primary]["tpr_at_fpr_1pct"]
@@ -139,6 +194,38 @@ def evaluate_embeddings(
         out["_roc"] = {f"best genuine similarity (true vs {primary} claims)": (fpr.tolist(), tpr.tolist())}
     if fusion is not None:
         out.update(_fusion_metrics(eval_set, claims, fusion, out))
+    return out
+
+
+def bootstrap_intervals(runs: Sequence[dict[str, Any]], queries: int, *, rounds: int = 1000, seed: int = 0,
+                        level: float = 0.95) -> dict[str, list[tuple[float, float]]]:
+    """Percentile intervals of recall@1 and claim AUC, resampling query photos with replacement (a
+    photo's claims go together). Several `runs` (metrics of different models on the same eval set and
+    claims) are resampled with the same draws, and `difference` holds the intervals of run k minus
+    run 0, so two models are compared on paired data."""
+    rng = np.random.default_rng(seed)
+    draws = np.zeros((rounds, len(runs), 2))
+    for r in range(rounds):
+        weight = np.bincount(rng.integers(0, queries, queries), minlength=queries)
+        for k, m in enumerate(runs):
+            hit_query, hits = m["_hits"]
+            w = weight[hit_query]
+            draws[r, k, 0] = float((hits * w).sum() / w.sum()) if w.sum() else np.nan
+            claim_query, positive, mask, scores = m["_claims"]
+            reps = np.where(mask, weight[claim_query], 0)
+            draws[r, k, 1] = roc_auc(np.repeat(scores, reps), np.repeat(positive, reps))
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+
+    def interval(x: np.ndarray) -> tuple[float, float]:
+        x = x[np.isfinite(x)]
+        return (float(np.percentile(x, lo)), float(np.percentile(x, hi))) if x.size else (np.nan, np.nan)
+
+    out: dict[str, list] = {"recall_at_1": [], "claim_auc": [], "difference_recall_at_1": [], "difference_claim_auc": []}
+    for k in range(len(runs)):
+        out["recall_at_1"].append(interval(draws[:, k, 0]))
+        out["claim_auc"].append(interval(draws[:, k, 1]))
+        out["difference_recall_at_1"].append(interval(draws[:, k, 0] - draws[:, 0, 0]))
+        out["difference_claim_auc"].append(interval(draws[:, k, 1] - draws[:, 0, 1]))
     return out
 
 

@@ -31,17 +31,22 @@ from markguard.training.data import (
     ensure_grocery,
     ensure_synth,
     eval_transform,
+    load_image,
     load_images,
     make_eval_set,
     manifest_sha256,
+    mark_box,
+    mark_view,
     read_items,
 )
-from markguard.training.evaluation import evaluate_embeddings, make_claims
+from markguard.training.evaluation import add_geometry, evaluate_embeddings, make_claims
 from markguard.training.fusion import fit_fusion, threshold_at_fpr
 from markguard.training.losses import create_loss
 from markguard.training.model import SplitEmbedder, build_model, cache_prefix, embed_cached
 from markguard.training.plots import plot_loss, plot_per_brand, plot_roc
 from markguard.vision.artifact import write_artifact
+from markguard.vision.geometry import extract_features
+from markguard.vision.regions import region_crops
 from markguard.vision.scoring import Fusion
 
 __all__ = ["get_args_parser", "main", "train_one_epoch", "evaluate"]
@@ -57,6 +62,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def _load_data(config: dict[str, Any]) -> tuple[list[Item], dict[str, EvalSet], dict[str, str]]:
+    """Training items and the eval sets: `grocery_val` and `synth_val` (the builds' val splits), and
+    `grocery_cal`, a share of grocery train photos held out of training (by a hash of the file name)
+    so the fusion can be calibrated on real photos that grocery val's reported figures never saw."""
     d = config["data"]
     items: list[Item] = []
     hashes: dict[str, str] = {}
@@ -65,8 +73,14 @@ def _load_data(config: dict[str, Any]) -> tuple[list[Item], dict[str, EvalSet], 
         path = ensure_grocery(Path(d["grocery"]), source=d["grocery_source"])
         rows = read_items(path)
         hashes["grocery"] = manifest_sha256(path)
-        items += [i for i in rows if i.row.split == "train"]
+        train = [i for i in rows if i.row.split == "train"]
+        held = [i for i in train if i.row.source != "iconic" and _share(i.row.image) < d["grocery_calibration_fraction"]]
+        held_ids = {id(i) for i in held}
+        items += [i for i in train if id(i) not in held_ids]
         eval_sets["grocery_val"] = make_eval_set(rows, split="val", name="grocery_val")
+        if held:
+            iconic = sorted((i for i in rows if i.row.source == "iconic"), key=lambda i: i.row.image)
+            eval_sets["grocery_cal"] = EvalSet(name="grocery_cal", references=iconic, queries=held)
     if d["synth"]:
         path = ensure_synth(Path(d["synth"]), brands=d["synth_brands"], per_brand=d["synth_per_brand"],
                             size=d["synth_size"], seed=d["synth_seed"])
@@ -86,42 +100,77 @@ def _load_data(config: dict[str, Any]) -> tuple[list[Item], dict[str, EvalSet], 
     return items, eval_sets, hashes
 
 
-def _views(item: Item, aug: dict[str, Any]) -> int:
+def _share(name: str) -> float:
+    """A stable number in [0, 1) from a file name (the hold-out draw, the same on every machine)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
+
+
+def _views(item: Item, aug: dict[str, Any]) -> list[str]:
+    """The cached views of a training photo: `eval` (serving's transform) first, then `augment`ed
+    views, and for photos with a `mark` box, `mark` views (crops around it, as serving's regions see it)."""
     if item.row.source == "iconic":
-        return int(aug["iconic_views"])
-    if item.row.source == "synth":
-        return int(aug["synth_views"])
-    return int(aug["views"])
+        n, marks = int(aug["iconic_views"]), 0
+    elif item.row.source == "synth":
+        n, marks = int(aug["synth_views"]), int(aug["mark_views"])
+    else:
+        n, marks = int(aug["views"]), int(aug["mark_views"])
+    if mark_box(item) is None:
+        marks = 0
+    return ["eval"] + ["augment"] * max(0, n - 1) + ["mark"] * marks
 
 
 def _cache_train(split: SplitEmbedder, items: list[Item], config: dict[str, Any], device: str,
                  quiet: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prefix features of every training view (view 0 = the eval transform) and each view's item index."""
+    """Prefix features of every training view and each view's item index."""
     aug = config["augment"]
-    jobs = [(i, v) for i, item in enumerate(items) for v in range(_views(item, aug))]
+    jobs = [(i, v, kind) for i, item in enumerate(items) for v, kind in enumerate(_views(item, aug))]
     cfg = split.model.config
 
+    def view(i: int, v: int, kind: str) -> np.ndarray:
+        image, scale = load_image(items[i], max_side=max(512, 2 * cfg.input_size))
+        rng = np.random.default_rng([config["seed"], i, v])
+        if kind == "eval":
+            return image
+        if kind == "mark":
+            return mark_view(image, mark_box(items[i], scale), rng=rng, params=aug)
+        return augment(image, rng=rng, params=aug)
+
     def make(start: int, stop: int) -> torch.Tensor:
-        chunk = jobs[start:stop]
-        images = load_images([items[i] for i, _ in chunk], max_side=max(512, 2 * cfg.input_size))
-        views = [img if v == 0 else augment(img, rng=np.random.default_rng([config["seed"], i, v]), params=aug)
-                 for img, (i, v) in zip(images, chunk, strict=True)]
-        return eval_transform(views, cfg)
+        return eval_transform([view(*job) for job in jobs[start:stop]], cfg)
 
     feats = cache_prefix(split, make, len(jobs), batch_size=config["eval"]["batch_size"], device=device,
                          desc="caching training views")
-    return feats, torch.tensor([i for i, _ in jobs], dtype=torch.long)
+    return feats, torch.tensor([i for i, _, _ in jobs], dtype=torch.long)
 
 
 def _cache_eval(split: SplitEmbedder, es: EvalSet, config: dict[str, Any], device: str) -> dict[str, torch.Tensor]:
+    """Prefix features of the references (whole images) and of every query's regions, as serving crops
+    them (`eval.max_regions`; full photo first), with `query_regions` = regions per query."""
     cfg = split.model.config
-    out = {}
-    for part in ("references", "queries"):
-        items = getattr(es, part)
-        out[part] = cache_prefix(split, lambda a, b, items=items: eval_transform(load_images(items[a:b]), cfg),
-                                 len(items), batch_size=config["eval"]["batch_size"], device=device,
-                                 desc=f"caching {es.name} {part}")
-    return out
+    max_regions = int(config["eval"]["max_regions"])
+    crops: list[np.ndarray] = []
+    counts = []
+    for image in load_images(es.queries):  # eval photos are few and small enough to hold as crops
+        _, found = region_crops(image, max_regions=max_regions)
+        crops += found
+        counts.append(len(found))
+    refs = es.references
+    return {
+        "references": cache_prefix(split, lambda a, b: eval_transform(load_images(refs[a:b]), cfg), len(refs),
+                                   batch_size=config["eval"]["batch_size"], device=device,
+                                   desc=f"caching {es.name} references"),
+        "queries": cache_prefix(split, lambda a, b: eval_transform(crops[a:b], cfg), len(crops),
+                                batch_size=config["eval"]["batch_size"], device=device,
+                                desc=f"caching {es.name} query regions"),
+        "query_regions": torch.tensor(counts, dtype=torch.long),
+    }
+
+
+def _blocks(vectors: np.ndarray, counts: torch.Tensor) -> list[np.ndarray]:
+    """Split stacked region vectors into one (regions, d) block per query."""
+    return np.split(vectors, np.cumsum(counts.numpy())[:-1]) if len(counts) else []
 
 
 # -- the loop --------------------------------------------------------------------------------------------------------
@@ -157,7 +206,8 @@ def evaluate(embed, eval_sets: dict[str, EvalSet], caches: dict[str, dict[str, t
     """Metrics per eval set; `embed(features) -> unit vectors` (the trained suffix, or the baseline)."""
     out = {}
     for name, es in eval_sets.items():
-        refs, queries = embed(caches[name]["references"]), embed(caches[name]["queries"])
+        c = caches[name]
+        refs, queries = embed(c["references"]), _blocks(embed(c["queries"]), c["query_regions"])
         out[name] = evaluate_embeddings(es, refs, queries, fusion=fusion, seed=seed)
     return out
 
@@ -245,20 +295,21 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     cache = torch.load(cache_path, map_location="cpu", weights_only=True) if cache_path.is_file() else {}
     previous, fresh = sorted(cache), set()
-    if len(cache.get("owner", ())) != sum(_views(i, config["augment"]) for i in items):
+    if len(cache.get("owner", ())) != sum(len(_views(i, config["augment"])) for i in items):
         cache["train"], cache["owner"] = _cache_train(split, items, config, device, quiet)
         fresh |= {"train", "owner"}
     for n, es in eval_sets.items():
-        if any(len(cache.get(f"eval/{n}/{k}", ())) != len(getattr(es, k)) for k in ("references", "queries")):
+        if (len(cache.get(f"eval/{n}/references", ())) != len(es.references)
+                or len(cache.get(f"eval/{n}/query_regions", ())) != len(es.queries)):
             cache.update({f"eval/{n}/{k}": v for k, v in _cache_eval(split, es, config, device).items()})
-            fresh |= {f"eval/{n}/references", f"eval/{n}/queries"}
+            fresh |= {f"eval/{n}/references", f"eval/{n}/queries", f"eval/{n}/query_regions"}
     if fresh:
         torch.save(cache, cache_path)
     reused = [k for k in previous if k not in fresh and k != "owner"]
     cache_seconds = time.monotonic() - t0
     feats = cache["train"].to(device)
     labels = torch.tensor([class_of[class_key(items[int(i)].row)] for i in cache["owner"]], dtype=torch.long)
-    eval_caches = {n: {k: cache[f"eval/{n}/{k}"] for k in ("references", "queries")} for n in eval_sets}
+    eval_caches = {n: {k: cache[f"eval/{n}/{k}"] for k in ("references", "queries", "query_regions")} for n in eval_sets}
 
     o = config["optim"]
     loss_fn = create_loss(config["loss"]["name"], num_classes=len(classes), embedding_dim=m["embedding_dim"],
@@ -326,20 +377,28 @@ def finish(*, split: SplitEmbedder, config: dict[str, Any], run_dir: Path, eval_
     device = config["device"]
     c = config["calibration"]
     vectors = {n: (embed_cached(split, eval_caches[n]["references"], device=device),
-                   embed_cached(split, eval_caches[n]["queries"], device=device)) for n in eval_sets}
+                   _blocks(embed_cached(split, eval_caches[n]["queries"], device=device),
+                           eval_caches[n]["query_regions"])) for n in eval_sets}
     claim_sets = {n: make_claims(es, *vectors[n], seed=config["seed"]) for n, es in eval_sets.items()}
-    values = [v for cs in claim_sets.values() for v in cs.values]
-    not_genuine = np.concatenate([cs.not_genuine for cs in claim_sets.values()])
-    other_sims = np.array([v["genuine_similarity"] for cs in claim_sets.values()
-                           for v, k in zip(cs.values, cs.kind, strict=True)
+    if c["geometry"]:
+        for n, es in eval_sets.items():
+            add_geometry(claim_sets[n], vectors[n][1], _local_features(es.queries, f"{n} queries"),
+                         _local_features(es.references, f"{n} references"))
+    calibrate_on = [n for n in c["sets"] if n in claim_sets] or sorted(claim_sets)
+    values = [v for n in calibrate_on for v in claim_sets[n].values]
+    not_genuine = np.concatenate([claim_sets[n].not_genuine for n in calibrate_on])
+    other_sims = np.array([v["genuine_similarity"] for n in calibrate_on
+                           for v, k in zip(claim_sets[n].values, claim_sets[n].kind, strict=True)
                            if k == "other_brand" and v["genuine_similarity"] is not None])
     match_threshold = threshold_at_fpr(other_sims, c["match_false_rate"]) if other_sims.size else 0.5
     spec, points = fit_fusion(values, not_genuine, match_threshold=match_threshold, takedown_fpr=c["takedown_fpr"],
                               review_fpr=c["review_fpr"], C=c["C"])
+    spec["max_regions"] = int(config["eval"]["max_regions"])
     fusion = Fusion(spec)
     metrics = {n: evaluate_embeddings(es, *vectors[n], fusion=fusion, claims=claim_sets[n]) for n, es in eval_sets.items()}
     baseline = history[0]["val"] if history and history[0]["epoch"] == 0 else {}
-    print("markguard train: calibrated fusion", json.dumps({k: spec[k] for k in ("review_at", "takedown_at", "match_threshold")}))
+    print(f"markguard train: fusion calibrated on {calibrate_on}",
+          json.dumps({k: spec[k] for k in ("review_at", "takedown_at", "match_threshold")}))
 
     model = split.model.cpu()
     sha8 = _state_hash(model.state_dict())
@@ -348,7 +407,9 @@ def finish(*, split: SplitEmbedder, config: dict[str, Any], run_dir: Path, eval_
     card = {
         "tag": tag,
         "description": ("EfficientNet-Lite0 (ImageNet) + linear head, fine-tuned with ArcFace where each "
-                        "(brand, product, genuine-or-transform) is a class; logistic fusion calibrated on validation claims."),
+                        "(brand, product, genuine-or-transform) is a class, on whole photos and crops around their marks; "
+                        "logistic fusion over the best region's embedding signals and geometry (SIFT inliers), "
+                        "calibrated on claims held out of training (calibration_data)."),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "markguard train " + " ".join(_argv_of(args)),
         "config": config,
@@ -363,7 +424,8 @@ def finish(*, split: SplitEmbedder, config: dict[str, Any], run_dir: Path, eval_
         "operating_points": [p.__dict__ for p in points] + [{"name": "match", "threshold": match_threshold,
                                                               "false_match_target": c["match_false_rate"],
                                                               "meaning": "best similarity an unclaimed photo needs to name a brand"}],
-        "calibration_data": sorted(eval_sets),
+        "calibration_data": calibrate_on,
+        "held_out_data": sorted(set(eval_sets) - set(calibrate_on)),
     }
     if (run_dir / "artifact").exists():  # a resumed run that had finished: the artifact is written again
         shutil.rmtree(run_dir / "artifact")
@@ -385,6 +447,12 @@ def finish(*, split: SplitEmbedder, config: dict[str, Any], run_dir: Path, eval_
     for n, m in card["metrics"].items():
         print(f"  {n}: " + ", ".join(f"{k}={m[k]:.3f}" for k in ("recall_at_1", "recall_at_5", "map_at_r", "claim_auc",
                                                                    "risk_auc") if k in m))
+
+
+def _local_features(items: Sequence[Item], desc: str) -> list:
+    """SIFT features of each photo, as serving's geometry check extracts them."""
+    return [extract_features(image) for image in tqdm(load_images(items), desc=f"local features: {desc}",
+                                                      unit="photo", leave=False)]
 
 
 def _state_hash(state: dict[str, torch.Tensor]) -> str:

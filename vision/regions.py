@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 import cv2
 import numpy as np
 
-__all__ = ["Region", "RegionSource", "propose_regions", "crop", "iou"]
+__all__ = ["Region", "RegionSource", "propose_regions", "region_crops", "crop", "iou"]
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels; x1 and y1 exclusive
 
@@ -92,6 +92,16 @@ def propose_regions(
         if all(iou(candidate.box, kept.box) <= iou_threshold for kept in chosen):
             chosen.append(candidate)
     return chosen
+
+
+def region_crops(
+    image: np.ndarray, *, max_regions: int, text_boxes: Iterable[Sequence[float]] = ()
+) -> tuple[list[Region], list[np.ndarray]]:
+    """`propose_regions` and each region's pixels (the full photo itself first, not a copy): what the
+    embedder sees of one listing photo, in serving and in evaluation alike."""
+    regions = propose_regions(image, max_regions=max_regions, text_boxes=text_boxes)
+    full = (0, 0, image.shape[1], image.shape[0])
+    return regions, [image if r.box == full else crop(image, r) for r in regions]
 
 
 def crop(image: np.ndarray, region: Region | Box) -> np.ndarray:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,8 @@ __all__ = [
     "embedding_signals",
     "region_signals",
     "geometry_signals",
+    "claim_geometry",
+    "GEOMETRY_REFERENCES",
     "ocr_signals",
     "SIGNAL_NAMES",
     "OCR_SIGNAL_NAMES",
@@ -140,6 +142,31 @@ def geometry_signals(
         return {"log_inliers": None, "inlier_ratio": None}, found
     best = max(found, key=lambda m: m.inliers)
     return {"log_inliers": math.log1p(best.inliers), "inlier_ratio": best.inlier_ratio}, found
+
+
+GEOMETRY_REFERENCES = 3  # the claim's nearest genuine references checked for shape agreement
+
+
+def claim_geometry(
+    index: ReferenceIndex,
+    vector: np.ndarray,
+    query: LocalFeatures,
+    reference_features: Callable[[int], LocalFeatures],
+    *,
+    brand_id: int,
+    product_id: int | None,
+    k: int = GEOMETRY_REFERENCES,
+) -> tuple[dict[str, float | None], dict[int, GeometryMatch]]:
+    """Geometry signals of a claim: the photo's local features against the claim's `k` genuine
+    references nearest to `vector` (the region that spoke for it). Training and serving both call this.
+    Returns the signals and each checked reference id's match ({} and no signals when the claim has none)."""
+    hits = index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k, brand_id=brand_id,
+                        product_id=product_id, kind="genuine")
+    ref_ids = [int(i) for i in hits.ids[0] if i >= 0]
+    if not ref_ids:
+        return {}, {}
+    values, found = geometry_signals(query, [reference_features(i) for i in ref_ids])
+    return values, dict(zip(ref_ids, found, strict=True))
 
 
 class Decision(enum.StrEnum):

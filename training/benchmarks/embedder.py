@@ -2,10 +2,13 @@
 grocery val (real photos; the catalogue images as references) and on held-out synthetic brands (the
 synthetic build's `test` split, brand-disjoint from training and calibration).
 
-Both models embed through `vision.embed.embed_images` (serving's path). Metrics: product/brand
-recall@1 of unclaimed photos, and claim AUC on the best genuine similarity (grocery: true product vs
-another product of the same brand; synthetic: genuine photo vs a counterfeit claiming the brand);
-`claim_auc_other_brand` (true claim vs a claim of another brand) is printed beside them for context.
+Both models embed through `vision.embed.embed_images` and see each query photo as serving does: the
+full photo and the crops `vision.regions` proposes (`--whole-photo`: the full photo only). Metrics:
+product/brand recall@1 of unclaimed photos, and claim AUC on the claim's best genuine similarity over
+the photo's regions (grocery: true product vs another product of the same brand; synthetic: genuine
+photo vs a counterfeit claiming the brand); `claim_auc_other_brand` (true claim vs a claim of another
+brand) is printed beside them for context. Each figure carries a 95% bootstrap interval over query
+photos, because held-out sets are small.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from markguard.training.artifacts import json_metrics, resolve_model
 from markguard.training.data import ensure_grocery, ensure_synth, make_eval_set, read_items
 from markguard.training.evaluate import evaluate_artifact
+from markguard.training.evaluation import bootstrap_intervals
 from markguard.vision.artifact import build_imagenet_artifact
 
 __all__ = ["get_args_parser", "main"]
@@ -40,6 +44,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--synth", type=Path, default=Path(".markguard/data/synth"),
                    help="the synthetic build the model was trained on ('' to skip)")
     p.add_argument("--synth-split", default="test", help="held-out split of the synthetic build (default test)")
+    p.add_argument("--whole-photo", action="store_true", help="embed whole photos only (no region crops)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
@@ -59,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = trained.card.get("config", {}).get("data", {})
             ensure_synth(args.synth, brands=cfg.get("synth_brands", 120), per_brand=cfg.get("synth_per_brand", 6),
                          size=cfg.get("synth_size", 256), seed=cfg.get("synth_seed", 0))
-        sets[f"synthetic held-out brands ({args.synth_split})"] = make_eval_set(read_items(args.synth),
+        sets[f"synthetic held-out ({args.synth_split})"] = make_eval_set(read_items(args.synth),
                                                                              split=args.synth_split)
     results: dict[str, dict[str, dict]] = {}
     started = time.monotonic()
@@ -70,14 +75,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{name}: empty, skipped")
                 continue
             results[name] = {}
+            runs = []
             for label, artifact in (("imagenet", baseline), ("trained", trained)):
-                m = evaluate_artifact(artifact, es, device=args.device, use_fusion=False, progress=not args.quiet)
+                m = evaluate_artifact(artifact, es, device=args.device, use_fusion=False, progress=not args.quiet,
+                                      regions=not args.whole_photo)
+                runs.append(m)
                 results[name][label] = {"tag": artifact.tag, "queries": m["queries"], "references": m["references"],
+                                        "regions_per_query": m["regions_per_query"],
                                         "claim_negatives": m.get("claim_negatives"),
                                         "claim_auc_other_brand": m.get("claim_vs_other_brand", {}).get("auc"),
                                         **{k: m.get(k) for k in (*COLUMNS, "recall_at_5", "map_at_r")}}
-    print(f"markguard bench embedder: ImageNet-only Lite0 vs {trained.tag} ({time.monotonic() - started:.0f}s)")
-    header = f"{'set':<40} {'metric':<22} {'imagenet':>9} {'trained':>9} {'ratio':>7}"
+            ci = bootstrap_intervals(runs, len(es.queries))
+            for k, label in enumerate(("imagenet", "trained")):
+                results[name][label]["ci95"] = {c: ci[c][k] for c in COLUMNS}
+            results[name]["trained_minus_imagenet_ci95"] = {c: ci[f"difference_{c}"][1] for c in COLUMNS}
+    view = "whole photos" if args.whole_photo else "full photo + region crops, as served"
+    print(f"markguard bench embedder: ImageNet-only Lite0 vs {trained.tag}; queries as {view} "
+          f"({time.monotonic() - started:.0f}s)")
+    header = (f"{'set':<36} {'metric':<22} {'imagenet':>9} {'trained':>9} {'ratio':>7}  "
+              f"{'trained - imagenet (95% CI)':>28}")
     print(header)
     print("-" * len(header))
     for name, r in results.items():
@@ -86,9 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if a is None or b is None:
                 continue
             ratio = b / a if a else float("nan")
-            print(f"{name:<40} {k:<22} {a:>9.3f} {b:>9.3f} {ratio:>6.2f}x")
-        print(f"{'':<40} ({r['trained']['queries']} queries, {r['trained']['references']} references; "
-              f"claim negatives: {r['trained']['claim_negatives']})")
+            diff = r["trained_minus_imagenet_ci95"].get(k)
+            ci = f"{b - a:+.3f} [{diff[0]:+.3f}, {diff[1]:+.3f}]" if diff else ""
+            print(f"{name:<36} {k:<22} {a:>9.3f} {b:>9.3f} {ratio:>6.2f}x  {ci:>28}")
+        print(f"{'':<36} ({r['trained']['queries']} queries, {r['trained']['references']} references, "
+              f"{r['trained']['regions_per_query']:.1f} regions per query; claim negatives: "
+              f"{r['trained']['claim_negatives']})")
     if args.json:
         args.json.write_text(json.dumps(json_metrics(results), indent=2, sort_keys=True) + "\n")
     return 0
