@@ -39,6 +39,7 @@ class ClaimSet:
     kind: list[str]  # true | same_brand | other_brand | counterfeit
     not_genuine: np.ndarray
     values: list[dict[str, float | None]]
+    brand: list[str]  # the claimed brand
     brand_id: np.ndarray  # the claim, in `index`'s ids
     product_id: list[int | None]
     region: np.ndarray  # the query region that spoke for the claim
@@ -112,6 +113,7 @@ def make_claims(eval_set: EvalSet, ref_vectors: np.ndarray, query_vectors: Query
         kind=[c[1] for c in claims],
         not_genuine=np.array([c[1] != "true" for c in claims], dtype=bool),
         values=values,
+        brand=[c[2] for c in claims],
         brand_id=np.array(brand_ids, dtype=np.int64),
         product_id=product_ids,
         region=np.array(best_regions, dtype=np.int64),

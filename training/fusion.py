@@ -3,7 +3,8 @@ validation claims, with review/takedown thresholds chosen at target false-positi
 
 The signal vector grows by name: any signal present in the validation values (geometry `inliers`,
 OCR signals, …) is fitted; a value that is missing is imputed at the mean, i.e. contributes nothing,
-exactly as `vision.scoring.Fusion` treats a missing signal at serving time.
+exactly as `vision.scoring.Fusion` treats a missing signal at serving time. A signal that never
+varies in the calibration data is left out (its expert prior, if any, then applies at serving).
 """
 
 from __future__ import annotations
@@ -72,9 +73,10 @@ def fit_fusion(
     seen = {k for row in values for k, v in row.items() if v is not None}
     names = [n for n in (signal_names or [*SIGNAL_NAMES, *sorted(seen - set(SIGNAL_NAMES))]) if n in seen]
     x = _matrix(values, names)
+    varies = [j for j in range(len(names)) if np.nanstd(x[:, j]) > 1e-8]  # a constant cannot be fitted
+    names, x = [names[j] for j in varies], x[:, varies]
     mean = np.nanmean(x, axis=0)
     scale = np.nanstd(x, axis=0)
-    scale = np.where(scale > 1e-8, scale, 1.0)
     z = np.nan_to_num((x - mean) / scale, nan=0.0)
     clf = LogisticRegression(C=C, max_iter=1000, class_weight="balanced")
     clf.fit(z, y.astype(int))

@@ -39,7 +39,7 @@ from markguard.training.data import (
     mark_view,
     read_items,
 )
-from markguard.training.evaluation import add_geometry, evaluate_embeddings, make_claims
+from markguard.training.evaluation import ClaimSet, add_geometry, evaluate_embeddings, make_claims
 from markguard.training.fusion import fit_fusion, threshold_at_fpr
 from markguard.training.losses import create_loss
 from markguard.training.model import SplitEmbedder, build_model, cache_prefix, embed_cached
@@ -385,6 +385,10 @@ def finish(*, split: SplitEmbedder, config: dict[str, Any], run_dir: Path, eval_
             add_geometry(claim_sets[n], vectors[n][1], _local_features(es.queries, f"{n} queries"),
                          _local_features(es.references, f"{n} references"))
     calibrate_on = [n for n in c["sets"] if n in claim_sets] or sorted(claim_sets)
+    ocr_on = [n for n in c["ocr_sets"] if n in calibrate_on]
+    if ocr_on and c["ocr_photos"]:
+        _add_ocr(claim_sets, eval_sets, ocr_on, photos=int(c["ocr_photos"]), cache=run_dir / "ocr_cache.json",
+                 quiet=bool(args.quiet))
     values = [v for n in calibrate_on for v in claim_sets[n].values]
     not_genuine = np.concatenate([claim_sets[n].not_genuine for n in calibrate_on])
     other_sims = np.array([v["genuine_similarity"] for n in calibrate_on
@@ -425,6 +429,7 @@ def finish(*, split: SplitEmbedder, config: dict[str, Any], run_dir: Path, eval_
                                                               "false_match_target": c["match_false_rate"],
                                                               "meaning": "best similarity an unclaimed photo needs to name a brand"}],
         "calibration_data": calibrate_on,
+        "calibration_ocr": {"sets": ocr_on, "photos_per_set": c["ocr_photos"]},
         "held_out_data": sorted(set(eval_sets) - set(calibrate_on)),
     }
     if (run_dir / "artifact").exists():  # a resumed run that had finished: the artifact is written again
@@ -447,6 +452,20 @@ def finish(*, split: SplitEmbedder, config: dict[str, Any], run_dir: Path, eval_
     for n, m in card["metrics"].items():
         print(f"  {n}: " + ", ".join(f"{k}={m[k]:.3f}" for k in ("recall_at_1", "recall_at_5", "map_at_r", "claim_auc",
                                                                    "risk_auc") if k in m))
+
+
+def _add_ocr(claim_sets: dict[str, ClaimSet], eval_sets: dict[str, EvalSet], names: list[str], *, photos: int,
+             cache: Path, quiet: bool) -> None:
+    """OCR signals for the claims of the first `photos` query photos (by a hash of the file name) of
+    each named set; the other claims keep them missing, which the fusion imputes as no evidence."""
+    from markguard.training.ocr_evidence import add_ocr
+    from markguard.vision.ocr import shared_ocr_engine
+
+    engine = shared_ocr_engine()
+    for n in names:
+        es, claims = eval_sets[n], claim_sets[n]
+        chosen = sorted(range(len(es.queries)), key=lambda q: _share(es.queries[q].row.image))[:photos]
+        add_ocr(claims, es, engine, cache=cache, queries=set(chosen), progress=not quiet)
 
 
 def _local_features(items: Sequence[Item], desc: str) -> list:

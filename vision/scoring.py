@@ -12,7 +12,7 @@ constants in code. Two kinds exist:
 Either kind may carry `priors`: log-odds added per unit of an evidence signal that the calibration
 data cannot show (OCR: a misspelt wordmark, an impossible serial, a serial reused by other sellers).
 They are expert weights, stored in the artifact beside the fitted ones and reported per signal like
-every contribution, until labelled reviews let training fit them.
+every contribution, until calibration data lets training fit them: a fitted signal's prior is ignored.
 """
 
 from __future__ import annotations
@@ -217,7 +217,8 @@ class Fusion:
 
     def risk(self, values: Mapping[str, float | None]) -> tuple[float, dict[str, Signal]]:
         risk, signals = self._provisional(values) if self.kind == "provisional" else self._logistic(values)
-        priors = self.spec.get("priors", {})
+        fitted = self.spec.get("signals", {}) if self.kind == "logistic" else {}
+        priors = {n: w for n, w in (self.spec.get("priors") or {}).items() if n not in fitted}
         present = {n: values.get(n) for n in priors if values.get(n) is not None}
         if not present:
             return risk, signals

@@ -106,3 +106,4 @@ def test_tiny_run_calibrates_on_held_out_claims_with_geometry(tiny_run: Path) ->
     assert set(card["calibration_data"]) <= {"grocery_cal", "synth_val"}
     assert fusion["max_regions"] == 3
     assert "log_inliers" in fusion["signals"]
+    assert card["calibration_ocr"] == {"sets": ["synth_val"], "photos_per_set": 4}
