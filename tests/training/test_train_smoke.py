@@ -86,10 +86,22 @@ def test_evaluate_command_prints_and_writes_metrics(tiny_run: Path, tiny_synth: 
     assert (out / "roc.png").is_file()
 
 
-def test_bench_embedder_prints_both_models(tiny_run: Path, tiny_grocery: Path, tiny_synth: Path, capsys) -> None:
+def test_bench_embedder_prints_both_models(tiny_run: Path, tiny_grocery: Path, tiny_synth: Path, tmp_path: Path,
+                                           capsys) -> None:
+    import shutil
+
     from markguard.training.benchmarks.embedder import main
 
-    assert main(["--model", str(tiny_run / "artifact"), "--grocery", str(tiny_grocery), "--synth", str(tiny_synth),
-                 "--quiet"]) == 0
+    artifact = tmp_path / "artifact"
+    shutil.copytree(tiny_run / "artifact", artifact)
+    assert main(["--model", str(artifact), "--grocery", str(tiny_grocery), "--synth", str(tiny_synth),
+                 "--quiet", "--card"]) == 0
     printed = capsys.readouterr().out
     assert "imagenet" in printed and "grocery val" in printed and "synthetic held-out" in printed
+    assert "95% CI" in printed and "regions per query" in printed
+    bench = json.loads((artifact / "card.json").read_text())["bench_embedder"]
+    assert bench["queries_as"].startswith("full photo") and "--card" in bench["command"]
+    for result in bench["results"].values():
+        lo, hi = result["trained"]["ci95"]["claim_auc"]
+        assert lo <= result["trained"]["claim_auc"] <= hi
+    load_artifact(artifact)  # still a valid artifact

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ from markguard.training.data import ensure_grocery, ensure_synth, make_eval_set,
 from markguard.training.evaluate import evaluate_artifact
 from markguard.training.evaluation import bootstrap_intervals
 from markguard.vision.artifact import build_imagenet_artifact
+from markguard.vision.atomic import atomic_write_bytes
 
 __all__ = ["get_args_parser", "main"]
 
@@ -48,6 +50,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
+    p.add_argument("--card", action="store_true",
+                   help="also record the results as `bench_embedder` in the trained artifact's card.json")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -110,4 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{r['trained']['claim_negatives']})")
     if args.json:
         args.json.write_text(json.dumps(json_metrics(results), indent=2, sort_keys=True) + "\n")
+    if args.card:
+        card_path = trained.path / "card.json"
+        card = json.loads(card_path.read_text())
+        card["bench_embedder"] = {"command": "markguard bench embedder " + " ".join(argv if argv is not None else sys.argv[2:]),
+                                  "queries_as": view, "results": json_metrics(results)}
+        atomic_write_bytes(card_path, (json.dumps(card, indent=2, sort_keys=True) + "\n").encode())
+        print(f"recorded in {card_path}")
     return 0
