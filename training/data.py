@@ -42,10 +42,12 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class Item:
-    """A manifest row with its image's absolute path."""
+    """A manifest row with its image's absolute path; `crop` (x0, y0, x1, y1 in the photo's pixels,
+    clipped to it on loading) when only part of the photo is used."""
 
     path: Path
     row: ManifestRow
+    crop: tuple[int, int, int, int] | None = None
 
     @property
     def brand(self) -> str:
@@ -112,10 +114,12 @@ class EvalSet:
     queries: list[Item]
 
 
-def make_eval_set(items: Sequence[Item], *, split: str, name: str = "") -> EvalSet:
+def make_eval_set(items: Sequence[Item], *, split: str, name: str = "", reference_margin: float = 1.25) -> EvalSet:
     """Queries: the split's photos. References: every catalogue (`source: iconic`) image of the manifest
-    when it has them (all products enrolled, as a brand would); otherwise the split's first genuine photo per (brand, product)
-    and first counterfeit per brand (a known fake), in manifest path order, which then leave the queries.
+    when it has them (all products enrolled, as a brand would); otherwise the split's first genuine photo
+    per (brand, product) and first counterfeit per brand (a known fake), in manifest path order, which then
+    leave the queries. A reference photo with a `mark` box is enrolled as a brand uploads its logo: cropped
+    to the box grown by `reference_margin`.
     """
     in_split = sorted((i for i in items if i.row.split == split), key=lambda i: i.row.image)
     iconic = sorted((i for i in items if i.row.source == "iconic"), key=lambda i: i.row.image)
@@ -134,7 +138,17 @@ def make_eval_set(items: Sequence[Item], *, split: str, name: str = "") -> EvalS
                 refs.append(item)
         chosen = {id(r) for r in refs}
         queries = [i for i in in_split if id(i) not in chosen]
+        refs = [_enrolled_crop(r, reference_margin) for r in refs]
     return EvalSet(name=name or split, references=refs, queries=queries)
+
+
+def _enrolled_crop(item: Item, margin: float) -> Item:
+    box = mark_box(item)
+    if box is None:
+        return item
+    x0, y0, x1, y1 = box
+    gx, gy = (x1 - x0) * (margin - 1) / 2, (y1 - y0) * (margin - 1) / 2
+    return dataclasses.replace(item, crop=(max(0, round(x0 - gx)), max(0, round(y0 - gy)), round(x1 + gx), round(y1 + gy)))
 
 
 def load_images(items: Sequence[Item], *, max_side: int | None = None) -> list[np.ndarray]:
@@ -144,8 +158,12 @@ def load_images(items: Sequence[Item], *, max_side: int | None = None) -> list[n
 
 
 def load_image(item: Item, *, max_side: int | None = None) -> tuple[np.ndarray, float]:
-    """One photo (see `load_images`) and the factor it was shrunk by (1.0 when kept as decoded)."""
+    """One photo (see `load_images`), cropped to `item.crop` if set, and the factor it was shrunk by
+    (1.0 when kept as decoded)."""
     image = read_image(item.path)
+    if item.crop is not None:
+        x0, y0, x1, y1 = item.crop
+        image = np.ascontiguousarray(image[max(0, y0) : max(y0 + 1, y1), max(0, x0) : max(x0 + 1, x1)])
     h, w = image.shape[:2]
     if max_side is None or max(h, w) <= max_side:
         return image, 1.0
@@ -154,11 +172,13 @@ def load_image(item: Item, *, max_side: int | None = None) -> tuple[np.ndarray, 
 
 
 def mark_box(item: Item, scale: float = 1.0) -> tuple[int, int, int, int] | None:
-    """The item's `mark` box (None without one), in the pixels of its photo shrunk by `scale`."""
+    """The item's `mark` box (None without one), in the pixels of its photo (after `item.crop`) shrunk by `scale`."""
     box = next((b for b in item.row.boxes if b.kind == "mark"), None)
     if box is None:
         return None
-    return (round(box.x0 * scale), round(box.y0 * scale), round(box.x1 * scale), round(box.y1 * scale))
+    ox, oy = (max(0, item.crop[0]), max(0, item.crop[1])) if item.crop is not None else (0, 0)
+    return (round((box.x0 - ox) * scale), round((box.y0 - oy) * scale), round((box.x1 - ox) * scale),
+            round((box.y1 - oy) * scale))
 
 
 def mark_view(image: np.ndarray, box: tuple[int, int, int, int], *, rng: np.random.Generator,

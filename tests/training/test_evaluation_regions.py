@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -107,3 +108,16 @@ def test_tiny_run_calibrates_on_held_out_claims_with_geometry(tiny_run: Path) ->
     assert fusion["max_regions"] == 3
     assert "log_inliers" in fusion["signals"]
     assert card["calibration_ocr"] == {"sets": ["synth_val"], "photos_per_set": 4}
+
+
+def test_synthetic_references_are_enrolled_as_mark_crops(tiny_synth: Path) -> None:
+    from markguard.training.data import load_images, make_eval_set, read_items
+
+    es = make_eval_set(read_items(tiny_synth), split="val")
+    assert es.references and all(r.crop is not None for r in es.references)
+    assert not any(q.crop for q in es.queries)
+    for ref, image in zip(es.references, load_images(es.references), strict=True):
+        x0, y0, x1, y1 = mark_box(dataclasses.replace(ref, crop=None))
+        assert image.shape[0] <= 1.25 * (y1 - y0) + 2 and image.shape[1] <= 1.25 * (x1 - x0) + 2
+        bx0, by0, bx1, by1 = mark_box(ref)  # the box in the crop's pixels: inside it
+        assert 0 <= bx0 < bx1 <= image.shape[1] + 1 and 0 <= by0 < by1 <= image.shape[0] + 1
