@@ -100,6 +100,14 @@ def _load_data(config: dict[str, Any]) -> tuple[list[Item], dict[str, EvalSet], 
     return items, eval_sets, hashes
 
 
+def _fingerprint(config: dict[str, Any], *parts: Any) -> str:
+    """What a cached part was computed from: the named config sections (strings) and any other data."""
+    import hashlib
+
+    data = [config[p] if isinstance(p, str) else p for p in parts]
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _share(name: str) -> float:
     """A stable number in [0, 1) from a file name (the hold-out draw, the same on every machine)."""
     import hashlib
@@ -290,22 +298,26 @@ def run(args: argparse.Namespace) -> int:
     print(f"markguard train: {len(items)} training images, {len(classes)} classes, eval sets "
           f"{ {n: (len(e.references), len(e.queries)) for n, e in eval_sets.items()} }, run folder {run_dir}")
 
-    # the frozen prefix is run once; the cache survives --resume (parts that no longer fit are recomputed)
+    # the frozen prefix is run once; the cache survives --resume (a part whose inputs changed is recomputed)
     cache_path = run_dir / "feature_cache.pt"
     t0 = time.monotonic()
     cache = torch.load(cache_path, map_location="cpu", weights_only=True) if cache_path.is_file() else {}
     previous, fresh = sorted(cache), set()
-    if len(cache.get("owner", ())) != sum(len(_views(i, config["augment"])) for i in items):
+    train_key = _fingerprint(config, "model", "augment", "seed", hashes, [(str(i.path), i.crop) for i in items])
+    if cache.get("fingerprint/train") != train_key:
         cache["train"], cache["owner"] = _cache_train(split, items, config, device, quiet)
+        cache["fingerprint/train"] = train_key
         fresh |= {"train", "owner"}
     for n, es in eval_sets.items():
-        if (len(cache.get(f"eval/{n}/references", ())) != len(es.references)
-                or len(cache.get(f"eval/{n}/query_regions", ())) != len(es.queries)):
+        key = _fingerprint(config, "model", "eval", hashes,
+                           [(str(i.path), i.crop) for i in [*es.references, *es.queries]])
+        if cache.get(f"fingerprint/eval/{n}") != key:
             cache.update({f"eval/{n}/{k}": v for k, v in _cache_eval(split, es, config, device).items()})
+            cache[f"fingerprint/eval/{n}"] = key
             fresh |= {f"eval/{n}/references", f"eval/{n}/queries", f"eval/{n}/query_regions"}
     if fresh:
         torch.save(cache, cache_path)
-    reused = [k for k in previous if k not in fresh and k != "owner"]
+    reused = [k for k in previous if k not in fresh and k != "owner" and not k.startswith("fingerprint/")]
     cache_seconds = time.monotonic() - t0
     feats = cache["train"].to(device)
     labels = torch.tensor([class_of[class_key(items[int(i)].row)] for i in cache["owner"]], dtype=torch.long)

@@ -67,7 +67,24 @@ def test_resume_continues_from_the_checkpoint(tiny_run: Path, tmp_path: Path) ->
     assert main(["--resume", str(run), "--no-bentoml", "--quiet"]) == 0
     history = json.loads((run / "metrics.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1, 2]
-    assert load_artifact(run / "artifact").card["config"]["optim"]["epochs"] == 2
+    card = load_artifact(run / "artifact").card
+    assert card["config"]["optim"]["epochs"] == 2
+    assert {"train", "eval/grocery_val/queries"} <= set(card["training"]["feature_cache_reused"])
+
+
+def test_resume_recomputes_cached_features_whose_inputs_changed(tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from markguard.training.train import main
+
+    run = tmp_path / "changed"
+    shutil.copytree(tiny_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["eval"]["max_regions"] = 2  # same photos, other query regions: the eval caches are stale
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["--resume", str(run), "--no-bentoml", "--quiet"]) == 0
+    reused = load_artifact(run / "artifact").card["training"]["feature_cache_reused"]
+    assert "train" in reused and not any(k.startswith("eval/") for k in reused)
 
 
 def test_evaluate_command_prints_and_writes_metrics(tiny_run: Path, tiny_synth: Path, tmp_path: Path, capsys) -> None:
