@@ -3,6 +3,8 @@
 A photo goes through three steps, split so that a server can batch the middle one across requests:
 `plan` (decode, candidate regions, crops) → `embed` (one forward pass for many crops) → `finish`
 (search, geometry, photo reuse, fusion, decision, record). `score_many` runs all three.
+Each fresh OCR read is timed and handed to `on_ocr_seconds` (the service's metric), so callers observe
+OCR time without wrapping the reader.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from sqlalchemy import select
@@ -44,7 +46,7 @@ from markguard.vision.scoring import (
     region_signals,
 )
 
-__all__ = ["ScoringEngine", "ScoreRequest", "ScorePlan"]
+__all__ = ["ScoringEngine", "ScoreRequest", "ScorePlan", "ListingClaim"]
 
 TOP_MATCHES = 5
 _SEARCH_K = 20  # neighbours per region before merging
@@ -64,6 +66,7 @@ class ScoreRequest:
     product: str | None = None
     seller: str | None = None
     listing: str | None = None
+    title: str | None = None  # the listing's title: stored with the listing, echoed as `claimed.title`
     label: str | None = None  # how the caller names the photo (a path); echoed as `image`
 
     def __post_init__(self) -> None:
@@ -82,18 +85,31 @@ class ScorePlan:
     started: float
     ocr_lines: list[OcrLine] | None = None  # None: OCR is off for this engine
     features: LocalFeatures | None = None  # the photo's local features, extracted when first needed
+    ocr_seconds: float = 0.0  # time spent reading this photo's text (0 when OCR is off or cached)
+
+
+@dataclasses.dataclass(frozen=True)
+class ListingClaim(Claim):
+    """What a listing claims, with its title: `claimed` {`brand`, `product`, `title`} in the score JSON."""
+
+    title: str | None = None
 
 
 class ScoringEngine:
-    """`ocr=False` skips reading text (faster; the `ocr` part of results stays empty)."""
+    """`ocr=False` skips reading text (faster; the `ocr` part of results stays empty).
 
-    def __init__(self, home: Home, *, device: str = "cpu", ocr: bool = True, ocr_budget_ms: float = 3000.0) -> None:
+    `on_ocr_seconds`, when given, is called with the seconds of every OCR read (not of cached photos).
+    """
+
+    def __init__(self, home: Home, *, device: str = "cpu", ocr: bool = True, ocr_budget_ms: float = 3000.0,
+                 on_ocr_seconds: Callable[[float], None] | None = None) -> None:
         self.home = home
         self.artifact = ensure_default_model(home)
         self.model = self.artifact.load_embedder(device=device, fuse=True)
         self.fusion = Fusion({"priors": OCR_PRIORS, **self.artifact.fusion})
         self.ocr: OcrEngine | None = shared_ocr_engine() if ocr else None
         self.ocr_budget_ms = ocr_budget_ms
+        self.on_ocr_seconds = on_ocr_seconds
         self.max_regions = int(self.artifact.fusion.get("max_regions", 6))
         self.index: ReferenceIndex = sync_index(home, self.artifact, self.model)
         self._features: OrderedDict[int, LocalFeatures] = OrderedDict()
@@ -105,6 +121,11 @@ class ScoringEngine:
     @property
     def model_tag(self) -> str:
         return self.artifact.tag
+
+    @property
+    def index_size(self) -> int:
+        """Reference vectors in the loaded index."""
+        return len(self.index)
 
     def refresh(self) -> None:
         """Reload the index if another process saved a newer version."""
@@ -124,25 +145,30 @@ class ScoringEngine:
                 if request.product is not None:
                     product_id = get_product(session, brand, request.product).id
         image = decode_image(request.data)
-        lines = self._read_text(request.data, image) if self.ocr is not None else None
+        lines, ocr_seconds = self._read_text(request.data, image) if self.ocr is not None else (None, 0.0)
         text_boxes = [line.box for line in lines or []]
         regions = propose_regions(image, max_regions=self.max_regions, text_boxes=text_boxes)
         crops = [image if r.box == (0, 0, image.shape[1], image.shape[0]) else crop(image, r) for r in regions]
-        return ScorePlan(request, brand_id, product_id, image, regions, crops, started, lines)
+        return ScorePlan(request, brand_id, product_id, image, regions, crops, started, lines, ocr_seconds=ocr_seconds)
 
-    def _read_text(self, data: bytes, image: np.ndarray) -> list[OcrLine]:
-        """OCR lines of a photo; the same photo scored again (another claim, a retry) is read once."""
+    def _read_text(self, data: bytes, image: np.ndarray) -> tuple[list[OcrLine], float]:
+        """(OCR lines, seconds spent reading) of a photo; the same photo scored again (another claim, a
+        retry) is read once, and its cached lines cost 0 seconds."""
         key = hashlib.sha256(data).hexdigest()
         with self._lock:
             if key in self._ocr_cache:
                 self._ocr_cache.move_to_end(key)
-                return self._ocr_cache[key]
+                return self._ocr_cache[key], 0.0
+        started = time.perf_counter()
         lines = self.ocr.read(image, budget_ms=self.ocr_budget_ms)
+        seconds = time.perf_counter() - started
+        if self.on_ocr_seconds is not None:
+            self.on_ocr_seconds(seconds)
         with self._lock:
             self._ocr_cache[key] = lines
             if len(self._ocr_cache) > _OCR_CACHE:
                 self._ocr_cache.popitem(last=False)
-        return lines
+        return lines, seconds
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         return embed_images(self.model, crops)
@@ -150,9 +176,9 @@ class ScoringEngine:
     def finish(self, plan: ScorePlan, vectors: np.ndarray, *, record: bool = True) -> ScoreResult:
         with self._lock:  # the catalog session and caches are per engine; searches are cheap
             with self.home.sessions() as session:
-                result = self._finish(session, plan, vectors)
+                result, brand_id = self._finish(session, plan, vectors)
                 if record:
-                    row = self._record(session, plan, result)
+                    row = self._record(session, plan, result, brand_id=brand_id)
                     if result.ocr["serials"]:
                         record_serials(session, self.home, listing_row_id=row.id, brand_id=row.brand_id,
                                        normalized_serials=serials_to_record(result.ocr))
@@ -175,7 +201,8 @@ class ScoringEngine:
         return results
 
     # -- internals ---------------------------------------------------------------------------------
-    def _finish(self, session: Session, plan: ScorePlan, vectors: np.ndarray) -> ScoreResult:
+    def _finish(self, session: Session, plan: ScorePlan, vectors: np.ndarray) -> tuple[ScoreResult, int | None]:
+        """The result and the id of the brand it judged (claimed or best-matching; None: no brand)."""
         request, index = plan.request, self.index
         matches = self._matches(session, plan, vectors)
         brand_id, product_id = plan.brand_id, plan.product_id
@@ -209,12 +236,14 @@ class ScoringEngine:
                     product_score = brand_score
         risk, signals = self.fusion.risk(values)
         product = session.get(Product, product_id) if product_id is not None else None
+        claimed = (Claim(brand=request.brand, product=request.product) if request.title is None else
+                   ListingClaim(brand=request.brand, product=request.product, title=request.title))
         return ScoreResult(
             risk=round(risk, 4),
             decision=self._policy(brand).decide(risk),
             brand=NamedScore(name=brand.name if brand else None, score=_round(brand_score)),
             product=NamedScore(name=product.name if product else None, score=_round(product_score)),
-            claimed=Claim(brand=request.brand, product=request.product),
+            claimed=claimed,
             matches=matches,
             signals=signals,
             model=self.model_tag,
@@ -222,7 +251,7 @@ class ScoringEngine:
             duplicates=self._duplicates(session, plan),
             ocr=ocr,
             image=request.label,
-        )
+        ), brand_id
 
     def _matches(self, session: Session, plan: ScorePlan, vectors: np.ndarray) -> list[Match]:
         """Top references over all regions, each with the region that matched it best."""
@@ -346,10 +375,10 @@ class ScoringEngine:
             takedown_at=brand.takedown_at if brand.takedown_at is not None else default.takedown_at,
         )
 
-    def _record(self, session: Session, plan: ScorePlan, result: ScoreResult) -> Listing:
-        brand_id = None
-        if result.brand.name is not None:
-            brand_id = session.scalar(select(Brand.id).where(Brand.name == result.brand.name))
+    def _record(self, session: Session, plan: ScorePlan, result: ScoreResult, *, brand_id: int | None) -> Listing:
+        summary = {"risk": result.risk, "decision": result.decision.value}
+        if plan.request.title is not None:
+            summary["title"] = plan.request.title
         row = Listing(
                 listing_id=plan.request.listing,
                 seller_id=plan.request.seller,
@@ -359,7 +388,7 @@ class ScoringEngine:
                 risk=result.risk,
                 decision=result.decision.value,
                 model_tag=result.model,
-                result={"risk": result.risk, "decision": result.decision.value},
+                result=summary,
         )
         session.add(row)
         session.flush()

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from sqlalchemy import select
 
 from markguard.serving.brands import add_brand
 from markguard.serving.engine import ScoreRequest, ScoringEngine
 from markguard.serving.enroll import collect_inputs, enroll
 from markguard.serving.models import ensure_default_model
 from markguard.serving.state.home import Home
+from markguard.serving.state.schema import Brand, Listing, Reference
 from markguard.vision.errors import NotFound
 from markguard.vision.scoring import OCR_SIGNAL_NAMES
 
@@ -111,7 +113,9 @@ def test_ocr_evidence_reaches_the_score(grocery: Path, tmp_path: Path) -> None:
     artifact = ensure_default_model(home)
     iconic = next((grocery / "iconic" / "Packages").glob("*/Valio-*/*_Iconic.jpg"))
     enroll(home, artifact, artifact.load_embedder(), brand="Valio", inputs=collect_inputs([iconic]))
-    engine = ScoringEngine(home, ocr_budget_ms=60_000)  # no time pressure: the read must not depend on load
+    read_seconds: list[float] = []
+    engine = ScoringEngine(home, ocr_budget_ms=60_000,  # no time pressure: the read must not depend on load
+                           on_ocr_seconds=read_seconds.append)
     photo = Image.open(iconic).convert("RGB").resize((600, 600))
     font = ImageFont.truetype("DejaVuSans-Bold.ttf", 48)
 
@@ -129,6 +133,9 @@ def test_ocr_evidence_reaches_the_score(grocery: Path, tmp_path: Path) -> None:
     assert any(w["match"] == "near_miss" for w in fake.ocr["wordmarks"]), fake.ocr
     assert fake.signals["wordmark_near_miss"].value == 1.0
     assert fake.signals["serial_invalid"].value == 1.0 and genuine.signals["serial_invalid"].value == 0.0
+    assert len(read_seconds) == 2 and all(s > 0 for s in read_seconds)  # the OCR hook saw each read
+    engine.score(ScoreRequest(label("VALIO", "VL12345674"), brand="Valio"), record=False)
+    assert len(read_seconds) == 2  # the same photo again: its lines are cached, nothing read
     ocr_part = {n: (genuine.signals[n].contribution, fake.signals[n].contribution) for n in OCR_SIGNAL_NAMES}
     logit = lambda r: np.log(r / (1 - r))  # noqa: E731
     assert logit(fake.risk) - logit(genuine.risk) > 3.0, ocr_part
@@ -140,3 +147,22 @@ def test_batched_scores_equal_single_scores(engine: ScoringEngine, grocery: Path
     alone = [engine.score(r, record=False) for r in requests]
     for a, b in zip(together, alone, strict=True):
         assert a.risk == pytest.approx(b.risk, abs=1e-3) and a.decision == b.decision
+
+
+def test_title_is_echoed_and_stored_and_the_listing_keeps_the_judged_brand(engine: ScoringEngine, grocery: Path) -> None:
+    data, title = _val(grocery, MILK, 3), "Arla standard milk 1 l — genuine, sealed"
+    result = engine.score(ScoreRequest(data, listing="T-1", seller="S-9", title=title))
+    assert result.to_dict()["claimed"] == {"brand": None, "product": None, "title": title}
+    assert result.brand.name == "Arla"  # nothing claimed: judged against the best-matching brand
+    with engine.home.sessions() as session:
+        row = session.scalars(select(Listing).where(Listing.listing_id == "T-1")).one()
+        arla = session.scalar(select(Brand.id).where(Brand.name == "Arla"))
+    assert row.result["title"] == title and row.brand_id == arla
+    untitled = engine.score(ScoreRequest(data, brand="arla"), record=False)
+    assert untitled.to_dict()["claimed"] == {"brand": "arla", "product": None}
+
+
+def test_index_size_counts_the_loaded_references(engine: ScoringEngine) -> None:
+    with engine.home.sessions() as session:
+        references = len(session.scalars(select(Reference.id)).all())
+    assert engine.index_size == len(engine.index.ids) == references == 6
