@@ -43,6 +43,7 @@ from markguard.vision.text import CHECKSUMS
 __all__ = ["Backend", "build_app"]
 
 MAX_BATCH_IMAGES = 32
+MAX_TITLE = 500  # characters of a listing title
 _URL = re.compile(r"^\s*[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 Embed = Callable[[np.ndarray], Awaitable[np.ndarray]]
@@ -88,6 +89,11 @@ class ReviewIn(BaseModel):
     listing_id: str = Field(max_length=200)
     label: ReferenceKind
     note: str = Field("", max_length=2000)
+
+
+class EmbedOut(BaseModel):
+    model: str
+    vector: list[float]  # unit length, the model's embedding dimension
 
 
 class KeyIn(BaseModel):
@@ -212,7 +218,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
             except NotFound as exc:
                 raise ApiError(404, str(exc)) from None
         size = b.engine.model.config.input_size
-        crops = np.stack([resize_square(c, size) for p in plans for c in p.crops])
+        crops = await run_in_threadpool(lambda: np.stack([resize_square(c, size) for p in plans for c in p.crops]))
         vectors = await embed_or_503(b, crops)
         out, start = [], 0
         for req, plan in zip(requests, plans, strict=True):
@@ -222,7 +228,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
             LISTINGS_SCORED.labels(route=route).inc()
             DECISIONS.labels(brand=result.brand.name or "-", decision=result.decision.value).inc()
             out.append(result.to_dict())
-        INDEX_SIZE.set(len(b.engine.index.ids))
+        INDEX_SIZE.set(b.engine.index_size)
         return out
 
     async def embed_or_503(b: Backend, crops: np.ndarray) -> np.ndarray:
@@ -231,26 +237,28 @@ def build_app(backend: Backend | None = None) -> FastAPI:
         except ServiceUnavailable:
             raise ApiError(503, "embedder overloaded, retry later", headers={"Retry-After": "1"}) from None
 
-    def claim(form: Any, i: int, name: str) -> str | None:
+    def claim(form: Any, i: int, name: str, *, limit: int = 200) -> str | None:
         values = form.getlist(name)
         value = values[i] if len(values) > 1 and i < len(values) else (values[0] if values else None)
         if value is not None and not isinstance(value, str):
             raise ApiError(422, f"{name} must be a text field")
-        if value is not None and len(value) > 200:
-            raise ApiError(422, f"{name} longer than 200 characters")
+        if value is not None and len(value) > limit:
+            raise ApiError(422, f"{name} longer than {limit} characters")
         return value or None
 
     def request_of(data: bytes, form: Any, i: int) -> ScoreRequest:
         try:
             return ScoreRequest(data, brand=claim(form, i, "brand"), product=claim(form, i, "product"),
-                                seller=claim(form, i, "seller_id"), listing=claim(form, i, "listing_id"))
+                                seller=claim(form, i, "seller_id"), listing=claim(form, i, "listing_id"),
+                                title=claim(form, i, "title", limit=MAX_TITLE))
         except ValueError as exc:
             raise ApiError(422, str(exc)) from None
 
     @app.post("/score", tags=["scoring"], summary="Score one listing photo")
     async def score(request: Request) -> dict[str, Any]:
         """Multipart: `image` (file), and text fields `brand`, `product`, `listing_id`, `seller_id`, `title`.
-        Returns the score JSON (risk, decision, brand, product, matches, ocr, duplicates, signals)."""
+        Returns the score JSON (risk, decision, brand, product, matches, ocr, duplicates, signals); the title
+        is stored with the listing and echoed as `claimed.title`."""
         auth(request, Role.PLATFORM)
         form = await form_of(request)
         data = await photo(form.get("image"))
@@ -258,8 +266,8 @@ def build_app(backend: Backend | None = None) -> FastAPI:
 
     @app.post("/score_batch", tags=["scoring"], summary="Score several listing photos")
     async def score_batch(request: Request) -> dict[str, Any]:
-        """Multipart: `images` (files, repeated, at most 32); `brand`, `product`, `listing_id`, `seller_id`
-        each given once (applies to all) or once per image, in order."""
+        """Multipart: `images` (files, repeated, at most 32); `brand`, `product`, `listing_id`, `seller_id`,
+        `title` each given once (applies to all) or once per image, in order."""
         auth(request, Role.PLATFORM)
         form = await form_of(request)
         files = form.getlist("images")
@@ -269,22 +277,23 @@ def build_app(backend: Backend | None = None) -> FastAPI:
         return {"results": await score_photos(be(request), [request_of(d, form, i) for i, d in enumerate(datas)],
                                               "score_batch")}
 
-    @app.post("/embed", tags=["scoring"], summary="Embed one photo (the whole frame)")
-    async def embed(request: Request) -> dict[str, Any]:
+    @app.post("/embed", tags=["scoring"], summary="Embed one photo (the whole frame)",
+              response_model=EmbedOut)
+    async def embed(request: Request) -> JSONResponse:
         """Multipart `image`; returns the model's unit vector for the whole photo (the embedding-only path)."""
         auth(request, Role.PLATFORM)
         form = await form_of(request)
         data = await photo(form.get("image"))
         b = be(request)
-        try:
-            pixels = await run_in_threadpool(decode_image, data)
+        size = b.engine.model.config.input_size
+        try:  # decode and resize off the event loop, in one hop
+            crop = await run_in_threadpool(lambda: resize_square(decode_image(data), size)[None])
         except UnsupportedFormat as exc:
             raise ApiError(415, str(exc)) from None
         except ImageError as exc:
             raise ApiError(422, str(exc)) from None
-        crop = resize_square(pixels, b.engine.model.config.input_size)[None]
         vector = await embed_or_503(b, crop)
-        return {"model": b.engine.model_tag, "vector": [round(float(v), 6) for v in vector[0]]}
+        return JSONResponse({"model": b.engine.model_tag, "vector": vector[0].astype(np.float64).round(6).tolist()})
 
     # -- brands -------------------------------------------------------------------------------------
     @app.post("/brands", tags=["brands"], status_code=201, summary="Create a brand (admin)")

@@ -6,41 +6,22 @@ so each worker writes its values to that folder and `/metrics` adds up every wor
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["LISTINGS_SCORED", "DECISIONS", "OCR_SECONDS", "INDEX_SIZE", "EMBED_BATCH", "TimedOcr"]
+__all__ = ["LISTINGS_SCORED", "DECISIONS", "OCR_SECONDS", "INDEX_SIZE", "EMBED_BATCH"]
 
 LISTINGS_SCORED = Counter(
-    "markguard_listings_scored","Listing photos scored", labelnames=["route"])
+    "markguard_listings_scored", "Listing photos scored", labelnames=["route"])
 DECISIONS = Counter(
-    "markguard_decisions","Decisions by brand (the claimed or matched brand)",
+    "markguard_decisions", "Decisions by brand (the claimed or matched brand)",
     labelnames=["brand", "decision"])
 OCR_SECONDS = Histogram(
-    "markguard_ocr_seconds","Time spent reading text per OCR call",
+    "markguard_ocr_seconds", "Seconds reading one photo's text (the engine's on_ocr_seconds; cached photos not counted)",
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0))
 INDEX_SIZE = Gauge(
-    "markguard_index_size","Reference vectors in the loaded index",
+    "markguard_index_size", "Reference vectors in the loaded index",
     multiprocess_mode="max")
 EMBED_BATCH = Histogram(
-    "markguard_embed_batch_size","Crops per forward pass of the batched embedder",
+    "markguard_embed_batch_size", "Crops per forward pass of the batched embedder",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 
-
-class TimedOcr:
-    """Wraps the engine's OCR reader so each `read` lands in OCR_SECONDS; everything else passes through."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def read(self, *args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return self._inner.read(*args, **kwargs)
-        finally:
-            OCR_SECONDS.observe(time.perf_counter() - started)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)

@@ -8,10 +8,18 @@ Two services in one deployment:
   forward passes go to `Embedder`. `MARKGUARD_BATCHING=0` runs them in the worker instead, one per
   request (the naive baseline of `markguard bench serve`).
 
-Each worker loads everything in `__init__`, so BentoML's `/readyz` answers 200 only once all is loaded.
-Torch, FAISS and OpenCV threads are set per process (BentoML does not divide cores between workers): the
-cores are split between the scoring workers and the embedder, as oversubscribed OpenMP threads spin
-and slow every process down (on 2 shared cores, 2 torch threads ran Lite0 5× slower than 1).
+Each worker loads everything in `__init__`, and `__is_ready__` checks it (model, index, and the OCR
+reader when on), so BentoML's `/readyz` answers 200 only once all is loaded.
+
+Torch, FAISS and OpenCV threads are set per process (BentoML does not divide cores between workers).
+The embedder runs one batch at a time, so it gets `MARKGUARD_EMBED_THREADS` (default: the cores less one
+per scoring worker, at least 1) and each scoring worker one thread: a worker's own work (HTTP, decode,
+resize) is single-threaded per request, and oversubscribed OpenMP threads spin and slow every process down
+(on 2 shared cores, 2 torch threads ran Lite0 5× slower than 1 while another process trained).
+
+Batches are small by default on CPU (`MARKGUARD_MAX_BATCH`, crops per forward pass): Lite0 at 224 px on
+2 EPYC cores ran 37 images/s at batch 4 and 25 at batch 16, as a large batch's activations leave the
+cache; on a GPU raise it.
 """
 
 from __future__ import annotations
@@ -28,14 +36,16 @@ from markguard.serving.limits import GuardMiddleware, RateLimiter, configure_log
 __all__ = ["Markguard", "Embedder"]
 
 WORKERS = max(1, int(os.environ.get("MARKGUARD_WORKERS", "1")))
-MAX_BATCH = int(os.environ.get("MARKGUARD_MAX_BATCH", "64"))  # crops per forward pass
+MAX_BATCH = int(os.environ.get("MARKGUARD_MAX_BATCH", "4"))  # crops per forward pass (CPU; see above)
 MAX_LATENCY_MS = int(os.environ.get("MARKGUARD_MAX_LATENCY_MS", "60000"))  # a batch's wait budget
+EMBED_THREADS = max(1, int(os.environ.get("MARKGUARD_EMBED_THREADS") or os.environ.get("MARKGUARD_THREADS") or "1"))
+EMBED_WORKERS = max(1, int(os.environ.get("MARKGUARD_EMBED_WORKERS") or (os.cpu_count() or 1) // EMBED_THREADS))
 
 
-def _threads(share: int) -> int:
-    """Threads for one process that shares the machine with `share` others (MARKGUARD_THREADS overrides)."""
-    given = int(os.environ.get("MARKGUARD_THREADS", "0"))
-    return given if given > 0 else max(1, (os.cpu_count() or 1) // max(1, share))
+def _threads(variable: str, default: int) -> int:
+    """Threads for this process: `variable`, else MARKGUARD_THREADS, else `default` (at least 1)."""
+    given = int(os.environ.get(variable) or os.environ.get("MARKGUARD_THREADS") or "0")
+    return given if given > 0 else max(1, default)
 
 
 def _set_threads(n: int) -> None:
@@ -54,14 +64,14 @@ def _home():
     return Home(os.environ.get("MARKGUARD_HOME", ".markguard"))
 
 
-@bentoml.service(name="markguard-embedder", workers=1, traffic={"timeout": 120})
+@bentoml.service(name="markguard-embedder", workers=EMBED_WORKERS, traffic={"timeout": 120})
 class Embedder:
     """The model behind adaptive batching: (N, S, S, 3) uint8 crops → (N, dim) unit vectors."""
 
     def __init__(self) -> None:
         from markguard.serving.models import ensure_default_model
 
-        _set_threads(_threads(WORKERS + 1))  # it shares the cores with the scoring workers
+        _set_threads(EMBED_THREADS)
         artifact = ensure_default_model(_home())
         self.model = artifact.load_embedder(device="cpu", fuse=True)
 
@@ -87,16 +97,17 @@ class Markguard:
 
     def __init__(self) -> None:
         from markguard.serving.engine import ScoringEngine
-        from markguard.serving.metrics import INDEX_SIZE, TimedOcr
+        from markguard.serving.metrics import INDEX_SIZE, OCR_SECONDS
 
         configure_logging()
-        _set_threads(_threads(WORKERS + 1))
-        ocr = os.environ.get("MARKGUARD_OCR", "1") != "0"
-        engine = ScoringEngine(_home(), ocr=ocr)
-        if engine.ocr is not None:
-            engine.ocr = TimedOcr(engine.ocr)
-        INDEX_SIZE.set(len(engine.index.ids))
-        if os.environ.get("MARKGUARD_BATCHING", "1") == "0":
+        naive = os.environ.get("MARKGUARD_BATCHING", "1") == "0"
+        # the naive baseline runs its forward passes here, one per request, side by side in threads
+        _set_threads(_threads("MARKGUARD_WORKER_THREADS", 1))
+        self.ocr_on = os.environ.get("MARKGUARD_OCR", "1") != "0"
+        engine = ScoringEngine(_home(), ocr=self.ocr_on, on_ocr_seconds=OCR_SECONDS.observe)
+        self.engine = engine
+        INDEX_SIZE.set(engine.index_size)
+        if naive:
             embed = local_embed(engine)
         else:
             async def embed(crops: np.ndarray) -> np.ndarray:
@@ -108,8 +119,13 @@ class Markguard:
         rate = float(os.environ.get("MARKGUARD_RATE", "50"))  # requests/s per key, per worker
         burst = int(os.environ.get("MARKGUARD_BURST", "100"))
         api_app.state.backend = Backend(engine=engine, embed=embed, limiter=RateLimiter(rate=rate, burst=burst))
-        log.info("worker ready", extra={"fields": {"model": engine.model_tag, "ocr": ocr,
-                                                   "index_size": len(engine.index.ids)}})
+        log.info("worker ready", extra={"fields": {"model": engine.model_tag, "ocr": self.ocr_on,
+                                                   "index_size": engine.index_size, "batching": not naive}})
+
+    def __is_ready__(self) -> bool:
+        """BentoML's `/readyz`: the model, the index and (when on) the OCR reader are loaded."""
+        engine = self.engine
+        return engine.model is not None and engine.index_size >= 0 and (engine.ocr is not None or not self.ocr_on)
 
 
 Markguard.add_asgi_middleware(GuardMiddleware)

@@ -105,7 +105,7 @@ def test_score_returns_the_score_json_and_counts_it(client, api_home):
     assert r.status_code == 200, r.text
     body = r.json()
     assert 0 <= body["risk"] <= 1 and body["decision"] in ("pass", "review", "takedown")
-    assert body["claimed"] == {"brand": "Oatly", "product": None}
+    assert body["claimed"] == {"brand": "Oatly", "product": None, "title": "oat yoghurt"}
     assert body["matches"] and body["brand"]["name"] == "Oatly"
     assert REGISTRY.get_sample_value("markguard_listings_scored_total", {"route": "score"}) == before + 1
 
@@ -118,6 +118,20 @@ def test_score_batch_and_embed(client, api_home, engine):
     assert len(r.json()["results"]) == 2
     vector = np.array(call(client, "POST", "/embed", key, files={"image": photo(api_home)}).json()["vector"])
     assert vector.shape == (engine.model.config.embedding_dim,) and abs(np.linalg.norm(vector) - 1) < 1e-3
+
+
+def test_title_is_stored_with_the_listing_and_bounded(client, api_home, engine):
+    from sqlalchemy import select
+
+    from markguard.serving.state.schema import Listing
+
+    key, title = api_home.keys["platform"], "Oatly Barista 1 l ∙ original"
+    r = call(client, "POST", "/score", key, files={"image": photo(api_home, 1)}, data={"listing_id": "T-9", "title": title})
+    assert r.status_code == 200 and r.json()["claimed"]["title"] == title
+    with engine.home.sessions() as session:
+        assert session.scalars(select(Listing).where(Listing.listing_id == "T-9")).one().result["title"] == title
+    r = call(client, "POST", "/score", key, files={"image": photo(api_home, 1)}, data={"title": "x" * 501})
+    assert r.status_code == 422 and "title" in r.json()["error"]
 
 
 def test_unknown_claimed_brand_is_404(client, api_home):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +17,20 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _count_references(root) -> int:
+    from sqlalchemy import func, select
+
+    from markguard.serving.state.home import Home
+    from markguard.serving.state.schema import Reference
+
+    home = Home(root)
+    try:
+        with home.sessions() as session:
+            return session.scalar(select(func.count(Reference.id)))
+    finally:
+        home.close()
 
 
 def test_markguard_serve_scores_a_real_photo(api_home, tmp_path):
@@ -40,16 +55,21 @@ def test_markguard_serve_scores_a_real_photo(api_home, tmp_path):
             time.sleep(0.5)
         headers = {"Authorization": f"Bearer {api_home.keys['platform']}"}
         photo = api_home.photos[0]
-        r = httpx.post(url + "/score", headers=headers, timeout=120, data={"brand": "Oatly", "listing_id": "srv-1"},
+        r = httpx.post(url + "/score", headers=headers, timeout=120,
+                       data={"brand": "Oatly", "listing_id": "srv-1", "title": "Oatly oat drink"},
                        files={"image": (photo.name, photo.read_bytes(), "image/jpeg")})
         assert r.status_code == 200, r.text
         body = r.json()
-        assert body["claimed"]["brand"] == "Oatly" and 0 <= body["risk"] <= 1 and "lines" in body["ocr"]
+        assert body["claimed"] == {"brand": "Oatly", "product": None, "title": "Oatly oat drink"}
+        assert 0 <= body["risk"] <= 1 and "lines" in body["ocr"]
         assert r.headers["x-request-id"]
         assert httpx.post(url + "/score", files={"image": ("a.jpg", b"x")}, timeout=30).status_code == 401
         metrics = httpx.get(url + "/metrics", timeout=30).text
         assert 'markguard_listings_scored_total{route="score"} 1.0' in metrics
-        assert "bentoml_service_adaptive_batch_size" in metrics and "markguard_index_size" in metrics
+        assert "bentoml_service_adaptive_batch_size" in metrics
+        references = _count_references(api_home.root)
+        assert re.search(rf"^markguard_index_size(\{{[^}}]*\}})? {references}\.0$", metrics, re.M), metrics
+        assert re.search(r"^markguard_ocr_seconds_count(\{[^}]*\})? 1\.0$", metrics, re.M)  # the photo was read once
         assert "/brands/{brand}/references" in httpx.get(url + "/docs.json", timeout=30).json()["paths"]
     finally:
         if proc.poll() is None:
