@@ -32,6 +32,7 @@ import numpy as np
 __all__ = ["get_args_parser", "main"]
 
 _DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "grocery-packages"
+_REQUEST_TIMEOUT = 120.0  # seconds; a request slower than this fails the run (and stops the servers)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -160,7 +161,8 @@ async def _run_clients(port: int, route: str, encoded: list[bytes], *, concurren
         try:
             while time.perf_counter() < deadline and (i := next(counter, None)) is not None:
                 t = time.perf_counter()
-                status, body, keep = await _exchange(reader, writer, encoded[i % len(encoded)])
+                status, body, keep = await asyncio.wait_for(_exchange(reader, writer, encoded[i % len(encoded)]),
+                                                            timeout=_REQUEST_TIMEOUT)
                 if status != 200:
                     raise RuntimeError(f"{route}: {status} {body[:200]!r}")
                 latencies.append(time.perf_counter() - t)

@@ -12,14 +12,16 @@ Each worker loads everything in `__init__`, and `__is_ready__` checks it (model,
 reader when on), so BentoML's `/readyz` answers 200 only once all is loaded.
 
 Torch, FAISS and OpenCV threads are set per process (BentoML does not divide cores between workers).
-The embedder runs one batch at a time, so it gets `MARKGUARD_EMBED_THREADS` (default: the cores less one
-per scoring worker, at least 1) and each scoring worker one thread: a worker's own work (HTTP, decode,
-resize) is single-threaded per request, and oversubscribed OpenMP threads spin and slow every process down
-(on 2 shared cores, 2 torch threads ran Lite0 5× slower than 1 while another process trained).
+`Embedder` runs `MARKGUARD_EMBED_WORKERS` processes (default: one per core) of `MARKGUARD_EMBED_THREADS`
+threads (default 1), and each scoring worker one thread (`MARKGUARD_WORKER_THREADS`): a worker's own work
+(HTTP, decode, resize) is light, and a multi-threaded forward pass stalls at every OpenMP barrier whenever
+another process takes one of its cores. On 2 cores, `markguard bench serve` (concurrency 16, embedding
+only) measured 16 images/s with one 1-thread embedder, 15-19 with one 2-thread embedder (passive OpenMP
+waits or not) and 29 with two 1-thread embedders.
 
-Batches are small by default on CPU (`MARKGUARD_MAX_BATCH`, crops per forward pass): Lite0 at 224 px on
-2 EPYC cores ran 37 images/s at batch 4 and 25 at batch 16, as a large batch's activations leave the
-cache; on a GPU raise it.
+Batches are small by default on CPU (`MARKGUARD_MAX_BATCH`, crops per forward pass; larger inputs are
+split): Lite0 at 224 px on 2 EPYC cores ran 55 images/s at batch 4, 40 at batch 8 and 32 at batch 16, as a
+large batch's activations leave the cache. On a GPU raise it.
 """
 
 from __future__ import annotations

@@ -16,7 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--workers", type=int, default=None,
-                   help="scoring worker processes (default: MARKGUARD_WORKERS or 1); threads are divided among them")
+                   help="scoring worker processes (default: MARKGUARD_WORKERS or 1), one thread each")
+    p.add_argument("--embed-workers", type=int, default=None,
+                   help="embedder processes behind adaptive batching (default: MARKGUARD_EMBED_WORKERS, else one per "
+                        "core), each with MARKGUARD_EMBED_THREADS threads (default 1)")
     add_home_argument(p)
     p.set_defaults(func=cmd_serve)
 
@@ -30,6 +33,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["MARKGUARD_HOME"] = str(home.root)
     if args.workers is not None:
         os.environ["MARKGUARD_WORKERS"] = str(max(1, args.workers))
+    if args.embed_workers is not None:
+        os.environ["MARKGUARD_EMBED_WORKERS"] = str(max(1, args.embed_workers))
     os.environ.setdefault("BENTOML_HOME", str(home.root / "bentoml"))
     argv = [sys.executable, "-m", "bentoml", "serve", "markguard.serving.service:Markguard",
             "--host", args.host, "--port", str(args.port)]
