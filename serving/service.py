@@ -12,8 +12,9 @@ Each worker loads everything in `__init__`, and `__is_ready__` checks it (model,
 reader when on), so BentoML's `/readyz` answers 200 only once all is loaded.
 
 Torch, FAISS and OpenCV threads are set per process (BentoML does not divide cores between workers).
-`Embedder` runs `MARKGUARD_EMBED_WORKERS` processes (default: one per core) of `MARKGUARD_EMBED_THREADS`
-threads (default 1), and each scoring worker one thread (`MARKGUARD_WORKER_THREADS`): a worker's own work
+`Embedder` runs `MARKGUARD_EMBED_WORKERS` processes (default: one per core, at most 4) of
+`MARKGUARD_EMBED_THREADS` threads (default: the cores shared among them; 1 on up to 4 cores), and each
+scoring worker one thread (`MARKGUARD_WORKER_THREADS`): a worker's own work
 (HTTP, decode, resize) is light, and a multi-threaded forward pass stalls at every OpenMP barrier whenever
 another process takes one of its cores. On 2 cores, `markguard bench serve` (concurrency 16, embedding
 only) measured 16 images/s with one 1-thread embedder, 15-19 with one 2-thread embedder (passive OpenMP
@@ -40,8 +41,11 @@ __all__ = ["Markguard", "Embedder"]
 WORKERS = max(1, int(os.environ.get("MARKGUARD_WORKERS", "1")))
 MAX_BATCH = int(os.environ.get("MARKGUARD_MAX_BATCH", "4"))  # crops per forward pass (CPU; see above)
 MAX_LATENCY_MS = int(os.environ.get("MARKGUARD_MAX_LATENCY_MS", "60000"))  # a batch's wait budget
-EMBED_THREADS = max(1, int(os.environ.get("MARKGUARD_EMBED_THREADS") or os.environ.get("MARKGUARD_THREADS") or "1"))
-EMBED_WORKERS = max(1, int(os.environ.get("MARKGUARD_EMBED_WORKERS") or (os.cpu_count() or 1) // EMBED_THREADS))
+_CORES = os.cpu_count() or 1
+# embedder processes: one per core up to 4 (each holds its own torch and model, ~0.7 GB), then more threads each
+EMBED_WORKERS = max(1, int(os.environ.get("MARKGUARD_EMBED_WORKERS") or min(_CORES, 4)))
+EMBED_THREADS = max(1, int(os.environ.get("MARKGUARD_EMBED_THREADS") or os.environ.get("MARKGUARD_THREADS")
+                           or _CORES // EMBED_WORKERS))
 
 
 def _threads(variable: str, default: int) -> int:
@@ -125,9 +129,13 @@ class Markguard:
                                                    "index_size": engine.index_size, "batching": not naive}})
 
     def __is_ready__(self) -> bool:
-        """BentoML's `/readyz`: the model, the index and (when on) the OCR reader are loaded."""
+        """BentoML's `/readyz`: the model, the index and (when on) the OCR reader are loaded. Each probe
+        also refreshes the index-size gauge, so it follows enrollments between scoring calls."""
+        from markguard.serving.metrics import INDEX_SIZE
+
         engine = self.engine
-        return engine.model is not None and engine.index_size >= 0 and (engine.ocr is not None or not self.ocr_on)
+        INDEX_SIZE.set(engine.index_size)
+        return engine.model is not None and engine.index is not None and (engine.ocr is not None or not self.ocr_on)
 
 
 Markguard.add_asgi_middleware(GuardMiddleware)

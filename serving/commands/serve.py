@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="scoring worker processes (default: MARKGUARD_WORKERS or 1), one thread each")
     p.add_argument("--embed-workers", type=int, default=None,
                    help="embedder processes behind adaptive batching (default: MARKGUARD_EMBED_WORKERS, else one per "
-                        "core), each with MARKGUARD_EMBED_THREADS threads (default 1)")
+                        "core up to 4), each with MARKGUARD_EMBED_THREADS threads (default: cores / processes)")
     add_home_argument(p)
     p.set_defaults(func=cmd_serve)
 

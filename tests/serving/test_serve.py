@@ -37,7 +37,7 @@ def test_markguard_serve_scores_a_real_photo(api_home, tmp_path):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
-    env = {**os.environ, "MARKGUARD_THREADS": "1"}
+    env = {**os.environ, "MARKGUARD_THREADS": "1", "MARKGUARD_EMBED_WORKERS": "2"}  # requests shared by two embedders
     proc = subprocess.Popen(
         [sys.executable, "-m", "markguard.serving.cli", "serve", "--home", str(api_home.root), "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1"],
