@@ -32,7 +32,7 @@ from markguard.vision.geometry import LocalFeatures, extract_features, match_fea
 from markguard.vision.index import KIND_CODES, ReferenceIndex, read_manifest
 from markguard.vision.ocr import OcrEngine, OcrLine, shared_ocr_engine
 from markguard.vision.phash import hamming_many, phash
-from markguard.vision.regions import Region, crop, propose_regions
+from markguard.vision.regions import Region, region_crops
 from markguard.vision.scoring import (
     SIGNAL_NAMES,
     Claim,
@@ -41,7 +41,7 @@ from markguard.vision.scoring import (
     NamedScore,
     Policy,
     ScoreResult,
-    geometry_signals,
+    claim_geometry,
     ocr_signals,
     region_signals,
 )
@@ -50,7 +50,6 @@ __all__ = ["ScoringEngine", "ScoreRequest", "ScorePlan", "ListingClaim"]
 
 TOP_MATCHES = 5
 _SEARCH_K = 20  # neighbours per region before merging
-_GEOMETRY_REFERENCES = 3  # the claim's top genuine references checked for shape agreement
 _RERANK = 5  # an unclaimed photo's nearest genuine references re-ranked by geometry
 _DUPLICATE_BITS = 8  # re-encoded, resized or 2%-cropped copies measured ≤ 10 bits apart; distinct photos ≥ 10, 1st percentile 20
 _FEATURE_CACHE = 2048  # reference feature sets kept in memory
@@ -147,8 +146,7 @@ class ScoringEngine:
         image = decode_image(request.data)
         lines, ocr_seconds = self._read_text(request.data, image) if self.ocr is not None else (None, 0.0)
         text_boxes = [line.box for line in lines or []]
-        regions = propose_regions(image, max_regions=self.max_regions, text_boxes=text_boxes)
-        crops = [image if r.box == (0, 0, image.shape[1], image.shape[0]) else crop(image, r) for r in regions]
+        regions, crops = region_crops(image, max_regions=self.max_regions, text_boxes=text_boxes)
         return ScorePlan(request, brand_id, product_id, image, regions, crops, started, lines, ocr_seconds=ocr_seconds)
 
     def _read_text(self, data: bytes, image: np.ndarray) -> tuple[list[OcrLine], float]:
@@ -304,14 +302,8 @@ class ScoringEngine:
         self, plan: ScorePlan, vector: np.ndarray, *, brand_id: int, product_id: int | None, matches: list[Match]
     ) -> dict[str, float | None]:
         """Shape agreement between the photo and the claim's references nearest to its best region."""
-        hits = self.index.search(vector, _GEOMETRY_REFERENCES, brand_id=brand_id, product_id=product_id,
-                                 kind="genuine")
-        ref_ids = [int(i) for i in hits.ids[0] if i >= 0]
-        if not ref_ids:
-            return {}
-        query = self._query_features(plan)
-        values, found = geometry_signals(query, [self._reference_features(i) for i in ref_ids])
-        by_id = dict(zip(ref_ids, found, strict=True))
+        values, by_id = claim_geometry(self.index, vector, lambda: self._query_features(plan),
+                                       self._reference_features, brand_id=brand_id, product_id=product_id)
         for i, match in enumerate(matches):
             if match.reference_id in by_id:
                 matches[i] = dataclasses.replace(match, inliers=by_id[match.reference_id].inliers)

@@ -22,12 +22,17 @@ import torch
 from markguard.training.args import add_evaluate_arguments
 from markguard.training.artifacts import json_metrics, resolve_model
 from markguard.training.data import EvalSet, load_images, make_eval_set, read_items
-from markguard.training.evaluation import add_geometry, evaluate_embeddings, make_claims
+from markguard.training.evaluation import (
+    add_geometry,
+    evaluate_embeddings,
+    make_claims,
+    query_region_crops,
+    split_blocks,
+)
 from markguard.training.plots import plot_per_brand, plot_roc
 from markguard.vision.artifact import ModelArtifact
 from markguard.vision.embed import embed_images
 from markguard.vision.geometry import extract_features
-from markguard.vision.regions import region_crops
 from markguard.vision.scoring import Fusion
 
 __all__ = ["get_args_parser", "main", "evaluate_artifact", "format_report"]
@@ -47,14 +52,8 @@ def evaluate_artifact(artifact: ModelArtifact, eval_set: EvalSet, *, device: str
     model = artifact.load_embedder(device=device)
     refs = embed_images(model, load_images(eval_set.references), batch_size=batch_size, progress=progress)
     max_regions = int(artifact.fusion.get("max_regions", 6)) if regions else 1
-    crops: list[np.ndarray] = []
-    counts = []
-    for image in load_images(eval_set.queries):
-        _, found = region_crops(image, max_regions=max_regions)
-        crops += found
-        counts.append(len(found))
-    stacked = embed_images(model, crops, batch_size=batch_size, progress=progress)
-    queries = np.split(stacked, np.cumsum(counts)[:-1]) if counts else []
+    crops, counts = query_region_crops(load_images(eval_set.queries), max_regions=max_regions)
+    queries = split_blocks(embed_images(model, crops, batch_size=batch_size, progress=progress), counts)
     fusion = Fusion(artifact.fusion) if use_fusion else None
     claims = make_claims(eval_set, refs, queries, seed=seed)
     if geometry is None:

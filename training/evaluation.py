@@ -21,9 +21,11 @@ from markguard.training.data import EvalSet, Item
 from markguard.training.metrics import map_at_r, recall_at_k, roc_auc, roc_curve, tpr_at_fpr
 from markguard.vision.geometry import LocalFeatures
 from markguard.vision.index import KIND_CODES, ReferenceIndex
+from markguard.vision.regions import region_crops
 from markguard.vision.scoring import Fusion, claim_geometry, region_signals
 
-__all__ = ["ClaimSet", "QueryVectors", "as_regions", "build_index", "make_claims", "add_geometry",
+__all__ = ["ClaimSet", "QueryVectors", "as_regions", "query_region_crops", "split_blocks", "build_index", "make_claims",
+           "add_geometry",
            "evaluate_embeddings", "bootstrap_intervals", "STRENGTH_BINS"]
 
 QueryVectors = np.ndarray | Sequence[np.ndarray]  # (Q, d) full photos, or per query (regions, d), full photo first
@@ -121,6 +123,23 @@ def make_claims(eval_set: EvalSet, ref_vectors: np.ndarray, query_vectors: Query
     )
 
 
+def query_region_crops(images: Sequence[np.ndarray], *, max_regions: int) -> tuple[list[np.ndarray], list[int]]:
+    """Every query photo's region crops as serving proposes them (full photo first), stacked, and how
+    many each photo has (`split_blocks` turns their vectors back into per-query blocks)."""
+    crops: list[np.ndarray] = []
+    counts = []
+    for image in images:
+        _, found = region_crops(image, max_regions=max_regions)
+        crops += found
+        counts.append(len(found))
+    return crops, counts
+
+
+def split_blocks(vectors: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
+    """Stacked region vectors split into one (regions, d) block per query."""
+    return np.split(vectors, np.cumsum(counts)[:-1]) if len(counts) else []
+
+
 def add_geometry(claims: ClaimSet, query_vectors: QueryVectors, query_features: Sequence[LocalFeatures],
                  reference_features: Sequence[LocalFeatures]) -> None:
     """Add the geometry signals serving computes to every claim, in place: shape agreement between the
@@ -128,8 +147,8 @@ def add_geometry(claims: ClaimSet, query_vectors: QueryVectors, query_features: 
     regions = as_regions(query_vectors)
     for c, values in enumerate(claims.values):
         q, region = int(claims.query[c]), int(claims.region[c])
-        geometry, _ = claim_geometry(claims.index, regions[q][region : region + 1], query_features[q],
-                                     lambda ref_id: reference_features[ref_id], brand_id=int(claims.brand_id[c]),
+        geometry, _ = claim_geometry(claims.index, regions[q][region : region + 1], lambda q=q: query_features[q],
+                                     reference_features.__getitem__, brand_id=int(claims.brand_id[c]),
                                      product_id=claims.product_id[c])
         values.update(geometry)
 

@@ -7,6 +7,7 @@ One linear loop (torchvision references style): data â†’ cached frozen prefix â†
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import time
@@ -39,14 +40,20 @@ from markguard.training.data import (
     mark_view,
     read_items,
 )
-from markguard.training.evaluation import ClaimSet, add_geometry, evaluate_embeddings, make_claims
+from markguard.training.evaluation import (
+    ClaimSet,
+    add_geometry,
+    evaluate_embeddings,
+    make_claims,
+    query_region_crops,
+    split_blocks,
+)
 from markguard.training.fusion import fit_fusion, threshold_at_fpr
 from markguard.training.losses import create_loss
 from markguard.training.model import SplitEmbedder, build_model, cache_prefix, embed_cached
 from markguard.training.plots import plot_loss, plot_per_brand, plot_roc
 from markguard.vision.artifact import write_artifact
 from markguard.vision.geometry import extract_features
-from markguard.vision.regions import region_crops
 from markguard.vision.scoring import Fusion
 
 __all__ = ["get_args_parser", "main", "train_one_epoch", "evaluate"]
@@ -102,16 +109,12 @@ def _load_data(config: dict[str, Any]) -> tuple[list[Item], dict[str, EvalSet], 
 
 def _fingerprint(config: dict[str, Any], *parts: Any) -> str:
     """What a cached part was computed from: the named config sections (strings) and any other data."""
-    import hashlib
-
     data = [config[p] if isinstance(p, str) else p for p in parts]
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _share(name: str) -> float:
     """A stable number in [0, 1) from a file name (the hold-out draw, the same on every machine)."""
-    import hashlib
-
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
 
 
@@ -157,13 +160,8 @@ def _cache_eval(split: SplitEmbedder, es: EvalSet, config: dict[str, Any], devic
     """Prefix features of the references (whole images) and of every query's regions, as serving crops
     them (`eval.max_regions`; full photo first), with `query_regions` = regions per query."""
     cfg = split.model.config
-    max_regions = int(config["eval"]["max_regions"])
-    crops: list[np.ndarray] = []
-    counts = []
-    for image in load_images(es.queries):  # eval photos are few and small enough to hold as crops
-        _, found = region_crops(image, max_regions=max_regions)
-        crops += found
-        counts.append(len(found))
+    # eval photos are few and small enough to hold as crops
+    crops, counts = query_region_crops(load_images(es.queries), max_regions=int(config["eval"]["max_regions"]))
     refs = es.references
     return {
         "references": cache_prefix(split, lambda a, b: eval_transform(load_images(refs[a:b]), cfg), len(refs),
@@ -174,11 +172,6 @@ def _cache_eval(split: SplitEmbedder, es: EvalSet, config: dict[str, Any], devic
                                 desc=f"caching {es.name} query regions"),
         "query_regions": torch.tensor(counts, dtype=torch.long),
     }
-
-
-def _blocks(vectors: np.ndarray, counts: torch.Tensor) -> list[np.ndarray]:
-    """Split stacked region vectors into one (regions, d) block per query."""
-    return np.split(vectors, np.cumsum(counts.numpy())[:-1]) if len(counts) else []
 
 
 # -- the loop --------------------------------------------------------------------------------------------------------
@@ -215,7 +208,7 @@ def evaluate(embed, eval_sets: dict[str, EvalSet], caches: dict[str, dict[str, t
     out = {}
     for name, es in eval_sets.items():
         c = caches[name]
-        refs, queries = embed(c["references"]), _blocks(embed(c["queries"]), c["query_regions"])
+        refs, queries = embed(c["references"]), split_blocks(embed(c["queries"]), c["query_regions"].tolist())
         out[name] = evaluate_embeddings(es, refs, queries, fusion=fusion, seed=seed)
     return out
 
@@ -389,8 +382,8 @@ def finish(*, split: SplitEmbedder, config: dict[str, Any], run_dir: Path, eval_
     device = config["device"]
     c = config["calibration"]
     vectors = {n: (embed_cached(split, eval_caches[n]["references"], device=device),
-                   _blocks(embed_cached(split, eval_caches[n]["queries"], device=device),
-                           eval_caches[n]["query_regions"])) for n in eval_sets}
+                   split_blocks(embed_cached(split, eval_caches[n]["queries"], device=device),
+                                eval_caches[n]["query_regions"].tolist())) for n in eval_sets}
     claim_sets = {n: make_claims(es, *vectors[n], seed=config["seed"]) for n, es in eval_sets.items()}
     if c["geometry"]:
         for n, es in eval_sets.items():
@@ -487,8 +480,6 @@ def _local_features(items: Sequence[Item], desc: str) -> list:
 
 
 def _state_hash(state: dict[str, torch.Tensor]) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for k in sorted(state):
         h.update(k.encode())
@@ -497,8 +488,6 @@ def _state_hash(state: dict[str, torch.Tensor]) -> str:
 
 
 def _combined(hashes: dict[str, str]) -> str:
-    import hashlib
-
     return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
 
 

@@ -150,7 +150,7 @@ GEOMETRY_REFERENCES = 3  # the claim's nearest genuine references checked for sh
 def claim_geometry(
     index: ReferenceIndex,
     vector: np.ndarray,
-    query: LocalFeatures,
+    query_features: Callable[[], LocalFeatures],
     reference_features: Callable[[int], LocalFeatures],
     *,
     brand_id: int,
@@ -159,13 +159,14 @@ def claim_geometry(
 ) -> tuple[dict[str, float | None], dict[int, GeometryMatch]]:
     """Geometry signals of a claim: the photo's local features against the claim's `k` genuine
     references nearest to `vector` (the region that spoke for it). Training and serving both call this.
+    Features are fetched through the callables, only when the claim has references to check.
     Returns the signals and each checked reference id's match ({} and no signals when the claim has none)."""
     hits = index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k, brand_id=brand_id,
                         product_id=product_id, kind="genuine")
     ref_ids = [int(i) for i in hits.ids[0] if i >= 0]
     if not ref_ids:
         return {}, {}
-    values, found = geometry_signals(query, [reference_features(i) for i in ref_ids])
+    values, found = geometry_signals(query_features(), [reference_features(i) for i in ref_ids])
     return values, dict(zip(ref_ids, found, strict=True))
 
 
