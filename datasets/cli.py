@@ -7,6 +7,7 @@ Each build command takes `--out DIR` (refused if it holds another build, unless 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -103,10 +104,11 @@ def _finish(report: BuildReport, stats: dict[str, Any], started: float) -> int:
 
 
 def _import_folder(args: argparse.Namespace) -> int:
-    from markguard.datasets.import_folder import ImportOptions, ZipLimits, build_import
+    from markguard.datasets.import_folder import IMPORT_LIMITS, ImportOptions, build_import
 
     started = time.monotonic()
-    limits = ZipLimits(max_members=args.max_members, max_total_bytes=args.max_total_mb * 1024**2, max_ratio=args.max_ratio)
+    limits = dataclasses.replace(IMPORT_LIMITS, max_members=args.max_members,
+                                 max_total_bytes=args.max_total_mb * 1024**2, max_ratio=args.max_ratio)
     opts = ImportOptions(seed=args.seed, val_fraction=args.val_fraction, limits=limits)
     report, stats = build_import(args.src, args.out, opts=opts, force=args.force, progress=not args.quiet)
     return _finish(report, stats, started)

@@ -2,15 +2,15 @@
 from a folder or a zip of one.
 
 Archives are read, never extracted: no path from the archive is ever used for writing (images are
-stored under their content hash), and member count, total size and compression ratio are capped
-before anything is decompressed. Every image goes through the safe decoder; every skip has a reason.
+stored under their content hash), and `markguard.vision.archive` caps member count, sizes and
+compression ratios before anything is inflated; an unsafe member is skipped with its reason. Every
+image goes through the safe decoder; every skip has a reason.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import unicodedata
 import zipfile
 import zlib
@@ -23,29 +23,23 @@ from tqdm import tqdm
 from markguard.datasets.build import BuildReport, Skipped, Tile, finish_build, prepare_output, write_atomic
 from markguard.datasets.manifest import Label, ManifestRow
 from markguard.datasets.splits import split_for
+from markguard.vision.archive import ArchiveError, ArchiveLimits, member_problem, open_zip, read_member
 from markguard.vision.decode import MAX_BYTES, decode_image, sniff_format
 from markguard.vision.errors import ImageError
 
-__all__ = ["ImportOptions", "ZipLimits", "build_import"]
+__all__ = ["IMPORT_LIMITS", "ImportOptions", "build_import"]
 
 COUNTERFEIT_DIR = "counterfeit"
 
 
-@dataclass(frozen=True)
-class ZipLimits:
-    """Caps checked against the archive's directory before decompressing, and again while reading."""
-
-    max_members: int = 20_000
-    max_total_bytes: int = 2 * 1024**3  # uncompressed, all members together
-    max_member_bytes: int = MAX_BYTES  # the decoder's own limit
-    max_ratio: float = 100.0  # uncompressed / compressed size of one member
+IMPORT_LIMITS = ArchiveLimits(max_members=20_000, max_ratio=100.0)
 
 
 @dataclass(frozen=True)
 class ImportOptions:
     seed: int = 0
     val_fraction: float = 0.2  # share of images (by content hash) put in `val`
-    limits: ZipLimits = ZipLimits()
+    limits: ArchiveLimits = IMPORT_LIMITS
 
 
 @dataclass(frozen=True)
@@ -77,65 +71,19 @@ def _read_file(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _unsafe_name(name: str) -> str | None:
-    """Why an archive member name is unsafe to trust, or None."""
-    if not name or "\x00" in name:
-        return "empty or NUL in name"
-    if "\\" in name:
-        return "backslash in path"
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        return "absolute path"
-    if ".." in PurePosixPath(name).parts:
-        return "path escapes the archive (..)"
-    return None
-
-
-def _zip_entries(path: Path, limits: ZipLimits, skipped: list[Skipped]) -> Iterator[_Entry]:
+def _zip_entries(path: Path, limits: ArchiveLimits, skipped: list[Skipped]) -> Iterator[_Entry]:
     try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise _Refused(f"not a readable zip archive ({exc})") from None
+        archive = open_zip(path, limits)
+    except ArchiveError as exc:
+        raise _Refused(str(exc).removeprefix(f"{path}: ")) from None
     with archive:
-        members = archive.infolist()
-        if len(members) > limits.max_members:
-            raise _Refused(f"zip has {len(members)} members, over the cap of {limits.max_members}")
-        total = sum(m.file_size for m in members)
-        if total > limits.max_total_bytes:
-            raise _Refused(f"zip would unpack to {total} bytes, over the cap of {limits.max_total_bytes} (zip bomb?)")
-        budget = limits.max_total_bytes
-        for info in sorted(members, key=lambda m: m.filename):
-            name = info.filename
+        for info in sorted(archive.infolist(), key=lambda m: m.filename):
             if info.is_dir():
                 continue
-            if (why := _unsafe_name(name)) is not None:
-                skipped.append(Skipped(name, f"unsafe archive path: {why}"))
+            if (why := member_problem(info, limits)) is not None:
+                skipped.append(Skipped(info.filename, why))
                 continue
-            if stat.S_ISLNK(info.external_attr >> 16):
-                skipped.append(Skipped(name, "symbolic link in archive"))
-                continue
-            if info.flag_bits & 0x1:
-                skipped.append(Skipped(name, "encrypted member"))
-                continue
-            if info.file_size > limits.max_member_bytes:
-                skipped.append(Skipped(name, f"{info.file_size} bytes exceeds the {limits.max_member_bytes}-byte limit"))
-                continue
-            ratio = info.file_size / max(1, info.compress_size)
-            if ratio > limits.max_ratio:
-                skipped.append(Skipped(name, f"compression ratio {ratio:.0f} exceeds {limits.max_ratio:.0f} (zip bomb?)"))
-                continue
-
-            def read(info: zipfile.ZipInfo = info) -> bytes:
-                nonlocal budget
-                with archive.open(info) as fh:
-                    data = fh.read(info.file_size + 1)  # never more than the header promised, plus one to catch a lie
-                if len(data) != info.file_size:
-                    raise ImageError("member size differs from its header")
-                budget -= len(data)
-                if budget < 0:
-                    raise ImageError("archive total size cap reached")
-                return data
-
-            yield _Entry(name, read)
+            yield _Entry(info.filename, lambda info=info: read_member(archive, info))
 
 
 def _layout(name: str) -> tuple[Label, str, str | None] | str:
@@ -199,7 +147,7 @@ def _import_one(entry: _Entry, *, out: Path, opts: ImportOptions, report: BuildR
     try:
         data = entry.read()
         image = decode_image(data)
-    except ImageError as exc:
+    except (ImageError, ArchiveError) as exc:
         report.skipped.append(Skipped(entry.name, str(exc)))
         return
     except (OSError, zipfile.BadZipFile, zlib.error, EOFError, RuntimeError) as exc:

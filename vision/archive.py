@@ -1,14 +1,21 @@
 """Reading images out of zip archives without trusting the archive.
 
 Nothing is extracted to disk and no path from the archive is ever used to write; member names are
-only labels. Member count, each member's size, the total uncompressed size and the compression ratio
-are capped before any member is inflated (zip bombs), and names with `..` or an absolute path make
-the whole archive refused, since such an archive was built to attack an extractor.
+only labels. Member count and the total uncompressed size are capped before any member is inflated,
+each member's size and compression ratio before it is (zip bombs), and a member is read at most one
+byte past the size its header declares, so a lying header is caught, never trusted.
+
+Two callers, two policies on the same checks:
+- `iter_zip_images` (reference uploads) refuses the whole archive on the first unsafe member, since
+  an archive with `..` or absolute names was built to attack an extractor;
+- `markguard datasets import-folder` skips an unsafe member with its reason (`member_problem`) and
+  keeps the rest, as a dataset build reports every skip.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import stat
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -16,21 +23,23 @@ from pathlib import Path, PurePosixPath
 from markguard.vision.decode import MAX_BYTES
 from markguard.vision.errors import MarkguardError
 
-__all__ = ["ArchiveError", "ArchiveLimits", "ArchiveMember", "iter_zip_images", "is_zip"]
+__all__ = ["ArchiveError", "ArchiveLimits", "ArchiveMember", "is_zip", "iter_zip_images", "member_problem",
+           "open_zip", "read_member"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
 class ArchiveError(MarkguardError):
-    """An archive refused as a whole (hostile names, a bomb, too many members, not a zip)."""
+    """An archive refused as a whole (not a zip, a bomb, too many members, hostile names), or a member
+    that inflates past its declared size."""
 
 
 @dataclasses.dataclass(frozen=True)
 class ArchiveLimits:
     max_members: int = 10_000
-    max_member_bytes: int = MAX_BYTES
-    max_total_bytes: int = 2 * 1024**3  # uncompressed
-    max_ratio: float = 200.0  # uncompressed / compressed, per member and overall
+    max_member_bytes: int = MAX_BYTES  # the decoder's own limit
+    max_total_bytes: int = 2 * 1024**3  # uncompressed, all members together
+    max_ratio: float = 200.0  # uncompressed / compressed, per member (which bounds the overall ratio too)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,39 +53,66 @@ def is_zip(path: Path) -> bool:
         return fh.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
 
 
-def iter_zip_images(path: str | Path, *, limits: ArchiveLimits = ArchiveLimits()) -> Iterator[ArchiveMember]:
-    """Yield the image members (by suffix) of a zip, after checking the whole archive first."""
-    path = Path(path)
+def open_zip(path: str | Path, limits: ArchiveLimits) -> zipfile.ZipFile:
+    """Open a zip and check its directory (member count, total size) before inflating anything."""
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ArchiveError(f"{path}: not a readable zip archive ({exc})") from None
-    with archive:
-        infos = archive.infolist()
-        if len(infos) > limits.max_members:
-            raise ArchiveError(f"{path}: {len(infos)} members exceeds the limit of {limits.max_members}")
-        total = compressed = 0
+    infos = archive.infolist()
+    total = sum(i.file_size for i in infos)
+    why = None
+    if len(infos) > limits.max_members:
+        why = f"{len(infos)} members, over the cap of {limits.max_members}"
+    elif total > limits.max_total_bytes:
+        why = f"would unpack to {total} bytes, over the cap of {limits.max_total_bytes} (zip bomb?)"
+    if why is not None:
+        archive.close()
+        raise ArchiveError(f"{path}: {why}")
+    return archive
+
+
+def member_problem(info: zipfile.ZipInfo, limits: ArchiveLimits) -> str | None:
+    """Why a member must not be read, or None: an unsafe name, a link, encryption, its size or ratio."""
+    name = info.filename
+    if not name or "\x00" in name:
+        return "unsafe path: empty or NUL in name"
+    if "\\" in name:
+        return "unsafe path: backslash in path"
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or (parts and ":" in parts[0]):
+        return "unsafe path: absolute path"
+    if ".." in parts:
+        return "unsafe path: escapes the archive (..)"
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return "symbolic link in archive"
+    if info.flag_bits & 0x1:
+        return "encrypted member"
+    if info.file_size > limits.max_member_bytes:
+        return f"{info.file_size} bytes exceeds the {limits.max_member_bytes}-byte limit"
+    ratio = info.file_size / max(1, info.compress_size)
+    if ratio > limits.max_ratio:
+        return f"compression ratio {ratio:.0f} exceeds {limits.max_ratio:.0f} (zip bomb?)"
+    return None
+
+
+def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """A member's bytes, read at most one byte past its declared size (checked by `member_problem`)."""
+    with archive.open(info) as fh:
+        data = fh.read(info.file_size + 1)
+    if len(data) != info.file_size:
+        raise ArchiveError(f"member {info.filename!r} differs from the size its header declares")
+    return data
+
+
+def iter_zip_images(path: str | Path, *, limits: ArchiveLimits = ArchiveLimits()) -> Iterator[ArchiveMember]:
+    """Yield the image members (by suffix) of a zip in name order, after checking every member: one
+    unsafe member refuses the archive."""
+    with open_zip(path, limits) as archive:
+        infos = sorted((i for i in archive.infolist() if not i.is_dir()), key=lambda i: i.filename)
         for info in infos:
-            name = PurePosixPath(info.filename.replace("\\", "/"))
-            if name.is_absolute() or ".." in name.parts or (name.parts and ":" in name.parts[0]):
-                raise ArchiveError(f"{path}: refused, member {info.filename!r} has an unsafe path")
-            if info.flag_bits & 0x1:
-                raise ArchiveError(f"{path}: encrypted members are not supported")
-            if info.file_size > limits.max_member_bytes and info.filename.lower().endswith(IMAGE_SUFFIXES):
-                raise ArchiveError(f"{path}: member {info.filename!r} is larger than {limits.max_member_bytes} bytes")
-            if info.compress_size and info.file_size / info.compress_size > limits.max_ratio:
-                raise ArchiveError(f"{path}: member {info.filename!r} has a suspicious compression ratio (zip bomb?)")
-            total += info.file_size
-            compressed += info.compress_size
-        if total > limits.max_total_bytes:
-            raise ArchiveError(f"{path}: {total} uncompressed bytes exceeds the limit of {limits.max_total_bytes}")
-        if compressed and total / compressed > limits.max_ratio:
-            raise ArchiveError(f"{path}: suspicious overall compression ratio (zip bomb?)")
-        for info in sorted(infos, key=lambda i: i.filename):
-            if info.is_dir() or not info.filename.lower().endswith(IMAGE_SUFFIXES):
-                continue
-            with archive.open(info) as fh:
-                data = fh.read(limits.max_member_bytes + 1)  # never trust the header's size alone
-            if len(data) > limits.max_member_bytes:
-                raise ArchiveError(f"{path}: member {info.filename!r} inflates past its declared size")
-            yield ArchiveMember(name=info.filename, data=data)
+            if (why := member_problem(info, limits)) is not None:
+                raise ArchiveError(f"{path}: refused, member {info.filename!r}: {why}")
+        for info in infos:
+            if info.filename.lower().endswith(IMAGE_SUFFIXES):
+                yield ArchiveMember(name=info.filename, data=read_member(archive, info))

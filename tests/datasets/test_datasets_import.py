@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from markguard.datasets.import_folder import ImportOptions, ZipLimits, build_import
+from markguard.datasets.import_folder import IMPORT_LIMITS, ImportOptions, build_import
 from markguard.datasets.manifest import Label, read_manifest
 from markguard.serving.cli import main
 
@@ -101,9 +102,9 @@ def test_zip_over_the_caps_is_refused_whole(tmp_path: Path) -> None:
         for i in range(5):
             zf.writestr(f"Brand/{i}.jpg", _image("JPEG", i))
     out = tmp_path / "a"
-    report, _ = build_import(archive, out, opts=ImportOptions(limits=ZipLimits(max_members=3)), progress=False)
+    report, _ = build_import(archive, out, opts=ImportOptions(limits=dataclasses.replace(IMPORT_LIMITS, max_members=3)), progress=False)
     assert not report.rows and "over the cap" in _reasons(out)[str(archive)]
-    report, _ = build_import(archive, tmp_path / "b", opts=ImportOptions(limits=ZipLimits(max_total_bytes=1000)), progress=False)
+    report, _ = build_import(archive, tmp_path / "b", opts=ImportOptions(limits=dataclasses.replace(IMPORT_LIMITS, max_total_bytes=1000)), progress=False)
     assert not report.rows and "zip bomb" in _reasons(tmp_path / "b")[str(archive)]
 
 
