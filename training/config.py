@@ -98,4 +98,6 @@ def load_config(experiment: str | Path | None = None, overrides: Iterable[str] =
         config = merge(config, _read(path))
     for assignment in overrides:
         apply_override(config, assignment)
+    if config["loss"].get("counterfeit_classes", "transform") not in ("transform", "brand"):
+        raise ConfigError(f"loss.counterfeit_classes must be transform or brand, not {config['loss']['counterfeit_classes']!r}")
     return config

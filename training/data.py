@@ -99,9 +99,10 @@ def ensure_synth(out: Path, *, brands: int, per_brand: int, size: int, seed: int
     return manifest_path(out)
 
 
-def class_key(row: ManifestRow) -> str:
-    """The metric-learning class: brand, product, and `genuine` or the counterfeit transform."""
-    kind = "genuine" if row.label is Label.GENUINE else (row.transform or "counterfeit")
+def class_key(row: ManifestRow, *, per_transform: bool = True) -> str:
+    """The metric-learning class: brand, product, and `genuine` or the counterfeit transform (or one
+    `counterfeit` class per brand and product when not `per_transform`)."""
+    kind = "genuine" if row.label is Label.GENUINE else (per_transform and row.transform or "counterfeit")
     return f"{row.brand}\x1f{row.product or ''}\x1f{kind}"
 
 

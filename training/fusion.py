@@ -3,8 +3,13 @@ validation claims, with review/takedown thresholds chosen at target false-positi
 
 The signal vector grows by name: any signal present in the validation values (geometry `inliers`,
 OCR signals, …) is fitted; a value that is missing is imputed at the mean, i.e. contributes nothing,
-exactly as `vision.scoring.Fusion` treats a missing signal at serving time. A signal that never
-varies in the calibration data is left out (its expert prior, if any, then applies at serving).
+exactly as `vision.scoring.Fusion` treats a missing signal at serving time.
+
+A signal is left out of the fit, and its expert prior (if any) then applies at serving, when the
+calibration data cannot speak for it: it never varies, it was read in fewer than `min_observations`
+claims of either class, or its fitted weight points against `vision.scoring.SIGNAL_DIRECTIONS` (the
+most contrary one is dropped and the rest refitted, until all agree). `calibration.left_out` in the
+spec says which and why.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from markguard.vision.scoring import SIGNAL_NAMES, Fusion
+from markguard.vision.scoring import SIGNAL_DIRECTIONS, SIGNAL_NAMES, Fusion
 
-__all__ = ["OperatingPoint", "fit_fusion", "threshold_at_fpr"]
+__all__ = ["MIN_OBSERVATIONS", "OperatingPoint", "fit_fusion", "threshold_at_fpr"]
+
+MIN_OBSERVATIONS = 20  # claims of each class (genuine, not genuine) in which a signal was read, to fit it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +70,8 @@ def fit_fusion(
     review_fpr: float = 0.05,
     C: float = 1.0,
     signal_names: Sequence[str] | None = None,
+    directions: Mapping[str, int] = SIGNAL_DIRECTIONS,
+    min_observations: int = MIN_OBSERVATIONS,
 ) -> tuple[dict[str, Any], list[OperatingPoint]]:
     """Fit the logistic fusion; returns the `fusion.json` spec and its operating points."""
     y = np.asarray(not_genuine, dtype=bool)
@@ -73,13 +82,29 @@ def fit_fusion(
     seen = {k for row in values for k, v in row.items() if v is not None}
     names = [n for n in (signal_names or [*SIGNAL_NAMES, *sorted(seen - set(SIGNAL_NAMES))]) if n in seen]
     x = _matrix(values, names)
-    varies = [j for j in range(len(names)) if np.nanstd(x[:, j]) > 1e-8]  # a constant cannot be fitted
-    names, x = [names[j] for j in varies], x[:, varies]
+    left_out: dict[str, str] = {}
+    for j, name in enumerate(names):
+        read = ~np.isnan(x[:, j])
+        if np.nanstd(x[:, j]) <= 1e-8:
+            left_out[name] = "never varies"
+        elif min(read[y].sum(), read[~y].sum()) < min_observations:
+            left_out[name] = f"read in fewer than {min_observations} claims of a class"
+    keep = [j for j, n in enumerate(names) if n not in left_out]
+    names, x = [names[j] for j in keep], x[:, keep]
     mean = np.nanmean(x, axis=0)
     scale = np.nanstd(x, axis=0)
     z = np.nan_to_num((x - mean) / scale, nan=0.0)
     clf = LogisticRegression(C=C, max_iter=1000, class_weight="balanced")
-    clf.fit(z, y.astype(int))
+    while True:
+        if not names:
+            raise ValueError(f"no signal could be fitted: {left_out}")
+        clf.fit(z, y.astype(int))
+        contrary = [(-directions.get(n, 0) * w, k) for k, (n, w) in enumerate(zip(names, clf.coef_[0], strict=True))]
+        worst, k = max(contrary)
+        if worst <= 0:
+            break
+        left_out[names[k]] = "fitted against its direction"
+        names, mean, scale, z = names[:k] + names[k + 1:], np.delete(mean, k), np.delete(scale, k), np.delete(z, k, axis=1)
     spec: dict[str, Any] = {
         "kind": "logistic",
         "bias": float(clf.intercept_[0]),
@@ -100,6 +125,7 @@ def fit_fusion(
                                      fpr=float((risks[~y] >= t).mean()), tpr=float((risks[y] >= t).mean())))
     spec["takedown_at"] = points[0].threshold
     spec["review_at"] = min(points[1].threshold, points[0].threshold)
-    spec["calibration"] = {"claims": int(len(y)), "not_genuine": int(y.sum()), "signals": names}
+    spec["calibration"] = {"claims": int(len(y)), "not_genuine": int(y.sum()), "signals": names,
+                           "left_out": left_out}
     Fusion(spec)  # validates the thresholds
     return spec, points

@@ -282,7 +282,8 @@ def run(args: argparse.Namespace) -> int:
     quiet = bool(args.quiet)
 
     items, eval_sets, hashes = _load_data(config)
-    classes = sorted({class_key(i.row) for i in items})
+    per_transform = config["loss"].get("counterfeit_classes", "transform") == "transform"  # checked by load_config
+    classes = sorted({class_key(i.row, per_transform=per_transform) for i in items})
     class_of = {c: k for k, c in enumerate(classes)}
     m = config["model"]
     model = build_model(architecture=m["architecture"], input_size=m["input_size"], embedding_dim=m["embedding_dim"],
@@ -313,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
     reused = [k for k in previous if k not in fresh and k != "owner" and not k.startswith("fingerprint/")]
     cache_seconds = time.monotonic() - t0
     feats = cache["train"].to(device)
-    labels = torch.tensor([class_of[class_key(items[int(i)].row)] for i in cache["owner"]], dtype=torch.long)
+    labels = torch.tensor([class_of[class_key(items[int(i)].row, per_transform=per_transform)] for i in cache["owner"]], dtype=torch.long)
     eval_caches = {n: {k: cache[f"eval/{n}/{k}"] for k in ("references", "queries", "query_regions")} for n in eval_sets}
 
     o = config["optim"]
@@ -492,7 +493,7 @@ def _combined(hashes: dict[str, str]) -> str:
 
 
 def _argv_of(args: argparse.Namespace) -> list[str]:
-    out = []
+    out = ["--resume", str(args.resume)] if args.resume else []
     if args.config:
         out += ["--config", str(args.config)]
     for s in args.overrides:

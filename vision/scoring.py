@@ -43,6 +43,7 @@ __all__ = [
     "claim_geometry",
     "GEOMETRY_REFERENCES",
     "ocr_signals",
+    "SIGNAL_DIRECTIONS",
     "SIGNAL_NAMES",
     "OCR_SIGNAL_NAMES",
 ]
@@ -87,6 +88,16 @@ OCR_SIGNAL_NAMES = (
     "serial_unregistered",
     "serial_reuse_sellers",
 )
+
+
+# How each signal should move the risk (+1: up). Calibration keeps a fitted weight only when its sign
+# agrees: with collinear signals, or few and noisy reads, a fit can turn a misspelt wordmark into
+# evidence of a genuine product, and such a weight would not hold on photos it never saw.
+SIGNAL_DIRECTIONS = {
+    "genuine_similarity": -1, "margin": -1, "counterfeit_similarity": +1, "log_inliers": -1, "inlier_ratio": -1,
+    "wordmark_exact": -1, "wordmark_near_miss": +1, "other_brand_wordmark": +1, "serial_invalid": +1,
+    "serial_unregistered": +1, "serial_reuse_sellers": +1,
+}
 
 
 def ocr_signals(ocr: Mapping[str, Any], *, brand: str | None) -> dict[str, float | None]:

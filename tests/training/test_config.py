@@ -30,3 +30,6 @@ def test_unknown_keys_and_bad_values_are_refused(tmp_path: Path) -> None:
     exp.write_text(json.dumps({"optim": {"lrr": 1}}))
     with pytest.raises(ConfigError):
         load_config(exp)
+    with pytest.raises(ConfigError, match="counterfeit_classes"):
+        load_config(None, ["loss.counterfeit_classes=brnd"])
+    assert load_config(None, ["loss.counterfeit_classes=brand"])["loss"]["counterfeit_classes"] == "brand"

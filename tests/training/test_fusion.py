@@ -14,7 +14,8 @@ def _toy(n: int = 400, seed: int = 0):
     y = rng.random(n) < 0.5  # not genuine
     sim = np.where(y, rng.normal(0.45, 0.1, n), rng.normal(0.7, 0.1, n))
     values = [{"genuine_similarity": float(s), "margin": float(s - 0.5 + rng.normal(0, 0.05)),
-               "counterfeit_similarity": None if i % 3 else float(rng.normal(0.4, 0.1))} for i, s in enumerate(sim)]
+               "counterfeit_similarity": None if i % 3 else float(rng.normal(0.5 if bad else 0.35, 0.1))}
+              for i, (s, bad) in enumerate(zip(sim, y, strict=True))]
     return values, y
 
 
@@ -61,3 +62,23 @@ def test_new_signals_join_the_vector_and_missing_ones_contribute_nothing() -> No
     assert spec["signals"]["inliers"]["weight"] < 0
     _, signals = Fusion(spec).risk({"genuine_similarity": 0.6, "margin": 0.1, "counterfeit_similarity": None})
     assert signals["counterfeit_similarity"].contribution == 0.0 and signals["inliers"].contribution == 0.0
+
+
+def test_signals_the_data_cannot_speak_for_keep_their_priors() -> None:
+    values, y = _toy(600, seed=5)
+    rng = np.random.default_rng(5)
+    for i, (v, bad) in enumerate(zip(values, y, strict=True)):
+        # a misspelt wordmark read mostly on genuine photos (OCR noise): a fit would call it evidence of genuine
+        v["wordmark_near_miss"] = float(rng.random() < (0.1 if bad else 0.6))
+        v["serial_invalid"] = float(bad) if i < 15 else None  # read on 15 photos only: perfectly separating, but too few
+    spec, _ = fit_fusion(values, y, match_threshold=0.5)
+    left_out = spec["calibration"]["left_out"]
+    assert left_out["wordmark_near_miss"] == "fitted against its direction"
+    assert "fewer than" in left_out["serial_invalid"]
+    assert "wordmark_near_miss" not in spec["signals"] and "serial_invalid" not in spec["signals"]
+    assert spec["signals"]["genuine_similarity"]["weight"] < 0
+    # serving adds the expert priors; a signal left out is judged by its prior, so a near miss raises the risk
+    fusion = Fusion({**spec, "priors": {"wordmark_near_miss": 2.5, "serial_invalid": 2.5}})
+    plain = {"genuine_similarity": 0.6, "margin": 0.1, "counterfeit_similarity": None}
+    assert fusion.risk({**plain, "wordmark_near_miss": 1.0})[0] > fusion.risk({**plain, "wordmark_near_miss": 0.0})[0]
+    assert fusion.risk({**plain, "serial_invalid": 1.0})[0] > fusion.risk(plain)[0]

@@ -43,3 +43,17 @@ def test_augment_keeps_uint8_rgb_and_never_mirrors() -> None:
         out = augment(image, rng=np.random.default_rng(seed), params=params)
         assert out.dtype == np.uint8 and out.shape[2] == 3
         assert out[:, 0].mean() > out[:, -1].mean()  # white stays on the left
+
+
+def test_class_key_splits_counterfeits_by_transform_or_not() -> None:
+    from markguard.datasets.manifest import Label, ManifestRow
+    from markguard.training.data import class_key
+
+    genuine = ManifestRow(image="a.jpg", brand="Acme", product="Tea", label=Label.GENUINE, split="train", source="synth")
+    mirrored = ManifestRow(image="b.jpg", brand="Acme", product="Tea", label=Label.COUNTERFEIT, split="train",
+                           source="synth", transform="mirrored_element")
+    recoloured = ManifestRow(image="c.jpg", brand="Acme", product="Tea", label=Label.COUNTERFEIT, split="train",
+                             source="synth", transform="colour_shift")
+    assert len({class_key(r) for r in (genuine, mirrored, recoloured)}) == 3
+    merged = {class_key(r, per_transform=False) for r in (mirrored, recoloured)}
+    assert len(merged) == 1 and merged != {class_key(genuine, per_transform=False)}
