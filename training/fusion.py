@@ -6,8 +6,8 @@ OCR signals, …) is fitted; a value that is missing is imputed at the mean, i.e
 exactly as `vision.scoring.Fusion` treats a missing signal at serving time.
 
 A signal is left out of the fit, and its expert prior (if any) then applies at serving, when the
-calibration data cannot speak for it: it never varies, it was read in fewer than `min_observations`
-claims of either class, or its fitted weight points against `vision.scoring.SIGNAL_DIRECTIONS` (the
+calibration data cannot speak for it: it never varies, it is read only in some claims (OCR) and in
+fewer than `min_observations` of either class, or its fitted weight points against `vision.scoring.SIGNAL_DIRECTIONS` (the
 most contrary one is dropped and the rest refitted, until all agree). `calibration.left_out` in the
 spec says which and why.
 """
@@ -87,7 +87,7 @@ def fit_fusion(
         read = ~np.isnan(x[:, j])
         if np.nanstd(x[:, j]) <= 1e-8:
             left_out[name] = "never varies"
-        elif min(read[y].sum(), read[~y].sum()) < min_observations:
+        elif not read.all() and min(read[y].sum(), read[~y].sum()) < min_observations:  # a sparse signal (OCR)
             left_out[name] = f"read in fewer than {min_observations} claims of a class"
     keep = [j for j, n in enumerate(names) if n not in left_out]
     names, x = [names[j] for j in keep], x[:, keep]
@@ -95,13 +95,13 @@ def fit_fusion(
     scale = np.nanstd(x, axis=0)
     z = np.nan_to_num((x - mean) / scale, nan=0.0)
     clf = LogisticRegression(C=C, max_iter=1000, class_weight="balanced")
+    if not names:
+        raise ValueError(f"no signal could be fitted: {left_out}")
     while True:
-        if not names:
-            raise ValueError(f"no signal could be fitted: {left_out}")
         clf.fit(z, y.astype(int))
         contrary = [(-directions.get(n, 0) * w, k) for k, (n, w) in enumerate(zip(names, clf.coef_[0], strict=True))]
         worst, k = max(contrary)
-        if worst <= 0:
+        if worst <= 0 or len(names) == 1:  # the last signal stays: a fusion needs one (tiny runs only)
             break
         left_out[names[k]] = "fitted against its direction"
         names, mean, scale, z = names[:k] + names[k + 1:], np.delete(mean, k), np.delete(scale, k), np.delete(z, k, axis=1)
