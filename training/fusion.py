@@ -6,10 +6,10 @@ OCR signals, …) is fitted; a value that is missing is imputed at the mean, i.e
 exactly as `vision.scoring.Fusion` treats a missing signal at serving time.
 
 A signal is left out of the fit, and its expert prior (if any) then applies at serving, when the
-calibration data cannot speak for it: it never varies, it is read only in some claims (OCR) and in
-fewer than `min_observations` of either class, or its fitted weight points against `vision.scoring.SIGNAL_DIRECTIONS` (the
-most contrary one is dropped and the rest refitted, until all agree). `calibration.left_out` in the
-spec says which and why.
+calibration data cannot speak for it: it never varies; it is read only in some claims (OCR) and in
+fewer than `min_observations` of either class; or its fitted weight points against
+`vision.scoring.SIGNAL_DIRECTIONS` (the most contrary one is dropped and the rest refitted, until
+all agree). `calibration.left_out` in the spec says which and why.
 """
 
 from __future__ import annotations
