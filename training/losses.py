@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MetricLoss", "ArcFaceLoss", "create_loss"]
+__all__ = ["MetricLoss", "ArcFaceLoss", "counterfeit_pair_loss", "create_loss"]
 
 
 class MetricLoss(nn.Module):
@@ -68,3 +68,23 @@ def create_loss(name: str, *, num_classes: int, embedding_dim: int, margin: floa
     if name != "arcface":
         raise ValueError(f"unknown loss {name!r}; known: ['arcface']")
     return ArcFaceLoss(num_classes=num_classes, embedding_dim=embedding_dim, margin=margin, scale=scale, seed=seed)
+
+
+def counterfeit_pair_loss(embeddings: torch.Tensor, groups: torch.Tensor, genuine: torch.Tensor, *,
+                          margin: float) -> torch.Tensor:
+    """Each genuine view must be closer to its group's other genuine views (on average) than to the
+    group's nearest counterfeit view, by `margin` in cosine: mean over anchors of
+    relu(max_n cos(a, n) − mean_p cos(a, p) + margin). A group is one brand's mark; anchors without
+    both a positive and a negative in the batch are skipped (0 when none has both)."""
+    z = F.normalize(embeddings, dim=1)
+    cos = z @ z.T
+    same = groups[:, None] == groups[None, :]
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    positive = same & genuine[None, :] & ~eye
+    negative = same & ~genuine[None, :]
+    anchors = genuine & positive.any(1) & negative.any(1)
+    if not anchors.any():
+        return embeddings.sum() * 0.0
+    pos = (cos * positive).sum(1) / positive.sum(1).clamp(min=1)
+    neg = cos.masked_fill(~negative, -2.0).max(1).values
+    return F.relu(neg - pos + margin)[anchors].mean()

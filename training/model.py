@@ -61,6 +61,7 @@ class SplitEmbedder(nn.Module):
             p.requires_grad_(False)
         for p in self.trainable_parameters():
             p.requires_grad_(True)
+        self.train()  # batch norm frozen from the start: a pass before the first epoch must not move its statistics
 
     def trainable_modules(self) -> list[nn.Module]:
         bb = self.model.backbone

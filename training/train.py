@@ -49,7 +49,7 @@ from markguard.training.evaluation import (
     split_blocks,
 )
 from markguard.training.fusion import fit_fusion, threshold_at_fpr
-from markguard.training.losses import create_loss
+from markguard.training.losses import counterfeit_pair_loss, create_loss
 from markguard.training.model import SplitEmbedder, build_model, cache_prefix, embed_cached
 from markguard.training.plots import plot_loss, plot_per_brand, plot_roc
 from markguard.vision.artifact import write_artifact
@@ -177,12 +177,44 @@ def _cache_eval(split: SplitEmbedder, es: EvalSet, config: dict[str, Any], devic
 # -- the loop --------------------------------------------------------------------------------------------------------
 
 
+class PairBatches:
+    """Batches for `counterfeit_pair_loss`: `brands` brands that have both genuine and counterfeit
+    views, `views` of each kind per brand, drawn with their own seeded RNG (an epoch's ArcFace order
+    stays the same with pairs on or off)."""
+
+    def __init__(self, items: Sequence[Any], owner: torch.Tensor, *, brands: int, views: int, seed: int) -> None:
+        by_brand: dict[str, tuple[list[int], list[int]]] = {}
+        for view, item in enumerate(owner.tolist()):
+            genuine, fake = by_brand.setdefault(items[item].brand, ([], []))
+            (genuine if items[item].genuine else fake).append(view)
+        self.groups = [(np.array(g), np.array(f)) for g, f in by_brand.values() if len(g) >= 2 and f]
+        self.brands, self.views, self.seed = min(brands, len(self.groups)), views, seed
+
+    def epoch(self, epoch: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch])
+
+    def draw(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(view indices, group per view, genuine per view)."""
+        idx, group, genuine = [], [], []
+        for k, g in enumerate(rng.choice(len(self.groups), self.brands, replace=False)):
+            for kind, pool in ((True, self.groups[g][0]), (False, self.groups[g][1])):
+                chosen = rng.choice(pool, min(self.views, len(pool)), replace=False)
+                idx += chosen.tolist()
+                group += [k] * len(chosen)
+                genuine += [kind] * len(chosen)
+        return torch.tensor(idx), torch.tensor(group), torch.tensor(genuine)
+
+
 def train_one_epoch(split: SplitEmbedder, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, feats: torch.Tensor, labels: torch.Tensor, *,
-                    batch_size: int, epoch: int, generator: torch.Generator, device: str, quiet: bool) -> float:
+                    batch_size: int, epoch: int, generator: torch.Generator, device: str, quiet: bool,
+                    pairs: PairBatches | None = None, pair_weight: float = 0.0, pair_margin: float = 0.0) -> float:
+    """One pass over the cached views in a seeded random order; with `pairs`, each step also adds
+    `pair_weight` × `counterfeit_pair_loss` on a batch of same-brand genuine and counterfeit views."""
     split.train()
     loss_fn.train()
     order = torch.randperm(len(feats), generator=generator)
+    pair_rng = pairs.epoch(epoch) if pairs is not None else None
     total, count = 0.0, 0
     bar = tqdm(range(0, len(order), batch_size), desc=f"epoch {epoch}", unit="batch", disable=quiet or None,
                leave=False)
@@ -190,6 +222,10 @@ def train_one_epoch(split: SplitEmbedder, loss_fn: torch.nn.Module, optimizer: t
         idx = order[start : start + batch_size]
         x, y = feats[idx].to(device), labels[idx].to(device)
         loss = loss_fn(split.suffix(x), y)
+        if pairs is not None:
+            view, group, genuine = pairs.draw(pair_rng)
+            loss = loss + pair_weight * counterfeit_pair_loss(split.suffix(feats[view].to(device)), group.to(device),
+                                                              genuine.to(device), margin=pair_margin)
         if not torch.isfinite(loss):  # NaN guard: never step on a non-finite loss
             raise FloatingPointError(f"epoch {epoch}: non-finite loss {loss.item()} at batch {start // batch_size}")
         optimizer.zero_grad(set_to_none=True)
@@ -219,6 +255,7 @@ def _baseline_embed(split: SplitEmbedder, device: str):  # type: ignore[no-untyp
 
     @torch.no_grad()
     def embed(f: torch.Tensor) -> np.ndarray:
+        split.eval()
         f = f.to(device)
         if split.trainable_blocks >= 0:
             for block in bb._blocks[split.split :]:
@@ -353,13 +390,17 @@ def run(args: argparse.Namespace) -> int:
     def embed(f: torch.Tensor) -> np.ndarray:
         return embed_cached(split, f, device=device)
 
+    lc = config["loss"]
+    pairs = (PairBatches(items, cache["owner"], brands=int(lc.get("pair_brands", 8)), views=int(lc.get("pair_views", 4)),
+                         seed=config["seed"]) if lc.get("pair_weight", 0.0) > 0 else None)
     generator = torch.Generator().manual_seed(config["seed"])
     for _ in range(1, start_epoch):  # the same shuffles as an uninterrupted run
         torch.randperm(len(feats), generator=generator)
     for epoch in range(start_epoch, o["epochs"] + 1):
         t = time.monotonic()
         loss = train_one_epoch(split, loss_fn, optimizer, scheduler, feats, labels, batch_size=o["batch_size"],
-                               epoch=epoch, generator=generator, device=device, quiet=quiet)
+                               epoch=epoch, generator=generator, device=device, quiet=quiet, pairs=pairs,
+                               pair_weight=lc.get("pair_weight", 0.0), pair_margin=lc.get("pair_margin", 0.0))
         metrics = evaluate(embed, eval_sets, eval_caches, seed=config["seed"])
         history.append({"epoch": epoch, "train_loss": loss, "seconds": round(time.monotonic() - t, 2),
                         "lr": optimizer.param_groups[0]["lr"], "val": json_metrics(metrics)})

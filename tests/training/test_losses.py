@@ -50,3 +50,25 @@ def test_arcface_decreases_when_an_embedding_moves_to_its_proxy_and_checks_input
         loss(torch.randn(2, 4), torch.tensor([0, 3]))
     with pytest.raises(FloatingPointError):
         loss(torch.full((1, 4), float("nan")), torch.tensor([0]))
+
+
+def test_counterfeit_pair_loss_against_a_naive_loop() -> None:
+    from markguard.training.losses import counterfeit_pair_loss
+
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.randn(12, 8, generator=gen)
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 3])
+    genuine = torch.tensor([1, 1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 1], dtype=torch.bool)
+    z = torch.nn.functional.normalize(emb, dim=1)
+    terms = []
+    for a in range(12):
+        if not genuine[a]:
+            continue
+        pos = [float(z[a] @ z[p]) for p in range(12) if p != a and groups[p] == groups[a] and genuine[p]]
+        neg = [float(z[a] @ z[n]) for n in range(12) if groups[n] == groups[a] and not genuine[n]]
+        if pos and neg:
+            terms.append(max(0.0, max(neg) - sum(pos) / len(pos) + 0.1))
+    assert len(terms) == 5  # group 2 has one genuine view (no positive), group 3 no counterfeit
+    got = counterfeit_pair_loss(emb, groups, genuine, margin=0.1)
+    assert abs(float(got) - sum(terms) / len(terms)) < 1e-5
+    assert float(counterfeit_pair_loss(emb, groups, torch.ones(12, dtype=torch.bool), margin=0.1)) == 0.0

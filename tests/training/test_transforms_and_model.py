@@ -57,3 +57,15 @@ def test_class_key_splits_counterfeits_by_transform_or_not() -> None:
     assert len({class_key(r) for r in (genuine, mirrored, recoloured)}) == 3
     merged = {class_key(r, per_transform=False) for r in (mirrored, recoloured)}
     assert len(merged) == 1 and merged != {class_key(genuine, per_transform=False)}
+
+
+def test_batch_norm_statistics_never_move_before_or_during_training() -> None:
+    model = build_model(architecture="efficientnet_lite0", input_size=64, embedding_dim=16, seed=0)
+    split = SplitEmbedder(model, trainable_blocks=1)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    with torch.no_grad():  # a suffix pass right after construction, as the epoch-0 baseline on a reused cache does
+        split.suffix(torch.randn(4, 192, 2, 2) * 3)
+    split.train()
+    split.suffix(torch.randn(4, 192, 2, 2) * 3).sum().backward()
+    after = {k: v for k, v in model.state_dict().items() if "running" in k}
+    assert before and all(torch.equal(before[k], after[k]) for k in before)
