@@ -393,6 +393,8 @@ def run(args: argparse.Namespace) -> int:
     lc = config["loss"]
     pairs = (PairBatches(items, cache["owner"], brands=int(lc.get("pair_brands", 8)), views=int(lc.get("pair_views", 4)),
                          seed=config["seed"]) if lc.get("pair_weight", 0.0) > 0 else None)
+    if pairs is not None and not pairs.groups:
+        raise SystemExit("markguard train: loss.pair_weight needs brands with 2+ genuine and 1+ counterfeit training views")
     generator = torch.Generator().manual_seed(config["seed"])
     for _ in range(1, start_epoch):  # the same shuffles as an uninterrupted run
         torch.randperm(len(feats), generator=generator)

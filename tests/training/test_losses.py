@@ -72,3 +72,23 @@ def test_counterfeit_pair_loss_against_a_naive_loop() -> None:
     got = counterfeit_pair_loss(emb, groups, genuine, margin=0.1)
     assert abs(float(got) - sum(terms) / len(terms)) < 1e-5
     assert float(counterfeit_pair_loss(emb, groups, torch.ones(12, dtype=torch.bool), margin=0.1)) == 0.0
+
+
+def test_pair_batches_draw_same_brand_genuine_and_counterfeit_views() -> None:
+    from types import SimpleNamespace
+
+    from markguard.training.train import PairBatches
+
+    items = [SimpleNamespace(brand=b, genuine=g) for b, g in
+             [("A", True), ("A", True), ("A", False), ("B", True), ("B", True), ("B", False), ("C", True)]]
+    owner = torch.tensor([0, 0, 1, 1, 2, 3, 4, 5, 5, 6])  # two views of some photos
+    pairs = PairBatches(items, owner, brands=5, views=2, seed=0)
+    assert len(pairs.groups) == 2 and pairs.brands == 2  # C has no counterfeit
+    view, group, genuine = pairs.draw(pairs.epoch(1))
+    for v, g, real in zip(view.tolist(), group.tolist(), genuine.tolist(), strict=True):
+        item = items[int(owner[v])]
+        assert item.genuine == real
+        assert all(items[int(owner[w])].brand == item.brand for w, h in zip(view.tolist(), group.tolist(), strict=True)
+                   if h == g)
+    assert genuine.sum() == 4 and (~genuine).sum() == 3  # 2 genuine per brand; A has 1 fake view, B 2
+    assert torch.equal(view, pairs.draw(pairs.epoch(1))[0])  # seeded per epoch
