@@ -31,6 +31,7 @@ __all__ = [
     "ensure_synth",
     "class_key",
     "make_eval_set",
+    "enrolled_crop",
     "load_images",
     "load_image",
     "augment",
@@ -139,11 +140,12 @@ def make_eval_set(items: Sequence[Item], *, split: str, name: str = "", referenc
                 refs.append(item)
         chosen = {id(r) for r in refs}
         queries = [i for i in in_split if id(i) not in chosen]
-        refs = [_enrolled_crop(r, reference_margin) for r in refs]
+        refs = [enrolled_crop(r, reference_margin) for r in refs]
     return EvalSet(name=name or split, references=refs, queries=queries)
 
 
-def _enrolled_crop(item: Item, margin: float) -> Item:
+def enrolled_crop(item: Item, margin: float) -> Item:
+    """The item cropped to its `mark` box grown by `margin` (unchanged when it has none)."""
     box = mark_box(item)
     if box is None:
         return item

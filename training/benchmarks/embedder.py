@@ -3,7 +3,9 @@ grocery val (real photos; the catalogue images as references) and on held-out sy
 synthetic build's `test` split, brand-disjoint from training and calibration).
 
 Both models embed through `vision.embed.embed_images` and see each query photo as serving does: the
-full photo and the crops `vision.regions` proposes (`--whole-photo`: the full photo only). Metrics:
+full photo and the crops `vision.regions` proposes (`--whole-photo`: the full photo only;
+`--mark-crops`: only the photo's true `mark` box grown by 1.25, where the manifest has one, which
+separates what the embedder can tell from what the region proposals find). Metrics:
 product/brand recall@1 of unclaimed photos, and claim AUC on the claim's best genuine similarity over
 the photo's regions (grocery: true product vs another product of the same brand; synthetic: genuine
 photo vs a counterfeit claiming the brand); `claim_auc_other_brand` (true claim vs a claim of another
@@ -14,6 +16,7 @@ photos, because held-out sets are small.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -24,7 +27,7 @@ from pathlib import Path
 import torch
 
 from markguard.training.artifacts import json_metrics, resolve_model
-from markguard.training.data import ensure_grocery, ensure_synth, make_eval_set, read_items
+from markguard.training.data import enrolled_crop, ensure_grocery, ensure_synth, make_eval_set, read_items
 from markguard.training.evaluate import evaluate_artifact
 from markguard.training.evaluation import bootstrap_intervals
 from markguard.vision.artifact import build_imagenet_artifact
@@ -46,7 +49,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--synth", type=Path, default=Path(".markguard/data/synth"),
                    help="the synthetic build the model was trained on ('' to skip)")
     p.add_argument("--synth-split", default="test", help="held-out split of the synthetic build (default test)")
-    p.add_argument("--whole-photo", action="store_true", help="embed whole photos only (no region crops)")
+    queries_as = p.add_mutually_exclusive_group()
+    queries_as.add_argument("--whole-photo", action="store_true", help="embed whole photos only (no region crops)")
+    queries_as.add_argument("--mark-crops", action="store_true",
+                      help="embed each query's true mark box (grown 1.25x) instead of region crops (a diagnostic)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
@@ -70,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                          size=cfg.get("synth_size", 256), seed=cfg.get("synth_seed", 0))
         sets[f"synthetic held-out ({args.synth_split})"] = make_eval_set(read_items(args.synth),
                                                                              split=args.synth_split)
+    if args.mark_crops:
+        sets = {name: dataclasses.replace(es, queries=[enrolled_crop(q, 1.25) for q in es.queries])
+                for name, es in sets.items()}
     results: dict[str, dict[str, dict]] = {}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="markguard-bench-") as tmp:
@@ -82,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs = []
             for label, artifact in (("imagenet", baseline), ("trained", trained)):
                 m = evaluate_artifact(artifact, es, device=args.device, use_fusion=False, progress=not args.quiet,
-                                      regions=not args.whole_photo)
+                                      regions=not (args.whole_photo or args.mark_crops))
                 runs.append(m)
                 results[name][label] = {"tag": artifact.tag, "queries": m["queries"], "references": m["references"],
                                         "regions_per_query": m["regions_per_query"],
@@ -93,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for k, label in enumerate(("imagenet", "trained")):
                 results[name][label]["ci95"] = {c: ci[c][k] for c in COLUMNS}
             results[name]["trained_minus_imagenet_ci95"] = {c: ci[f"difference_{c}"][1] for c in COLUMNS}
-    view = "whole photos" if args.whole_photo else "full photo + region crops, as served"
+    view = ("whole photos" if args.whole_photo else "true mark boxes (diagnostic)" if args.mark_crops
+            else "full photo + region crops, as served")
     print(f"markguard bench embedder: ImageNet-only Lite0 vs {trained.tag}; queries as {view} "
           f"({time.monotonic() - started:.0f}s)")
     header = (f"{'set':<36} {'metric':<22} {'imagenet':>9} {'trained':>9} {'ratio':>7}  "
