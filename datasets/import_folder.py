@@ -30,8 +30,7 @@ from markguard.vision.errors import ImageError
 __all__ = ["IMPORT_LIMITS", "ImportOptions", "build_import"]
 
 COUNTERFEIT_DIR = "counterfeit"
-
-
+# a dataset may hold more photos than a reference upload; a stricter ratio, since a bad member is skipped, not fatal
 IMPORT_LIMITS = ArchiveLimits(max_members=20_000, max_ratio=100.0)
 
 
