@@ -138,6 +138,15 @@ def _zip(path: Path, members: dict[str, bytes], compression: int = zipfile.ZIP_S
     return path
 
 
+def _bad_crc_zip(path: Path) -> Path:
+    """A stored member whose bytes no longer match the CRC in its header."""
+    _zip(path, {"a.jpg": _jpeg()})
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF  # inside the member's data (the local header is 35 bytes)
+    path.write_bytes(bytes(data))
+    return path
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
@@ -160,8 +169,10 @@ def _jpeg() -> bytes:
         (lambda d: _zip(d / "evil.zip", {"../../etc/x.jpg": _jpeg()}), ["evil.zip", "unsafe path"]),
         (lambda d: _zip(d / "abs.zip", {"/tmp/x.jpg": _jpeg()}), ["abs.zip", "unsafe path"]),
         (lambda d: _zip(d / "bomb.zip", {"a.jpg": b"\0" * 20_000_000}, zipfile.ZIP_DEFLATED), ["bomb.zip", "zip bomb"]),
+        (lambda d: _bad_crc_zip(d / "crc.zip"), ["a.jpg", "corrupt"]),
     ],
-    ids=["missing", "zero-bytes", "text", "truncated", "empty-folder", "zip-dotdot", "zip-absolute", "zip-bomb"],
+    ids=["missing", "zero-bytes", "text", "truncated", "empty-folder", "zip-dotdot", "zip-absolute", "zip-bomb",
+         "zip-bad-crc"],
 )
 def test_bad_enroll_input_changes_nothing(enrolled: Path, grocery: Path, tmp_path: Path, capsys, make, needles) -> None:
     bad = make(tmp_path)

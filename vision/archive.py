@@ -7,7 +7,8 @@ byte past the size its header declares, so a lying header is caught, never trust
 
 Two callers, two policies on the same checks:
 - `iter_zip_images` (reference uploads) refuses the whole archive on the first unsafe member, since
-  an archive with `..` or absolute names was built to attack an extractor;
+  an archive with `..` or absolute names was built to attack an extractor, and on an overall
+  compression ratio over the cap;
 - `markguard datasets import-folder` skips an unsafe member with its reason (`member_problem`) and
   keeps the rest, as a dataset build reports every skip.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import stat
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -39,7 +41,7 @@ class ArchiveLimits:
     max_members: int = 10_000
     max_member_bytes: int = MAX_BYTES  # the decoder's own limit
     max_total_bytes: int = 2 * 1024**3  # uncompressed, all members together
-    max_ratio: float = 200.0  # uncompressed / compressed, per member (which bounds the overall ratio too)
+    max_ratio: float = 200.0  # uncompressed / compressed, per member (and overall, for `iter_zip_images`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,9 +99,13 @@ def member_problem(info: zipfile.ZipInfo, limits: ArchiveLimits) -> str | None:
 
 
 def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
-    """A member's bytes, read at most one byte past its declared size (checked by `member_problem`)."""
-    with archive.open(info) as fh:
-        data = fh.read(info.file_size + 1)
+    """A member's bytes, read at most one byte past its declared size (checked by `member_problem`);
+    a corrupt member (bad CRC, broken stream, unknown compression) is an `ArchiveError`."""
+    try:
+        with archive.open(info) as fh:
+            data = fh.read(info.file_size + 1)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        raise ArchiveError(f"member {info.filename!r} is corrupt ({exc})") from None
     if len(data) != info.file_size:
         raise ArchiveError(f"member {info.filename!r} differs from the size its header declares")
     return data
@@ -113,6 +119,9 @@ def iter_zip_images(path: str | Path, *, limits: ArchiveLimits = ArchiveLimits()
         for info in infos:
             if (why := member_problem(info, limits)) is not None:
                 raise ArchiveError(f"{path}: refused, member {info.filename!r}: {why}")
+        total, compressed = sum(i.file_size for i in infos), sum(i.compress_size for i in infos)
+        if compressed and total / compressed > limits.max_ratio:
+            raise ArchiveError(f"{path}: suspicious overall compression ratio (zip bomb?)")
         for info in infos:
             if info.filename.lower().endswith(IMAGE_SUFFIXES):
                 yield ArchiveMember(name=info.filename, data=read_member(archive, info))
