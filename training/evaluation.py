@@ -25,8 +25,7 @@ from markguard.vision.regions import region_crops
 from markguard.vision.scoring import Fusion, claim_geometry, region_signals
 
 __all__ = ["ClaimSet", "QueryVectors", "as_regions", "query_region_crops", "split_blocks", "build_index", "make_claims",
-           "add_geometry",
-           "evaluate_embeddings", "bootstrap_intervals", "STRENGTH_BINS"]
+           "add_geometry", "evaluate_embeddings", "bootstrap_intervals", "STRENGTH_BINS"]
 
 QueryVectors = np.ndarray | Sequence[np.ndarray]  # (Q, d) full photos, or per query (regions, d), full photo first
 

@@ -52,7 +52,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     queries_as = p.add_mutually_exclusive_group()
     queries_as.add_argument("--whole-photo", action="store_true", help="embed whole photos only (no region crops)")
     queries_as.add_argument("--mark-crops", action="store_true",
-                      help="embed each query's true mark box (grown 1.25x) instead of region crops (a diagnostic)")
+                            help="embed each query's true mark box (grown 1.25x) instead of region crops (a diagnostic)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
