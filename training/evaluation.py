@@ -21,11 +21,11 @@ from markguard.training.data import EvalSet, Item
 from markguard.training.metrics import map_at_r, recall_at_k, roc_auc, roc_curve, tpr_at_fpr
 from markguard.vision.geometry import LocalFeatures
 from markguard.vision.index import KIND_CODES, ReferenceIndex
-from markguard.vision.regions import region_crops
+from markguard.vision.regions import iou, propose_regions, region_crops
 from markguard.vision.scoring import Fusion, claim_geometry, region_signals
 
 __all__ = ["ClaimSet", "QueryVectors", "as_regions", "query_region_crops", "split_blocks", "build_index", "make_claims",
-           "add_geometry", "evaluate_embeddings", "bootstrap_intervals", "STRENGTH_BINS"]
+           "add_geometry", "evaluate_embeddings", "bootstrap_intervals", "proposal_coverage", "STRENGTH_BINS"]
 
 QueryVectors = np.ndarray | Sequence[np.ndarray]  # (Q, d) full photos, or per query (regions, d), full photo first
 
@@ -132,6 +132,19 @@ def query_region_crops(images: Sequence[np.ndarray], *, max_regions: int) -> tup
         crops += found
         counts.append(len(found))
     return crops, counts
+
+
+def proposal_coverage(images: Sequence[np.ndarray], marks: Sequence[tuple[int, int, int, int] | None], *,
+                      max_regions: int, min_iou: float = 0.5) -> dict[str, float] | None:
+    """How often the region proposals find the mark: for each photo with a `mark` box, the best IoU of
+    its regions (as serving proposes them, without OCR text boxes) with that box. Returns the share of
+    photos at or above `min_iou`, the mean best IoU and the photo count; None when no photo has a box."""
+    best = [max(iou(r.box, box) for r in propose_regions(image, max_regions=max_regions))
+            for image, box in zip(images, marks, strict=True) if box is not None]
+    if not best:
+        return None
+    return {"share_found": float(np.mean(np.array(best) >= min_iou)), "mean_best_iou": float(np.mean(best)),
+            "min_iou": min_iou, "photos": len(best)}
 
 
 def split_blocks(vectors: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:

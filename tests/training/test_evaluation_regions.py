@@ -11,7 +11,13 @@ import pytest
 
 from markguard.datasets.manifest import Box, Label, ManifestRow
 from markguard.training.data import EvalSet, Item, augment, mark_box, mark_view
-from markguard.training.evaluation import add_geometry, bootstrap_intervals, evaluate_embeddings, make_claims
+from markguard.training.evaluation import (
+    add_geometry,
+    bootstrap_intervals,
+    evaluate_embeddings,
+    make_claims,
+    proposal_coverage,
+)
 from markguard.training.metrics import roc_auc
 from markguard.vision.decode import read_image
 from markguard.vision.geometry import extract_features
@@ -121,3 +127,12 @@ def test_synthetic_references_are_enrolled_as_mark_crops(tiny_synth: Path) -> No
         assert image.shape[0] <= 1.25 * (y1 - y0) + 2 and image.shape[1] <= 1.25 * (x1 - x0) + 2
         bx0, by0, bx1, by1 = mark_box(ref)  # the box in the crop's pixels: inside it
         assert 0 <= bx0 < bx1 <= image.shape[1] + 1 and 0 <= by0 < by1 <= image.shape[0] + 1
+
+
+def test_proposal_coverage_counts_photos_whose_mark_a_region_finds() -> None:
+    flat = np.full((200, 200, 3), 128, np.uint8)
+    # the full photo is always a region, so a mark filling the photo is found; a 10-px mark is not
+    found = proposal_coverage([flat, flat, flat], [(0, 0, 200, 200), (5, 5, 15, 15), None], max_regions=6)
+    assert (found["share_found"], found["photos"], found["min_iou"]) == (0.5, 2, 0.5)
+    assert 0.5 < found["mean_best_iou"] < 0.75  # (1 + the small mark's best IoU, under 0.5) / 2
+    assert proposal_coverage([flat], [None], max_regions=6) is None

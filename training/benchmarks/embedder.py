@@ -9,8 +9,9 @@ separates what the embedder can tell from what the region proposals find). Metri
 product/brand recall@1 of unclaimed photos, and claim AUC on the claim's best genuine similarity over
 the photo's regions (grocery: true product vs another product of the same brand; synthetic: genuine
 photo vs a counterfeit claiming the brand); `claim_auc_other_brand` (true claim vs a claim of another
-brand) is printed beside them for context. Each figure carries a 95% bootstrap interval over query
-photos, because held-out sets are small.
+brand) is printed beside them for context, and, as served, how often a region overlaps a query's
+true mark box (IoU >= 0.5: whether the proposals find the mark at all). Each figure carries a 95%
+bootstrap interval over query photos, because held-out sets are small.
 """
 
 from __future__ import annotations
@@ -27,9 +28,17 @@ from pathlib import Path
 import torch
 
 from markguard.training.artifacts import json_metrics, resolve_model
-from markguard.training.data import enrolled_crop, ensure_grocery, ensure_synth, make_eval_set, read_items
+from markguard.training.data import (
+    enrolled_crop,
+    ensure_grocery,
+    ensure_synth,
+    load_images,
+    make_eval_set,
+    mark_box,
+    read_items,
+)
 from markguard.training.evaluate import evaluate_artifact
-from markguard.training.evaluation import bootstrap_intervals
+from markguard.training.evaluation import bootstrap_intervals, proposal_coverage
 from markguard.vision.artifact import build_imagenet_artifact
 from markguard.vision.atomic import atomic_write_bytes
 
@@ -102,6 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for k, label in enumerate(("imagenet", "trained")):
                 results[name][label]["ci95"] = {c: ci[c][k] for c in COLUMNS}
             results[name]["trained_minus_imagenet_ci95"] = {c: ci[f"difference_{c}"][1] for c in COLUMNS}
+            if not (args.whole_photo or args.mark_crops):
+                found = proposal_coverage(load_images(es.queries), [mark_box(q) for q in es.queries],
+                                          max_regions=int(trained.fusion.get("max_regions", 6)))
+                if found:
+                    results[name]["proposals_find_mark"] = found
     view = ("whole photos" if args.whole_photo else "true mark boxes (diagnostic)" if args.mark_crops
             else "full photo + region crops, as served")
     print(f"markguard bench embedder: ImageNet-only Lite0 vs {trained.tag}; queries as {view} "
@@ -122,6 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{'':<36} ({r['trained']['queries']} queries, {r['trained']['references']} references, "
               f"{r['trained']['regions_per_query']:.1f} regions per query; claim negatives: "
               f"{r['trained']['claim_negatives']})")
+        if "proposals_find_mark" in r:
+            p = r["proposals_find_mark"]
+            print(f"{'':<36} (a region overlaps the true mark box at IoU >= {p['min_iou']:.1f} in "
+                  f"{p['share_found']:.0%} of {p['photos']} photos; mean best IoU {p['mean_best_iou']:.2f})")
     if args.json:
         args.json.write_text(json.dumps(json_metrics(results), indent=2, sort_keys=True) + "\n")
     if args.card:
