@@ -109,7 +109,7 @@ class ScoringEngine:
         self.ocr: OcrEngine | None = shared_ocr_engine() if ocr else None
         self.ocr_budget_ms = ocr_budget_ms
         self.on_ocr_seconds = on_ocr_seconds
-        self.max_regions = int(self.artifact.fusion.get("max_regions", 6))
+        self.max_regions = self.artifact.max_regions
         self.index: ReferenceIndex = sync_index(home, self.artifact, self.model)
         self._features: OrderedDict[int, LocalFeatures] = OrderedDict()
         self._ocr_cache: OrderedDict[str, list[OcrLine]] = OrderedDict()

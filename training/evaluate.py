@@ -51,7 +51,7 @@ def evaluate_artifact(artifact: ModelArtifact, eval_set: EvalSet, *, device: str
     adds geometry signals when the fusion is used and weighs them."""
     model = artifact.load_embedder(device=device)
     refs = embed_images(model, load_images(eval_set.references), batch_size=batch_size, progress=progress)
-    max_regions = int(artifact.fusion.get("max_regions", 6)) if regions else 1
+    max_regions = artifact.max_regions if regions else 1
     crops, counts = query_region_crops(load_images(eval_set.queries), max_regions=max_regions)
     queries = split_blocks(embed_images(model, crops, batch_size=batch_size, progress=progress), counts)
     fusion = Fusion(artifact.fusion) if use_fusion else None

