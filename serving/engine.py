@@ -105,6 +105,7 @@ class ScoringEngine:
         self.home = home
         self.artifact = ensure_default_model(home)
         self.model = self.artifact.load_embedder(device=device, fuse=True)
+        self.detector = self.artifact.load_detector(device=device)  # None: saliency and window regions only
         self.fusion = Fusion({"priors": OCR_PRIORS, **self.artifact.fusion})
         self.ocr: OcrEngine | None = shared_ocr_engine() if ocr else None
         self.ocr_budget_ms = ocr_budget_ms
@@ -146,7 +147,8 @@ class ScoringEngine:
         image = decode_image(request.data)
         lines, ocr_seconds = self._read_text(request.data, image) if self.ocr is not None else (None, 0.0)
         text_boxes = [line.box for line in lines or []]
-        regions, crops = region_crops(image, max_regions=self.max_regions, text_boxes=text_boxes)
+        mark_boxes = [d.box for d in self.detector.detect([image])[0]] if self.detector is not None else []
+        regions, crops = region_crops(image, max_regions=self.max_regions, mark_boxes=mark_boxes, text_boxes=text_boxes)
         return ScorePlan(request, brand_id, product_id, image, regions, crops, started, lines, ocr_seconds=ocr_seconds)
 
     def _read_text(self, data: bytes, image: np.ndarray) -> tuple[list[OcrLine], float]:

@@ -1,7 +1,8 @@
 """The home's model registry: which artifacts exist, which one is promoted, and loading it safely.
 
 Artifacts are only ever loaded from the home's `models/` folder, and only when the weights' SHA-256
-matches both `embedder.json` and the catalog row written when the model was registered.
+matches both `embedder.json` and the catalog row written when the model was registered (the mark
+detector's, when the model has one, likewise: `detector.json` and the card the row holds).
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ def promoted_artifact(home: Home) -> ModelArtifact:
         raise IntegrityError(f"model {row.tag!r} is outside the home's models folder")
     if artifact.embedder.weights_sha256 != row.weights_sha256:
         raise IntegrityError(f"model {row.tag!r}: embedder.json no longer matches the registered weights")
+    if artifact.detector is not None and artifact.detector.weights_sha256 != (row.card or {}).get("detector_sha256"):
+        raise IntegrityError(f"model {row.tag!r}: detector.json no longer matches the registered detector weights")
     return artifact
 
 

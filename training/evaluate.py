@@ -46,13 +46,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def evaluate_artifact(artifact: ModelArtifact, eval_set: EvalSet, *, device: str = "cpu", batch_size: int = 32,
                       seed: int = 0, progress: bool = True, use_fusion: bool = True, regions: bool = True,
-                      geometry: bool | None = None) -> dict[str, Any]:
+                      geometry: bool | None = None, proposals_from: ModelArtifact | None = None) -> dict[str, Any]:
     """Metrics of `artifact` on `eval_set`. `regions=False` embeds whole photos only; `geometry=None`
-    adds geometry signals when the fusion is used and weighs them."""
+    adds geometry signals when the fusion is used and weighs them; `proposals_from` names another
+    artifact whose mark detector proposes the regions (an ablation: one embedder, another's regions)."""
     model = artifact.load_embedder(device=device)
     refs = embed_images(model, load_images(eval_set.references), batch_size=batch_size, progress=progress)
     max_regions = artifact.max_regions if regions else 1
-    crops, counts = query_region_crops(load_images(eval_set.queries), max_regions=max_regions)
+    detector = (proposals_from or artifact).load_detector(device=device) if regions else None
+    crops, counts = query_region_crops(load_images(eval_set.queries), max_regions=max_regions, detector=detector)
     queries = split_blocks(embed_images(model, crops, batch_size=batch_size, progress=progress), counts)
     fusion = Fusion(artifact.fusion) if use_fusion else None
     claims = make_claims(eval_set, refs, queries, seed=seed)

@@ -19,6 +19,7 @@ import numpy as np
 
 from markguard.training.data import EvalSet, Item
 from markguard.training.metrics import map_at_r, recall_at_k, roc_auc, roc_curve, tpr_at_fpr
+from markguard.vision.detect import MarkDetector
 from markguard.vision.geometry import LocalFeatures
 from markguard.vision.index import KIND_CODES, ReferenceIndex
 from markguard.vision.regions import iou, propose_regions, region_crops
@@ -122,29 +123,42 @@ def make_claims(eval_set: EvalSet, ref_vectors: np.ndarray, query_vectors: Query
     )
 
 
-def query_region_crops(images: Sequence[np.ndarray], *, max_regions: int) -> tuple[list[np.ndarray], list[int]]:
-    """Every query photo's region crops as serving proposes them (full photo first), stacked, and how
-    many each photo has (`split_blocks` turns their vectors back into per-query blocks)."""
+def query_region_crops(images: Sequence[np.ndarray], *, max_regions: int,
+                       detector: MarkDetector | None = None) -> tuple[list[np.ndarray], list[int]]:
+    """Every query photo's region crops as serving proposes them (full photo first, then the marks the
+    model's detector finds, when it has one), stacked, and how many each photo has (`split_blocks`
+    turns their vectors back into per-query blocks)."""
+    marks = _detected_marks(images, detector)
     crops: list[np.ndarray] = []
     counts = []
-    for image in images:
-        _, found = region_crops(image, max_regions=max_regions)
+    for image, found_marks in zip(images, marks, strict=True):
+        _, found = region_crops(image, max_regions=max_regions, mark_boxes=found_marks)
         crops += found
         counts.append(len(found))
     return crops, counts
 
 
 def proposal_coverage(images: Sequence[np.ndarray], marks: Sequence[tuple[int, int, int, int] | None], *,
-                      max_regions: int, min_iou: float = 0.5) -> dict[str, float] | None:
+                      max_regions: int, detector: MarkDetector | None = None,
+                      min_iou: float = 0.5) -> dict[str, float] | None:
     """How often the region proposals find the mark: for each photo with a `mark` box, the best IoU of
-    its regions (as serving proposes them, without OCR text boxes) with that box. Returns the share of
-    photos at or above `min_iou`, the mean best IoU and the photo count; None when no photo has a box."""
-    best = [max(iou(r.box, box) for r in propose_regions(image, max_regions=max_regions))
-            for image, box in zip(images, marks, strict=True) if box is not None]
-    if not best:
+    its regions (as serving proposes them, with the detector's marks and without OCR text boxes) with
+    that box. Returns the share of photos at or above `min_iou`, the mean best IoU and the photo count;
+    None when no photo has a box."""
+    pairs = [(image, box) for image, box in zip(images, marks, strict=True) if box is not None]
+    if not pairs:
         return None
+    detected = _detected_marks([image for image, _ in pairs], detector)
+    best = [max(iou(r.box, box) for r in propose_regions(image, max_regions=max_regions, mark_boxes=found))
+            for (image, box), found in zip(pairs, detected, strict=True)]
     return {"share_found": float(np.mean(np.array(best) >= min_iou)), "mean_best_iou": float(np.mean(best)),
             "min_iou": min_iou, "photos": len(best)}
+
+
+def _detected_marks(images: Sequence[np.ndarray], detector: MarkDetector | None) -> list[list[tuple[int, int, int, int]]]:
+    if detector is None:
+        return [[] for _ in images]
+    return [[d.box for d in found] for found in detector.detect(images)]
 
 
 def split_blocks(vectors: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:

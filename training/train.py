@@ -1,6 +1,7 @@
 """`markguard train`: fine-tune Lite0 + a linear head with ArcFace, calibrate the fusion, write the artifact.
 
-One linear loop (torchvision references style): data → cached frozen prefix → `train_one_epoch` /
+One linear loop (torchvision references style): data → the mark detector (`training.detector`; its
+marks lead the eval queries' regions, as in serving) → cached frozen prefix → `train_one_epoch` /
 `evaluate` per epoch (metrics JSON, checkpoint) → calibration → artifact, card, plots, BentoML.
 """
 
@@ -40,6 +41,13 @@ from markguard.training.data import (
     mark_view,
     read_items,
 )
+from markguard.training.detector import (
+    build_detector,
+    cache_features,
+    detector_items,
+    mark_coverage,
+    train_detector,
+)
 from markguard.training.evaluation import (
     ClaimSet,
     add_geometry,
@@ -53,6 +61,7 @@ from markguard.training.losses import counterfeit_pair_loss, create_loss
 from markguard.training.model import SplitEmbedder, build_model, cache_prefix, embed_cached
 from markguard.training.plots import plot_loss, plot_per_brand, plot_roc
 from markguard.vision.artifact import write_artifact
+from markguard.vision.detect import MarkDetector, encode_boxes
 from markguard.vision.geometry import extract_features
 from markguard.vision.scoring import Fusion
 
@@ -156,12 +165,15 @@ def _cache_train(split: SplitEmbedder, items: list[Item], config: dict[str, Any]
     return feats, torch.tensor([i for i, _, _ in jobs], dtype=torch.long)
 
 
-def _cache_eval(split: SplitEmbedder, es: EvalSet, config: dict[str, Any], device: str) -> dict[str, torch.Tensor]:
+def _cache_eval(split: SplitEmbedder, es: EvalSet, config: dict[str, Any], device: str,
+                detector: MarkDetector | None) -> dict[str, torch.Tensor]:
     """Prefix features of the references (whole images) and of every query's regions, as serving crops
-    them (`eval.max_regions`; full photo first), with `query_regions` = regions per query."""
+    them (`eval.max_regions`; full photo first, then the detector's marks), with `query_regions` =
+    regions per query."""
     cfg = split.model.config
     # eval photos are few and small enough to hold as crops
-    crops, counts = query_region_crops(load_images(es.queries), max_regions=int(config["eval"]["max_regions"]))
+    crops, counts = query_region_crops(load_images(es.queries), max_regions=int(config["eval"]["max_regions"]),
+                                       detector=detector)
     refs = es.references
     return {
         "references": cache_prefix(split, lambda a, b: eval_transform(load_images(refs[a:b]), cfg), len(refs),
@@ -172,6 +184,46 @@ def _cache_eval(split: SplitEmbedder, es: EvalSet, config: dict[str, Any], devic
                                 desc=f"caching {es.name} query regions"),
         "query_regions": torch.tensor(counts, dtype=torch.long),
     }
+
+
+def _train_detector(config: dict[str, Any], items: list[Item], eval_sets: dict[str, EvalSet], hashes: dict[str, str],
+                    run_dir: Path, quiet: bool) -> tuple[MarkDetector | None, dict[str, Any]]:
+    """The mark detector (`detector` config section) trained on the training photos' `mark` boxes and
+    measured on synth val's, or None when it is off or no training photo has a box. The trained head
+    is kept in `detector.pt` with what it was trained from, so `--resume` reuses it."""
+    params = config.get("detector", {})
+    photos = detector_items(items)
+    if not params.get("enabled") or not photos:
+        if params.get("enabled"):
+            print("markguard train: no training photo has a mark box; no mark detector")
+        return None, {}
+    device = config["device"]
+    torch.manual_seed(config["seed"])
+    detector = build_detector(params)
+    path = run_dir / "detector.pt"
+    key = _fingerprint(config, "detector", "seed", hashes, [str(i.path) for i in photos])
+    saved = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
+    if saved.get("fingerprint") == key:
+        detector.load_state_dict(saved["model"])
+        return detector.eval(), json.loads(saved["report"])
+    t = time.monotonic()
+    features, sizes = cache_features(detector, photos, device=device, desc="detector: caching training photos",
+                                     quiet=quiet)
+    targets = encode_boxes([mark_box(i) for i in photos], sizes, input_size=detector.config.input_size,
+                           stride=detector.config.stride)
+    history = train_detector(detector, features, targets, params=params, seed=config["seed"], device=device, quiet=quiet)
+    del features
+    report: dict[str, Any] = {"train_photos": len(photos), "history": history}
+    val = detector_items(eval_sets["synth_val"].queries) if "synth_val" in eval_sets else []
+    if val:
+        features, sizes = cache_features(detector.cpu(), val, desc="detector: caching synth val", quiet=quiet)
+        report["synth_val"] = mark_coverage(detector, features, sizes, [mark_box(i) for i in val])
+    report["seconds"] = round(time.monotonic() - t, 1)
+    detector.cpu().eval()
+    torch.save({"fingerprint": key, "model": detector.state_dict(), "report": json.dumps(report)}, path)
+    print(f"markguard train: mark detector trained on {len(photos)} photos ({report['seconds']:.0f}s); "
+          f"synth val: {report.get('synth_val')}")
+    return detector, report
 
 
 # -- the loop --------------------------------------------------------------------------------------------------------
@@ -329,6 +381,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"markguard train: {len(items)} training images, {len(classes)} classes, eval sets "
           f"{ {n: (len(e.references), len(e.queries)) for n, e in eval_sets.items()} }, run folder {run_dir}")
 
+    detector, detector_report = _train_detector(config, items, eval_sets, hashes, run_dir, quiet)
+    detector_key = _state_hash(detector.state_dict()) if detector is not None else ""
+
     # the frozen prefix is run once; the cache survives --resume (a part whose inputs changed is recomputed)
     cache_path = run_dir / "feature_cache.pt"
     t0 = time.monotonic()
@@ -340,10 +395,10 @@ def run(args: argparse.Namespace) -> int:
         cache["fingerprint/train"] = train_key
         fresh |= {"train", "owner"}
     for n, es in eval_sets.items():
-        key = _fingerprint(config, "model", "eval", hashes,
+        key = _fingerprint(config, "model", "eval", hashes, [detector_key],
                            [(str(i.path), i.crop) for i in [*es.references, *es.queries]])
         if cache.get(f"fingerprint/eval/{n}") != key:
-            cache.update({f"eval/{n}/{k}": v for k, v in _cache_eval(split, es, config, device).items()})
+            cache.update({f"eval/{n}/{k}": v for k, v in _cache_eval(split, es, config, device, detector).items()})
             cache[f"fingerprint/eval/{n}"] = key
             fresh |= {f"eval/{n}/references", f"eval/{n}/queries", f"eval/{n}/query_regions"}
     if fresh:
@@ -414,14 +469,15 @@ def run(args: argparse.Namespace) -> int:
     finish(split=split, config=config, run_dir=run_dir, eval_sets=eval_sets, eval_caches=eval_caches,
            history=history, hashes=hashes, classes=len(classes), train_images=len(items),
            seconds={"cache": round(cache_seconds, 1), "total": round(time.monotonic() - started, 1)},
-           cache_reused=reused, args=args)
+           cache_reused=reused, args=args, detector=detector, detector_report=detector_report)
     return 0
 
 
 def finish(*, split: SplitEmbedder, config: dict[str, Any], run_dir: Path, eval_sets: dict[str, EvalSet],
            eval_caches: dict[str, dict[str, torch.Tensor]], history: list[dict[str, Any]], hashes: dict[str, str],
            classes: int, train_images: int, seconds: dict[str, float], cache_reused: list[str],
-           args: argparse.Namespace) -> None:
+           args: argparse.Namespace, detector: MarkDetector | None = None,
+           detector_report: dict[str, Any] | None = None) -> None:
     """Calibrate the fusion on the validation claims, evaluate with it, write artifact, card, plots, BentoML."""
     device = config["device"]
     c = config["calibration"]
@@ -481,10 +537,14 @@ def finish(*, split: SplitEmbedder, config: dict[str, Any], run_dir: Path, eval_
         "calibration_ocr": {"sets": ocr_on, "photos_per_set": c["ocr_photos"]},
         "held_out_data": sorted(set(eval_sets) - set(calibrate_on)),
     }
+    if detector is not None:
+        card["description"] += (" Regions: a learned mark detector (FCOS head on the frozen ImageNet Lite0 trunk at "
+                                "stride 16, trained on the training photos' mark boxes) leads the proposals.")
+        card["detector"] = detector_report
     if (run_dir / "artifact").exists():  # a resumed run that had finished: the artifact is written again
         shutil.rmtree(run_dir / "artifact")
     artifact = write_artifact(run_dir / "artifact", state_dict=model.state_dict(), embedder=model.config,
-                              fusion=spec, card=card)
+                              fusion=spec, card=card, detector=detector)
     (run_dir / "metrics_final.json").write_text(json.dumps(card["metrics"], indent=2, sort_keys=True) + "\n")
     plot_loss(history, run_dir / "loss.png")
     for n, m in metrics.items():

@@ -1,4 +1,5 @@
-"""Model artifacts: a folder holding weights, `embedder.json`, `fusion.json` and `card.json`.
+"""Model artifacts: a folder holding weights, `embedder.json`, `fusion.json` and `card.json`, and
+optionally a mark detector (`detector.json` and its weights).
 
 Weights load through `load_weights` alone: the SHA-256 is checked before a byte is parsed, and only
 safetensors (or, for the upstream ImageNet file, `torch.load(weights_only=True)`) is used.
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from markguard.vision.detect import DetectorConfig, MarkDetector
 from markguard.vision.embed import BackboneEmbedder, EmbedderConfig
 from markguard.vision.errors import IntegrityError
 
@@ -67,6 +69,7 @@ class ModelArtifact:
     embedder: EmbedderConfig
     fusion: dict[str, Any]
     card: dict[str, Any]
+    detector: DetectorConfig | None = None  # the learned mark detector, when the model has one
 
     @property
     def tag(self) -> str:
@@ -88,6 +91,16 @@ class ModelArtifact:
             model.backbone.fuse_batchnorm()
         return model.to(device)
 
+    def load_detector(self, *, device: str = "cpu") -> MarkDetector | None:
+        """The mark detector in eval mode, or None when the artifact has none (regions are then proposed
+        from saliency and windows alone)."""
+        if self.detector is None:
+            return None
+        detector = MarkDetector(self.detector)
+        state = load_weights(self.path / self.detector.weights_file, sha256=self.detector.weights_sha256)
+        detector.load_state_dict(state, strict=True)
+        return detector.eval().to(device)
+
 
 def load_artifact(path: str | os.PathLike[str]) -> ModelArtifact:
     path = Path(path)
@@ -99,7 +112,8 @@ def load_artifact(path: str | os.PathLike[str]) -> ModelArtifact:
     card = json.loads((path / "card.json").read_text())
     if "tag" not in card:
         raise IntegrityError(f"{path}: card.json has no tag")
-    return ModelArtifact(path=path, embedder=embedder, fusion=fusion, card=card)
+    detector = DetectorConfig.from_json(path / "detector.json") if (path / "detector.json").is_file() else None
+    return ModelArtifact(path=path, embedder=embedder, fusion=fusion, card=card, detector=detector)
 
 
 def write_artifact(
@@ -109,10 +123,12 @@ def write_artifact(
     embedder: EmbedderConfig,
     fusion: dict[str, Any],
     card: dict[str, Any],
+    detector: MarkDetector | None = None,
 ) -> ModelArtifact:
     """Write a complete artifact to `dest` atomically (a temporary sibling folder, then rename).
 
-    `embedder.weights_sha256` is filled in from the written file; `card["tag"]` must be set.
+    `embedder.weights_sha256` (and the detector's) is filled in from the written file; `card["tag"]`
+    must be set.
     """
     dest = Path(dest)
     if dest.exists():
@@ -124,6 +140,12 @@ def write_artifact(
         save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(weights))
         embedder = dataclasses.replace(embedder, weights_sha256=sha256_file(weights))
         (tmp / "embedder.json").write_text(embedder.to_json())
+        if detector is not None:
+            weights = tmp / detector.config.weights_file
+            save_file({k: v.detach().contiguous().cpu() for k, v in detector.state_dict().items()}, str(weights))
+            config = dataclasses.replace(detector.config, weights_sha256=sha256_file(weights))
+            (tmp / "detector.json").write_text(config.to_json())
+            card = {**card, "detector_sha256": config.weights_sha256}  # what a registry pins, with the embedder's
         (tmp / "fusion.json").write_text(json.dumps(fusion, indent=2, sort_keys=True) + "\n")
         (tmp / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
         for f in tmp.iterdir():

@@ -1,8 +1,9 @@
 """vision: regions — the whole photo plus the crops where a mark or label may sit.
 
-A listing photo's mark may fill a twentieth of the frame, so the embedder also sees crops: OCR text
-boxes (given by the caller), blobs of a saliency-plus-edge map, and multi-scale square windows. All
-are scored by the same map, deduplicated by IoU and capped; the first region is always the full photo.
+A listing photo's mark may fill a twentieth of the frame, so the embedder also sees crops: the marks a
+learned detector found (`vision.detect`, given by the caller), OCR text boxes (given by the caller),
+blobs of a saliency-plus-edge map, and multi-scale square windows. All are scored by the same map,
+deduplicated by IoU and capped; the first region is always the full photo.
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ _SALIENCY_SIDE = 64  # spectral residual works on a very small image (Hou & Zhan
 
 class RegionSource(enum.StrEnum):
     FULL = "full"
+    MARK = "mark"
     TEXT = "text"
     SALIENCY = "saliency"
     WINDOW = "window"
+
+
+_CAPPED_SOURCES = (RegionSource.SALIENCY, RegionSource.WINDOW)  # dropped below `min_fraction` of the short side
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,19 +55,23 @@ def propose_regions(
     image: np.ndarray,
     *,
     max_regions: int = 10,
+    mark_boxes: Iterable[Sequence[float]] = (),
     text_boxes: Iterable[Sequence[float]] = (),
     window_scales: Sequence[float] = (0.4, 0.6),
     iou_threshold: float = 0.4,
     min_side: int = 32,
     min_fraction: float = 0.12,
     text_padding: float = 0.25,
+    mark_margin: float = 1.25,
 ) -> list[Region]:
     """At most `max_regions` regions, inside the image, no two overlapping by more than `iou_threshold`.
 
-    Order: the full photo, then text boxes (padded by `text_padding` of their height, kept in the
-    given order), then saliency blobs and windows together by score. Saliency blobs and windows
-    narrower than `min_side` pixels or `min_fraction` of the photo's short side are dropped (text
-    boxes only by `min_side`). Window scales stay below √`iou_threshold`, or the full photo hides them.
+    Order: the full photo, then mark boxes (grown about their centre by `mark_margin`, as a brand's
+    enrolled logo is cropped, and to at least `min_side` pixels a side, kept in the given order), then
+    text boxes (padded by `text_padding` of their height, kept in the given order), then saliency blobs
+    and windows together by score. Saliency blobs and windows narrower than `min_side` pixels or
+    `min_fraction` of the photo's short side are dropped (text boxes only by `min_side`). Window scales
+    stay below √`iou_threshold`, or the full photo hides them.
     """
     _check_rgb(image)
     if max_regions < 1:
@@ -76,17 +85,18 @@ def propose_regions(
 
     def region(box: Box, source: RegionSource) -> Region | None:
         w, h = box[2] - box[0], box[3] - box[1]
-        if w < min_w or h < min_h or (source is not RegionSource.TEXT and min(w, h) < min_crop):
+        if w < min_w or h < min_h or (source in _CAPPED_SOURCES and min(w, h) < min_crop):
             return None
         return Region(box, source, objectness.score(box))
 
+    marks = [region(_grow_mark(b, mark_margin, min_side, width, height), RegionSource.MARK) for b in mark_boxes]
     texts = [region(_pad_text(b, text_padding, width, height), RegionSource.TEXT) for b in text_boxes]
     ranked = [region(b, RegionSource.SALIENCY) for b in objectness.blobs()]
     ranked += [region(b, RegionSource.WINDOW) for b in _windows(width, height, window_scales)]
     ranked_regions = sorted((r for r in ranked if r is not None), key=lambda r: -r.score)
 
     chosen = [full]
-    for candidate in [t for t in texts if t is not None] + ranked_regions:
+    for candidate in [r for r in [*marks, *texts] if r is not None] + ranked_regions:
         if len(chosen) >= max_regions:
             break
         if all(iou(candidate.box, kept.box) <= iou_threshold for kept in chosen):
@@ -95,11 +105,15 @@ def propose_regions(
 
 
 def region_crops(
-    image: np.ndarray, *, max_regions: int, text_boxes: Iterable[Sequence[float]] = ()
+    image: np.ndarray,
+    *,
+    max_regions: int,
+    mark_boxes: Iterable[Sequence[float]] = (),
+    text_boxes: Iterable[Sequence[float]] = (),
 ) -> tuple[list[Region], list[np.ndarray]]:
     """`propose_regions` and each region's pixels (the full photo itself first, not a copy): what the
     embedder sees of one listing photo, in serving and in evaluation alike."""
-    regions = propose_regions(image, max_regions=max_regions, text_boxes=text_boxes)
+    regions = propose_regions(image, max_regions=max_regions, mark_boxes=mark_boxes, text_boxes=text_boxes)
     full = (0, 0, image.shape[1], image.shape[0])
     return regions, [image if r.box == full else crop(image, r) for r in regions]
 
@@ -229,14 +243,24 @@ def _positions(length: int, side: int) -> list[int]:
     return sorted({round(i * (length - side) / steps) for i in range(steps + 1)})
 
 
-def _pad_text(box: Sequence[float], padding: float, width: int, height: int) -> Box:
+def _ordered(box: Sequence[float], kind: str) -> tuple[float, float, float, float]:
     if len(box) != 4:
-        raise ValueError(f"a text box is (x0, y0, x1, y1), got {tuple(box)}")
+        raise ValueError(f"a {kind} box is (x0, y0, x1, y1), got {tuple(box)}")
     x0, y0, x1, y1 = (float(v) for v in box)
     if not all(np.isfinite((x0, y0, x1, y1))):
-        raise ValueError(f"text box {tuple(box)} is not finite")
-    x0, x1 = min(x0, x1), max(x0, x1)
-    y0, y1 = min(y0, y1), max(y0, y1)
+        raise ValueError(f"{kind} box {tuple(box)} is not finite")
+    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+
+def _grow_mark(box: Sequence[float], margin: float, min_side: int, width: int, height: int) -> Box:
+    x0, y0, x1, y1 = _ordered(box, "mark")
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    half_w, half_h = max(margin * (x1 - x0), min_side) / 2, max(margin * (y1 - y0), min_side) / 2
+    return _clip_box((cx - half_w, cy - half_h), (cx + half_w, cy + half_h), width, height)
+
+
+def _pad_text(box: Sequence[float], padding: float, width: int, height: int) -> Box:
+    x0, y0, x1, y1 = _ordered(box, "text")
     pad = padding * (y1 - y0)
     return _clip_box((x0 - pad, y0 - pad), (x1 + pad, y1 + pad), width, height)
 

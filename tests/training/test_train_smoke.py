@@ -116,12 +116,15 @@ def test_bench_embedder_prints_both_models(tiny_run: Path, tiny_grocery: Path, t
     printed = capsys.readouterr().out
     assert "imagenet" in printed and "grocery val" in printed and "synthetic held-out" in printed
     assert "95% CI" in printed and "regions per query" in printed
-    assert "overlaps the true mark box" in printed  # synthetic photos carry mark boxes
+    assert "regions overlap the true mark box" in printed  # synthetic photos carry mark boxes
+    assert "same regions (trained model)" in printed  # the tiny run has a mark detector: the ablation rows
     bench = json.loads((artifact / "card.json").read_text())["bench_embedder"]
     assert bench["queries_as"].startswith("full photo") and "--card" in bench["command"]
     for result in bench["results"].values():
         lo, hi = result["trained"]["ci95"]["claim_auc"]
         assert lo <= result["trained"]["claim_auc"] <= hi
-    found = next(r["proposals_find_mark"] for name, r in bench["results"].items() if name.startswith("synthetic"))
-    assert 0.0 <= found["share_found"] <= 1.0 and found["photos"] > 0
+    synthetic = next(r for name, r in bench["results"].items() if name.startswith("synthetic"))
+    for found in synthetic["proposals_find_mark"].values():  # imagenet's regions and the trained model's
+        assert 0.0 <= found["share_found"] <= 1.0 and found["photos"] > 0
+    assert set(synthetic["trained_minus_imagenet_on_trained_regions_ci95"]) == {"recall_at_1", "claim_auc"}
     load_artifact(artifact)  # still a valid artifact

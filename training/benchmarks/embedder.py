@@ -12,6 +12,11 @@ photo vs a counterfeit claiming the brand); `claim_auc_other_brand` (true claim 
 brand) is printed beside them for context, and, as served, how often a region overlaps a query's
 true mark box (IoU >= 0.5: whether the proposals find the mark at all). Each figure carries a 95%
 bootstrap interval over query photos, because held-out sets are small.
+
+As served, each model proposes its own regions: the ImageNet-only baseline from saliency and windows,
+a trained model with a mark detector from its detections first. When it has one, an ablation row
+(`imagenet_on_trained_regions`) embeds the trained model's regions with the ImageNet embedder, and
+the trained model's gain splits into what its regions add and what its embedder adds on them.
 """
 
 from __future__ import annotations
@@ -98,10 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{name}: empty, skipped")
                 continue
             results[name] = {}
+            plan = [("imagenet", baseline, None), ("trained", trained, None)]
+            if as_served and trained.detector is not None:
+                plan.append(("imagenet_on_trained_regions", baseline, trained))
             runs = []
-            for label, artifact in (("imagenet", baseline), ("trained", trained)):
+            for label, artifact, proposals_from in plan:
                 m = evaluate_artifact(artifact, es, device=args.device, use_fusion=False, progress=not args.quiet,
-                                      regions=as_served)
+                                      regions=as_served, proposals_from=proposals_from)
                 runs.append(m)
                 results[name][label] = {"tag": artifact.tag, "queries": m["queries"], "references": m["references"],
                                         "regions_per_query": m["regions_per_query"],
@@ -109,13 +117,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         "claim_auc_other_brand": m.get("claim_vs_other_brand", {}).get("auc"),
                                         **{k: m.get(k) for k in (*COLUMNS, "recall_at_5", "map_at_r")}}
             ci = bootstrap_intervals(runs, len(es.queries))
-            for k, label in enumerate(("imagenet", "trained")):
+            for k, (label, _, _) in enumerate(plan):
                 results[name][label]["ci95"] = {c: ci[c][k] for c in COLUMNS}
             results[name]["trained_minus_imagenet_ci95"] = {c: ci[f"difference_{c}"][1] for c in COLUMNS}
+            if len(runs) == 3:  # the same paired draws: the trained embedder against ImageNet on the same regions
+                on_regions = bootstrap_intervals([runs[2], runs[1]], len(es.queries))
+                results[name]["trained_minus_imagenet_on_trained_regions_ci95"] = {
+                    c: on_regions[f"difference_{c}"][1] for c in COLUMNS}
             if as_served:
-                found = proposal_coverage(load_images(es.queries), [mark_box(q) for q in es.queries],
-                                          max_regions=trained.max_regions)
-                if found:
+                images, marks = load_images(es.queries), [mark_box(q) for q in es.queries]
+                found = {label: proposal_coverage(images, marks, max_regions=artifact.max_regions,
+                                                  detector=artifact.load_detector(device=args.device))
+                         for label, artifact in (("imagenet", baseline), ("trained", trained))}
+                if found["trained"]:
                     results[name]["proposals_find_mark"] = found
     view = ("whole photos" if args.whole_photo else "true mark boxes (diagnostic)" if args.mark_crops
             else "full photo + region crops, as served")
@@ -137,9 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{'':<36} ({r['trained']['queries']} queries, {r['trained']['references']} references, "
               f"{r['trained']['regions_per_query']:.1f} regions per query; claim negatives: "
               f"{r['trained']['claim_negatives']})")
-        if "proposals_find_mark" in r:
-            p = r["proposals_find_mark"]
-            print(f"{'':<36} (a region overlaps the true mark box at IoU >= {p['min_iou']:.1f} in "
+        if "imagenet_on_trained_regions" in r:
+            for k in COLUMNS:
+                a, b = r["imagenet_on_trained_regions"][k], r["trained"][k]
+                diff = r["trained_minus_imagenet_on_trained_regions_ci95"][k]
+                print(f"{'  same regions (trained model):':<36} {k:<22} {a:>9.3f} {b:>9.3f} "
+                      f"{b / a if a else float('nan'):>6.2f}x  {f'{b - a:+.3f} [{diff[0]:+.3f}, {diff[1]:+.3f}]':>28}")
+        for label, p in r.get("proposals_find_mark", {}).items():
+            print(f"{'':<36} ({label} regions overlap the true mark box at IoU >= {p['min_iou']:.1f} in "
                   f"{p['share_found']:.0%} of {p['photos']} photos; mean best IoU {p['mean_best_iou']:.2f})")
     if args.json:
         args.json.write_text(json.dumps(json_metrics(results), indent=2, sort_keys=True) + "\n")
