@@ -56,7 +56,7 @@ def detector_items(items: Sequence[Item]) -> list[Item]:
 def cache_features(detector: MarkDetector, items: Sequence[Item], *, batch_size: int = 32, device: str = "cpu",
                    desc: str = "detector features", quiet: bool = False) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """The frozen trunk's (N, C, G, G) maps (float16) and each photo's (height, width)."""
-    detector.eval().to(device)
+    detector.eval().to(device, memory_format=torch.channels_last)  # NHWC: faster depthwise convs on CPU
     chunks, sizes = [], []
     for start in tqdm(range(0, len(items), batch_size), desc=desc, unit="batch", leave=False, disable=quiet):
         images = [load_image(item)[0] for item in items[start : start + batch_size]]

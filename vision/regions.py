@@ -67,7 +67,8 @@ def propose_regions(
     """At most `max_regions` regions, inside the image, no two overlapping by more than `iou_threshold`.
 
     Order: the full photo, then mark boxes (grown about their centre by `mark_margin`, as a brand's
-    enrolled logo is cropped, and to at least `min_side` pixels a side, kept in the given order), then
+    enrolled logo is cropped, and to at least `min_side` pixels a side, shifted into the photo where
+    they cross its edge, kept in the given order), then
     text boxes (padded by `text_padding` of their height, kept in the given order), then saliency blobs
     and windows together by score. Saliency blobs and windows narrower than `min_side` pixels or
     `min_fraction` of the photo's short side are dropped (text boxes only by `min_side`). Window scales
@@ -254,9 +255,11 @@ def _ordered(box: Sequence[float], kind: str) -> tuple[float, float, float, floa
 
 def _grow_mark(box: Sequence[float], margin: float, min_side: int, width: int, height: int) -> Box:
     x0, y0, x1, y1 = _ordered(box, "mark")
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    half_w, half_h = max(margin * (x1 - x0), min_side) / 2, max(margin * (y1 - y0), min_side) / 2
-    return _clip_box((cx - half_w, cy - half_h), (cx + half_w, cy + half_h), width, height)
+    w, h = min(max(margin * (x1 - x0), min_side), width), min(max(margin * (y1 - y0), min_side), height)
+    # centred on the mark, then shifted (not clipped) into the photo: a mark at the edge keeps its size
+    left = float(np.clip((x0 + x1 - w) / 2, 0, width - w))
+    top = float(np.clip((y0 + y1 - h) / 2, 0, height - h))
+    return _clip_box((left, top), (left + w, top + h), width, height)
 
 
 def _pad_text(box: Sequence[float], padding: float, width: int, height: int) -> Box:

@@ -146,3 +146,18 @@ def test_real_photos_fill_the_budget_quickly(grocery: Path) -> None:
         assert {RegionSource.SALIENCY, RegionSource.WINDOW} & {r.source for r in regions}
     print(f"\npropose_regions: {1000 * np.mean(elapsed):.1f} ms per 348x348 photo")
     assert np.mean(elapsed) < 0.1
+
+
+def test_mark_boxes_lead_grown_about_their_centre() -> None:
+    """Detected marks come right after the full photo, before text boxes, grown by the margin and to
+    at least `min_side` pixels (a thin wordmark keeps some context), inside the photo."""
+    image = _noise((300, 400))
+    regions = propose_regions(image, max_regions=8, mark_boxes=[(100, 100, 200, 110), (380, 0, 420, 60)],
+                              text_boxes=[(20, 200, 120, 230)])
+    _check(regions, (300, 400), max_regions=8, iou_threshold=0.4)
+    assert [r.source for r in regions[:4]] == [RegionSource.FULL, RegionSource.MARK, RegionSource.MARK,
+                                               RegionSource.TEXT]
+    assert regions[1].box == (87, 89, 213, 121)  # 125 x 32: 1.25 x the width, min_side for the height
+    assert regions[2].box == (350, 0, 400, 75)  # 50 x 75, shifted into the photo rather than clipped
+    with pytest.raises(ValueError, match="mark box"):
+        propose_regions(image, mark_boxes=[(0, 0, float("inf"), 5)])
