@@ -19,6 +19,7 @@ __all__ = ["Region", "RegionSource", "propose_regions", "region_crops", "crop", 
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels; x1 and y1 exclusive
 
+_MIN_MARK_SIDE = 8  # a detected mark's region is kept down to this many pixels a side (a thin wordmark)
 _WORK_SIDE = 160  # the objectness map is computed at this long side (pixels)
 _SALIENCY_SIDE = 64  # spectral residual works on a very small image (Hou & Zhang, CVPR 2007)
 
@@ -66,9 +67,9 @@ def propose_regions(
 ) -> list[Region]:
     """At most `max_regions` regions, inside the image, no two overlapping by more than `iou_threshold`.
 
-    Order: the full photo, then mark boxes (grown about their centre by `mark_margin`, as a brand's
-    enrolled logo is cropped, and to at least `min_side` pixels a side, shifted into the photo where
-    they cross its edge, kept in the given order), then
+    Order: the full photo, then mark boxes (grown about their centre by `mark_margin`, framed as a
+    brand's enrolled logo is cropped, shifted into the photo where they cross its edge, kept in the
+    given order; dropped only below `_MIN_MARK_SIDE` pixels), then
     text boxes (padded by `text_padding` of their height, kept in the given order), then saliency blobs
     and windows together by score. Saliency blobs and windows narrower than `min_side` pixels or
     `min_fraction` of the photo's short side are dropped (text boxes only by `min_side`). Window scales
@@ -80,17 +81,17 @@ def propose_regions(
     height, width = image.shape[:2]
     objectness = _ObjectnessMap(image)
     full = Region((0, 0, width, height), RegionSource.FULL, 1.0)
-    min_w, min_h = min(min_side, width), min(min_side, height)
     short = min(width, height)
     min_crop = min(short, max(min_side, round(min_fraction * short)))  # for blobs and windows
 
     def region(box: Box, source: RegionSource) -> Region | None:
         w, h = box[2] - box[0], box[3] - box[1]
-        if w < min_w or h < min_h or (source in _CAPPED_SOURCES and min(w, h) < min_crop):
+        floor = _MIN_MARK_SIDE if source is RegionSource.MARK else min_side
+        if w < min(floor, width) or h < min(floor, height) or (source in _CAPPED_SOURCES and min(w, h) < min_crop):
             return None
         return Region(box, source, objectness.score(box))
 
-    marks = [region(_grow_mark(b, mark_margin, min_side, width, height), RegionSource.MARK) for b in mark_boxes]
+    marks = [region(_grow_mark(b, mark_margin, width, height), RegionSource.MARK) for b in mark_boxes]
     texts = [region(_pad_text(b, text_padding, width, height), RegionSource.TEXT) for b in text_boxes]
     ranked = [region(b, RegionSource.SALIENCY) for b in objectness.blobs()]
     ranked += [region(b, RegionSource.WINDOW) for b in _windows(width, height, window_scales)]
@@ -253,9 +254,9 @@ def _ordered(box: Sequence[float], kind: str) -> tuple[float, float, float, floa
     return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
 
 
-def _grow_mark(box: Sequence[float], margin: float, min_side: int, width: int, height: int) -> Box:
+def _grow_mark(box: Sequence[float], margin: float, width: int, height: int) -> Box:
     x0, y0, x1, y1 = _ordered(box, "mark")
-    w, h = min(max(margin * (x1 - x0), min_side), width), min(max(margin * (y1 - y0), min_side), height)
+    w, h = min(margin * (x1 - x0), width), min(margin * (y1 - y0), height)
     # centred on the mark, then shifted (not clipped) into the photo: a mark at the edge keeps its size
     left = float(np.clip((x0 + x1 - w) / 2, 0, width - w))
     top = float(np.clip((y0 + y1 - h) / 2, 0, height - h))

@@ -149,15 +149,16 @@ def test_real_photos_fill_the_budget_quickly(grocery: Path) -> None:
 
 
 def test_mark_boxes_lead_grown_about_their_centre() -> None:
-    """Detected marks come right after the full photo, before text boxes, grown by the margin and to
-    at least `min_side` pixels (a thin wordmark keeps some context), inside the photo."""
+    """Detected marks come right after the full photo, before text boxes, grown by the margin about
+    their centre (framed as enrolled logos are), shifted inside the photo at its edge; a thin wordmark
+    is kept (down to 8 px), a speck is not."""
     image = _noise((300, 400))
-    regions = propose_regions(image, max_regions=8, mark_boxes=[(100, 100, 200, 110), (380, 0, 420, 60)],
-                              text_boxes=[(20, 200, 120, 230)])
+    marks = [(100, 100, 200, 110), (380, 0, 420, 60), (10, 10, 14, 14)]
+    regions = propose_regions(image, max_regions=8, mark_boxes=marks, text_boxes=[(20, 200, 120, 230)])
     _check(regions, (300, 400), max_regions=8, iou_threshold=0.4)
     assert [r.source for r in regions[:4]] == [RegionSource.FULL, RegionSource.MARK, RegionSource.MARK,
                                                RegionSource.TEXT]
-    assert regions[1].box == (87, 89, 213, 121)  # 125 x 32: 1.25 x the width, min_side for the height
+    assert regions[1].box == (87, 98, 213, 112)  # 125 x 12.5: 1.25 x the mark, rounded outwards
     assert regions[2].box == (350, 0, 400, 75)  # 50 x 75, shifted into the photo rather than clipped
     with pytest.raises(ValueError, match="mark box"):
         propose_regions(image, mark_boxes=[(0, 0, float("inf"), 5)])
