@@ -166,3 +166,26 @@ def test_index_size_counts_the_loaded_references(engine: ScoringEngine) -> None:
     with engine.home.sessions() as session:
         references = len(session.scalars(select(Reference.id)).all())
     assert engine.index_size == len(engine.index.ids) == references == 6
+
+
+def test_a_swapped_mark_detector_is_refused(tmp_path: Path) -> None:
+    """The registry pins the detector's weights as it pins the embedder's: replacing both the weights
+    and the checksum in `detector.json` of the home's copy is caught before either is loaded."""
+    import json
+
+    from markguard.serving.models import promoted_artifact
+    from markguard.vision.artifact import sha256_file
+    from markguard.vision.errors import IntegrityError
+
+    home = Home(tmp_path / "home")
+    artifact = ensure_default_model(home)
+    assert artifact.detector is not None and ScoringEngine(home, ocr=False).detector is not None
+    weights = artifact.path / artifact.detector.weights_file
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    config = json.loads((artifact.path / "detector.json").read_text())
+    config["weights_sha256"] = sha256_file(weights)
+    (artifact.path / "detector.json").write_text(json.dumps(config))
+    with pytest.raises(IntegrityError, match="detector"):
+        promoted_artifact(home)

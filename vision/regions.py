@@ -69,11 +69,11 @@ def propose_regions(
 
     Order: the full photo, then mark boxes (grown about their centre by `mark_margin`, framed as a
     brand's enrolled logo is cropped, shifted into the photo where they cross its edge, kept in the
-    given order; dropped only below `_MIN_MARK_SIDE` pixels), then
-    text boxes (padded by `text_padding` of their height, kept in the given order), then saliency blobs
-    and windows together by score. Saliency blobs and windows narrower than `min_side` pixels or
-    `min_fraction` of the photo's short side are dropped (text boxes only by `min_side`). Window scales
-    stay below √`iou_threshold`, or the full photo hides them.
+    given order; dropped only below `_MIN_MARK_SIDE` pixels), then text boxes (padded by
+    `text_padding` of their height, kept in the given order), then saliency blobs and windows together
+    by score. Saliency blobs and windows narrower than `min_side` pixels or `min_fraction` of the
+    photo's short side are dropped (text boxes only by `min_side`). Window scales stay below
+    √`iou_threshold`, or the full photo hides them.
     """
     _check_rgb(image)
     if max_regions < 1:
