@@ -28,7 +28,7 @@ from markguard.vision.artifact import (
     imagenet_weights_path,
     load_weights,
 )
-from markguard.vision.detect import DetectorConfig, MarkDetector
+from markguard.vision.detect import DetectorConfig, MarkDetector, decode_boxes
 from markguard.vision.regions import iou, propose_regions
 
 __all__ = ["build_detector", "detector_items", "cache_features", "train_detector", "mark_coverage"]
@@ -114,8 +114,6 @@ def mark_coverage(detector: MarkDetector, features: torch.Tensor, sizes: Sequenc
                   boxes: Sequence[tuple[int, int, int, int]], *, min_iou: float = 0.5) -> dict[str, float]:
     """On photos with a true `mark` box: how often the best detected box, and any of them once grown
     into a region as serving grows it, overlaps it by `min_iou` or more."""
-    from markguard.vision.detect import decode_boxes
-
     c = detector.config
     detector.eval()
     top, any_region = [], []
