@@ -28,7 +28,7 @@ from markguard.vision.artifact import (
     imagenet_weights_path,
     load_weights,
 )
-from markguard.vision.detect import DetectorConfig, MarkDetector, decode_boxes
+from markguard.vision.detect import DetectorConfig, MarkDetector
 from markguard.vision.regions import iou, propose_regions
 
 __all__ = ["build_detector", "detector_items", "cache_features", "train_detector", "mark_coverage"]
@@ -114,15 +114,12 @@ def mark_coverage(detector: MarkDetector, features: torch.Tensor, sizes: Sequenc
                   boxes: Sequence[tuple[int, int, int, int]], *, min_iou: float = 0.5) -> dict[str, float]:
     """On photos with a true `mark` box: how often the best detected box, and any of them once grown
     into a region as serving grows it, overlaps it by `min_iou` or more."""
-    c = detector.config
     detector.eval()
     top, any_region = [], []
     for start in range(0, len(features), 64):
         logits, distances = detector.head(features[start : start + 64].float())
-        for k, (logit, distance) in enumerate(zip(logits, distances, strict=True)):
+        for k, found in enumerate(detector.decode(logits, distances, sizes[start : start + 64])):
             n = start + k
-            found = decode_boxes(logit, distance, image_size=sizes[n], input_size=c.input_size, stride=c.stride,
-                                 max_boxes=c.max_boxes, min_score=c.min_score, nms_iou=c.nms_iou)
             top.append(iou(found[0].box, boxes[n]) if found else 0.0)
             height, width = sizes[n]
             blank = np.zeros((height, width, 3), np.uint8)

@@ -11,18 +11,15 @@ embedder sees the mark rather than a window that happens to hold part of it.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from markguard.vision.embed.base import create_backbone
-from markguard.vision.embed.preprocess import resize_square
+from markguard.vision.embed.base import ArtifactConfig, create_backbone
+from markguard.vision.embed.preprocess import preprocess
 from markguard.vision.regions import iou
 
 __all__ = ["Detection", "DetectorConfig", "MarkDetector", "encode_boxes", "decode_boxes"]
@@ -37,7 +34,7 @@ class Detection:
 
 
 @dataclasses.dataclass(frozen=True)
-class DetectorConfig:
+class DetectorConfig(ArtifactConfig):
     """`detector.json` of a model artifact."""
 
     mean: tuple[float, float, float]
@@ -54,23 +51,11 @@ class DetectorConfig:
     weights_sha256: str = ""
 
     def __post_init__(self) -> None:
+        self.check_input_and_weights_file()
         if self.input_size % self.stride:
             raise ValueError(f"input_size {self.input_size} is not a multiple of stride {self.stride}")
         if self.max_boxes < 1 or not 0 <= self.min_score < 1 or not 0 < self.nms_iou <= 1:
             raise ValueError("detector: max_boxes >= 1, 0 <= min_score < 1 and 0 < nms_iou <= 1")
-
-    @classmethod
-    def from_json(cls, path: Path) -> DetectorConfig:
-        raw: dict[str, Any] = json.loads(Path(path).read_text())
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"{path}: unknown detector keys {sorted(unknown)}")
-        raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
-        return cls(**raw)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
 
 
 class MarkDetector(nn.Module):
@@ -129,27 +114,27 @@ class MarkDetector(nn.Module):
         return self.head(self.features(x))
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        size = self.config.input_size
-        batch = np.stack([resize_square(image, size) for image in images]).astype(np.float32)
-        mean = np.asarray(self.config.mean, dtype=np.float32) * 255.0
-        std = np.asarray(self.config.std, dtype=np.float32) * 255.0
-        return torch.from_numpy(np.ascontiguousarray(((batch - mean) / std).transpose(0, 3, 1, 2)))
+        return preprocess(images, self.config)
 
     @torch.no_grad()
     def detect(self, images: Sequence[np.ndarray], *, batch_size: int = 16) -> list[list[Detection]]:
         """The marks found on each RGB uint8 photo, best first (at most `max_boxes`, none below `min_score`)."""
         self.eval()
         device = next(self.parameters()).device
-        c = self.config
         found: list[list[Detection]] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             logits, distances = self(self.preprocess(chunk).to(device))
-            for image, logit, distance in zip(chunk, logits.cpu(), distances.cpu(), strict=True):
-                found.append(decode_boxes(logit, distance, image_size=image.shape[:2], input_size=c.input_size,
-                                          stride=c.stride, max_boxes=c.max_boxes, min_score=c.min_score,
-                                          nms_iou=c.nms_iou))
+            found += self.decode(logits, distances, [image.shape[:2] for image in chunk])
         return found
+
+    def decode(self, logits: torch.Tensor, log_distances: torch.Tensor,
+               image_sizes: Sequence[tuple[int, int]]) -> list[list[Detection]]:
+        """`head`'s outputs for a batch → each photo's detections, with this detector's settings."""
+        c = self.config
+        return [decode_boxes(logit, distance, image_size=size, input_size=c.input_size, stride=c.stride,
+                             max_boxes=c.max_boxes, min_score=c.min_score, nms_iou=c.nms_iou)
+                for logit, distance, size in zip(logits.cpu(), log_distances.cpu(), image_sizes, strict=True)]
 
 
 def _centres(grid: int, stride: int) -> torch.Tensor:

@@ -80,6 +80,10 @@ def test_the_trunk_is_the_imagenet_prefix_and_stride_16(imagenet_trunk: dict[str
         MarkDetector(dataclasses.replace(CONFIG, trunk_blocks=13))  # ends at stride 32
     with pytest.raises(ValueError, match="multiple"):
         dataclasses.replace(CONFIG, input_size=100)
+    with pytest.raises(ValueError, match="plain file name"):  # the weights stay inside the artifact
+        dataclasses.replace(CONFIG, weights_file="../detector.safetensors")
+    with pytest.raises(ValueError, match="std"):
+        dataclasses.replace(CONFIG, std=(0.5, 0.0, 0.5))
 
 
 def test_detect_returns_boxes_inside_each_photo(imagenet_trunk: dict[str, torch.Tensor]) -> None:

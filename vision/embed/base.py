@@ -10,13 +10,14 @@ import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "ArtifactConfig",
     "EmbedderConfig",
     "Embedder",
     "BackboneEmbedder",
@@ -48,8 +49,41 @@ def create_backbone(name: str, **kwargs: Any) -> nn.Module:
     return factory(**kwargs)
 
 
+class ArtifactConfig:
+    """What the JSON configs of a model artifact share (`embedder.json`, `vision.detect`'s
+    `detector.json`): a square input of `input_size` pixels normalised by `mean`/`std`, a weights file
+    that must be a plain name inside the artifact, strict reading and stable writing."""
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights_file: str
+
+    def check_input_and_weights_file(self) -> None:
+        if self.input_size < 32 or self.input_size > 1024:
+            raise ValueError(f"input_size {self.input_size} out of range")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need three channels, std > 0")
+        if "/" in self.weights_file or "\\" in self.weights_file or self.weights_file.startswith("."):
+            raise ValueError("weights_file must be a plain file name inside the artifact")
+
+    @classmethod
+    def from_json(cls, path: Path) -> Self:
+        raw = json.loads(Path(path).read_text())
+        fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(raw) - fields
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+        raw["mean"] = tuple(raw["mean"])
+        raw["std"] = tuple(raw["std"])
+        return cls(**raw)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"  # type: ignore[call-overload]
+
+
 @dataclasses.dataclass(frozen=True)
-class EmbedderConfig:
+class EmbedderConfig(ArtifactConfig):
     """What `embedder.json` holds: the only source of input size, mean/std and dimension."""
 
     architecture: str
@@ -62,28 +96,9 @@ class EmbedderConfig:
     weights_file: str = "weights.safetensors"
 
     def __post_init__(self) -> None:
-        if self.input_size < 32 or self.input_size > 1024:
-            raise ValueError(f"input_size {self.input_size} out of range")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError("mean and std need three channels, std > 0")
+        self.check_input_and_weights_file()
         if self.head not in ("none", "linear"):
             raise ValueError(f"unknown head {self.head!r}")
-        if "/" in self.weights_file or "\\" in self.weights_file or self.weights_file.startswith("."):
-            raise ValueError("weights_file must be a plain file name inside the artifact")
-
-    @classmethod
-    def from_json(cls, path: Path) -> EmbedderConfig:
-        raw = json.loads(Path(path).read_text())
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(raw) - fields
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-        raw["mean"] = tuple(raw["mean"])
-        raw["std"] = tuple(raw["std"])
-        return cls(**raw)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
 
 
 class Embedder(nn.Module):

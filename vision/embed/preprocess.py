@@ -1,4 +1,5 @@
-"""Images → the embedder's input batch. Training's eval transform and serving both call this."""
+"""Images → the input batch of an artifact's network (embedder or mark detector). Training's eval
+transform and serving both call this."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import cv2
 import numpy as np
 import torch
 
-from markguard.vision.embed.base import EmbedderConfig
+from markguard.vision.embed.base import ArtifactConfig
 
 __all__ = ["preprocess", "resize_square"]
 
@@ -20,8 +21,9 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
-def preprocess(images: Sequence[np.ndarray], config: EmbedderConfig) -> torch.Tensor:
-    """RGB uint8 images → a normalised float32 (N, 3, S, S) tensor per `config`."""
+def preprocess(images: Sequence[np.ndarray], config: ArtifactConfig) -> torch.Tensor:
+    """RGB uint8 images → a normalised float32 (N, 3, S, S) tensor per `config` (the embedder's or the
+    mark detector's)."""
     size = config.input_size
     batch = np.empty((len(images), size, size, 3), dtype=np.float32)
     for i, image in enumerate(images):
