@@ -60,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--source", type=Path, default=None,
                    help="data root with clothing/ and grocery-packages/ (default: $MARKGUARD_DATA or ../shared/data)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (the output is the same for any number)")
+    p.add_argument("--splits", type=_splits, default=None,
+                   help="build only these splits' brands, comma-separated (e.g. test: a larger held-out set whose "
+                        "photos are those a full build of as many brands would hold)")
     _split_args(p)
     p.set_defaults(func=_synth)
 
@@ -87,6 +90,13 @@ def _sizes(text: str) -> tuple[int, ...]:
     if not sizes or min(sizes) < 16 or max(sizes) > 1024:
         raise argparse.ArgumentTypeError("sizes must lie in 16..1024 px")
     return sizes
+
+
+def _splits(text: str) -> tuple[str, ...]:
+    splits = tuple(sorted({s.strip() for s in text.split(",") if s.strip()}))
+    if not splits or not set(splits) <= {"train", "val", "test"}:
+        raise argparse.ArgumentTypeError(f"expected splits among train,val,test, got {text!r}")
+    return splits
 
 
 def _finish(report: BuildReport, stats: dict[str, Any], started: float) -> int:
@@ -142,7 +152,7 @@ def _synth(args: argparse.Namespace) -> int:
     started = time.monotonic()
     opts = SynthOptions(brands=args.brands, per_brand=args.per_brand, counterfeits_per_genuine=args.counterfeits_per_genuine,
                         size=args.size, serial_rate=args.serial_rate, val_fraction=args.val_fraction,
-                        test_fraction=args.test_fraction, seed=args.seed)
+                        test_fraction=args.test_fraction, seed=args.seed, splits=args.splits)
     report, stats = build_synth(args.out, data_root=args.source or default_data_root(), opts=opts, force=args.force,
                                 workers=args.workers, progress=not args.quiet)
     return _finish(report, stats, started)

@@ -44,6 +44,9 @@ class SynthOptions:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 0
+    # Only the brands of these splits are built (None: all). A brand's split and photos do not depend on
+    # it, so a test-only build of more brands is a larger held-out set, byte-identical to a full build's.
+    splits: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -169,18 +172,20 @@ def _flat(rgba: np.ndarray) -> np.ndarray:
 def build_synth(out: Path, *, data_root: Path, opts: SynthOptions, force: bool = False, workers: int = 1,
                 progress: bool = True) -> tuple[BuildReport, dict]:
     """Build the synthetic set into `out`; returns the report and the stats written beside it."""
-    fingerprint = {"command": "synth", "options": opts.__dict__, "transforms": sorted(TRANSFORMS)}
+    options = {k: v for k, v in opts.__dict__.items() if not (k == "splits" and v is None)}  # as builds before it
+    fingerprint = {"command": "synth", "options": options, "transforms": sorted(TRANSFORMS)}
     prepare_output(out, fingerprint=fingerprint, force=force)
     report = BuildReport(out=out, command="synth", rows=[])
     surfaces = product_surfaces(data_root)
     if not surfaces:
         report.skipped.append(Skipped(str(data_root), "no product photos found (clothing/, grocery-packages/); using rendered cards"))
-    brands = pick_brands(opts.brands, seed=opts.seed, skipped=report.skipped)
+    brands = [(icon, spec, split_for(spec.brand, seed=opts.seed, val_fraction=opts.val_fraction,
+                                     test_fraction=opts.test_fraction))
+              for icon, spec in pick_brands(opts.brands, seed=opts.seed, skipped=report.skipped)]
+    brands = [b for b in brands if opts.splits is None or b[2] in opts.splits]
     jobs = [
-        _Job(index=i, slug=icon.slug, spec=spec, k=k,
-             split=split_for(spec.brand, seed=opts.seed, val_fraction=opts.val_fraction, test_fraction=opts.test_fraction),
-             keep_tiles=i < 8)
-        for i, (icon, spec) in enumerate(brands)
+        _Job(index=i, slug=icon.slug, spec=spec, k=k, split=split, keep_tiles=i < 8)
+        for i, (icon, spec, split) in enumerate(brands)
         for k in range(opts.per_brand)
     ]
     sheet: dict[int, list[Tile]] = {}

@@ -231,6 +231,13 @@ def evaluate_embeddings(
     for name, block in blocks.items():
         if block:
             out[f"claim_vs_{name}"] = block
+    if blocks["counterfeit"]:  # which counterfeit edits the similarity sees: true claims vs each transform's
+        transform = np.array([queries[q].row.transform or "unknown" if k == "counterfeit" else ""
+                              for q, k in zip(claims.query, kinds, strict=True)])
+        out["claim_auc_by_transform"] = {
+            t: {"auc": roc_auc(scores[(kinds == "true") | (transform == t)], kinds[(kinds == "true") | (transform == t)] == "true"),
+                "count": int((transform == t).sum())}
+            for t in sorted(set(transform) - {""})}
     out["_claims"] = (claims.query, kinds == "true", (kinds == "true") | (kinds == primary), scores)
     if blocks[primary]:
         out["claim_auc"] = blocks[primary]["auc"]
@@ -245,15 +252,27 @@ def evaluate_embeddings(
 
 
 def bootstrap_intervals(runs: Sequence[dict[str, Any]], queries: int, *, rounds: int = 1000, seed: int = 0,
-                        level: float = 0.95) -> dict[str, list[tuple[float, float]]]:
+                        level: float = 0.95, groups: Sequence[Any] | None = None) -> dict[str, list[tuple[float, float]]]:
     """Percentile intervals of recall@1 and claim AUC, resampling query photos with replacement (a
     photo's claims go together). Several `runs` (metrics of different models on the same eval set and
     claims) are resampled with the same draws, and `difference` holds the intervals of run k minus
-    run 0, so two models are compared on paired data."""
+    run 0, so two models are compared on paired data.
+
+    With `groups` (one key per query, e.g. its brand) whole groups are resampled instead (a cluster
+    bootstrap): photos of one brand share its references and its mark, so they are not independent
+    draws, and a claim about brands never seen needs the spread over brands."""
     rng = np.random.default_rng(seed)
+    if groups is not None:
+        if len(groups) != queries:
+            raise ValueError(f"{len(groups)} group keys for {queries} queries")
+        keys, group_of = np.unique([str(g) for g in groups], return_inverse=True)
+        n_groups = len(keys)
     draws = np.zeros((rounds, len(runs), 2))
     for r in range(rounds):
-        weight = np.bincount(rng.integers(0, queries, queries), minlength=queries)
+        if groups is None:
+            weight = np.bincount(rng.integers(0, queries, queries), minlength=queries)
+        else:
+            weight = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)[group_of]
         for k, m in enumerate(runs):
             hit_query, hits = m["_hits"]
             w = weight[hit_query]

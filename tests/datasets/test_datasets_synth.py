@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -95,9 +96,22 @@ def test_same_seed_same_bytes_any_worker_count(built: Path, data_root: Path, tmp
     assert (other / "manifest.jsonl").read_bytes() != (built / "manifest.jsonl").read_bytes()
 
 
-def test_corrupt_surface_photo_is_skipped_with_a_reason(built: Path) -> None:
-    import json
+def test_a_test_only_build_holds_the_full_builds_test_photos(built: Path, data_root: Path, tmp_path: Path) -> None:
+    """`--splits test` builds a larger held-out set without the training photos: the same brands' photos,
+    byte for byte, as in a full build, and nothing of the other splits."""
+    only = tmp_path / "test-only"
+    build_synth(only, data_root=data_root, opts=SynthOptions(**{**SMALL.__dict__, "splits": ("test",)}), progress=False)
+    rows = read_manifest(only)
+    full_test = [r for r in read_manifest(built) if r.split == "test"]
+    assert rows and {r.split for r in rows} == {"test"}
+    assert [r.image for r in rows] == [r.image for r in full_test]
+    assert all((only / r.image).read_bytes() == (built / r.image).read_bytes() for r in rows)
+    assert "splits" not in json.loads((built / "build.json").read_text())["options"]  # full builds: as before
+    with pytest.raises(SystemExit):
+        main(["datasets", "synth", "--out", str(tmp_path / "x"), "--splits", "holdout"])
 
+
+def test_corrupt_surface_photo_is_skipped_with_a_reason(built: Path) -> None:
     stats = json.loads((built / "stats.json").read_text())
     reasons = [s for s in stats["skipped_inputs"] if s["path"].endswith("zz-corrupt.jpg")]
     assert reasons and "corrupt" in reasons[0]["reason"]

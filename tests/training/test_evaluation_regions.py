@@ -77,6 +77,60 @@ def test_bootstrap_intervals_hold_the_estimate_and_pair_the_runs() -> None:
     assert roc_auc(scores[mask], positive[mask]) == pytest.approx(m["claim_auc"])
 
 
+def test_bootstrap_by_brand_resamples_whole_brands() -> None:
+    # 10 brands x 12 photos; within a brand every photo is a hit or every one a miss, so the photos are
+    # not independent draws: resampling photos understates the spread that resampling brands shows
+    refs = np.eye(4, dtype=np.float32)[:2]
+    queries, vectors = [], []
+    for b in range(10):
+        for i in range(12):
+            brand = "A" if b % 2 else "B"
+            queries.append(_item(brand, brand.lower(), name=f"q{b}-{i}"))
+            right = b < 6  # brands 0-5 are recognised, 6-9 are not
+            target = refs[0] if (brand == "A") == right else refs[1]
+            vectors.append(target + 0.01 * i * np.array([0, 0, 1, 0], np.float32))
+    vectors = np.stack(vectors)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    es = EvalSet(name="t", references=[_item("A", "a"), _item("B", "b")], queries=queries)
+    m = evaluate_embeddings(es, refs, vectors)
+    assert m["recall_at_1"] == pytest.approx(0.6)
+    n = len(queries)
+    by_photo = bootstrap_intervals([m], n, rounds=300)["recall_at_1"][0]
+    by_brand = bootstrap_intervals([m], n, rounds=300, groups=[q.path.name.split("-")[0] for q in queries])["recall_at_1"][0]
+    assert by_brand[0] <= 0.6 <= by_brand[1]
+    assert by_brand[1] - by_brand[0] > 2 * (by_photo[1] - by_photo[0])
+    # one photo per group is the photo bootstrap itself (keys sort in query order: the same draws)
+    singletons = bootstrap_intervals([m], n, rounds=300, groups=[f"{i:04d}" for i in range(n)])
+    assert singletons["recall_at_1"][0] == by_photo
+    with pytest.raises(ValueError, match="group keys"):
+        bootstrap_intervals([m], n, groups=["x"])
+
+
+def test_claim_auc_by_transform_scores_each_counterfeit_edit_against_the_true_claims() -> None:
+    # brand A: genuine photos near its reference; `far` counterfeits are easy to tell, `near` ones are not
+    refs = np.stack([_unit(1, 0, 0), _unit(0, 1, 0)])
+    queries, vectors = [], []
+    for i, (genuine, transform, vector) in enumerate([
+        (True, None, _unit(1, 0.10, 0)), (True, None, _unit(1, 0.30, 0)), (True, None, _unit(1, 0.20, 0.1)),
+        (False, "far", _unit(0.2, 0, 1)), (False, "far", _unit(0.3, 0, 1)),
+        (False, "near", _unit(1, 0.15, 0)), (False, "near", _unit(1, 0.40, 0)),
+    ]):
+        row = ManifestRow(image=f"q{i}", brand="A", product="a", split="test", transform=transform,
+                          label=Label.GENUINE if genuine else Label.COUNTERFEIT,
+                          strength=None if genuine else 0.5)
+        queries.append(Item(path=Path(f"q{i}"), row=row))
+        vectors.append(vector)
+    es = EvalSet(name="t", references=[_item("A", "a"), _item("B", "b")], queries=queries)
+    m = evaluate_embeddings(es, refs, np.stack(vectors))
+    by = m["claim_auc_by_transform"]
+    assert set(by) == {"far", "near"} and by["far"]["count"] == 2 == by["near"]["count"]
+    true_scores = [float(v @ refs[0]) for v in vectors[:3]]
+    for t, fakes in (("far", vectors[3:5]), ("near", vectors[5:7])):  # naive AUC: share of ordered pairs
+        pairs = [(g > float(f @ refs[0])) + 0.5 * (g == float(f @ refs[0])) for g in true_scores for f in fakes]
+        assert by[t]["auc"] == pytest.approx(np.mean(pairs))
+    assert by["far"]["auc"] == 1.0 > by["near"]["auc"]
+
+
 def test_mark_view_is_a_crop_around_the_mark() -> None:
     image = np.zeros((256, 256, 3), np.uint8)
     image[100:140, 150:190] = 255

@@ -127,4 +127,11 @@ def test_bench_embedder_prints_both_models(tiny_run: Path, tiny_grocery: Path, t
     for found in synthetic["proposals_find_mark"].values():  # imagenet's regions and the trained model's
         assert 0.0 <= found["share_found"] <= 1.0 and found["photos"] > 0
     assert set(synthetic["trained_minus_imagenet_on_trained_regions_ci95"]) == {"recall_at_1", "claim_auc"}
+    assert "brands resampled" in printed and "claim AUC vs counterfeits by" in printed
+    assert synthetic["brands"] >= 1
+    for label in ("imagenet", "trained"):  # brands resampled: an interval about the same estimate
+        lo, hi = synthetic[label]["ci95_by_brand"]["recall_at_1"]
+        assert lo <= synthetic[label]["recall_at_1"] <= hi
+        by_transform = synthetic[label]["claim_auc_by_transform"]
+        assert by_transform and all(0.0 <= t["auc"] <= 1.0 and t["count"] > 0 for t in by_transform.values())
     load_artifact(artifact)  # still a valid artifact

@@ -10,8 +10,11 @@ product/brand recall@1 of unclaimed photos, and claim AUC on the claim's best ge
 the photo's regions (grocery: true product vs another product of the same brand; synthetic: genuine
 photo vs a counterfeit claiming the brand); `claim_auc_other_brand` (true claim vs a claim of another
 brand) is printed beside them for context, and, as served, how often a region overlaps a query's
-true mark box (IoU >= 0.5: whether the proposals find the mark at all). Each figure carries a 95%
-bootstrap interval over query photos, because held-out sets are small.
+true mark box (IoU >= 0.5: whether the proposals find the mark at all). Each figure carries two 95%
+bootstrap intervals, because held-out sets are small: one resampling query photos, one resampling
+whole brands (a brand's photos share its mark and references, so for unseen brands the brand is the
+unit of generalisation). `--synth` may name a larger held-out build (`markguard datasets synth
+--splits test --brands N`): its test brands are never in a build the model was trained on.
 
 As served, each model proposes its own regions: the ImageNet-only baseline from saliency and windows,
 a trained model with a mark detector from its detections first. When it has one, an ablation row
@@ -115,15 +118,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         "regions_per_query": m["regions_per_query"],
                                         "claim_negatives": m.get("claim_negatives"),
                                         "claim_auc_other_brand": m.get("claim_vs_other_brand", {}).get("auc"),
+                                        "claim_auc_by_transform": m.get("claim_auc_by_transform"),
                                         **{k: m.get(k) for k in (*COLUMNS, "recall_at_5", "map_at_r")}}
-            ci = bootstrap_intervals(runs, len(es.queries))
-            for k, (label, _, _) in enumerate(plan):
-                results[name][label]["ci95"] = {c: ci[c][k] for c in COLUMNS}
-            results[name]["trained_minus_imagenet_ci95"] = {c: ci[f"difference_{c}"][1] for c in COLUMNS}
-            if len(runs) == 3:  # the same paired draws: the trained embedder against ImageNet on the same regions
-                on_regions = bootstrap_intervals([runs[2], runs[1]], len(es.queries))
-                results[name]["trained_minus_imagenet_on_trained_regions_ci95"] = {
-                    c: on_regions[f"difference_{c}"][1] for c in COLUMNS}
+            brands = [q.brand for q in es.queries]
+            for suffix, groups in (("", None), ("_by_brand", brands)):  # photos resampled; whole brands resampled
+                ci = bootstrap_intervals(runs, len(es.queries), groups=groups)
+                for k, (label, _, _) in enumerate(plan):
+                    results[name][label][f"ci95{suffix}"] = {c: ci[c][k] for c in COLUMNS}
+                results[name][f"trained_minus_imagenet_ci95{suffix}"] = {c: ci[f"difference_{c}"][1] for c in COLUMNS}
+                if len(runs) == 3:  # the same paired draws: the trained embedder against ImageNet on the same regions
+                    on_regions = bootstrap_intervals([runs[2], runs[1]], len(es.queries), groups=groups)
+                    results[name][f"trained_minus_imagenet_on_trained_regions_ci95{suffix}"] = {
+                        c: on_regions[f"difference_{c}"][1] for c in COLUMNS}
+            results[name]["brands"] = len(set(brands))
             if as_served:
                 images, marks = load_images(es.queries), [mark_box(q) for q in es.queries]
                 found = {label: proposal_coverage(images, marks, max_regions=artifact.max_regions,
@@ -136,27 +143,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"markguard bench embedder: ImageNet-only Lite0 vs {trained.tag}; queries as {view} "
           f"({time.monotonic() - started:.0f}s)")
     header = (f"{'set':<36} {'metric':<22} {'imagenet':>9} {'trained':>9} {'ratio':>7}  "
-              f"{'trained - imagenet (95% CI)':>28}")
+              f"{'trained - imagenet (95% CI: photos | brands resampled)':>46}")
     print(header)
     print("-" * len(header))
+
+    def difference(a: float, b: float, by_photo: list | None, by_brand: list | None) -> str:
+        if not by_photo:
+            return ""
+        text = f"{b - a:+.3f} [{by_photo[0]:+.3f}, {by_photo[1]:+.3f}]"
+        return text + (f" | [{by_brand[0]:+.3f}, {by_brand[1]:+.3f}]" if by_brand else "")
+
     for name, r in results.items():
         for k in (*COLUMNS, "claim_auc_other_brand"):
             a, b = r["imagenet"][k], r["trained"][k]
             if a is None or b is None:
                 continue
             ratio = b / a if a else float("nan")
-            diff = r["trained_minus_imagenet_ci95"].get(k)
-            ci = f"{b - a:+.3f} [{diff[0]:+.3f}, {diff[1]:+.3f}]" if diff else ""
-            print(f"{name:<36} {k:<22} {a:>9.3f} {b:>9.3f} {ratio:>6.2f}x  {ci:>28}")
-        print(f"{'':<36} ({r['trained']['queries']} queries, {r['trained']['references']} references, "
-              f"{r['trained']['regions_per_query']:.1f} regions per query; claim negatives: "
+            ci = difference(a, b, r["trained_minus_imagenet_ci95"].get(k), r["trained_minus_imagenet_ci95_by_brand"].get(k))
+            print(f"{name:<36} {k:<22} {a:>9.3f} {b:>9.3f} {ratio:>6.2f}x  {ci:>46}")
+        print(f"{'':<36} ({r['trained']['queries']} queries of {r['brands']} brands, {r['trained']['references']} "
+              f"references, {r['trained']['regions_per_query']:.1f} regions per query; claim negatives: "
               f"{r['trained']['claim_negatives']})")
         if "imagenet_on_trained_regions" in r:
             for k in COLUMNS:
                 a, b = r["imagenet_on_trained_regions"][k], r["trained"][k]
-                diff = r["trained_minus_imagenet_on_trained_regions_ci95"][k]
+                ci = difference(a, b, r["trained_minus_imagenet_on_trained_regions_ci95"][k],
+                                r["trained_minus_imagenet_on_trained_regions_ci95_by_brand"][k])
                 print(f"{'  same regions (trained model):':<36} {k:<22} {a:>9.3f} {b:>9.3f} "
-                      f"{b / a if a else float('nan'):>6.2f}x  {f'{b - a:+.3f} [{diff[0]:+.3f}, {diff[1]:+.3f}]':>28}")
+                      f"{b / a if a else float('nan'):>6.2f}x  {ci:>46}")
+        by_transform = {label: r[label].get("claim_auc_by_transform") or {} for label in ("imagenet", "trained")}
+        for t, b in sorted(by_transform["trained"].items()):
+            a = by_transform["imagenet"].get(t, {}).get("auc", float("nan"))
+            print(f"{'  claim AUC vs counterfeits by':<36} {t:<22} {a:>9.3f} {b['auc']:>9.3f}  ({b['count']} photos)")
         for label, p in r.get("proposals_find_mark", {}).items():
             print(f"{'':<36} ({label} regions overlap the true mark box at IoU >= {p['min_iou']:.1f} in "
                   f"{p['share_found']:.0%} of {p['photos']} photos; mean best IoU {p['mean_best_iou']:.2f})")
