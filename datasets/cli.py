@@ -63,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--splits", type=_splits, default=None,
                    help="build only these splits' brands, comma-separated (e.g. test: a larger held-out set whose "
                         "photos are those a full build of as many brands would hold)")
+    p.add_argument("--paired-scenes", action="store_true",
+                   help="photograph each training counterfeit in its genuine photo's scene (hard negatives; "
+                        "val and test photos are unchanged)")
     _split_args(p)
     p.set_defaults(func=_synth)
 
@@ -152,7 +155,8 @@ def _synth(args: argparse.Namespace) -> int:
     started = time.monotonic()
     opts = SynthOptions(brands=args.brands, per_brand=args.per_brand, counterfeits_per_genuine=args.counterfeits_per_genuine,
                         size=args.size, serial_rate=args.serial_rate, val_fraction=args.val_fraction,
-                        test_fraction=args.test_fraction, seed=args.seed, splits=args.splits)
+                        test_fraction=args.test_fraction, seed=args.seed, splits=args.splits,
+                        paired_scenes=args.paired_scenes)
     report, stats = build_synth(args.out, data_root=args.source or default_data_root(), opts=opts, force=args.force,
                                 workers=args.workers, progress=not args.quiet)
     return _finish(report, stats, started)

@@ -47,6 +47,11 @@ class SynthOptions:
     # Only the brands of these splits are built (None: all). A brand's split and photos do not depend on
     # it, so a test-only build of more brands is a larger held-out set, byte-identical to a full build's.
     splits: tuple[str, ...] | None = None
+    # Each `train` counterfeit photographed in its genuine photo's scene (surface, placement, light,
+    # label), so the pair differs by the counterfeit edit alone: training's hardest negatives. Val and
+    # test photos always draw their own scenes, as listings are photographed, and are byte-identical to
+    # a build without it.
+    paired_scenes: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,10 @@ def _run_job(job: _Job) -> _Result:
         result.tiles.append(Tile(_flat(genuine), f"{job.spec.brand}: genuine mark"))
     for variant, name in variants:
         rng = _rng("synth", opts.seed, job.slug, job.k, variant)
+        # the scene's draws: its own generator per photo, or the genuine photo's scene again when paired
+        # (it repeats exactly unless the edit changes a draw's condition, e.g. the mark's contrast)
+        paired = opts.paired_scenes and job.split == "train"
+        scene_rng = _rng("synth", opts.seed, job.slug, job.k, "scene") if paired else rng
         label, strength, mark = Label.GENUINE, None, genuine
         if name is not None:
             label, strength = Label.COUNTERFEIT, round(float(rng.uniform(0.3, 1.0)), 3)
@@ -144,12 +153,12 @@ def _run_job(job: _Job) -> _Result:
                 continue
         serial = None
         tag = None
-        if rng.random() < opts.serial_rate:
+        if scene_rng.random() < opts.serial_rate:
             serial = fmt.make(rng, valid=label is Label.GENUINE or rng.random() < 0.5)
             tag = render_label(serial, height=48, rng=rng)
-        surface = _surface(rng, result.skipped)
-        clutter = _surface(rng, result.skipped)
-        scene = compose_scene(mark, surface=surface, clutter=clutter, size=opts.size, rng=rng, label=tag)
+        surface = _surface(scene_rng, result.skipped)
+        clutter = _surface(scene_rng, result.skipped)
+        scene = compose_scene(mark, surface=surface, clutter=clutter, size=opts.size, rng=scene_rng, label=tag)
         rel = f"images/{job.split}/{job.slug}/{job.k:03d}_{variant}.jpg"
         save_jpeg(_OUT / rel, scene.image, quality=90)
         result.rows.append(
@@ -172,7 +181,8 @@ def _flat(rgba: np.ndarray) -> np.ndarray:
 def build_synth(out: Path, *, data_root: Path, opts: SynthOptions, force: bool = False, workers: int = 1,
                 progress: bool = True) -> tuple[BuildReport, dict]:
     """Build the synthetic set into `out`; returns the report and the stats written beside it."""
-    options = {k: v for k, v in opts.__dict__.items() if not (k == "splits" and v is None)}  # as builds before it
+    options = {k: v for k, v in opts.__dict__.items()  # options at their defaults are left out, as builds before them
+               if not (k == "splits" and v is None) and not (k == "paired_scenes" and not v)}
     fingerprint = {"command": "synth", "options": options, "transforms": sorted(TRANSFORMS)}
     prepare_output(out, fingerprint=fingerprint, force=force)
     report = BuildReport(out=out, command="synth", rows=[])

@@ -89,13 +89,13 @@ def ensure_grocery(out: Path, *, source: str = "") -> Path:
     return manifest_path(out)
 
 
-def ensure_synth(out: Path, *, brands: int, per_brand: int, size: int, seed: int) -> Path:
+def ensure_synth(out: Path, *, brands: int, per_brand: int, size: int, seed: int, paired_scenes: bool = False) -> Path:
     """The synthetic listing-photo manifest at `out`, built by `markguard.datasets.synth` when missing."""
     if not manifest_path(out).is_file():
         from markguard.datasets.sources import default_data_root
         from markguard.datasets.synth import SynthOptions, build_synth
 
-        opts = SynthOptions(brands=brands, per_brand=per_brand, size=size, seed=seed)
+        opts = SynthOptions(brands=brands, per_brand=per_brand, size=size, seed=seed, paired_scenes=paired_scenes)
         build_synth(Path(out), data_root=default_data_root(), opts=opts, progress=True)
     return manifest_path(out)
 

@@ -65,7 +65,7 @@ from markguard.vision.detect import MarkDetector, encode_boxes
 from markguard.vision.geometry import extract_features
 from markguard.vision.scoring import Fusion
 
-__all__ = ["get_args_parser", "main", "train_one_epoch", "evaluate"]
+__all__ = ["get_args_parser", "main", "train_one_epoch", "evaluate", "model_hash"]
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -99,7 +99,7 @@ def _load_data(config: dict[str, Any]) -> tuple[list[Item], dict[str, EvalSet], 
             eval_sets["grocery_cal"] = EvalSet(name="grocery_cal", references=iconic, queries=held)
     if d["synth"]:
         path = ensure_synth(Path(d["synth"]), brands=d["synth_brands"], per_brand=d["synth_per_brand"],
-                            size=d["synth_size"], seed=d["synth_seed"])
+                            size=d["synth_size"], seed=d["synth_seed"], paired_scenes=d.get("synth_paired_scenes", False))
         rows = read_items(path)
         hashes["synth"] = manifest_sha256(path)
         items += [i for i in rows if i.row.split == "train"]
@@ -510,7 +510,8 @@ def finish(*, split: SplitEmbedder, config: dict[str, Any], run_dir: Path, eval_
           json.dumps({k: spec[k] for k in ("review_at", "takedown_at", "match_threshold")}))
 
     model = split.model.cpu()
-    sha8 = _state_hash(model.state_dict())
+    sha8 = model_hash(model.state_dict(), detector=detector.state_dict() if detector is not None else None,
+                      fusion=spec)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     tag = f"{config['tag_prefix']}-{stamp}-{sha8}"
     card = {
@@ -585,9 +586,28 @@ def _local_features(items: Sequence[Item], desc: str) -> list:
 
 def _state_hash(state: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
+    _update_with_state(h, state)
+    return h.hexdigest()[:8]
+
+
+def _update_with_state(h: Any, state: dict[str, torch.Tensor]) -> None:
     for k in sorted(state):
         h.update(k.encode())
         h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+
+
+def model_hash(embedder: dict[str, torch.Tensor], *, detector: dict[str, torch.Tensor] | None,
+               fusion: dict[str, Any]) -> str:
+    """The 8 hex digits that end a model's tag: a hash of everything that decides a score (the embedder's
+    and the detector's weights, the fusion with its thresholds), so two artifacts with the same hash
+    score alike. (Tags before it hashed the embedder alone.)"""
+    h = hashlib.sha256()
+    _update_with_state(h, embedder)
+    h.update(b"\x00detector")
+    if detector is not None:
+        _update_with_state(h, detector)
+    h.update(b"\x00fusion")
+    h.update(json.dumps(fusion, sort_keys=True).encode())
     return h.hexdigest()[:8]
 
 

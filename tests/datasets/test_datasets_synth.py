@@ -111,6 +111,36 @@ def test_a_test_only_build_holds_the_full_builds_test_photos(built: Path, data_r
         main(["datasets", "synth", "--out", str(tmp_path / "x"), "--splits", "holdout"])
 
 
+def test_paired_scenes_photograph_training_counterfeits_in_their_genuine_scene(built: Path, data_root: Path,
+                                                                              tmp_path: Path) -> None:
+    paired = tmp_path / "paired"
+    build_synth(paired, data_root=data_root, opts=SynthOptions(**{**SMALL.__dict__, "paired_scenes": True}),
+                progress=False)
+    rows, plain = read_manifest(paired), read_manifest(built)
+    assert [r.image for r in rows] == [r.image for r in plain]
+    for a, b in zip(rows, plain, strict=True):  # evaluation photos draw their own scenes, byte for byte
+        assert (a.split == "train") or (paired / a.image).read_bytes() == (built / b.image).read_bytes()
+
+    def background_difference(folder: Path, split_rows: list) -> list[float]:
+        """Mean pixel difference between each genuine photo and its counterfeit, away from both marks."""
+        out = []
+        for genuine in (r for r in split_rows if r.label is Label.GENUINE):
+            fake = next(r for r in split_rows if r.image == genuine.image.replace("_genuine", "_cf0"))
+            x, y = read_image(folder / genuine.image).astype(float), read_image(folder / fake.image).astype(float)
+            keep = np.ones(x.shape[:2], bool)
+            for box in (*genuine.boxes, *fake.boxes):
+                keep[box.y0 : box.y1, box.x0 : box.x1] = False
+            out.append(float(np.abs(x - y)[keep].mean()))
+        return out
+
+    train = [r for r in rows if r.split == "train"]
+    assert train, "SMALL must have training brands"
+    same_scene = background_difference(paired, train)
+    own_scene = background_difference(built, [r for r in plain if r.split == "train"])
+    assert np.median(same_scene) < 8 < np.median(own_scene)
+    assert json.loads((paired / "build.json").read_text())["options"]["paired_scenes"] is True
+
+
 def test_corrupt_surface_photo_is_skipped_with_a_reason(built: Path) -> None:
     stats = json.loads((built / "stats.json").read_text())
     reasons = [s for s in stats["skipped_inputs"] if s["path"].endswith("zz-corrupt.jpg")]

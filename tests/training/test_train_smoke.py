@@ -135,3 +135,18 @@ def test_bench_embedder_prints_both_models(tiny_run: Path, tiny_grocery: Path, t
         by_transform = synthetic[label]["claim_auc_by_transform"]
         assert by_transform and all(0.0 <= t["auc"] <= 1.0 and t["count"] > 0 for t in by_transform.values())
     load_artifact(artifact)  # still a valid artifact
+
+
+def test_the_tag_hash_covers_embedder_detector_and_fusion() -> None:
+    import torch
+
+    from markguard.training.train import model_hash
+
+    embedder, detector = {"w": torch.ones(3)}, {"d": torch.zeros(2)}
+    fusion = {"kind": "logistic", "review_at": 0.4, "takedown_at": 0.9}
+    base = model_hash(embedder, detector=detector, fusion=fusion)
+    assert len(base) == 8 and base == model_hash({"w": torch.ones(3)}, detector={"d": torch.zeros(2)}, fusion=dict(fusion))
+    assert base != model_hash({"w": torch.ones(3) * 2}, detector=detector, fusion=fusion)
+    assert base != model_hash(embedder, detector={"d": torch.ones(2)}, fusion=fusion)
+    assert base != model_hash(embedder, detector=None, fusion=fusion)
+    assert base != model_hash(embedder, detector=detector, fusion={**fusion, "takedown_at": 0.95})

@@ -90,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (Path(args.synth) / "manifest.jsonl").is_file() and not Path(args.synth).is_file():
             cfg = trained.card.get("config", {}).get("data", {})
             ensure_synth(args.synth, brands=cfg.get("synth_brands", 120), per_brand=cfg.get("synth_per_brand", 6),
-                         size=cfg.get("synth_size", 256), seed=cfg.get("synth_seed", 0))
+                         size=cfg.get("synth_size", 256), seed=cfg.get("synth_seed", 0),
+                         paired_scenes=cfg.get("synth_paired_scenes", False))
         sets[f"synthetic held-out ({args.synth_split})"] = make_eval_set(read_items(args.synth),
                                                                              split=args.synth_split)
     if args.mark_crops:
