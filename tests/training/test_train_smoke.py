@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from markguard.training.data import load_images, make_eval_set, read_items
@@ -150,3 +151,11 @@ def test_the_tag_hash_covers_embedder_detector_and_fusion() -> None:
     assert base != model_hash(embedder, detector={"d": torch.ones(2)}, fusion=fusion)
     assert base != model_hash(embedder, detector=None, fusion=fusion)
     assert base != model_hash(embedder, detector=detector, fusion={**fusion, "takedown_at": 0.95})
+
+
+def test_bench_embedder_refuses_a_held_out_set_holding_training_brands(tiny_run: Path, tiny_synth: Path) -> None:
+    from markguard.training.benchmarks.embedder import main
+
+    with pytest.raises(SystemExit, match="not held out"):
+        main(["--model", str(tiny_run / "artifact"), "--grocery", "", "--synth", str(tiny_synth),
+              "--synth-split", "train", "--quiet"])

@@ -47,7 +47,7 @@ from markguard.training.data import (
 )
 from markguard.training.evaluate import evaluate_artifact
 from markguard.training.evaluation import bootstrap_intervals, proposal_coverage
-from markguard.vision.artifact import build_imagenet_artifact
+from markguard.vision.artifact import ModelArtifact, build_imagenet_artifact
 from markguard.vision.atomic import atomic_write_bytes
 
 __all__ = ["get_args_parser", "main"]
@@ -79,6 +79,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+def _trained_on_brands(artifact: ModelArtifact) -> set[str]:
+    """Brands of the training split of the synthetic build named in the model's card, when it is on disk
+    (empty otherwise): a held-out set must not contain one."""
+    synth = artifact.card.get("config", {}).get("data", {}).get("synth")
+    if not synth or not (Path(synth) / "manifest.jsonl").is_file():
+        return set()
+    return {i.brand for i in read_items(synth) if i.row.split == "train"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -92,8 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             ensure_synth(args.synth, brands=cfg.get("synth_brands", 120), per_brand=cfg.get("synth_per_brand", 6),
                          size=cfg.get("synth_size", 256), seed=cfg.get("synth_seed", 0),
                          paired_scenes=cfg.get("synth_paired_scenes", False))
-        sets[f"synthetic held-out ({args.synth_split})"] = make_eval_set(read_items(args.synth),
-                                                                             split=args.synth_split)
+        held_out = make_eval_set(read_items(args.synth), split=args.synth_split)
+        seen = _trained_on_brands(trained) & {q.brand for q in held_out.queries}
+        if seen:
+            raise SystemExit(f"markguard bench embedder: {len(seen)} brands of {args.synth} ({args.synth_split}) are in "
+                             f"the model's training photos, e.g. {sorted(seen)[:3]}: not held out")
+        sets[f"synthetic held-out ({args.synth_split})"] = held_out
     if args.mark_crops:
         sets = {name: dataclasses.replace(es, queries=[enrolled_crop(q, 1.25) for q in es.queries])
                 for name, es in sets.items()}
