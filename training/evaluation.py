@@ -232,12 +232,13 @@ def evaluate_embeddings(
         if block:
             out[f"claim_vs_{name}"] = block
     if blocks["counterfeit"]:  # which counterfeit edits the similarity sees: true claims vs each transform's
-        transform = np.array([queries[q].row.transform or "unknown" if k == "counterfeit" else ""
+        transform = np.array([(queries[q].row.transform or "unknown") if k == "counterfeit" else ""
                               for q, k in zip(claims.query, kinds, strict=True)])
-        out["claim_auc_by_transform"] = {
-            t: {"auc": roc_auc(scores[(kinds == "true") | (transform == t)], kinds[(kinds == "true") | (transform == t)] == "true"),
-                "count": int((transform == t).sum())}
-            for t in sorted(set(transform) - {""})}
+        out["claim_auc_by_transform"] = {}
+        for t in sorted(set(transform) - {""}):
+            mask = (kinds == "true") | (transform == t)
+            out["claim_auc_by_transform"][t] = {"auc": roc_auc(scores[mask], kinds[mask] == "true"),
+                                                "count": int((transform == t).sum())}
     out["_claims"] = (claims.query, kinds == "true", (kinds == "true") | (kinds == primary), scores)
     if blocks[primary]:
         out["claim_auc"] = blocks[primary]["auc"]

@@ -64,7 +64,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--grocery", type=Path, default=Path(".markguard/data/grocery"),
                    help="grocery manifest folder (built with `markguard datasets grocery` when missing; '' to skip)")
     p.add_argument("--synth", type=Path, default=Path(".markguard/data/synth"),
-                   help="the synthetic build the model was trained on ('' to skip)")
+                   help="a synthetic build whose --synth-split brands the model never saw: the build it was trained "
+                        "on, or a larger held-out one (`datasets synth --splits test`); '' to skip")
     p.add_argument("--synth-split", default="test", help="held-out split of the synthetic build (default test)")
     queries_as = p.add_mutually_exclusive_group()
     queries_as.add_argument("--whole-photo", action="store_true", help="embed whole photos only (no region crops)")
