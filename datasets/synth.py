@@ -16,7 +16,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from markguard.datasets.build import BuildReport, Skipped, Tile, finish_build, prepare_output, save_jpeg
+from markguard.datasets.build import (
+    BuildRefused,
+    BuildReport,
+    Skipped,
+    Tile,
+    finish_build,
+    prepare_output,
+    save_jpeg,
+)
 from markguard.datasets.compose import compose_scene, crop_square, render_label, rendered_packaging
 from markguard.datasets.manifest import Label, ManifestRow
 from markguard.datasets.marks import BrandIcon, MarkSpec, RenderError, load_icons, mark_spec, render_mark
@@ -29,12 +37,13 @@ from markguard.vision.errors import ImageError
 
 __all__ = ["SynthOptions", "build_synth", "pick_brands"]
 
+_LATER_OPTIONS = ("splits", "paired_scenes")  # SynthOptions fields left out of a build's fingerprint at their defaults
 MARK_HEIGHT = 128  # px: marks are rendered and transformed at this height, then scaled into the photo
 
 
 @dataclass(frozen=True)
 class SynthOptions:
-    """What `markguard datasets synth` builds; every field goes into `build.json`."""
+    """What `markguard datasets synth` builds; its fields go into `build.json` (`_LATER_OPTIONS` only when set)."""
 
     brands: int = 200
     per_brand: int = 8
@@ -181,18 +190,22 @@ def _flat(rgba: np.ndarray) -> np.ndarray:
 def build_synth(out: Path, *, data_root: Path, opts: SynthOptions, force: bool = False, workers: int = 1,
                 progress: bool = True) -> tuple[BuildReport, dict]:
     """Build the synthetic set into `out`; returns the report and the stats written beside it."""
-    options = {k: v for k, v in opts.__dict__.items()  # options at their defaults are left out, as builds before them
-               if not (k == "splits" and v is None) and not (k == "paired_scenes" and not v)}
+    # options added after the first builds are written only when set, so older builds keep their fingerprint
+    options = {k: v for k, v in opts.__dict__.items() if k not in _LATER_OPTIONS or v != getattr(SynthOptions(), k)}
     fingerprint = {"command": "synth", "options": options, "transforms": sorted(TRANSFORMS)}
+    skipped: list[Skipped] = []
+    brands = [(icon, spec, split_for(spec.brand, seed=opts.seed, val_fraction=opts.val_fraction,
+                                     test_fraction=opts.test_fraction))
+              for icon, spec in pick_brands(opts.brands, seed=opts.seed, skipped=skipped)]
+    brands = [b for b in brands if opts.splits is None or b[2] in opts.splits]
+    if not brands:  # refused before anything is written: an empty manifest would pass for a held-out set
+        raise BuildRefused(f"none of the {opts.brands} brands falls in splits {list(opts.splits or ())}; "
+                           "build more brands (--brands)")
     prepare_output(out, fingerprint=fingerprint, force=force)
-    report = BuildReport(out=out, command="synth", rows=[])
+    report = BuildReport(out=out, command="synth", rows=[], skipped=skipped)
     surfaces = product_surfaces(data_root)
     if not surfaces:
         report.skipped.append(Skipped(str(data_root), "no product photos found (clothing/, grocery-packages/); using rendered cards"))
-    brands = [(icon, spec, split_for(spec.brand, seed=opts.seed, val_fraction=opts.val_fraction,
-                                     test_fraction=opts.test_fraction))
-              for icon, spec in pick_brands(opts.brands, seed=opts.seed, skipped=report.skipped)]
-    brands = [b for b in brands if opts.splits is None or b[2] in opts.splits]
     jobs = [
         _Job(index=i, slug=icon.slug, spec=spec, k=k, split=split, keep_tiles=i < 8)
         for i, (icon, spec, split) in enumerate(brands)

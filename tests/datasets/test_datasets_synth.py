@@ -109,6 +109,13 @@ def test_a_test_only_build_holds_the_full_builds_test_photos(built: Path, data_r
     assert "splits" not in json.loads((built / "build.json").read_text())["options"]  # full builds: as before
     with pytest.raises(SystemExit):
         main(["datasets", "synth", "--out", str(tmp_path / "x"), "--splits", "holdout"])
+    # a selection that holds no brand is refused before anything is written, not an empty held-out set:
+    # with one brand (the build's first, by the seed's order) every other split is empty
+    other = next(s for s in ("train", "val", "test") if s != read_manifest(built)[0].split)
+    with pytest.raises(BuildRefused, match="falls in splits"):
+        build_synth(tmp_path / "none", data_root=data_root, progress=False,
+                    opts=SynthOptions(**{**SMALL.__dict__, "brands": 1, "splits": (other,)}))
+    assert not (tmp_path / "none").exists()
 
 
 def test_paired_scenes_photograph_training_counterfeits_in_their_genuine_scene(built: Path, data_root: Path,
