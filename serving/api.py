@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -32,7 +32,7 @@ from markguard.serving.limits import ApiError, RateLimiter, log, request_id_of
 from markguard.serving.limits import _BodyTooLarge as BodyTooLarge
 from markguard.serving.metrics import DECISIONS, INDEX_SIZE, LISTINGS_SCORED
 from markguard.serving.references import delete_references
-from markguard.serving.reviews import record_review
+from markguard.serving.reviews import MAX_REVIEWS_PAGE, list_reviews, record_review
 from markguard.serving.state.schema import Reference, ReferenceKind
 from markguard.vision.archive import is_zip
 from markguard.vision.decode import MAX_BYTES, decode_image, sniff_format
@@ -83,6 +83,7 @@ class PolicyIn(BaseModel):
     wordmarks: list[str] | None = None
     serial_pattern: str | None = Field(None, max_length=500)
     serial_checksum: str | None = None
+    genuine_from_reviews: bool | None = None  # a listing reviewed genuine becomes a genuine reference
 
 
 class ReviewIn(BaseModel):
@@ -221,8 +222,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
         crops = await run_in_threadpool(lambda: np.stack([resize_square(c, size) for p in plans for c in p.crops]))
         vectors = await embed_or_503(b, crops)
         out, start = [], 0
-        for req, plan in zip(requests, plans, strict=True):
-            await run_in_threadpool(b.home.put_blob, req.data)  # kept so a review can make it a known fake
+        for plan in plans:
             result = await run_in_threadpool(b.engine.finish, plan, vectors[start : start + len(plan.crops)])
             start += len(plan.crops)
             LISTINGS_SCORED.labels(route=route).inc()
@@ -336,6 +336,8 @@ def build_app(backend: Backend | None = None) -> FastAPI:
         with be(request).home.sessions.begin() as session:
             row = get_brand(session, name)
             for key, value in changes.items():
+                if key == "genuine_from_reviews" and value is None:
+                    continue
                 setattr(row, key, "none" if key == "serial_checksum" and value is None else value)
             if row.review_at is not None and row.takedown_at is not None and row.review_at > row.takedown_at:
                 raise ApiError(422, "review_at must not exceed takedown_at")
@@ -419,8 +421,9 @@ def build_app(backend: Backend | None = None) -> FastAPI:
     @app.post("/reviews", tags=["reviews"], status_code=201, summary="Label a scored listing (moderator)")
     async def review(request: Request, body: ReviewIn,
                      principal: Principal = as_moderator) -> dict[str, Any]:
-        """Kept as labelled data for retraining; a `counterfeit` label also enrolls the listing's photo as a
-        known-fake reference of its brand."""
+        """Kept as labelled data for retraining. `counterfeit` makes the listing's photo a known-fake reference
+        of its brand; a later `genuine` review of the same listing removes it (and, where the brand allows,
+        adds the photo as a genuine reference). The next score of the photo sees the change."""
         b = be(request)
         try:
             report = await run_in_threadpool(
@@ -431,6 +434,19 @@ def build_app(backend: Backend | None = None) -> FastAPI:
         except MarkguardError as exc:
             raise ApiError(409, str(exc)) from None
         return dataclasses.asdict(report)
+
+    @app.get("/reviews", tags=["reviews"], summary="List reviews, oldest first (moderator; a brand key: its brand's)")
+    async def reviews(request: Request, listing_id: str | None = Query(None, max_length=200),
+                      after: int = Query(0, ge=0, le=2**62), limit: int = Query(100, ge=1, le=MAX_REVIEWS_PAGE),
+                      ) -> dict[str, Any]:
+        """Every review is kept: who (key id), when, the label, the note, the reference it added and the one
+        it removed. Keyset pages: pass the last `id` seen as `after`."""
+        principal = auth(request, Role.MODERATOR, Role.BRAND)
+        brand_id = principal.brand_id if principal.role is Role.BRAND else None
+        found = await run_in_threadpool(list_reviews, be(request).home, listing_id=listing_id, brand_id=brand_id,
+                                        after=after, limit=limit)
+        return {"reviews": [dataclasses.asdict(r) for r in found],
+                "next": found[-1].review_id if len(found) == limit else None}
 
     @app.post("/keys", tags=["keys"], status_code=201, summary="Create an API key (admin); shown once")
     async def new_key(request: Request, body: KeyIn, _: Principal = as_admin) -> dict[str, Any]:
@@ -449,7 +465,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
 def _policy(row: Any) -> dict[str, Any]:
     return {"name": row.name, "review_at": row.review_at, "takedown_at": row.takedown_at,
             "wordmarks": row.wordmarks, "serial_pattern": row.serial_pattern,
-            "serial_checksum": row.serial_checksum}
+            "serial_checksum": row.serial_checksum, "genuine_from_reviews": bool(row.genuine_from_reviews)}
 
 
 async def _inputs(files: list[UploadFile]) -> list[InputImage]:

@@ -8,6 +8,7 @@ detector's, when the model has one, likewise: `detector.json` and the card the r
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 from sqlalchemy import select, update
@@ -16,6 +17,8 @@ from markguard.serving.state.home import Home
 from markguard.serving.state.schema import ModelVersion
 from markguard.vision.artifact import ModelArtifact, build_imagenet_artifact, load_artifact
 from markguard.vision.errors import IntegrityError, NotFound
+from markguard.vision.scoring import Fusion
+from markguard.vision.signals import expert_priors, signal_names
 
 __all__ = ["ensure_default_model", "promoted_artifact", "register_artifact", "promote", "list_models", "PROVISIONAL_FUSION"]
 
@@ -23,7 +26,8 @@ __all__ = ["ensure_default_model", "promoted_artifact", "register_artifact", "pr
 # From the grocery baseline run (31 iconic references, 100 val photos, README): true-product
 # similarities have quartiles 0.40 / 0.44 / 0.50, other-product claims 0.37 / 0.42 / 0.47, so the
 # baseline separates them poorly (claim AUC 0.58) and the mapping is deliberately wide. A trained
-# artifact replaces it with a calibrated fusion.
+# artifact replaces it with a calibrated fusion. Every other signal is weighed by its expert prior
+# (`vision.signals`), written into the artifact's fusion.json like any weight.
 PROVISIONAL_FUSION = {
     "kind": "provisional",
     "similarity_floor": 0.25,
@@ -31,21 +35,8 @@ PROVISIONAL_FUSION = {
     "match_threshold": 0.30,
     "review_at": 0.5,
     "takedown_at": 0.85,
-    "priors": None,  # filled below
+    "priors": expert_priors(n for n in signal_names() if n != "genuine_similarity"),
 }
-
-# Expert log-odds for OCR evidence (see vision.scoring); the engine uses them for an artifact whose
-# fusion.json carries no `priors` of its own. A misspelt own wordmark or an impossible serial alone moves a pass to
-# review; with a serial that three other sellers also show, to takedown.
-OCR_PRIORS = {
-    "wordmark_exact": -0.5,
-    "wordmark_near_miss": 2.5,
-    "other_brand_wordmark": 1.0,
-    "serial_invalid": 2.5,
-    "serial_unregistered": 1.5,
-    "serial_reuse_sellers": 1.0,
-}
-PROVISIONAL_FUSION["priors"] = OCR_PRIORS
 
 # A trained default model shipped in the repository (training issue); absent, the ImageNet baseline.
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
@@ -111,11 +102,19 @@ def promoted_artifact(home: Home) -> ModelArtifact:
 
 
 def ensure_default_model(home: Home) -> ModelArtifact:
-    """The promoted model, registering and promoting the default one on first use."""
+    """The promoted model, registering and promoting the default one on first use (and in place of a
+    promoted model whose fusion.json no longer weighs every signal: one made before a signal existed)."""
     try:
-        return promoted_artifact(home)
+        artifact = promoted_artifact(home)
+        Fusion(artifact.fusion)
+        return artifact
     except NotFound:
         pass
+    except ValueError as exc:
+        if not (SHIPPED_MODEL_DIR / "card.json").is_file() or load_artifact(SHIPPED_MODEL_DIR).tag == artifact.tag:
+            raise IntegrityError(f"model {artifact.tag!r}: {exc}") from None
+        print(f"markguard: model {artifact.tag} cannot score ({exc}); promoting the shipped default",
+              file=sys.stderr)
     if (SHIPPED_MODEL_DIR / "card.json").is_file():
         return register_artifact(home, SHIPPED_MODEL_DIR, promote_it=True)
     with home.write_lock():

@@ -1,8 +1,15 @@
-"""Moderators' reviews of scored listings: labelled data for retraining, and known fakes for the index.
+"""Moderators' reviews of scored listings: labelled data for retraining, and references that teach.
 
-A review names a listing the service scored (its `listing_id`, the newest score of it). The label is
-kept in `reviews`; a counterfeit label also enrolls the listing's photo (kept as a blob when it was
-scored over the API) as a `kind=counterfeit` reference of the listing's brand.
+A review names a listing that was scored (its `listing_id`; the newest score of it), whichever way it
+was scored (CLI, API or scan: each keeps the photo). Its label moves the listing's photo between the
+brand's references, so the next score of that photo sees the moderator's word:
+
+- `counterfeit`: the photo becomes a known-fake reference of the listing's brand (unless it already is);
+  a genuine reference an earlier review made of it is removed.
+- `genuine`: a known fake an earlier review made of the photo is removed and, when the brand allows
+  (`genuine_from_reviews`), the photo becomes a genuine reference.
+
+Every review is kept, with who made it, when, the reference it added and the one it removed.
 """
 
 from __future__ import annotations
@@ -14,13 +21,16 @@ from sqlalchemy import DateTime, ForeignKey, Integer, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from markguard.serving.enroll import InputImage, enroll
+from markguard.serving.references import delete_references
 from markguard.serving.state.home import Home
-from markguard.serving.state.schema import Base, Brand, Listing, ReferenceKind
+from markguard.serving.state.schema import Base, Brand, Listing, Reference, ReferenceKind
 from markguard.vision.artifact import ModelArtifact
 from markguard.vision.embed import Embedder
 from markguard.vision.errors import MarkguardError, NotFound
 
-__all__ = ["Review", "ReviewReport", "record_review"]
+__all__ = ["Review", "ReviewReport", "record_review", "list_reviews", "MAX_REVIEWS_PAGE"]
+
+MAX_REVIEWS_PAGE = 500  # reviews listed per call
 
 
 def _now() -> dt.datetime:
@@ -28,7 +38,7 @@ def _now() -> dt.datetime:
 
 
 class Review(Base):
-    """One moderator's label on one scored listing (migration 0002)."""
+    """One moderator's label on one scored listing (migrations 0002, 0003)."""
 
     __tablename__ = "reviews"
 
@@ -36,11 +46,13 @@ class Review(Base):
     listing_row_id: Mapped[int] = mapped_column(ForeignKey("listings.id", ondelete="CASCADE"), index=True)
     brand_id: Mapped[int | None] = mapped_column(ForeignKey("brands.id", ondelete="SET NULL"))
     label: Mapped[ReferenceKind] = mapped_column(String(20))
-    image_sha256: Mapped[str] = mapped_column(String(64))
+    image_sha256: Mapped[str] = mapped_column(String(64), index=True)
     reviewer_key_id: Mapped[str] = mapped_column(String(32))
     note: Mapped[str] = mapped_column(String(2000), default="")
-    reference_id: Mapped[int | None] = mapped_column(Integer)  # the known-fake reference it became
+    reference_id: Mapped[int | None] = mapped_column(Integer)  # the reference this review added
+    removed_reference_id: Mapped[int | None] = mapped_column(Integer)  # the one an earlier review added, removed
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +61,17 @@ class ReviewReport:
     listing_id: str
     label: str
     brand: str | None
-    reference_id: int | None
+    reference_id: int | None  # the reference the review added
+    removed_reference_id: int | None = None  # the reference an earlier review had added, now removed
+    reviewer: str | None = None
+    note: str = ""
+    created_at: str | None = None
+
+
+def _report(review: Review, listing_id: str, brand: str | None) -> ReviewReport:
+    return ReviewReport(review.id, listing_id, str(review.label), brand, review.reference_id,
+                        review.removed_reference_id, review.reviewer_key_id, review.note,
+                        review.created_at.isoformat() if review.created_at else None)
 
 
 def record_review(
@@ -64,6 +86,7 @@ def record_review(
     brand_id: int | None = None,
 ) -> ReviewReport:
     """Label the newest score of `listing_id`; `brand_id` (a brand-scoped caller) hides other brands' listings."""
+    label = ReferenceKind(label)
     with home.sessions() as session:
         query = select(Listing).where(Listing.listing_id == listing_id)
         if brand_id is not None:
@@ -73,23 +96,52 @@ def record_review(
             raise NotFound(f"no scored listing {listing_id!r}")
         brand = session.get(Brand, listing.brand_id) if listing.brand_id is not None else None
         row_id, sha = listing.id, listing.image_sha256
-    reference_id = None
-    if label is ReferenceKind.COUNTERFEIT:
-        if brand is None:
+        if brand is None and label is ReferenceKind.COUNTERFEIT:
             raise MarkguardError("the listing matched no brand: it cannot become a known-fake reference")
+        # the references earlier reviews made of this photo for this brand, still in the catalog
+        made = session.scalars(select(Reference).join(Review, Review.reference_id == Reference.id).where(
+            Review.image_sha256 == sha, Reference.brand_id == (brand.id if brand else -1))).all()
+        made = {r.kind: r.id for r in made}
+        brand_name, learn_genuine = (brand.name, bool(brand.genuine_from_reviews)) if brand else (None, False)
+    wanted = label if label is ReferenceKind.COUNTERFEIT or learn_genuine else None
+    removed = None
+    unwanted = [kind for kind in made if kind != wanted]
+    for kind in unwanted:  # one review-made reference of a photo at most: the newest label's
+        removed = delete_references(home, brand=brand_name, ids=[made[kind]])[0]
+    reference_id = made.get(wanted) if wanted is not None else None
+    if wanted is not None and reference_id is None:
         try:
             data = home.get_blob(sha)
         except FileNotFoundError:
-            raise MarkguardError("the listing's photo was not kept (scored outside the API)") from None
-        report = enroll(home, artifact, model, brand=brand.name, kind=ReferenceKind.COUNTERFEIT,
+            raise MarkguardError("the listing's photo was not kept: it cannot become a reference") from None
+        report = enroll(home, artifact, model, brand=brand_name, kind=wanted,
                         inputs=[InputImage(f"listing:{listing_id}", data)])
-        if report.added:
-            reference_id = report.added[0]
+        reference_id = report.added[0] if report.added else _existing(home, brand_name, sha, wanted)
     with home.sessions.begin() as session:
         review = Review(listing_row_id=row_id, brand_id=brand.id if brand else None, label=label.value,
                         image_sha256=sha, reviewer_key_id=reviewer_key_id, note=note[:2000],
-                        reference_id=reference_id)
+                        reference_id=reference_id, removed_reference_id=removed)
         session.add(review)
         session.flush()
-        review_id = review.id
-    return ReviewReport(review_id, listing_id, label.value, brand.name if brand else None, reference_id)
+        return _report(review, listing_id, brand_name)
+
+
+def _existing(home: Home, brand: str, sha: str, kind: ReferenceKind) -> int | None:
+    """The reference of `brand` already holding this photo as `kind` (the brand enrolled it itself)."""
+    with home.sessions() as session:
+        return session.scalar(select(Reference.id).join(Brand, Brand.id == Reference.brand_id).where(
+            Brand.name == brand, Reference.sha256 == sha, Reference.kind == kind))
+
+
+def list_reviews(home: Home, *, listing_id: str | None = None, brand_id: int | None = None, after: int = 0,
+                 limit: int = 100) -> list[ReviewReport]:
+    """Reviews oldest first (keyset pages: `after` the last id seen); `brand_id` scopes to one brand."""
+    with home.sessions() as session:
+        query = (select(Review, Listing.listing_id, Brand.name).join(Listing, Listing.id == Review.listing_row_id)
+                 .outerjoin(Brand, Brand.id == Review.brand_id).where(Review.id > after))
+        if listing_id is not None:
+            query = query.where(Listing.listing_id == listing_id)
+        if brand_id is not None:
+            query = query.where(Review.brand_id == brand_id)
+        rows = session.execute(query.order_by(Review.id).limit(max(1, min(limit, MAX_REVIEWS_PAGE)))).all()
+        return [_report(review, lid, brand) for review, lid, brand in rows]

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from sqlalchemy import String, cast, distinct, func, literal, or_, select
 from sqlalchemy.orm import Session
@@ -23,22 +23,17 @@ from tqdm import tqdm
 
 from markguard.serving.brands import get_brand
 from markguard.serving.state.home import Home
-from markguard.serving.state.schema import Brand, GenuineSerial, Listing, ListingSerial
+from markguard.serving.state.schema import GenuineSerial, Listing, ListingSerial
 from markguard.vision.errors import MarkguardError
-from markguard.vision.text import SerialCandidate, match_wordmarks, serial_key
-
-if TYPE_CHECKING:  # the OCR engine (torch) is not needed to import serials
-    import numpy as np
-
-    from markguard.vision.ocr import Box, OcrEngine, OcrLine
+from markguard.vision.evidence import OcrEvidence, SerialRecord
+from markguard.vision.text import serial_key
 
 __all__ = [
     "ImportReport",
     "import_serials",
-    "serial_evidence",
+    "serial_records",
     "record_serials",
     "serials_to_record",
-    "ocr_evidence",
 ]
 
 CHUNK = 20_000  # serials hashed and inserted per statement: bounds memory whatever the file's size
@@ -167,51 +162,30 @@ def _registered(session: Session, brand_id: int) -> int:
     return int(session.scalar(select(func.count()).where(GenuineSerial.brand_id == brand_id)) or 0)
 
 
-def serial_evidence(
+def serial_records(
     session: Session,
     home: Home,
     *,
-    brand: Brand | None,
-    candidates: Sequence[SerialCandidate],
-    listing_row_id: int | None = None,
+    brand_id: int | None,
+    normalized: Sequence[str],
     seller_id: str | None = None,
     listing_id: str | None = None,
-) -> list[dict[str, Any]]:
-    """Per candidate: the score JSON's serial entry, with registry and reuse looked up.
-
-    `registered` is None when the brand has no registry; `seen_in_listings` / `seen_by_sellers`
-    count distinct other listings (by listing id, else by row) and other sellers that showed it.
-    """
+) -> list[SerialRecord]:
+    """Per serial read (normalised): registered in the brand's genuine registry (None: the brand has
+    none), and the distinct other listings (by listing id, else by row) and other sellers that showed it."""
     keyed = _hasher(home)
-    brand_id = brand.id if brand is not None else None
     has_registry = brand_id is not None and session.scalar(
         select(GenuineSerial.serial_hmac).where(GenuineSerial.brand_id == brand_id).limit(1)
     )
     out = []
-    for cand in candidates:
-        digest = keyed(serial_key(cand.normalized))
+    for text in normalized:
+        digest = keyed(serial_key(text))
         registered = None
         if has_registry:
-            registered = (
-                session.scalar(
-                    select(GenuineSerial.serial_hmac).where(
-                        GenuineSerial.brand_id == brand_id, GenuineSerial.serial_hmac == digest
-                    )
-                )
-                is not None
-            )
-        listings, sellers = _seen(session, digest, brand_id, listing_row_id, seller_id, listing_id)
-        out.append(
-            {
-                "text": cand.text,
-                "normalized": cand.normalized,
-                "format_ok": cand.format_ok,
-                "checksum_ok": cand.checksum_ok,
-                "registered": registered,
-                "seen_in_listings": listings,
-                "seen_by_sellers": sellers,
-            }
-        )
+            registered = session.scalar(select(GenuineSerial.serial_hmac).where(
+                GenuineSerial.brand_id == brand_id, GenuineSerial.serial_hmac == digest)) is not None
+        listings, sellers = _seen(session, digest, brand_id, None, seller_id, listing_id)
+        out.append(SerialRecord(registered=registered, seen_in_listings=listings, seen_by_sellers=sellers))
     return out
 
 
@@ -242,9 +216,9 @@ def _seen(
     return int(listings or 0), int(session.scalar(sellers_q) or 0)
 
 
-def serials_to_record(ocr: dict[str, Any]) -> list[str]:
-    """The serials of an `ocr` evidence dict worth remembering: those the brand's pattern does not reject."""
-    return [s["normalized"] for s in ocr.get("serials", []) if s["format_ok"] is not False]
+def serials_to_record(ocr: OcrEvidence) -> list[str]:
+    """The serials of a photo's OCR evidence worth remembering: those the brand's pattern does not reject."""
+    return [s.normalized for s in ocr.serials if s.format_ok is not False]
 
 
 def record_serials(
@@ -261,48 +235,3 @@ def record_serials(
     for digest in digests:
         session.add(ListingSerial(listing_row_id=listing_row_id, brand_id=brand_id, serial_hmac=digest))
     return len(digests)
-
-
-def ocr_evidence(
-    session: Session,
-    home: Home,
-    engine: OcrEngine,
-    image: np.ndarray,
-    *,
-    brand: Brand | None,
-    seller_id: str | None = None,
-    listing_id: str | None = None,
-    listing_row_id: int | None = None,
-    regions: Sequence[Box] | None = None,
-    budget_ms: float | None = None,
-    lines: Sequence[OcrLine] | None = None,
-) -> dict[str, Any]:
-    """The score JSON's `ocr` part for one photo: `{lines, wordmarks, serials}`.
-
-    `lines`, when the caller has read the photo already (the scoring engine does, to propose
-    regions from the text boxes), are used instead of reading it again.
-    `brand` is the claimed (or best-matching) brand: its wordmarks may be near-missed and its
-    pattern and checksum judge the serials; every brand's wordmarks may be read as `other_brand`.
-    """
-    if lines is None:
-        lines = engine.read(image, regions=regions, budget_ms=budget_ms)
-    marks = {b.name: list(b.wordmarks or [b.name]) for b in session.scalars(select(Brand))}
-    texts = [line.text for line in lines]
-    hits = match_wordmarks(texts, brand=brand.name if brand is not None else None, wordmarks=marks)
-    pattern = brand.serial_pattern if brand is not None else None
-    checksum = brand.serial_checksum if brand is not None else "none"
-    candidates = engine.read_serials(image, lines, pattern=pattern, checksum=checksum or "none")
-    serials = serial_evidence(
-        session,
-        home,
-        brand=brand,
-        candidates=candidates,
-        listing_row_id=listing_row_id,
-        seller_id=seller_id,
-        listing_id=listing_id,
-    )
-    return {
-        "lines": [line.to_dict() for line in lines],
-        "wordmarks": [{**dataclasses.asdict(h), "match": h.match.value} for h in hits],
-        "serials": serials,
-    }

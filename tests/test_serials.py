@@ -17,15 +17,17 @@ from sqlalchemy import func, select
 from markguard.serving import serials as serials_mod
 from markguard.serving.brands import add_brand, get_brand
 from markguard.serving.cli import main
+from markguard.serving.engine import CatalogEvidence
 from markguard.serving.serials import (
     import_serials,
-    ocr_evidence,
     record_serials,
-    serial_evidence,
+    serial_records,
     serials_to_record,
 )
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import GenuineSerial, Listing
+from markguard.vision.evidence import OcrEvidence, SerialEvidence
+from markguard.vision.pipeline import read_ocr_evidence
 from markguard.vision.text import SerialCandidate, serial_key
 
 PATTERN = r"[A-Z]{2}\d{8}"
@@ -142,15 +144,15 @@ def test_reuse_counted_across_listings_and_sellers(home: Home) -> None:
     with home.sessions() as session:
         acme = get_brand(session, "Acme")
         # a new seller: listings L1 (scored twice), L2, one without id, L3 → 4; sellers s1, s2 → 2
-        [ev] = serial_evidence(session, home, brand=acme, candidates=[cand], seller_id="s3", listing_id="L4")
-        assert (ev["seen_in_listings"], ev["seen_by_sellers"]) == (4, 2)
-        assert ev["registered"] is None  # the brand has no registry yet
+        [ev] = serial_records(session, home, brand_id=acme.id, normalized=[cand.normalized], seller_id="s3", listing_id="L4")
+        assert (ev.seen_in_listings, ev.seen_by_sellers) == (4, 2)
+        assert ev.registered is None  # the brand has no registry yet
         # seller s1 re-listing L1: its own listing and itself do not count
-        [ev] = serial_evidence(session, home, brand=acme, candidates=[cand], seller_id="s1", listing_id="L1")
-        assert (ev["seen_in_listings"], ev["seen_by_sellers"]) == (3, 1)
+        [ev] = serial_records(session, home, brand_id=acme.id, normalized=[cand.normalized], seller_id="s1", listing_id="L1")
+        assert (ev.seen_in_listings, ev.seen_by_sellers) == (3, 1)
         other = SerialCandidate("CD00000000", "CD00000000", True, None, 0, 0)
-        [ev] = serial_evidence(session, home, brand=acme, candidates=[other])
-        assert (ev["seen_in_listings"], ev["seen_by_sellers"]) == (0, 0)
+        [ev] = serial_records(session, home, brand_id=acme.id, normalized=[other.normalized])
+        assert (ev.seen_in_listings, ev.seen_by_sellers) == (0, 0)
 
 
 def test_registered_lookup_normalises_like_the_import(home: Home, tmp_path: Path) -> None:
@@ -161,9 +163,10 @@ def test_registered_lookup_normalises_like_the_import(home: Home, tmp_path: Path
             SerialCandidate("AB1234S678", "AB12345678", True, None, 1, 0),
             SerialCandidate("AB99999999", "AB99999999", True, None, 0, 0),
         ]
-        evidence = serial_evidence(session, home, brand=acme, candidates=cands)
-    assert [e["registered"] for e in evidence] == [True, False]
-    assert serials_to_record({"serials": evidence}) == ["AB12345678", "AB99999999"]
+        records = serial_records(session, home, brand_id=acme.id, normalized=[c.normalized for c in cands])
+    assert [r.registered for r in records] == [True, False]
+    ocr = OcrEvidence(serials=tuple(SerialEvidence.of(c, r) for c, r in zip(cands, records, strict=True)))
+    assert serials_to_record(ocr) == ["AB12345678", "AB99999999"]
     assert serial_key("ab-1234 5678") == "AB12345678"
 
 
@@ -192,9 +195,10 @@ def test_ocr_evidence_end_to_end(home: Home, tmp_path: Path) -> None:
         row = _listing(session, listing_id="old", seller_id="other-seller")
         acme_id = get_brand(session, "Acme").id
         record_serials(session, home, listing_row_id=row, brand_id=acme_id, normalized_serials=["AB12345678"])
-    with home.sessions() as session:
-        acme = get_brand(session, "Acme")
-        ocr = ocr_evidence(session, home, shared_ocr_engine(), image, brand=acme, seller_id="me", listing_id="new")
+    source = CatalogEvidence(home)
+    acme, _ = source.resolve("Acme", None)
+    ocr = read_ocr_evidence(shared_ocr_engine(), image, shared_ocr_engine().read(image), brand=acme, source=source,
+                            seller="me", listing="new").to_dict()
     assert [(w["brand"], w["match"], w["distance"]) for w in ocr["wordmarks"]] == [("Acme", "near_miss", 1)], ocr
     [serial] = ocr["serials"]
     assert serial["normalized"] == "AB12345678" and serial["format_ok"] is True

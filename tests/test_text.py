@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from markguard.vision.text import (
     CHECKSUMS,
+    WordmarkHit,
     WordmarkMatch,
     check_digit,
     checksum_ok,
@@ -218,15 +219,21 @@ def test_no_claim_judges_every_brand() -> None:
 
 
 def test_ocr_signals() -> None:
-    from markguard.vision.scoring import OCR_SIGNAL_NAMES, ocr_signals
+    from markguard.vision.evidence import ClaimEvidence, OcrEvidence, SerialEvidence
+    from markguard.vision.signals import compute_signals
 
-    assert ocr_signals({"lines": [], "wordmarks": [], "serials": []}, brand="Adidas") == dict.fromkeys(OCR_SIGNAL_NAMES)
-    ocr = {
-        "wordmarks": [{"text": "Abidas", "brand": "Adidas", "match": "near_miss", "distance": 1}],
-        "serials": [
-            {"format_ok": True, "checksum_ok": True, "registered": False, "seen_in_listings": 3, "seen_by_sellers": 2},
-        ],
-    }
+    ocr_names = ("wordmark_exact", "wordmark_near_miss", "other_brand_wordmark", "serial_invalid",
+                 "serial_unregistered", "serial_reuse_sellers")
+
+    def ocr_signals(ocr: OcrEvidence, brand: str) -> dict[str, float | None]:
+        values = compute_signals(ClaimEvidence(brand=brand, ocr=ocr))
+        return {n: values[n] for n in ocr_names}
+
+    assert ocr_signals(OcrEvidence(), brand="Adidas") == dict.fromkeys(ocr_names)
+    near = WordmarkHit(text="Abidas", brand="Adidas", match=WordmarkMatch.NEAR_MISS, distance=1)
+    serial = SerialEvidence(text="X", normalized="X", format_ok=True, checksum_ok=True, registered=False,
+                            seen_in_listings=3, seen_by_sellers=2)
+    ocr = OcrEvidence(wordmarks=(near,), serials=(serial,))
     assert ocr_signals(ocr, brand="Adidas") == {
         "wordmark_exact": 0.0,
         "wordmark_near_miss": 1.0,
@@ -235,7 +242,7 @@ def test_ocr_signals() -> None:
         "serial_unregistered": 1.0,
         "serial_reuse_sellers": pytest.approx(math.log1p(2)),
     }
-    exact_too = {**ocr, "wordmarks": [*ocr["wordmarks"], {"text": "Adidas", "brand": "Adidas", "match": "exact",
-                                                          "distance": 0}]}
+    exact = WordmarkHit(text="Adidas", brand="Adidas", match=WordmarkMatch.EXACT, distance=0)
+    exact_too = OcrEvidence(wordmarks=(near, exact), serials=(serial,))
     assert ocr_signals(exact_too, brand="Adidas")["wordmark_near_miss"] == 0.0  # OCR noise beside the real mark
     assert ocr_signals(ocr, brand="Nike")["other_brand_wordmark"] == 1.0

@@ -1,11 +1,13 @@
 """Evaluating an embedder on an eval set: retrieval, claim verification, per brand, per counterfeit
-transform and strength. Claims are scored with `vision.scoring.region_signals` against an in-memory
-`ReferenceIndex`, the very signals serving computes, so calibration has no train/serve skew.
+transform and strength. Claims are judged with the pipeline's own evidence functions
+(`vision.scoring.region_evidence`, `known_fake_evidence`, `claim_geometry`) against an in-memory
+`ReferenceIndex`, and their signals are the registry's (`vision.signals.compute_signals`), the very
+ones serving computes, so calibration has no train/serve skew.
 
 A query is one vector (its full photo) or, as serving sees it, a block of region vectors — the full
 photo first, then the crops `vision.regions.propose_regions` finds — of which the region most similar
-to the claim speaks for the photo. Geometry signals (`vision.scoring.claim_geometry`) are added to the
-claims by `add_geometry`, from the photos' local features.
+to the claim speaks for the photo. Geometry evidence is added to the claims by `add_geometry`, from
+the photos' local features, and OCR evidence by `training.ocr_evidence.add_ocr`.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import numpy as np
 from markguard.training.data import EvalSet, Item
 from markguard.training.metrics import map_at_r, recall_at_k, roc_auc, roc_curve, tpr_at_fpr
 from markguard.vision.detect import MarkDetector
+from markguard.vision.evidence import ClaimEvidence
 from markguard.vision.geometry import LocalFeatures
 from markguard.vision.index import KIND_CODES, ReferenceIndex
 from markguard.vision.regions import iou, propose_regions, region_crops
-from markguard.vision.scoring import Fusion, claim_geometry, region_signals
+from markguard.vision.scoring import Fusion, claim_geometry, known_fake_evidence, region_evidence
+from markguard.vision.signals import compute_signals
 
 __all__ = ["ClaimSet", "QueryVectors", "as_regions", "query_region_crops", "split_blocks", "build_index", "make_claims",
            "add_geometry", "evaluate_embeddings", "bootstrap_intervals", "proposal_coverage", "STRENGTH_BINS"]
@@ -40,12 +44,17 @@ class ClaimSet:
     query: np.ndarray  # index into the eval set's queries
     kind: list[str]  # true | same_brand | other_brand | counterfeit
     not_genuine: np.ndarray
-    values: list[dict[str, float | None]]
+    evidence: list[ClaimEvidence]
+    values: list[dict[str, float | None]]  # the signals of `evidence` (`refresh` after changing it)
     brand: list[str]  # the claimed brand
     brand_id: np.ndarray  # the claim, in `index`'s ids
     product_id: list[int | None]
     region: np.ndarray  # the query region that spoke for the claim
     index: ReferenceIndex
+
+    def refresh(self, claim: int) -> None:
+        """Recompute one claim's signals from its evidence."""
+        self.values[claim] = compute_signals(self.evidence[claim])
 
 
 def as_regions(query_vectors: QueryVectors) -> list[np.ndarray]:
@@ -102,23 +111,24 @@ def make_claims(eval_set: EvalSet, ref_vectors: np.ndarray, query_vectors: Query
         other = [c for c in ref_classes if c[0] != item.brand]
         if other:
             claims.append((q, "other_brand", *other[int(rng.integers(len(other)))]))
-    values, brand_ids, product_ids, best_regions = [], [], [], []
+    evidence, brand_ids, product_ids = [], [], []
     for q, _, brand, product in claims:
         brand_id, product_id = ids.brands.get(brand, -2), ids.product(brand, product)
-        signals, region = region_signals(index, regions[q], brand_id=brand_id, product_id=product_id)
-        values.append(signals)
+        evidence.append(ClaimEvidence(
+            brand=brand, embedding=region_evidence(index, regions[q], brand_id=brand_id, product_id=product_id),
+            known_fake=known_fake_evidence(index, regions[q], brand_id=brand_id, product_id=product_id)))
         brand_ids.append(brand_id)
         product_ids.append(product_id)
-        best_regions.append(region)
     return ClaimSet(
         query=np.array([c[0] for c in claims], dtype=np.int64),
         kind=[c[1] for c in claims],
         not_genuine=np.array([c[1] != "true" for c in claims], dtype=bool),
-        values=values,
+        evidence=evidence,
+        values=[compute_signals(e) for e in evidence],
         brand=[c[2] for c in claims],
         brand_id=np.array(brand_ids, dtype=np.int64),
         product_id=product_ids,
-        region=np.array(best_regions, dtype=np.int64),
+        region=np.array([e.embedding.region for e in evidence], dtype=np.int64),
         index=index,
     )
 
@@ -168,15 +178,15 @@ def split_blocks(vectors: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]
 
 def add_geometry(claims: ClaimSet, query_vectors: QueryVectors, query_features: Sequence[LocalFeatures],
                  reference_features: Sequence[LocalFeatures]) -> None:
-    """Add the geometry signals serving computes to every claim, in place: shape agreement between the
+    """Add the geometry evidence serving gathers to every claim, in place: shape agreement between the
     photo and the claim's genuine references nearest to the region that spoke for it."""
     regions = as_regions(query_vectors)
-    for c, values in enumerate(claims.values):
+    for c, evidence in enumerate(claims.evidence):
         q, region = int(claims.query[c]), int(claims.region[c])
-        geometry, _ = claim_geometry(claims.index, regions[q][region : region + 1], lambda q=q: query_features[q],
-                                     reference_features.__getitem__, brand_id=int(claims.brand_id[c]),
-                                     product_id=claims.product_id[c])
-        values.update(geometry)
+        evidence.geometry, _ = claim_geometry(claims.index, regions[q][region : region + 1], lambda q=q: query_features[q],
+                                              reference_features.__getitem__, brand_id=int(claims.brand_id[c]),
+                                              product_id=claims.product_id[c])
+        claims.refresh(c)
 
 
 def _similarity_scores(claims: ClaimSet) -> np.ndarray:

@@ -5,10 +5,11 @@ The signal vector grows by name: any signal present in the validation values (ge
 OCR signals, …) is fitted; a value that is missing is imputed at the mean, i.e. contributes nothing,
 exactly as `vision.scoring.Fusion` treats a missing signal at serving time.
 
-A signal is left out of the fit, and its expert prior (if any) then applies at serving, when the
+A signal is left out of the fit, and its expert prior (`vision.signals`, written into the spec's
+`priors`, 0 for none) then applies at serving and to the thresholds, when the
 calibration data cannot speak for it: it never varies; it is read only in some claims (OCR) and in
 fewer than `min_observations` of either class; or its fitted weight points against
-`vision.scoring.SIGNAL_DIRECTIONS` (the most contrary one is dropped and the rest refitted, until
+the registry's direction (the most contrary one is dropped and the rest refitted, until
 all agree). `calibration.left_out` in the spec says which and why.
 """
 
@@ -22,7 +23,8 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from markguard.vision.scoring import SIGNAL_DIRECTIONS, SIGNAL_NAMES, Fusion
+from markguard.vision.scoring import Fusion
+from markguard.vision.signals import expert_priors, signal_directions, signal_names
 
 __all__ = ["MIN_OBSERVATIONS", "OperatingPoint", "fit_fusion", "threshold_at_fpr"]
 
@@ -69,18 +71,20 @@ def fit_fusion(
     takedown_fpr: float = 0.01,
     review_fpr: float = 0.05,
     C: float = 1.0,
-    signal_names: Sequence[str] | None = None,
-    directions: Mapping[str, int] = SIGNAL_DIRECTIONS,
+    names_to_fit: Sequence[str] | None = None,
+    directions: Mapping[str, int] | None = None,
     min_observations: int = MIN_OBSERVATIONS,
 ) -> tuple[dict[str, Any], list[OperatingPoint]]:
     """Fit the logistic fusion; returns the `fusion.json` spec and its operating points."""
+    directions = signal_directions() if directions is None else directions
     y = np.asarray(not_genuine, dtype=bool)
     if y.all() or not y.any():
         raise ValueError("calibration needs both genuine and not-genuine claims")
     if not 0 < takedown_fpr <= review_fpr < 1:
         raise ValueError("need 0 < takedown_fpr <= review_fpr < 1")
     seen = {k for row in values for k, v in row.items() if v is not None}
-    names = [n for n in (signal_names or [*SIGNAL_NAMES, *sorted(seen - set(SIGNAL_NAMES))]) if n in seen]
+    registered = signal_names()
+    names = [n for n in (names_to_fit or [*registered, *sorted(seen - set(registered))]) if n in seen]
     x = _matrix(values, names)
     left_out: dict[str, str] = {}
     for j, name in enumerate(names):
@@ -115,6 +119,9 @@ def fit_fusion(
         "match_threshold": float(match_threshold),
         "review_at": 0.5,
         "takedown_at": 0.5,
+        # every registered signal not fitted keeps its expert prior, and the thresholds below are chosen
+        # with exactly this fusion, priors included
+        "priors": expert_priors(n for n in registered if n not in names),
     }
     fusion = Fusion(spec)
     risks = np.array([fusion.risk(row)[0] for row in values])

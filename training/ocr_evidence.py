@@ -1,5 +1,6 @@
-"""OCR evidence for calibration claims: what serving's `ocr_evidence` computes, without its database,
-so the fusion can fit the OCR signals (`vision.scoring.ocr_signals`) on held-out photos.
+"""OCR evidence for calibration claims: what serving gathers (`vision.pipeline.judge_text`), with a
+dataset standing in for the catalog (`DatasetEvidence`), so the fusion can fit the OCR signals on
+held-out photos.
 
 - Wordmarks: every brand of the eval set, spelt as its name (serving's default when a brand
   registers no wordmarks of its own).
@@ -29,11 +30,12 @@ from markguard.datasets.serials import serial_format
 from markguard.training.data import EvalSet, Item, load_images
 from markguard.training.evaluation import ClaimSet
 from markguard.vision.atomic import atomic_write_bytes
+from markguard.vision.evidence import SerialRecord
 from markguard.vision.ocr import OcrEngine, OcrLine
-from markguard.vision.scoring import ocr_signals
-from markguard.vision.text import match_wordmarks, serial_key
+from markguard.vision.pipeline import BrandProfile, judge_text
+from markguard.vision.text import SerialCandidate, serial_key
 
-__all__ = ["add_ocr", "SERIAL_CHECKSUM"]
+__all__ = ["add_ocr", "DatasetEvidence", "SERIAL_CHECKSUM"]
 
 SERIAL_CHECKSUM = "luhn"  # the check digit `datasets.serials.SerialFormat` prints
 _BUDGET_MS = 60_000.0  # calibration reads whole photos whatever the machine's load
@@ -51,17 +53,35 @@ def _registries(items: Sequence[Item]) -> dict[str, set[str]]:
     return out
 
 
+class DatasetEvidence:
+    """The pipeline's `EvidenceSource` for calibration photos, as far as OCR needs one: every brand's
+    name as its wordmark, the synthetic brands' genuine serials as their registries, no reuse."""
+
+    def __init__(self, brands: Sequence[str], registries: dict[str, set[str]]) -> None:
+        self.profiles = {b: BrandProfile(id=i, name=b, serial_pattern=serial_format(b).pattern if b in registries else None,
+                                         serial_checksum=SERIAL_CHECKSUM if b in registries else None)
+                         for i, b in enumerate(brands)}
+        self.registries = registries
+
+    def wordmarks(self) -> dict[str, list[str]]:
+        return {b: [b] for b in self.profiles}
+
+    def serials(self, brand: BrandProfile | None, normalized: Sequence[str], *, seller: str | None,
+                listing: str | None) -> list[SerialRecord]:
+        registry = self.registries.get(brand.name) if brand is not None else None
+        return [SerialRecord(registered=None if registry is None else serial_key(n) in registry) for n in normalized]
+
+
 def add_ocr(claims: ClaimSet, eval_set: EvalSet, engine: OcrEngine, *, cache: Path,
             queries: Collection[int] | None = None, registry_items: Sequence[Item] = (),
             progress: bool = True) -> None:
-    """Add the OCR signals serving computes to the claims of `eval_set`, in place: all of them, or
+    """Add the OCR evidence serving gathers to the claims of `eval_set`, in place: all of them, or
     those of the query photos `queries` (the others keep OCR signals missing: no evidence).
 
     `registry_items`: more manifest rows whose genuine serials join the brands' registries (the eval
     set's own rows always do)."""
     registries = _registries([*registry_items, *eval_set.references, *eval_set.queries])
-    brands = sorted({i.brand for i in [*eval_set.references, *eval_set.queries]})
-    wordmarks = {b: [b] for b in brands}
+    source = DatasetEvidence(sorted({i.brand for i in [*eval_set.references, *eval_set.queries]}), registries)
     store: dict[str, Any] = json.loads(cache.read_text()) if cache.is_file() else {}
     by_query: dict[int, list[int]] = defaultdict(list)
     for c, q in enumerate(claims.query):
@@ -77,27 +97,21 @@ def add_ocr(claims: ClaimSet, eval_set: EvalSet, engine: OcrEngine, *, cache: Pa
             image = load_images([item])[0]
             entry["lines"] = [line.to_dict() for line in engine.read(image, budget_ms=_BUDGET_MS)]
         lines = [OcrLine(text=d["text"], confidence=d["confidence"], box=tuple(d["box"])) for d in entry["lines"]]
-        texts = [line.text for line in lines]
         for c in by_query[q]:
-            brand = claims.brand[c]
-            evidence: dict[str, Any] = {
-                "wordmarks": [{"brand": h.brand, "match": h.match.value}
-                              for h in match_wordmarks(texts, brand=brand, wordmarks=wordmarks)],
-                "serials": [],
-            }
-            if brand in registries:
-                pattern = serial_format(brand).pattern
-                if pattern not in entry:
+            brand = source.profiles[claims.brand[c]]
+            candidates: list[SerialCandidate] = []
+            if brand.serial_pattern is not None:
+                if brand.serial_pattern not in entry:
                     if image is None:
                         image = load_images([item])[0]
-                    entry[pattern] = [{"normalized": s.normalized, "format_ok": s.format_ok,
-                                       "checksum_ok": s.checksum_ok}
-                                      for s in engine.read_serials(image, lines, pattern=pattern,
-                                                                   checksum=SERIAL_CHECKSUM)]
-                registry = registries[brand]
-                evidence["serials"] = [{**s, "registered": serial_key(s["normalized"]) in registry,
-                                        "seen_by_sellers": 0} for s in entry[pattern]]
-            claims.values[c].update(ocr_signals(evidence, brand=brand))
+                    entry[brand.serial_pattern] = [
+                        {"text": s.text, "normalized": s.normalized, "format_ok": s.format_ok, "checksum_ok": s.checksum_ok,
+                         "substitutions": s.substitutions, "line": s.line}
+                        for s in engine.read_serials(image, lines, pattern=brand.serial_pattern, checksum=SERIAL_CHECKSUM)]
+                candidates = [SerialCandidate(**{"text": d["normalized"], "substitutions": 0, "line": 0, **d})
+                              for d in entry[brand.serial_pattern]]
+            claims.evidence[c].ocr = judge_text(lines, candidates, brand=brand, source=source)
+            claims.refresh(c)
         if n % 50 == 49:
             atomic_write_bytes(cache, json.dumps(store).encode())
     atomic_write_bytes(cache, json.dumps(store).encode())

@@ -9,10 +9,12 @@ constants in code. Two kinds exist:
 - `logistic`: risk = sigmoid(bias + Σ weight·(value − mean)/scale) over named signals, fitted and
   calibrated on validation data by training. A signal that is missing contributes nothing.
 
-Either kind may carry `priors`: log-odds added per unit of an evidence signal that the calibration
-data cannot show (OCR: a misspelt wordmark, an impossible serial, a serial reused by other sellers).
-They are expert weights, stored in the artifact beside the fitted ones and reported per signal like
-every contribution, until calibration data lets training fit them: a fitted signal's prior is ignored.
+Either kind carries `priors`: log-odds added per unit of an evidence signal that the calibration
+data cannot show (OCR: a misspelt wordmark, an impossible serial, a serial reused by other sellers;
+a copy of a known fake). They are expert weights, stored in the artifact beside the fitted ones and
+reported per signal like every contribution, until calibration data lets training fit them: a fitted
+signal's prior is ignored. Every signal of the registry (`vision.signals`) must be weighed, fitted
+or by a prior: a `fusion.json` that forgets one is refused rather than silently ignoring it.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from markguard.vision.evidence import EmbeddingEvidence, KnownFakeEvidence, OcrEvidence
 from markguard.vision.geometry import GeometryMatch, LocalFeatures, match_features
 from markguard.vision.index import KIND_CODES, ReferenceIndex
+from markguard.vision.signals import SIGNALS
 
 __all__ = [
     "Decision",
@@ -37,122 +41,77 @@ __all__ = [
     "Claim",
     "Match",
     "ScoreResult",
-    "embedding_signals",
-    "region_signals",
-    "geometry_signals",
+    "embedding_evidence",
+    "region_evidence",
+    "known_fake_evidence",
     "claim_geometry",
     "GEOMETRY_REFERENCES",
-    "ocr_signals",
-    "SIGNAL_DIRECTIONS",
-    "SIGNAL_NAMES",
-    "OCR_SIGNAL_NAMES",
 ]
 
-# Signals a fusion may use: embedding (per best region), geometry, then OCR's (vision.text).
-SIGNAL_NAMES = ("genuine_similarity", "margin", "counterfeit_similarity", "log_inliers", "inlier_ratio")
 
-
-def _best(index: ReferenceIndex, query: np.ndarray, **filters: Any) -> float | None:
+def _best(index: ReferenceIndex, query: np.ndarray, **filters: Any) -> tuple[float, int] | None:
+    """(similarity, reference id) of the nearest reference to any row of `query`, among those filtered."""
     hits = index.search(query, 1, **filters)
-    return float(hits.similarities[0, 0]) if hits.ids[0, 0] >= 0 else None
+    found = hits.ids[:, 0] >= 0
+    if not found.any():
+        return None
+    row = int(np.argmax(np.where(found, hits.similarities[:, 0], -np.inf)))
+    return float(hits.similarities[row, 0]), int(hits.ids[row, 0])
 
 
-def embedding_signals(
-    index: ReferenceIndex, vector: np.ndarray, *, brand_id: int, product_id: int | None
-) -> dict[str, float | None]:
-    """What the embedding says about a claim: training (calibration) and serving both call this.
+def _similarity(found: tuple[float, int] | None) -> float | None:
+    return None if found is None else found[0]
 
-    - genuine_similarity: best similarity to the claim's genuine references (product if claimed);
-    - margin: that minus the best similarity to any genuine reference outside the claim;
-    - counterfeit_similarity: best similarity to the brand's known fakes.
-    """
-    query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-    genuine = _best(index, query, brand_id=brand_id, product_id=product_id, kind="genuine")
+
+def _claim_mask(index: ReferenceIndex, brand_id: int, product_id: int | None) -> np.ndarray:
     claim = index.brand_ids == brand_id
     if product_id is not None:
         claim &= index.product_ids == product_id
-    outside = index.ids[~claim & (index.kinds == KIND_CODES["genuine"])]
-    rival = _best(index, query, allowed_ids=outside)
-    return {
-        "genuine_similarity": genuine,
-        "margin": None if genuine is None or rival is None else genuine - rival,
-        "counterfeit_similarity": _best(index, query, brand_id=brand_id, kind="counterfeit"),
-    }
+    return claim
 
 
-OCR_SIGNAL_NAMES = (
-    "wordmark_exact",
-    "wordmark_near_miss",
-    "other_brand_wordmark",
-    "serial_invalid",
-    "serial_unregistered",
-    "serial_reuse_sellers",
-)
+def embedding_evidence(
+    index: ReferenceIndex, vector: np.ndarray, *, brand_id: int, product_id: int | None, region: int = 0
+) -> EmbeddingEvidence:
+    """What one region's embedding says about a claim (see `EmbeddingEvidence`)."""
+    query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+    genuine = _best(index, query, brand_id=brand_id, product_id=product_id, kind="genuine")
+    outside = index.ids[~_claim_mask(index, brand_id, product_id) & (index.kinds == KIND_CODES["genuine"])]
+    return EmbeddingEvidence(
+        region=region,
+        genuine_similarity=_similarity(genuine),
+        rival_similarity=_similarity(_best(index, query, allowed_ids=outside)),
+        counterfeit_similarity=_similarity(_best(index, query, brand_id=brand_id, kind="counterfeit")),
+    )
 
 
-# How each signal should move the risk (+1: up). Calibration keeps a fitted weight only when its sign
-# agrees: with collinear signals, or few and noisy reads, a fit can turn a misspelt wordmark into
-# evidence of a genuine product, and such a weight would not hold on photos it never saw.
-SIGNAL_DIRECTIONS = {
-    "genuine_similarity": -1, "margin": -1, "counterfeit_similarity": +1, "log_inliers": -1, "inlier_ratio": -1,
-    "wordmark_exact": -1, "wordmark_near_miss": +1, "other_brand_wordmark": +1, "serial_invalid": +1,
-    "serial_unregistered": +1, "serial_reuse_sellers": +1,
-}
-
-
-def ocr_signals(ocr: Mapping[str, Any], *, brand: str | None) -> dict[str, float | None]:
-    """OCR evidence about the claim as numbers; None where the photo showed nothing to judge.
-
-    - wordmark_exact / wordmark_near_miss: the claimed brand's wordmark read as spelt / only misspelt
-      (a near miss beside an exact reading is OCR noise on a genuine package more often than a fake);
-    - other_brand_wordmark: another brand's wordmark read (a look-alike, or a wrong claim);
-    - serial_invalid: a serial that breaks the brand's format or check digit;
-    - serial_unregistered: a well-formed serial absent from the brand's genuine registry;
-    - serial_reuse_sellers: log1p of the other sellers that showed the same serial.
-    """
-    hits = list(ocr.get("wordmarks", []))
-    serials = list(ocr.get("serials", []))
-    own = [h for h in hits if brand is not None and h["brand"] == brand]
-    values: dict[str, float | None] = dict.fromkeys(OCR_SIGNAL_NAMES)
-    if hits:
-        exact = any(h["match"] == "exact" for h in own)
-        values["wordmark_exact"] = float(exact)
-        values["wordmark_near_miss"] = float(not exact and any(h["match"] == "near_miss" for h in own))
-        values["other_brand_wordmark"] = float(any(h["brand"] != brand for h in hits))
-    if serials:
-        values["serial_invalid"] = float(
-            any(s["format_ok"] is False or s["checksum_ok"] is False for s in serials)
-        )
-        judged = [s for s in serials if s["registered"] is not None and s["format_ok"] is not False]
-        if judged:
-            values["serial_unregistered"] = float(not any(s["registered"] for s in judged))
-        values["serial_reuse_sellers"] = math.log1p(max(int(s["seen_by_sellers"]) for s in serials))
-    return values
-
-
-def region_signals(
+def region_evidence(
     index: ReferenceIndex, vectors: np.ndarray, *, brand_id: int, product_id: int | None
-) -> tuple[dict[str, float | None], int]:
-    """Embedding signals of the region that best matches the claim, and that region's position.
+) -> EmbeddingEvidence:
+    """The embedding evidence of the region that best matches the claim's genuine references.
 
     The mark may fill 5% of a listing photo: each candidate region (the full photo first) is judged,
-    and the one most similar to the claim's genuine references speaks for the photo.
-    """
-    per_region = [embedding_signals(index, v, brand_id=brand_id, product_id=product_id) for v in vectors]
-    sims = [s["genuine_similarity"] if s["genuine_similarity"] is not None else -math.inf for s in per_region]
-    best = int(np.argmax(sims)) if per_region else 0
-    return per_region[best], best
+    and the one most similar to the claim's genuine references speaks for the photo."""
+    vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, index.dim)
+    per_region = [embedding_evidence(index, v, brand_id=brand_id, product_id=product_id, region=r)
+                  for r, v in enumerate(vectors)]
+    if not per_region:
+        return EmbeddingEvidence(0, None, None, None)
+    sims = [e.genuine_similarity if e.genuine_similarity is not None else -math.inf for e in per_region]
+    return per_region[int(np.argmax(sims))]
 
 
-def geometry_signals(
-    query: LocalFeatures, references: list[LocalFeatures]
-) -> tuple[dict[str, float | None], list[GeometryMatch]]:
-    """Shape agreement with the claim's top references: the best one's inliers (log1p) and ratio."""
-    found = [match_features(query, ref) for ref in references]
-    if not found:
-        return {"log_inliers": None, "inlier_ratio": None}, found
-    best = max(found, key=lambda m: m.inliers)
-    return {"log_inliers": math.log1p(best.inliers), "inlier_ratio": best.inlier_ratio}, found
+def known_fake_evidence(
+    index: ReferenceIndex, vectors: np.ndarray, *, brand_id: int, product_id: int | None
+) -> KnownFakeEvidence | None:
+    """The claimed brand's nearest known fake over every region, against the claim's nearest genuine
+    reference; None when the brand has no known fake."""
+    query = np.asarray(vectors, dtype=np.float32).reshape(-1, index.dim)
+    fake = _best(index, query, brand_id=brand_id, kind="counterfeit")
+    if fake is None:
+        return None
+    genuine = _best(index, query, brand_id=brand_id, product_id=product_id, kind="genuine")
+    return KnownFakeEvidence(similarity=fake[0], genuine_similarity=_similarity(genuine), reference_id=fake[1])
 
 
 GEOMETRY_REFERENCES = 3  # the claim's nearest genuine references checked for shape agreement
@@ -167,18 +126,20 @@ def claim_geometry(
     brand_id: int,
     product_id: int | None,
     k: int = GEOMETRY_REFERENCES,
-) -> tuple[dict[str, float | None], dict[int, GeometryMatch]]:
-    """Geometry signals of a claim: the photo's local features against the claim's `k` genuine
+) -> tuple[GeometryMatch | None, dict[int, GeometryMatch]]:
+    """Shape agreement of a claim: the photo's local features against the claim's `k` genuine
     references nearest to `vector` (the region that spoke for it). Training and serving both call this.
     Features are fetched through the callables, only when the claim has references to check.
-    Returns the signals and each checked reference id's match ({} and no signals when the claim has none)."""
+    Returns the best-agreeing match (most inliers; None when the claim has no reference) and each
+    checked reference id's match."""
     hits = index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k, brand_id=brand_id,
                         product_id=product_id, kind="genuine")
     ref_ids = [int(i) for i in hits.ids[0] if i >= 0]
     if not ref_ids:
-        return {}, {}
-    values, found = geometry_signals(query_features(), [reference_features(i) for i in ref_ids])
-    return values, dict(zip(ref_ids, found, strict=True))
+        return None, {}
+    query = query_features()
+    found = {i: match_features(query, reference_features(i)) for i in ref_ids}
+    return max(found.values(), key=lambda m: m.inliers), found
 
 
 class Decision(enum.StrEnum):
@@ -222,6 +183,14 @@ class Fusion:
             raise ValueError(f"unknown fusion kind {self.kind!r}")
         self.policy = Policy(review_at=float(self.spec["review_at"]), takedown_at=float(self.spec["takedown_at"]))
         self.match_threshold = float(self.spec["match_threshold"])
+        weighed = set(self.spec.get("priors") or {})
+        weighed |= set(self.spec.get("signals", {})) if self.kind == "logistic" else {"genuine_similarity"}
+        missing, unknown = sorted(set(SIGNALS) - weighed), sorted(weighed - set(SIGNALS))
+        if missing:
+            raise ValueError(f"fusion.json weighs no {', '.join(missing)}: every registered signal needs a fitted "
+                             "weight or a prior (0 says 'no weight' explicitly); recalibrate, or give priors")
+        if unknown:
+            raise ValueError(f"fusion.json weighs signals nobody computes: {', '.join(unknown)}")
 
     @property
     def provisional(self) -> bool:
@@ -304,13 +273,14 @@ class ScoreResult:
     model: str
     provisional: bool
     elapsed_ms: float = 0.0
-    ocr: dict[str, Any] = dataclasses.field(default_factory=lambda: {"lines": [], "wordmarks": [], "serials": []})
+    ocr: OcrEvidence = dataclasses.field(default_factory=OcrEvidence)
     duplicates: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     image: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {"image": self.image} if self.image is not None else {}
         out.update(dataclasses.asdict(self))
+        out["ocr"] = self.ocr.to_dict()
         out["decision"] = self.decision.value
         if self.image is None:
             del out["image"]

@@ -76,15 +76,16 @@ def small_mark_lift(engine, queries: list[Path], clothing: Path, rng: np.random.
         buf = io.BytesIO()
         bg.save(buf, "JPEG", quality=88)
         photos.append((buf.getvalue(), q.parent.name))
-    ocr, regions = engine.ocr, engine.max_regions
-    engine.ocr = None
+    scorer = engine.scorer
+    ocr, regions = scorer.ocr, scorer.max_regions
+    scorer.ocr = None
     recall = {}
     for name, count in (("recall_whole_photo", 1), ("recall_regions", regions)):
-        engine.max_regions = count
+        scorer.max_regions = count
         found = [engine.score(ScoreRequest(data), record=False).product.name == product
                  for data, product in tqdm(photos, desc=f"small marks, {count} region(s)")]
         recall[name] = round(float(np.mean(found)), 4)
-    engine.ocr, engine.max_regions = ocr, regions
+    scorer.ocr, scorer.max_regions = ocr, regions
     return {"photos": len(photos), "scale": scale, **recall}
 
 

@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--wordmark", action="append", default=None, help="replace the wordmarks (repeatable)")
     p.add_argument("--review-at", type=_unit_float, help="risk from which a listing goes to review")
     p.add_argument("--takedown-at", type=_unit_float, help="risk from which a listing is taken down")
+    p.add_argument("--genuine-from-reviews", choices=("yes", "no"),
+                   help="a listing reviewed genuine becomes a genuine reference of the brand (default: no)")
     _add_serial_arguments(p)
     add_home_argument(p)
     p.set_defaults(func=cmd_brand_update)
@@ -132,6 +134,8 @@ def cmd_brand_update(args: argparse.Namespace) -> int:
         if review is not None and takedown is not None and review > takedown:
             raise MarkguardError("--review-at must not exceed --takedown-at")
         brand.review_at, brand.takedown_at = review, takedown
+        if args.genuine_from_reviews is not None:
+            brand.genuine_from_reviews = args.genuine_from_reviews == "yes"
         _apply_serial_arguments(brand, args)
         session.flush()
         _print(dataclasses.asdict(summarize(session, brand)))

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -59,6 +60,9 @@ class Brand(Base):
     serial_checksum: Mapped[str] = mapped_column(String(40), default="none")
     review_at: Mapped[float | None] = mapped_column(Float)  # None: the model's calibrated threshold
     takedown_at: Mapped[float | None] = mapped_column(Float)
+    # a listing reviewed genuine becomes a genuine reference of the brand (migration 0003; off by default:
+    # a brand decides what counts as its genuine look)
+    genuine_from_reviews: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
     products: Mapped[list[Product]] = relationship(back_populates="brand", cascade="all, delete-orphan")

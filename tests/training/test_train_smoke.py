@@ -12,8 +12,10 @@ import torch
 from markguard.training.data import load_images, make_eval_set, read_items
 from markguard.vision.artifact import load_artifact
 from markguard.vision.embed import embed_images
+from markguard.vision.evidence import ClaimEvidence
 from markguard.vision.index import KIND_CODES, ReferenceIndex
-from markguard.vision.scoring import Fusion, embedding_signals
+from markguard.vision.scoring import Fusion, embedding_evidence
+from markguard.vision.signals import compute_signals
 
 
 def test_tiny_run_writes_a_loadable_artifact_that_scores(tiny_run: Path, tiny_grocery: Path) -> None:
@@ -38,7 +40,8 @@ def test_tiny_run_writes_a_loadable_artifact_that_scores(tiny_run: Path, tiny_gr
               kinds=np.full(len(refs), KIND_CODES["genuine"]))
     query = embed_images(model, load_images(es.queries[:1]))[0]
     q = es.queries[0]
-    values = embedding_signals(index, query, brand_id=brands.index(q.brand), product_id=products.index(q.product))
+    values = compute_signals(ClaimEvidence(brand=q.brand, embedding=embedding_evidence(
+        index, query, brand_id=brands.index(q.brand), product_id=products.index(q.product))))
     risk, signals = fusion.risk(values)
     assert 0.0 <= risk <= 1.0 and set(signals) >= {"genuine_similarity", "margin"}
 

@@ -1,0 +1,163 @@
+"""The feedback loop end to end, as moderators and brands use it: a review (or a brand's own known fake)
+changes the next score of the same photo and of its copies, and a re-review undoes it.
+
+Through the real CLI (in process, as a user types it) and the real HTTP service (`markguard serve`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from markguard.serving.cli import main
+
+
+def _copy(path: Path, *, crop: float = 0.03, quality: int = 80) -> bytes:
+    """The same photo re-encoded, resized to 90% and cropped by `crop` of each side: what a counterfeiter
+    re-uploading a caught listing's photo does."""
+    image = Image.open(path).convert("RGB")
+    w, h = image.size
+    dx, dy = int(w * crop), int(h * crop)
+    image = image.crop((dx, dy, w - dx, h - dy)).resize((int(w * 0.9), int(h * 0.9)))
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> list[dict]:
+    assert main(list(argv)) == 0, capsys.readouterr().err
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+
+
+def _iconic(grocery: Path, brand: str) -> list[Path]:
+    return sorted(p for p in (grocery / "iconic").rglob("*.jpg") if p.name.lower().startswith(brand))
+
+
+@pytest.fixture()
+def catalog(home_dir: Path, grocery: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """A home with two brands and their iconic references (so a claim has a rival to be measured against)."""
+    for brand in ("Oatly", "Arla"):
+        _cli(capsys, "brand", "add", brand)
+        _cli(capsys, "enroll", brand, *map(str, _iconic(grocery, brand.lower())[:3]))
+    return home_dir
+
+
+def test_cli_counterfeit_review_takes_down_the_photo_and_its_copies_and_a_genuine_review_undoes_it(
+        catalog: Path, grocery: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    photo = sorted((grocery / "train").rglob("Oatly-*.jpg"))[0]
+    copy = tmp_path / "copy.jpg"
+    copy.write_bytes(_copy(photo))
+    score = ("score", "--no-ocr", "--brand", "Oatly")
+    [before] = _cli(capsys, *score, "--listing", "L-1", "--seller", "s-1", str(photo))
+    [copy_before] = _cli(capsys, *score, "--listing", "L-copy", "--seller", "s-2", str(copy))
+    assert before["decision"] != "takedown" and copy_before["decision"] != "takedown"  # the loop must change them
+
+    [review] = _cli(capsys, "review", "add", "L-1", "counterfeit", "--note", "fake print")
+    assert review["reference_id"] is not None and review["brand"] == "Oatly"
+    [again] = _cli(capsys, *score, "--listing", "L-2", str(photo))
+    [copy_again] = _cli(capsys, *score, "--listing", "L-copy-2", str(copy))
+    for result in (again, copy_again):
+        assert result["decision"] == "takedown", result["signals"]
+        assert result["signals"]["known_fake_copy"]["value"] == 1.0
+        assert result["matches"][0]["kind"] == "counterfeit" and result["matches"][0]["brand"] == "Oatly"
+
+    [undo] = _cli(capsys, "review", "add", "L-1", "genuine", "--note", "brand confirmed")
+    assert undo["removed_reference_id"] == review["reference_id"] and undo["reference_id"] is None
+    [after] = _cli(capsys, *score, "--listing", "L-3", str(photo))
+    assert after["decision"] == before["decision"] and after["risk"] == pytest.approx(before["risk"], abs=1e-4)
+    assert all(m["kind"] == "genuine" for m in after["matches"])
+    reviews = _cli(capsys, "review", "list", "--listing", "L-1")
+    assert [(r["label"], r["reviewer"]) for r in reviews] == [("counterfeit", "cli"), ("genuine", "cli")]
+    assert all(r["created_at"] for r in reviews)
+
+
+def test_brand_enrolled_known_fake_counts(catalog: Path, grocery: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    fake = sorted((grocery / "train").rglob("Arla-*.jpg"))[0]
+    copy = tmp_path / "copy.jpg"
+    copy.write_bytes(_copy(fake, crop=0.02, quality=70))
+    score = ("score", "--no-ocr", "--brand", "Arla")
+    [before] = _cli(capsys, *score, str(copy))
+    assert before["decision"] != "takedown"
+    _cli(capsys, "enroll", "Arla", "--kind", "counterfeit", str(fake))
+    [exact, near] = _cli(capsys, *score, str(fake), str(copy))
+    assert exact["decision"] == near["decision"] == "takedown", (exact["signals"], near["signals"])
+    # another brand's claim never shows Arla's known fakes as evidence
+    [other] = _cli(capsys, "score", "--no-ocr", "--brand", "Oatly", str(copy))
+    assert all(m["kind"] == "genuine" for m in other["matches"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_http_review_loop_on_a_real_server(catalog: Path, grocery: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    [platform] = _cli(capsys, "key", "create", "--role", "platform")
+    [moderator] = _cli(capsys, "key", "create", "--role", "moderator")
+    port, log = _free_port(), open(tmp_path / "serve.log", "wb")  # noqa: SIM115
+    env = {**os.environ, "MARKGUARD_THREADS": "1", "MARKGUARD_EMBED_WORKERS": "1", "MARKGUARD_OCR": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "markguard.serving.cli", "serve", "--home", str(catalog), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server not ready"
+            time.sleep(0.5)
+        photo = sorted((grocery / "train").rglob("Oatly-*.jpg"))[1]
+        copy = _copy(photo)
+
+        def score(data: bytes, listing: str) -> dict:
+            r = httpx.post(url + "/score", headers={"Authorization": f"Bearer {platform['key']}"}, timeout=120,
+                           data={"brand": "Oatly", "listing_id": listing, "seller_id": "s-9"},
+                           files={"image": ("p.jpg", data, "image/jpeg")})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        def review(label: str) -> dict:
+            r = httpx.post(url + "/reviews", headers={"Authorization": f"Bearer {moderator['key']}"}, timeout=120,
+                           json={"listing_id": "H-1", "label": label})
+            assert r.status_code == 201, r.text
+            return r.json()
+
+        before = score(photo.read_bytes(), "H-1")
+        assert before["decision"] != "takedown"
+        added = review("counterfeit")["reference_id"]
+        assert score(photo.read_bytes(), "H-2")["decision"] == "takedown"
+        assert score(copy, "H-3")["decision"] == "takedown"
+        assert review("genuine")["removed_reference_id"] == added
+        after = score(photo.read_bytes(), "H-4")
+        assert after["decision"] == before["decision"] and after["risk"] == pytest.approx(before["risk"], abs=1e-4)
+        listed = httpx.get(url + "/reviews", params={"listing_id": "H-1"}, timeout=30,
+                           headers={"Authorization": f"Bearer {moderator['key']}"}).json()["reviews"]
+        assert [r["label"] for r in listed] == ["counterfeit", "genuine"]
+        assert httpx.get(url + "/reviews", timeout=30,
+                         headers={"Authorization": f"Bearer {platform['key']}"}).status_code == 403
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)

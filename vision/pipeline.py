@@ -1,0 +1,364 @@
+"""vision: pipeline — the one way a listing photo and its claim become a `ScoreResult`.
+
+`Scorer.plan` (decode, OCR lines, detected marks, candidate regions) → `embed` (one forward pass for
+many crops: injected, so a server can batch it across requests and training can run its local model)
+→ `Scorer.judge` (index search, geometry, known fakes, OCR evidence, signals, fusion, decision).
+The service, the CLI, scans, calibration, evaluation and every benchmark score through it.
+
+What the pipeline needs from a catalog (a brand's policy and wordmarks, the serial registry, reuse
+by other sellers, reference photos' local features and hashes, earlier listings of the same photo)
+comes through an `EvidenceSource`: look-ups only, no writes. Recording the listing is the caller's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from markguard.vision.artifact import ModelArtifact
+from markguard.vision.decode import decode_image
+from markguard.vision.detect import MarkDetector
+from markguard.vision.evidence import ClaimEvidence, OcrEvidence, SerialEvidence, SerialRecord
+from markguard.vision.geometry import LocalFeatures, extract_features, match_features
+from markguard.vision.index import KIND_CODES, ReferenceIndex
+from markguard.vision.ocr import OcrEngine, OcrLine
+from markguard.vision.phash import hamming, phash
+from markguard.vision.regions import Region, region_crops
+from markguard.vision.scoring import (
+    Claim,
+    Fusion,
+    Match,
+    NamedScore,
+    Policy,
+    ScoreResult,
+    claim_geometry,
+    known_fake_evidence,
+    region_evidence,
+)
+from markguard.vision.signals import compute_signals
+from markguard.vision.text import SerialCandidate, match_wordmarks
+
+__all__ = ["Scorer", "ScoreRequest", "ScorePlan", "ListingClaim", "BrandProfile", "EvidenceSource",
+           "read_ocr_evidence", "judge_text", "TOP_MATCHES"]
+
+TOP_MATCHES = 5
+_SEARCH_K = 20  # neighbours per region before merging
+_RERANK = 5  # an unclaimed photo's nearest genuine references re-ranked by geometry
+_OCR_CACHE = 256  # photos whose OCR lines are kept (keyed by content hash)
+
+Embed = Callable[[Sequence[np.ndarray]], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreRequest:
+    """One photo to score, with what the listing claims about it."""
+
+    data: bytes
+    brand: str | None = None
+    product: str | None = None
+    seller: str | None = None
+    listing: str | None = None
+    title: str | None = None  # the listing's title: stored with the listing, echoed as `claimed.title`
+    label: str | None = None  # how the caller names the photo (a path); echoed as `image`
+
+    def __post_init__(self) -> None:
+        if self.product is not None and self.brand is None:
+            raise ValueError("a product claim needs a brand claim")
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class ListingClaim(Claim):
+    """What a listing claims, with its title: `claimed` {`brand`, `product`, `title`} in the score JSON."""
+
+    title: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BrandProfile:
+    """A brand as scoring needs it: its id in the index, wordmarks, serial rules and policy."""
+
+    id: int
+    name: str
+    wordmarks: tuple[str, ...] = ()
+    serial_pattern: str | None = None
+    serial_checksum: str | None = None
+    review_at: float | None = None
+    takedown_at: float | None = None
+
+
+class EvidenceSource(Protocol):
+    """The catalog's side of scoring: look-ups only. Serving's is `serving.engine.CatalogEvidence`."""
+
+    def resolve(self, brand: str | None, product: str | None) -> tuple[BrandProfile | None, int | None]:
+        """The claimed brand and product id; an unknown one raises `NotFound`."""
+
+    def brand(self, brand_id: int) -> BrandProfile: ...
+
+    def wordmarks(self) -> Mapping[str, Sequence[str]]:
+        """Every brand's wordmarks (a brand's name when it registered none)."""
+
+    def serials(self, brand: BrandProfile | None, normalized: Sequence[str], *, seller: str | None,
+                listing: str | None) -> list[SerialRecord]: ...
+
+    def product_name(self, product_id: int) -> str | None: ...
+
+    def reference_features(self, reference_id: int) -> LocalFeatures: ...
+
+    def reference_hash(self, reference_id: int) -> int | None:
+        """The perceptual hash of a reference's photo (None: unknown)."""
+
+    def reference_names(self, reference_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+        """(brand, product or None) of each reference id."""
+
+    def duplicates(self, photo_hash: int, *, listing: str | None) -> list[dict[str, Any]]:
+        """Earlier listings that showed the same photo, or a near copy, under another listing id."""
+
+
+@dataclasses.dataclass
+class ScorePlan:
+    """A photo ready to embed: decoded, read, cut into candidate regions."""
+
+    request: ScoreRequest
+    brand: BrandProfile | None
+    product_id: int | None
+    image: np.ndarray
+    regions: list[Region]
+    crops: list[np.ndarray]
+    started: float
+    photo_hash: int
+    ocr_lines: list[OcrLine] | None = None  # None: OCR is off
+    ocr_seconds: float = 0.0  # time spent reading this photo's text (0 when OCR is off or cached)
+    features: LocalFeatures | None = None  # the photo's local features, extracted when first needed
+
+    def query_features(self) -> LocalFeatures:
+        if self.features is None:
+            self.features = extract_features(self.image)
+        return self.features
+
+
+def read_ocr_evidence(ocr: OcrEngine, image: np.ndarray, lines: Sequence[OcrLine], *, brand: BrandProfile | None,
+                      source: EvidenceSource, seller: str | None = None, listing: str | None = None) -> OcrEvidence:
+    """Wordmarks and serials of a photo whose lines are read: serials are read by the brand's pattern
+    and checksum (re-reading their boxes where that helps), then judged by `judge_text`."""
+    candidates = ocr.read_serials(image, lines, pattern=brand.serial_pattern if brand else None,
+                                  checksum=(brand.serial_checksum if brand else None) or "none")
+    return judge_text(lines, candidates, brand=brand, source=source, seller=seller, listing=listing)
+
+
+def judge_text(lines: Sequence[OcrLine], candidates: Sequence[SerialCandidate], *, brand: BrandProfile | None,
+               source: EvidenceSource, seller: str | None = None, listing: str | None = None) -> OcrEvidence:
+    """OCR evidence from lines and serial candidates: every brand's wordmarks (the claimed one's near
+    misses too) and each serial with the catalog's record of it (registry, reuse by other sellers)."""
+    hits = match_wordmarks([line.text for line in lines], brand=brand.name if brand else None,
+                           wordmarks={b: list(w) for b, w in source.wordmarks().items()})
+    records = source.serials(brand, [c.normalized for c in candidates], seller=seller, listing=listing)
+    return OcrEvidence(lines=tuple(lines), wordmarks=tuple(hits),
+                       serials=tuple(SerialEvidence.of(c, r) for c, r in zip(candidates, records, strict=True)))
+
+
+class Scorer:
+    """Scores photos against one model artifact, one reference index and one evidence source.
+
+    `index` may be swapped between calls (a newer version saved by another process); `ocr=None`
+    skips reading text. `on_ocr_seconds` is called with the seconds of every fresh OCR read."""
+
+    def __init__(self, artifact: ModelArtifact, *, index: ReferenceIndex, source: EvidenceSource, embed: Embed,
+                 detector: MarkDetector | None = None, ocr: OcrEngine | None = None, ocr_budget_ms: float = 3000.0,
+                 on_ocr_seconds: Callable[[float], None] | None = None) -> None:
+        self.artifact = artifact
+        self.index = index
+        self.source = source
+        self.embed = embed
+        self.detector = detector
+        self.fusion = Fusion(artifact.fusion)
+        self.ocr = ocr
+        self.ocr_budget_ms = ocr_budget_ms
+        self.on_ocr_seconds = on_ocr_seconds
+        self.max_regions = artifact.max_regions
+        self._ocr_cache: OrderedDict[str, list[OcrLine]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def model_tag(self) -> str:
+        return self.artifact.tag
+
+    # -- the three steps ---------------------------------------------------------------------------
+    def plan(self, request: ScoreRequest) -> ScorePlan:
+        """Resolve the claim (unknown brand or product: NotFound), decode, read, propose regions, crop."""
+        started = time.perf_counter()
+        brand, product_id = self.source.resolve(request.brand, request.product)
+        image = decode_image(request.data)
+        lines, ocr_seconds = self._read_text(request, image) if self.ocr is not None else (None, 0.0)
+        text_boxes = [line.box for line in lines or []]
+        mark_boxes = [d.box for d in self.detector.detect([image])[0]] if self.detector is not None else []
+        regions, crops = region_crops(image, max_regions=self.max_regions, mark_boxes=mark_boxes, text_boxes=text_boxes)
+        return ScorePlan(request, brand, product_id, image, regions, crops, started, phash(image).int64,
+                         ocr_lines=lines, ocr_seconds=ocr_seconds)
+
+    def judge(self, plan: ScorePlan, vectors: np.ndarray) -> ScoreResult:
+        """The result for a planned photo from its regions' vectors (one row per crop)."""
+        request, index = plan.request, self.index
+        brand, product_id = plan.brand, plan.product_id
+        if brand is None:  # no claim: judge the photo against the best-matching genuine reference
+            best = self._verified_best(plan, vectors)
+            if best is not None:
+                brand_id, product_id, _ = index.metadata(best)
+                brand, product_id = self.source.brand(brand_id), (product_id if product_id >= 0 else None)
+        evidence = ClaimEvidence(brand=brand.name if brand else None)
+        by_reference: dict[int, Any] = {}
+        brand_best = None
+        if brand is not None:
+            evidence.embedding = region_evidence(index, vectors, brand_id=brand.id, product_id=product_id)
+            region = evidence.embedding.region
+            evidence.geometry, by_reference = claim_geometry(
+                index, vectors[region : region + 1], plan.query_features, self.source.reference_features,
+                brand_id=brand.id, product_id=product_id)
+            evidence.known_fake = self._known_fake(plan, vectors, brand=brand, product_id=product_id)
+            brand_best = self._nearest(vectors, brand_id=brand.id, kind="genuine")
+        if plan.ocr_lines is not None:
+            evidence.ocr = read_ocr_evidence(self.ocr, plan.image, plan.ocr_lines, brand=brand, source=self.source,
+                                             seller=request.seller, listing=request.listing)
+        product_score = evidence.embedding.genuine_similarity if evidence.embedding and product_id is not None else None
+        if brand is not None and product_id is None and brand_best is not None:  # name the brand's best product
+            best_product = index.metadata(brand_best[1])[1]
+            if best_product >= 0:
+                product_id, product_score = best_product, brand_best[0]
+        risk, signals = self.fusion.risk(compute_signals(evidence))
+        claimed = (Claim(brand=request.brand, product=request.product) if request.title is None else
+                   ListingClaim(brand=request.brand, product=request.product, title=request.title))
+        return ScoreResult(
+            risk=round(risk, 4),
+            decision=self._policy(brand).decide(risk),
+            brand=NamedScore(name=brand.name if brand else None, score=_round(brand_best[0] if brand_best else None)),
+            product=NamedScore(name=self._product_name(product_id, brand), score=_round(product_score)),
+            claimed=claimed,
+            matches=self._matches(plan, vectors, brand=brand, inliers=by_reference),
+            signals=signals,
+            model=self.model_tag,
+            provisional=self.fusion.provisional,
+            duplicates=self.source.duplicates(plan.photo_hash, listing=request.listing),
+            ocr=evidence.ocr or OcrEvidence(),
+            image=request.label,
+            elapsed_ms=round((time.perf_counter() - plan.started) * 1000, 2),
+        )
+
+    def embed_plans(self, plans: Sequence[ScorePlan]) -> list[np.ndarray]:
+        """Every region of every plan in one forward pass; one (regions, d) block per plan."""
+        vectors = self.embed([c for p in plans for c in p.crops])
+        return np.split(vectors, np.cumsum([len(p.crops) for p in plans])[:-1]) if plans else []
+
+    def score_many(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """Score photos together: one batched forward pass for every region of every photo."""
+        plans = [self.plan(r) for r in requests]
+        return [self.judge(p, v) for p, v in zip(plans, self.embed_plans(plans), strict=True)]
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _read_text(self, request: ScoreRequest, image: np.ndarray) -> tuple[list[OcrLine], float]:
+        """(OCR lines, seconds spent reading); the same photo scored again (another claim, a retry) is
+        read once, and its cached lines cost 0 seconds."""
+        key = request.sha256
+        with self._lock:
+            if key in self._ocr_cache:
+                self._ocr_cache.move_to_end(key)
+                return self._ocr_cache[key], 0.0
+        started = time.perf_counter()
+        lines = self.ocr.read(image, budget_ms=self.ocr_budget_ms)
+        seconds = time.perf_counter() - started
+        if self.on_ocr_seconds is not None:
+            self.on_ocr_seconds(seconds)
+        with self._lock:
+            self._ocr_cache[key] = lines
+            if len(self._ocr_cache) > _OCR_CACHE:
+                self._ocr_cache.popitem(last=False)
+        return lines, seconds
+
+    def _known_fake(self, plan: ScorePlan, vectors: np.ndarray, *, brand: BrandProfile, product_id: int | None):  # noqa: ANN202
+        found = known_fake_evidence(self.index, vectors, brand_id=brand.id, product_id=product_id)
+        if found is None or found.reference_id is None:
+            return found
+        # the photo's hash against the brand's known fakes nearest to any region
+        hits = self.index.search(vectors, _RERANK, brand_id=brand.id, kind="counterfeit")
+        nearest = {int(i) for i in hits.ids.ravel() if i >= 0}
+        distances = [hamming(plan.photo_hash, h) for h in map(self.source.reference_hash, sorted(nearest)) if h is not None]
+        return dataclasses.replace(found, copy_distance=min(distances) if distances else None)
+
+    def _matches(self, plan: ScorePlan, vectors: np.ndarray, *, brand: BrandProfile | None,
+                 inliers: Mapping[int, Any]) -> list[Match]:
+        """Top references over all regions, each with the region that matched it best: genuine
+        references of any brand, and known fakes of the judged brand only (a brand's known fakes are its
+        own evidence, and a wrongly labelled one must not surface under another brand's listings)."""
+        hits = self.index.search(vectors, _SEARCH_K)
+        best: dict[int, tuple[float, int]] = {}
+        for region, (sims, ids) in enumerate(zip(hits.similarities, hits.ids, strict=True)):
+            for sim, ref_id in zip(sims, ids, strict=True):
+                if ref_id >= 0 and float(sim) > best.get(int(ref_id), (-np.inf, 0))[0]:
+                    best[int(ref_id)] = (float(sim), region)
+        kept = []
+        for ref_id in sorted(best, key=lambda i: -best[i][0]):
+            brand_id, _, kind = self.index.metadata(ref_id)
+            if kind == KIND_CODES["genuine"] or (brand is not None and brand_id == brand.id):
+                kept.append(ref_id)
+            if len(kept) == TOP_MATCHES:
+                break
+        names = self.source.reference_names(kept)
+        out = []
+        for ref_id in kept:
+            sim, region = best[ref_id]
+            kind = self.index.metadata(ref_id)[2]
+            out.append(Match(reference_id=ref_id, brand=names[ref_id][0], product=names[ref_id][1],
+                             kind="genuine" if kind == KIND_CODES["genuine"] else "counterfeit",
+                             similarity=round(sim, 4),
+                             inliers=inliers[ref_id].inliers if ref_id in inliers else None,
+                             box=tuple(int(v) for v in plan.regions[region].box)))
+        return out
+
+    def _verified_best(self, plan: ScorePlan, vectors: np.ndarray) -> int | None:
+        """The best genuine reference for an unclaimed photo: the embedding's nearest few, re-ranked
+        by geometric verification (spatial re-ranking, as in Philbin et al. 2007). A reference whose
+        shape agrees (an accepted homography) outranks one that only looks alike; among equals, the
+        more similar wins. Below the model's match threshold nothing is a match."""
+        hits = self.index.search(vectors, _RERANK, kind="genuine")
+        best_sim: dict[int, float] = {}
+        for sims, ids in zip(hits.similarities, hits.ids, strict=True):
+            for sim, ref_id in zip(sims, ids, strict=True):
+                if ref_id >= 0 and float(sim) >= self.fusion.match_threshold:
+                    best_sim[int(ref_id)] = max(best_sim.get(int(ref_id), -1.0), float(sim))
+        if not best_sim:
+            return None
+        candidates = sorted(best_sim, key=lambda i: -best_sim[i])[:_RERANK]
+        query = plan.query_features()
+        inliers = {i: match_features(query, self.source.reference_features(i)).inliers for i in candidates}
+        return max(candidates, key=lambda i: (inliers[i], best_sim[i]))
+
+    def _nearest(self, vectors: np.ndarray, **filters: Any) -> tuple[float, int] | None:
+        """(similarity, reference id) of the nearest reference to any region, among those filtered."""
+        hits = self.index.search(vectors, 1, **filters)
+        if not (hits.ids[:, 0] >= 0).any():
+            return None
+        best = int(np.argmax(np.where(hits.ids[:, 0] >= 0, hits.similarities[:, 0], -np.inf)))
+        return float(hits.similarities[best, 0]), int(hits.ids[best, 0])
+
+    def _product_name(self, product_id: int | None, brand: BrandProfile | None) -> str | None:
+        return self.source.product_name(product_id) if product_id is not None and brand is not None else None
+
+    def _policy(self, brand: BrandProfile | None) -> Policy:
+        default = self.fusion.policy
+        if brand is None:
+            return default
+        return Policy(review_at=brand.review_at if brand.review_at is not None else default.review_at,
+                      takedown_at=brand.takedown_at if brand.takedown_at is not None else default.takedown_at)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
