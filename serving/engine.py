@@ -25,11 +25,11 @@ from markguard.serving.serials import record_serials, serial_records, serials_to
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Brand, Listing, Product, Reference
 from markguard.vision.decode import decode_image
+from markguard.vision.detect import MarkDetector
 from markguard.vision.embed import embed_images
 from markguard.vision.evidence import SerialRecord
 from markguard.vision.geometry import LocalFeatures, extract_features
 from markguard.vision.index import ReferenceIndex, read_manifest
-from markguard.vision.detect import MarkDetector
 from markguard.vision.ocr import OcrEngine, shared_ocr_engine
 from markguard.vision.phash import hamming_many, phash
 from markguard.vision.pipeline import BrandProfile, ListingClaim, ScorePlan, Scorer, ScoreRequest
