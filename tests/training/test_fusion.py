@@ -56,12 +56,12 @@ def test_new_signals_join_the_vector_and_missing_ones_contribute_nothing() -> No
     values, y = _toy()
     rng = np.random.default_rng(3)
     for v, bad in zip(values, y, strict=True):
-        v["inliers"] = float(rng.poisson(5 if bad else 30))
+        v["log_inliers"] = float(np.log1p(rng.poisson(5 if bad else 30)))
     spec, _ = fit_fusion(values, y, match_threshold=0.5)
-    assert list(spec["signals"]) == ["genuine_similarity", "margin", "counterfeit_similarity", "inliers"]
-    assert spec["signals"]["inliers"]["weight"] < 0
+    assert list(spec["signals"]) == ["genuine_similarity", "margin", "counterfeit_similarity", "log_inliers"]
+    assert spec["signals"]["log_inliers"]["weight"] < 0
     _, signals = Fusion(spec).risk({"genuine_similarity": 0.6, "margin": 0.1, "counterfeit_similarity": None})
-    assert signals["counterfeit_similarity"].contribution == 0.0 and signals["inliers"].contribution == 0.0
+    assert signals["counterfeit_similarity"].contribution == 0.0 and signals["log_inliers"].contribution == 0.0
 
 
 def test_signals_the_data_cannot_speak_for_keep_their_priors() -> None:
@@ -77,8 +77,11 @@ def test_signals_the_data_cannot_speak_for_keep_their_priors() -> None:
     assert "fewer than" in left_out["serial_invalid"]
     assert "wordmark_near_miss" not in spec["signals"] and "serial_invalid" not in spec["signals"]
     assert spec["signals"]["genuine_similarity"]["weight"] < 0
-    # serving adds the expert priors; a signal left out is judged by its prior, so a near miss raises the risk
-    fusion = Fusion({**spec, "priors": {"wordmark_near_miss": 2.5, "serial_invalid": 2.5}})
+    # a signal left out keeps its expert prior in the spec (and the thresholds were chosen with it), so a
+    # near miss raises the risk
+    assert spec["priors"]["wordmark_near_miss"] == 2.5 and spec["priors"]["serial_invalid"] == 2.5
+    assert set(spec["priors"]).isdisjoint(spec["signals"])
+    fusion = Fusion(spec)
     plain = {"genuine_similarity": 0.6, "margin": 0.1, "counterfeit_similarity": None}
     assert fusion.risk({**plain, "wordmark_near_miss": 1.0})[0] > fusion.risk({**plain, "wordmark_near_miss": 0.0})[0]
     assert fusion.risk({**plain, "serial_invalid": 1.0})[0] > fusion.risk(plain)[0]

@@ -59,7 +59,9 @@ def test_fitted_signals_replace_their_priors_and_constants_keep_them() -> None:
                "serial_invalid": float(t and rng.random() < 0.6), "serial_reuse_sellers": 0.0} for t in y]
     spec, _ = fit_fusion(values, y, match_threshold=0.5)
     assert "serial_invalid" in spec["signals"] and "serial_reuse_sellers" not in spec["signals"]
-    fusion = Fusion({**spec, "priors": {"serial_invalid": 50.0, "serial_reuse_sellers": 2.0}})
+    assert "serial_invalid" not in spec["priors"] and spec["priors"]["serial_reuse_sellers"] == 1.0
+    # a prior beside a fitted weight is ignored; a constant signal keeps its prior
+    fusion = Fusion({**spec, "priors": {**spec["priors"], "serial_invalid": 50.0, "serial_reuse_sellers": 2.0}})
     base = {"genuine_similarity": 0.8, "serial_invalid": 1.0}
     risk, signals = fusion.risk(base)
     assert signals["serial_invalid"].contribution == pytest.approx(
