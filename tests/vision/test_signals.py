@@ -10,7 +10,13 @@ import pytest
 
 from markguard.vision.evidence import ClaimEvidence, EmbeddingEvidence, KnownFakeEvidence
 from markguard.vision.scoring import Fusion
-from markguard.vision.signals import KNOWN_FAKE_COPY_BITS, SIGNALS, compute_signals, expert_priors, register_signal
+from markguard.vision.signals import (
+    KNOWN_FAKE_COPY_BITS,
+    SIGNALS,
+    compute_signals,
+    expert_priors,
+    register_signal,
+)
 
 SHIPPED_FUSION = Path(__file__).resolve().parents[2] / "serving" / "default_model" / "fusion.json"
 
