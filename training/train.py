@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from markguard.training.args import add_train_arguments
-from markguard.training.artifacts import git_commit, json_metrics, register_bentoml
+from markguard.training.artifacts import json_metrics, register_bentoml
+from markguard.training.calibration import calibrate, stable_share
+from markguard.training.card import argv_of, model_card, model_hash, state_hash
 from markguard.training.config import load_config
 from markguard.training.data import (
     EvalSet,
@@ -49,23 +51,18 @@ from markguard.training.detector import (
     train_detector,
 )
 from markguard.training.evaluation import (
-    ClaimSet,
-    add_geometry,
     evaluate_embeddings,
-    make_claims,
     query_region_crops,
     split_blocks,
 )
-from markguard.training.fusion import fit_fusion, threshold_at_fpr
 from markguard.training.losses import counterfeit_pair_loss, create_loss
 from markguard.training.model import SplitEmbedder, build_model, cache_prefix, embed_cached
 from markguard.training.plots import plot_loss, plot_per_brand, plot_roc
 from markguard.vision.artifact import write_artifact
 from markguard.vision.detect import MarkDetector, encode_boxes
-from markguard.vision.geometry import extract_features
 from markguard.vision.scoring import Fusion
 
-__all__ = ["get_args_parser", "main", "train_one_epoch", "evaluate", "model_hash"]
+__all__ = ["get_args_parser", "main", "train_one_epoch", "evaluate"]
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -90,7 +87,7 @@ def _load_data(config: dict[str, Any]) -> tuple[list[Item], dict[str, EvalSet], 
         rows = read_items(path)
         hashes["grocery"] = manifest_sha256(path)
         train = [i for i in rows if i.row.split == "train"]
-        held = [i for i in train if i.row.source != "iconic" and _share(i.row.image) < d["grocery_calibration_fraction"]]
+        held = [i for i in train if i.row.source != "iconic" and stable_share(i.row.image) < d["grocery_calibration_fraction"]]
         held_ids = {id(i) for i in held}
         items += [i for i in train if id(i) not in held_ids]
         eval_sets["grocery_val"] = make_eval_set(rows, split="val", name="grocery_val")
@@ -120,11 +117,6 @@ def _fingerprint(config: dict[str, Any], *parts: Any) -> str:
     """What a cached part was computed from: the named config sections (strings) and any other data."""
     data = [config[p] if isinstance(p, str) else p for p in parts]
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _share(name: str) -> float:
-    """A stable number in [0, 1) from a file name (the hold-out draw, the same on every machine)."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
 
 
 def _views(item: Item, aug: dict[str, Any]) -> list[str]:
@@ -382,7 +374,7 @@ def run(args: argparse.Namespace) -> int:
           f"{ {n: (len(e.references), len(e.queries)) for n, e in eval_sets.items()} }, run folder {run_dir}")
 
     detector, detector_report = _train_detector(config, items, eval_sets, hashes, run_dir, quiet)
-    detector_key = _state_hash(detector.state_dict()) if detector is not None else ""
+    detector_key = state_hash(detector.state_dict()) if detector is not None else ""
 
     # the frozen prefix is run once; the cache survives --resume (a part whose inputs changed is recomputed)
     cache_path = run_dir / "feature_cache.pt"
@@ -479,69 +471,23 @@ def finish(*, split: SplitEmbedder, config: dict[str, Any], run_dir: Path, eval_
            args: argparse.Namespace, detector: MarkDetector | None = None,
            detector_report: dict[str, Any] | None = None) -> None:
     """Calibrate the fusion on the validation claims, evaluate with it, write artifact, card, plots, BentoML."""
-    device = config["device"]
-    c = config["calibration"]
-    vectors = {n: (embed_cached(split, eval_caches[n]["references"], device=device),
-                   split_blocks(embed_cached(split, eval_caches[n]["queries"], device=device),
-                                eval_caches[n]["query_regions"].tolist())) for n in eval_sets}
-    claim_sets = {n: make_claims(es, *vectors[n], seed=config["seed"]) for n, es in eval_sets.items()}
-    if c["geometry"]:
-        for n, es in eval_sets.items():
-            add_geometry(claim_sets[n], vectors[n][1], _local_features(es.queries, f"{n} queries"),
-                         _local_features(es.references, f"{n} references"))
-    calibrate_on = [n for n in c["sets"] if n in claim_sets] or sorted(claim_sets)
-    ocr_on = [n for n in c["ocr_sets"] if n in calibrate_on]
-    if ocr_on and c["ocr_photos"]:
-        _add_ocr(claim_sets, eval_sets, ocr_on, photos=int(c["ocr_photos"]), cache=run_dir / "ocr_cache.json",
-                 quiet=bool(args.quiet))
-    values = [v for n in calibrate_on for v in claim_sets[n].values]
-    not_genuine = np.concatenate([claim_sets[n].not_genuine for n in calibrate_on])
-    other_sims = np.array([v["genuine_similarity"] for n in calibrate_on
-                           for v, k in zip(claim_sets[n].values, claim_sets[n].kind, strict=True)
-                           if k == "other_brand" and v["genuine_similarity"] is not None])
-    match_threshold = threshold_at_fpr(other_sims, c["match_false_rate"]) if other_sims.size else 0.5
-    spec, points = fit_fusion(values, not_genuine, match_threshold=match_threshold, takedown_fpr=c["takedown_fpr"],
-                              review_fpr=c["review_fpr"], C=c["C"])
-    spec["max_regions"] = int(config["eval"]["max_regions"])
+    cal = calibrate(split=split, config=config, run_dir=run_dir, eval_sets=eval_sets, eval_caches=eval_caches,
+                    quiet=bool(args.quiet))
+    spec = cal.spec
     fusion = Fusion(spec)
-    metrics = {n: evaluate_embeddings(es, *vectors[n], fusion=fusion, claims=claim_sets[n]) for n, es in eval_sets.items()}
+    metrics = {n: evaluate_embeddings(es, *cal.vectors[n], fusion=fusion, claims=cal.claim_sets[n]) for n, es in eval_sets.items()}
     baseline = history[0]["val"] if history and history[0]["epoch"] == 0 else {}
-    print(f"markguard train: fusion calibrated on {calibrate_on}",
+    print(f"markguard train: fusion calibrated on {cal.calibrate_on}",
           json.dumps({k: spec[k] for k in ("review_at", "takedown_at", "match_threshold")}))
 
     model = split.model.cpu()
     sha8 = model_hash(model.state_dict(), detector=detector.state_dict() if detector is not None else None,
                       fusion=spec)
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    tag = f"{config['tag_prefix']}-{stamp}-{sha8}"
-    card = {
-        "tag": tag,
-        "description": ("EfficientNet-Lite0 (ImageNet) + linear head, fine-tuned with ArcFace where each "
-                        "(brand, product, genuine-or-transform) is a class, on whole photos and crops around their marks; "
-                        "logistic fusion over the best region's embedding signals and geometry (SIFT inliers), "
-                        "calibrated on claims held out of training (calibration_data)."),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "markguard train " + " ".join(_argv_of(args)),
-        "config": config,
-        "data": {"manifests_sha256": hashes, "manifest_hash": _combined(hashes), "train_images": train_images,
-                 "classes": classes, "eval_sets": {n: {"references": len(e.references), "queries": len(e.queries)}
-                                                   for n, e in eval_sets.items()}},
-        "git_commit": git_commit(),
-        "training": {"seconds": seconds, "feature_cache_reused": cache_reused, "device": device, "epochs": config["optim"]["epochs"],
-                     "torch": torch.__version__, "threads": config["threads"]},
-        "metrics": {n: json_metrics(m) for n, m in metrics.items()},
-        "baseline_metrics": {"model": "imagenet-lite0 pooled (no head)", **baseline},
-        "operating_points": [p.__dict__ for p in points] + [{"name": "match", "threshold": match_threshold,
-                                                              "false_match_target": c["match_false_rate"],
-                                                              "meaning": "best similarity an unclaimed photo needs to name a brand"}],
-        "calibration_data": calibrate_on,
-        "calibration_ocr": {"sets": ocr_on, "photos_per_set": c["ocr_photos"]},
-        "held_out_data": sorted(set(eval_sets) - set(calibrate_on)),
-    }
-    if detector is not None:
-        card["description"] += (" Regions: a learned mark detector (FCOS head on the frozen ImageNet Lite0 trunk at "
-                                "stride 16, trained on the training photos' mark boxes) leads the proposals.")
-        card["detector"] = detector_report
+    tag = f"{config['tag_prefix']}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{sha8}"
+    card = model_card(tag=tag, config=config, command="markguard train " + " ".join(argv_of(args)), calibration=cal,
+                      metrics=metrics, baseline=baseline, hashes=hashes, classes=classes, train_images=train_images,
+                      eval_sets=eval_sets, seconds=seconds, cache_reused=cache_reused, detector_report=detector_report
+                      if detector is not None else None)
     if (run_dir / "artifact").exists():  # a resumed run that had finished: the artifact is written again
         shutil.rmtree(run_dir / "artifact")
     artifact = write_artifact(run_dir / "artifact", state_dict=model.state_dict(), embedder=model.config,
@@ -562,65 +508,3 @@ def finish(*, split: SplitEmbedder, config: dict[str, Any], run_dir: Path, eval_
     for n, m in card["metrics"].items():
         print(f"  {n}: " + ", ".join(f"{k}={m[k]:.3f}" for k in ("recall_at_1", "recall_at_5", "map_at_r", "claim_auc",
                                                                    "risk_auc") if k in m))
-
-
-def _add_ocr(claim_sets: dict[str, ClaimSet], eval_sets: dict[str, EvalSet], names: list[str], *, photos: int,
-             cache: Path, quiet: bool) -> None:
-    """OCR signals for the claims of the first `photos` query photos (by a hash of the file name) of
-    each named set; the other claims keep them missing, which the fusion imputes as no evidence."""
-    from markguard.training.ocr_evidence import add_ocr
-    from markguard.vision.ocr import shared_ocr_engine
-
-    engine = shared_ocr_engine()
-    for n in names:
-        es, claims = eval_sets[n], claim_sets[n]
-        chosen = sorted(range(len(es.queries)), key=lambda q: _share(es.queries[q].row.image))[:photos]
-        add_ocr(claims, es, engine, cache=cache, queries=set(chosen), progress=not quiet)
-
-
-def _local_features(items: Sequence[Item], desc: str) -> list:
-    """SIFT features of each photo, as serving's geometry check extracts them."""
-    return [extract_features(image) for image in tqdm(load_images(items), desc=f"local features: {desc}",
-                                                      unit="photo", leave=False)]
-
-
-def _state_hash(state: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    _update_with_state(h, state)
-    return h.hexdigest()[:8]
-
-
-def _update_with_state(h: Any, state: dict[str, torch.Tensor]) -> None:
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
-
-
-def model_hash(embedder: dict[str, torch.Tensor], *, detector: dict[str, torch.Tensor] | None,
-               fusion: dict[str, Any]) -> str:
-    """The 8 hex digits that end a model's tag: a hash of everything that decides a score (the embedder's
-    and the detector's weights, the fusion with its thresholds), so two artifacts with the same hash
-    score alike. (Tags before it hashed the embedder alone.)"""
-    h = hashlib.sha256()
-    _update_with_state(h, embedder)
-    h.update(b"\x00detector")
-    if detector is not None:
-        _update_with_state(h, detector)
-    h.update(b"\x00fusion")
-    h.update(json.dumps(fusion, sort_keys=True).encode())
-    return h.hexdigest()[:8]
-
-
-def _combined(hashes: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
-
-
-def _argv_of(args: argparse.Namespace) -> list[str]:
-    out = ["--resume", str(args.resume)] if args.resume else []
-    if args.config:
-        out += ["--config", str(args.config)]
-    for s in args.overrides:
-        out += ["--set", s]
-    if args.device:
-        out += ["--device", args.device]
-    return out

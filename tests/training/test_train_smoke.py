@@ -144,7 +144,7 @@ def test_bench_embedder_prints_both_models(tiny_run: Path, tiny_grocery: Path, t
 def test_the_tag_hash_covers_embedder_detector_and_fusion() -> None:
     import torch
 
-    from markguard.training.train import model_hash
+    from markguard.training.card import model_hash
 
     embedder, detector = {"w": torch.ones(3)}, {"d": torch.zeros(2)}
     fusion = {"kind": "logistic", "review_at": 0.4, "takedown_at": 0.9}
