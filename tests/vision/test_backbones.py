@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from markguard.vision.embed import BACKBONES, Backbone, EmbedderConfig, create_backbone, get_backbone, preprocess
+from markguard.vision.embed import (
+    BACKBONES,
+    Backbone,
+    EmbedderConfig,
+    create_backbone,
+    get_backbone,
+    preprocess,
+)
 from markguard.vision.embed.backbone import register_backbone
 from markguard.vision.errors import IntegrityError
 from markguard.vision.weights import load_weights, sha256_file
