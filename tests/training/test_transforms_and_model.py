@@ -32,6 +32,7 @@ def test_split_embedder_computes_the_artifact_model(architecture: str, trainable
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(split.suffix(split.prefix(x)), model(x), atol=1e-6)
+        assert torch.allclose(split.pooled_suffix(split.prefix(x)), model.pooled(x), atol=1e-5)  # the epoch-0 baseline
     assert all(not p.requires_grad for p in model.backbone.stem.parameters())
     assert all(p.requires_grad for p in model.head.parameters())
     trainable = {id(p) for p in split.trainable_parameters()}
