@@ -29,9 +29,9 @@ __all__ = ["build_detector", "detector_items", "cache_features", "train_detector
 
 
 def build_detector(params: dict[str, Any]) -> MarkDetector:
-    """A fresh head (seeded by the caller's torch seed) on a registered backbone's checksummed ImageNet
-    trunk (`params["architecture"]`, Lite0 when absent), with that backbone's mean/std."""
-    entry = get_backbone(str(params.get("architecture", DetectorConfig.architecture)))
+    """A fresh head (seeded by the caller's torch seed) on the checksummed ImageNet trunk of the
+    detector's backbone (`DetectorConfig.architecture`), with that backbone's mean/std."""
+    entry = get_backbone(DetectorConfig.architecture)
     config = DetectorConfig(architecture=entry.name, mean=entry.pretrained.mean, std=entry.pretrained.std,
                             input_size=int(params["input_size"]),
                             trunk_blocks=int(params["trunk_blocks"]), stride=int(params["stride"]),
