@@ -103,3 +103,20 @@ def test_artifact_keeps_the_detector_and_refuses_tampered_weights(imagenet_trunk
     weights.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="SHA-256"):
         load_artifact(tmp_path / "a").load_detector()
+
+
+def test_detector_files_from_before_the_backbone_interface_still_load(imagenet_trunk) -> None:
+    """The shipped detector.safetensors names Lite0's prefix `stem.`, `stem_bn.`, `blocks.N.`: it loads (strict)."""
+    torch.manual_seed(0)
+    detector = MarkDetector.from_trunk(CONFIG, imagenet_trunk).eval()
+    legacy = {"trunk._conv_stem.": "stem.", "trunk._bn0.": "stem_bn.", "trunk._blocks.": "blocks."}
+    old_state = {}
+    for key, value in detector.state_dict().items():
+        old = next((key.replace(new, old, 1) for new, old in legacy.items() if key.startswith(new)), key)
+        old_state[old] = value
+    assert "stem.weight" in old_state and not any(k.startswith("trunk.") for k in old_state)
+    loaded = MarkDetector(CONFIG).eval()
+    loaded.load_state_dict(old_state, strict=True)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(loaded(x), detector(x), strict=True))
