@@ -2,9 +2,8 @@
 
 Single-level FCOS (Tian et al., ICCV 2019): a registered ImageNet backbone up to stride 16 (its stem and
 first `trunk_blocks` stages, frozen; EfficientNet-Lite0's first 11 MBConv blocks), two 3x3 conv +
-GroupNorm + ReLU layers, and
-for every cell of the stride-16 grid a mark logit and the log distances, in strides, from the cell
-centre to the box's four sides. `training/detector.py` trains the head on the `mark` boxes of
+GroupNorm + ReLU layers, and for every cell of the stride-16 grid a mark logit and the log distances,
+in strides, from the cell centre to the box's four sides. `training/detector.py` trains the head on the `mark` boxes of
 synthetic listing photos; the boxes it finds lead the region proposals (`vision.regions`), so the
 embedder sees the mark rather than a window that happens to hold part of it.
 """
