@@ -9,18 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from markguard.vision.artifact import (
-    IMAGENET_LITE0_SHA256,
-    imagenet_weights_path,
-    load_artifact,
-    load_weights,
-)
+from markguard.vision.artifact import load_artifact, load_weights
 from markguard.vision.embed import (
     BACKBONES,
     BackboneEmbedder,
     EmbedderConfig,
     create_backbone,
     embed_images,
+    get_backbone,
     preprocess,
 )
 from markguard.vision.errors import IntegrityError
@@ -39,9 +35,10 @@ def test_pretrained_weights_are_real_imagenet(imagenet_embedder) -> None:
 
 
 def test_upstream_checksum_is_pinned_and_checked(tmp_path) -> None:
-    assert load_weights(imagenet_weights_path(), sha256=IMAGENET_LITE0_SHA256)
+    pretrained = get_backbone("efficientnet_lite0").pretrained
+    assert load_weights(pretrained.locate(), sha256=pretrained.sha256)
     with pytest.raises(IntegrityError, match="does not match"):
-        load_weights(imagenet_weights_path(), sha256="0" * 64)
+        load_weights(pretrained.locate(), sha256="0" * 64)
 
 
 def test_tampered_artifact_weights_are_refused(imagenet_artifact, tmp_path) -> None:

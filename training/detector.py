@@ -1,6 +1,6 @@
 """Train the mark detector (`vision.detect.MarkDetector`) on the `mark` boxes of training photos.
 
-The trunk is the ImageNet Lite0 prefix, frozen, so it runs once per photo (cached, float16) and the
+The trunk is a registered backbone's ImageNet prefix (Lite0's by default), frozen, so it runs once per photo (cached, float16) and the
 epochs only train the small head: a binary cross-entropy on which cells hold the mark and a smooth-L1
 on the log distances to its sides where they do (FCOS). Horizontal flips are applied to the cached
 maps (an approximation of flipping the photo, which is all a mark's position needs). The result is
@@ -21,27 +21,23 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from markguard.training.data import Item, load_image, mark_box
-from markguard.vision.artifact import (
-    IMAGENET_LITE0_MEAN,
-    IMAGENET_LITE0_SHA256,
-    IMAGENET_LITE0_STD,
-    imagenet_weights_path,
-    load_weights,
-)
 from markguard.vision.detect import DetectorConfig, MarkDetector
+from markguard.vision.embed import get_backbone
 from markguard.vision.regions import iou, propose_regions
 
 __all__ = ["build_detector", "detector_items", "cache_features", "train_detector", "mark_coverage"]
 
 
 def build_detector(params: dict[str, Any]) -> MarkDetector:
-    """A fresh head (seeded by the caller's torch seed) on the checksummed ImageNet Lite0 trunk."""
-    config = DetectorConfig(mean=IMAGENET_LITE0_MEAN, std=IMAGENET_LITE0_STD, input_size=int(params["input_size"]),
+    """A fresh head (seeded by the caller's torch seed) on the checksummed ImageNet trunk of the
+    detector's backbone (`DetectorConfig.architecture`), with that backbone's mean/std."""
+    entry = get_backbone(DetectorConfig.architecture)
+    config = DetectorConfig(architecture=entry.name, mean=entry.pretrained.mean, std=entry.pretrained.std,
+                            input_size=int(params["input_size"]),
                             trunk_blocks=int(params["trunk_blocks"]), stride=int(params["stride"]),
                             hidden=int(params["hidden"]), max_boxes=int(params["max_boxes"]),
                             min_score=float(params["min_score"]), nms_iou=float(params["nms_iou"]))
-    trunk = load_weights(imagenet_weights_path(), sha256=IMAGENET_LITE0_SHA256)
-    detector = MarkDetector.from_trunk(config, trunk)
+    detector = MarkDetector.from_trunk(config, entry.pretrained_state())
     for p in detector.trunk_parameters():
         p.requires_grad_(False)
     return detector

@@ -1,5 +1,5 @@
-"""The trained embedder: ImageNet Lite0 + a linear head, split into a frozen prefix (run once, cached)
-and a trainable suffix, so a CPU run fine-tunes only the last blocks on cached feature maps.
+"""The trained embedder: a registered ImageNet backbone + a linear head, split into a frozen prefix (run
+once, cached) and a trainable suffix, so a CPU run fine-tunes only the last stages on cached feature maps.
 
 `suffix(prefix(x))` computes exactly `BackboneEmbedder.compute(x)` (a test checks it), so what is
 trained is what the artifact serves.
@@ -16,28 +16,21 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from markguard.vision.artifact import (
-    IMAGENET_LITE0_MEAN,
-    IMAGENET_LITE0_SHA256,
-    IMAGENET_LITE0_STD,
-    imagenet_weights_path,
-    load_weights,
-)
-from markguard.vision.embed import BackboneEmbedder, EmbedderConfig
+from markguard.vision.embed import BackboneEmbedder, EmbedderConfig, get_backbone
 
 __all__ = ["build_model", "SplitEmbedder", "cache_prefix", "embed_cached"]
 
 
 def build_model(*, architecture: str, input_size: int, embedding_dim: int, seed: int) -> BackboneEmbedder:
-    """ImageNet Lite0 trunk (checksummed, strict) + a fresh linear head (fixed by `seed`)."""
-    if architecture != "efficientnet_lite0":
-        raise ValueError(f"only efficientnet_lite0 has pretrained weights here, got {architecture!r}")
+    """A registered backbone's ImageNet trunk (checksummed, strict; its mean/std) + a fresh linear head
+    (fixed by `seed`)."""
+    entry = get_backbone(architecture)
     config = EmbedderConfig(
-        architecture=architecture, input_size=input_size, mean=IMAGENET_LITE0_MEAN, std=IMAGENET_LITE0_STD,
+        architecture=architecture, input_size=input_size, mean=entry.pretrained.mean, std=entry.pretrained.std,
         embedding_dim=embedding_dim, head="linear", weights_sha256="",
     )
     model = BackboneEmbedder(config)
-    model.backbone.load_state_dict(load_weights(imagenet_weights_path(), sha256=IMAGENET_LITE0_SHA256), strict=True)
+    model.backbone.load_state_dict(entry.pretrained_state(), strict=True)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # a random (JL-style) projection: cosines of pooled features are roughly kept
         model.head.weight.copy_(torch.randn(model.head.weight.shape, generator=gen) / math.sqrt(embedding_dim))
@@ -46,17 +39,17 @@ def build_model(*, architecture: str, input_size: int, embedding_dim: int, seed:
 
 
 class SplitEmbedder(nn.Module):
-    """`prefix`: frozen, no gradients. `suffix`: the last `trainable_blocks` MBConv blocks, the 1x1 head
-    conv (unless `trainable_blocks` is -1), pooling, the linear head and L2 normalisation."""
+    """`prefix`: frozen, no gradients. `suffix`: the backbone's last `trainable_blocks` stages and its
+    `final` layers (unless `trainable_blocks` is -1), pooling, the linear head and L2 normalisation."""
 
     def __init__(self, model: BackboneEmbedder, *, trainable_blocks: int) -> None:
         super().__init__()
-        blocks = model.backbone._blocks
-        if not -1 <= trainable_blocks <= len(blocks):
-            raise ValueError(f"trainable_blocks must lie in [-1, {len(blocks)}]")
+        stages = len(model.backbone.stages)
+        if not -1 <= trainable_blocks <= stages:
+            raise ValueError(f"trainable_blocks must lie in [-1, {stages}]")
         self.model = model
         self.trainable_blocks = trainable_blocks
-        self.split = len(blocks) - max(trainable_blocks, 0)
+        self.split = stages - max(trainable_blocks, 0)
         for p in model.parameters():
             p.requires_grad_(False)
         for p in self.trainable_parameters():
@@ -64,10 +57,9 @@ class SplitEmbedder(nn.Module):
         self.train()  # batch norm frozen from the start: a pass before the first epoch must not move its statistics
 
     def trainable_modules(self) -> list[nn.Module]:
-        bb = self.model.backbone
         if self.trainable_blocks < 0:
             return []
-        return [*bb._blocks[self.split :], bb._conv_head, bb._bn1]
+        return self.model.backbone.modules_from(self.split)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         params = [p for m in self.trainable_modules() for p in m.parameters()]
@@ -82,21 +74,18 @@ class SplitEmbedder(nn.Module):
 
     @torch.no_grad()
     def prefix(self, x: torch.Tensor) -> torch.Tensor:
-        bb = self.model.backbone
         if self.trainable_blocks < 0:
             return self.model.pooled(x)
-        x = F.relu6(bb._bn0(bb._conv_stem(x)))
-        for block in bb._blocks[: self.split]:
-            x = block(x)
-        return x
+        return self.model.backbone.forward_until(x, self.split)
+
+    def pooled_suffix(self, f: torch.Tensor) -> torch.Tensor:
+        """Cached prefix features → the pooled trunk features (N, feature_dim), before the linear head."""
+        if self.trainable_blocks < 0:
+            return f
+        return self.model.backbone.forward_from(f, self.split).mean(dim=(2, 3))
 
     def suffix(self, f: torch.Tensor) -> torch.Tensor:
-        bb = self.model.backbone
-        if self.trainable_blocks >= 0:
-            for block in bb._blocks[self.split :]:
-                f = block(f)
-            f = F.relu6(bb._bn1(bb._conv_head(f))).mean(dim=(2, 3))
-        return F.normalize(self.model.head(f), dim=1)
+        return F.normalize(self.model.head(self.pooled_suffix(f)), dim=1)
 
 
 @torch.no_grad()

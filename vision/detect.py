@@ -1,9 +1,9 @@
 """vision: detect — a learned mark detector: where on a listing photo a brand's mark sits.
 
-Single-level FCOS (Tian et al., ICCV 2019): the ImageNet EfficientNet-Lite0 trunk up to stride 16 (the
-stem and the first `trunk_blocks` MBConv blocks, frozen), two 3x3 conv + GroupNorm + ReLU layers, and
-for every cell of the stride-16 grid a mark logit and the log distances, in strides, from the cell
-centre to the box's four sides. `training/detector.py` trains the head on the `mark` boxes of
+Single-level FCOS (Tian et al., ICCV 2019): a registered ImageNet backbone up to stride 16 (its stem and
+first `trunk_blocks` stages, frozen; EfficientNet-Lite0's first 11 MBConv blocks), two 3x3 conv +
+GroupNorm + ReLU layers, and for every cell of the stride-16 grid a mark logit and the log distances,
+in strides, from the cell centre to the box's four sides. `training/detector.py` trains the head on the `mark` boxes of
 synthetic listing photos; the boxes it finds lead the region proposals (`vision.regions`), so the
 embedder sees the mark rather than a window that happens to hold part of it.
 """
@@ -15,10 +15,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from markguard.vision.embed.base import ArtifactConfig, create_backbone
+from markguard.vision.embed.backbone import create_backbone
+from markguard.vision.embed.base import ArtifactConfig
 from markguard.vision.embed.preprocess import preprocess
 from markguard.vision.regions import iou
 
@@ -41,7 +41,7 @@ class DetectorConfig(ArtifactConfig):
     std: tuple[float, float, float]
     architecture: str = "efficientnet_lite0"
     input_size: int = 320  # px, square; the photo is resized to it whole (no crop)
-    trunk_blocks: int = 11  # stem + this many MBConv blocks; Lite0's first 11 end at stride 16, 112 channels
+    trunk_blocks: int = 11  # stem + this many backbone stages; Lite0's first 11 end at stride 16, 112 channels
     stride: int = 16
     hidden: int = 96
     max_boxes: int = 3
@@ -64,13 +64,12 @@ class MarkDetector(nn.Module):
     def __init__(self, config: DetectorConfig) -> None:
         super().__init__()
         self.config = config
-        trunk = create_backbone(config.architecture)
-        self.stem, self.stem_bn = trunk._conv_stem, trunk._bn0
-        self.blocks = nn.ModuleList(trunk._blocks[: config.trunk_blocks])
+        self.trunk = create_backbone(config.architecture).truncate(config.trunk_blocks)
+        self.register_load_state_dict_pre_hook(_rename_legacy_trunk_keys)
         with torch.no_grad():
             probe = self.features(torch.zeros(1, 3, config.input_size, config.input_size))
         if config.input_size // probe.shape[-1] != config.stride:
-            raise ValueError(f"{config.trunk_blocks} blocks end at stride {config.input_size // probe.shape[-1]}, "
+            raise ValueError(f"{config.trunk_blocks} stages end at stride {config.input_size // probe.shape[-1]}, "
                              f"not {config.stride}")
         h = config.hidden
         self.body = nn.Sequential(nn.Conv2d(probe.shape[1], h, 3, padding=1), nn.GroupNorm(8, h), nn.ReLU(),
@@ -81,29 +80,23 @@ class MarkDetector(nn.Module):
 
     @classmethod
     def from_trunk(cls, config: DetectorConfig, trunk_state: dict[str, torch.Tensor]) -> MarkDetector:
-        """A fresh head on a trunk whose full state dict (e.g. the ImageNet weights) is `trunk_state`."""
+        """A fresh head on a trunk whose full state dict (e.g. the registry's ImageNet weights) is `trunk_state`."""
         detector = cls(config)
-        prefix = {"_conv_stem.": "stem.", "_bn0.": "stem_bn."} | {
-            f"_blocks.{i}.": f"blocks.{i}." for i in range(config.trunk_blocks)}
-        state = {new + key[len(old):]: value for key, value in trunk_state.items()
-                 for old, new in prefix.items() if key.startswith(old)}
-        missing, unexpected = detector.load_state_dict(state, strict=False)
-        trunk_missing = [k for k in missing if k.startswith(("stem", "blocks"))]
-        if trunk_missing or unexpected:
-            raise ValueError(f"trunk weights do not fit: missing {trunk_missing[:3]}, unexpected {unexpected[:3]}")
+        wanted = detector.trunk.state_dict().keys()
+        missing = [k for k in wanted if k not in trunk_state]
+        if missing:
+            raise ValueError(f"trunk weights do not fit {config.architecture}: missing {missing[:3]}")
+        detector.trunk.load_state_dict({k: trunk_state[k] for k in wanted}, strict=True)
         return detector
 
     def trunk_parameters(self) -> list[nn.Parameter]:
-        return [*self.stem.parameters(), *self.stem_bn.parameters(), *self.blocks.parameters()]
+        return list(self.trunk.parameters())
 
     def head_parameters(self) -> list[nn.Parameter]:
         return [*self.body.parameters(), *self.logit.parameters(), *self.distance.parameters()]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu6(self.stem_bn(self.stem(x)))
-        for block in self.blocks:
-            x = block(x)
-        return x
+        return self.trunk.forward_until(x, self.config.trunk_blocks)
 
     def head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, G, G) mark logits and (N, 4, G, G) log distances (left, top, right, bottom) in strides."""
@@ -135,6 +128,20 @@ class MarkDetector(nn.Module):
         return [decode_boxes(logit, distance, image_size=size, input_size=c.input_size, stride=c.stride,
                              max_boxes=c.max_boxes, min_score=c.min_score, nms_iou=c.nms_iou)
                 for logit, distance, size in zip(logits.cpu(), log_distances.cpu(), image_sizes, strict=True)]
+
+
+def _rename_legacy_trunk_keys(detector: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str,
+                              *_: object) -> None:
+    """Detector files written before the backbone interface (the shipped model's) named the trunk
+    prefix by its own layers (`stem.`, `blocks.N.` for Lite0); their keys move under `trunk.`."""
+    legacy = type(detector.trunk).legacy_prefix_keys  # type: ignore[union-attr]
+    if any(key.startswith(prefix + "trunk.") for key in state_dict):
+        return
+    for key in list(state_dict):
+        for old, new in legacy.items():
+            if key.startswith(prefix + old):
+                state_dict[prefix + "trunk." + new + key[len(prefix + old):]] = state_dict.pop(key)
+                break
 
 
 def _centres(grid: int, stride: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from markguard.training.data import augment, eval_transform, load_images, read_i
 from markguard.training.model import SplitEmbedder, build_model
 from markguard.vision.artifact import load_artifact
 from markguard.vision.decode import read_image
-from markguard.vision.embed import preprocess
+from markguard.vision.embed import BACKBONES, preprocess
 
 
 def test_eval_transform_equals_serving_preprocess_bit_for_bit(tiny_run: Path, tiny_grocery: Path) -> None:
@@ -23,16 +23,23 @@ def test_eval_transform_equals_serving_preprocess_bit_for_bit(tiny_run: Path, ti
     assert ours.dtype == serving.dtype and torch.equal(ours, serving)
 
 
+@pytest.mark.parametrize("architecture", sorted(BACKBONES))
 @pytest.mark.parametrize("trainable_blocks", [-1, 0, 2])
-def test_split_embedder_computes_the_artifact_model(trainable_blocks: int) -> None:
-    model = build_model(architecture="efficientnet_lite0", input_size=64, embedding_dim=16, seed=0)
+def test_split_embedder_computes_the_artifact_model(architecture: str, trainable_blocks: int) -> None:
+    model = build_model(architecture=architecture, input_size=64, embedding_dim=16, seed=0)
     split = SplitEmbedder(model, trainable_blocks=trainable_blocks)
     split.train()  # batch norm stays in eval mode
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(split.suffix(split.prefix(x)), model(x), atol=1e-6)
-    assert all(not p.requires_grad for p in model.backbone._conv_stem.parameters())
+        assert torch.allclose(split.pooled_suffix(split.prefix(x)), model.pooled(x), atol=1e-5)  # the epoch-0 baseline
+    assert all(not p.requires_grad for p in model.backbone.stem.parameters())
     assert all(p.requires_grad for p in model.head.parameters())
+    trainable = {id(p) for p in split.trainable_parameters()}
+    stages = model.backbone.stages
+    assert all(id(p) in trainable for stage in stages[split.split :] for p in stage.parameters())
+    assert not any(id(p) in trainable for stage in stages[: split.split] for p in stage.parameters())
+    assert (trainable_blocks >= 0) == all(id(p) in trainable for p in model.backbone.final.parameters())
 
 
 def test_augment_keeps_uint8_rgb_and_never_mirrors() -> None:

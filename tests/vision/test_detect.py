@@ -10,26 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from markguard.vision.artifact import (
-    IMAGENET_LITE0_MEAN,
-    IMAGENET_LITE0_SHA256,
-    IMAGENET_LITE0_STD,
-    imagenet_weights_path,
-    load_artifact,
-    load_weights,
-    write_artifact,
-)
+from markguard.vision.artifact import load_artifact, write_artifact
 from markguard.vision.detect import DetectorConfig, MarkDetector, decode_boxes, encode_boxes
-from markguard.vision.embed import create_backbone
+from markguard.vision.embed import create_backbone, get_backbone
 from markguard.vision.errors import IntegrityError
 from markguard.vision.regions import iou
 
-CONFIG = DetectorConfig(mean=IMAGENET_LITE0_MEAN, std=IMAGENET_LITE0_STD, input_size=128, hidden=16)
+LITE0 = get_backbone("efficientnet_lite0")
+CONFIG = DetectorConfig(mean=LITE0.pretrained.mean, std=LITE0.pretrained.std, input_size=128, hidden=16)
 
 
 @pytest.fixture(scope="module")
 def imagenet_trunk() -> dict[str, torch.Tensor]:
-    return load_weights(imagenet_weights_path(), sha256=IMAGENET_LITE0_SHA256)
+    return LITE0.pretrained_state()
 
 
 @pytest.mark.parametrize(("box", "size"), [((62, 136, 178, 153), (256, 256)), ((10, 20, 300, 90), (240, 320)),
@@ -62,18 +55,11 @@ def test_decode_keeps_the_score_floor_the_cap_and_nms() -> None:
 
 
 def test_the_trunk_is_the_imagenet_prefix_and_stride_16(imagenet_trunk: dict[str, torch.Tensor]) -> None:
-    import torch.nn.functional as F
-
     detector = MarkDetector.from_trunk(CONFIG, imagenet_trunk).eval()
-    reference = create_backbone("efficientnet_lite0")
-    reference.load_state_dict(imagenet_trunk, strict=True)
-    reference.eval()
+    reference = create_backbone("efficientnet_lite0", pretrained=True).eval()
     x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = F.relu6(reference._bn0(reference._conv_stem(x)))
-        for block in reference._blocks[:11]:
-            expected = block(expected)
-        assert torch.equal(detector.features(x), expected)
+        assert torch.equal(detector.features(x), reference.forward_until(x, 11))
         logits, distances = detector(x)
     assert logits.shape == (2, 8, 8) and distances.shape == (2, 4, 8, 8)
     with pytest.raises(ValueError, match="stride"):
@@ -117,3 +103,20 @@ def test_artifact_keeps_the_detector_and_refuses_tampered_weights(imagenet_trunk
     weights.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="SHA-256"):
         load_artifact(tmp_path / "a").load_detector()
+
+
+def test_detector_files_from_before_the_backbone_interface_still_load(imagenet_trunk) -> None:
+    """The shipped detector.safetensors names Lite0's prefix `stem.`, `stem_bn.`, `blocks.N.`: it loads (strict)."""
+    torch.manual_seed(0)
+    detector = MarkDetector.from_trunk(CONFIG, imagenet_trunk).eval()
+    legacy = {"trunk._conv_stem.": "stem.", "trunk._bn0.": "stem_bn.", "trunk._blocks.": "blocks."}
+    old_state = {}
+    for key, value in detector.state_dict().items():
+        old = next((key.replace(new, old, 1) for new, old in legacy.items() if key.startswith(new)), key)
+        old_state[old] = value
+    assert "stem.weight" in old_state and not any(k.startswith("trunk.") for k in old_state)
+    loaded = MarkDetector(CONFIG).eval()
+    loaded.load_state_dict(old_state, strict=True)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(loaded(x), detector(x), strict=True))

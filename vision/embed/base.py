@@ -1,4 +1,5 @@
-"""The embedder interface: a registry of backbones, and a base class that checks what they compute.
+"""The embedder interface: configs read from an artifact, and a base class that checks what
+embedders compute.
 
 `Embedder.forward` validates the input batch and asserts the output is (N, dim), finite and unit
 norm; subclasses only build their network and write `compute`.
@@ -8,45 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = [
-    "ArtifactConfig",
-    "EmbedderConfig",
-    "Embedder",
-    "BackboneEmbedder",
-    "register_backbone",
-    "create_backbone",
-    "BACKBONES",
-]
+from markguard.vision.embed.backbone import Backbone, create_backbone
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_backbone(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: make a backbone creatable by name (tests parametrize over `BACKBONES`)."""
-
-    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in BACKBONES:
-            raise ValueError(f"backbone {name!r} registered twice")
-        BACKBONES[name] = cls
-        return cls
-
-    return wrap
-
-
-def create_backbone(name: str, **kwargs: Any) -> nn.Module:
-    try:
-        factory = BACKBONES[name]
-    except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}") from None
-    return factory(**kwargs)
+__all__ = ["ArtifactConfig", "EmbedderConfig", "Embedder", "BackboneEmbedder"]
 
 
 class ArtifactConfig:
@@ -134,7 +106,7 @@ class BackboneEmbedder(Embedder):
 
     def __init__(self, config: EmbedderConfig) -> None:
         super().__init__(config)
-        self.backbone = create_backbone(config.architecture)
+        self.backbone: Backbone = create_backbone(config.architecture)
         feature_dim = self.backbone.feature_dim
         if config.head == "linear":
             self.head: nn.Module = nn.Linear(feature_dim, config.embedding_dim)

