@@ -41,6 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="grocery-packages folder (default: $MARKGUARD_DATA or ../shared/data, + /grocery-packages)")
     p.set_defaults(func=_grocery)
 
+    p = sub.add_parser("grozi", help="GroZi-120 in-store frames: a real-photo yardstick (evaluation only)")
+    _common(p)
+    p.add_argument("--source", type=Path, default=None,
+                   help="grozi120-insitu folder (default: $MARKGUARD_DATA or ../shared/data, + /grozi120-insitu)")
+    p.add_argument("--refs-per-product", type=int, default=3,
+                   help="frames per product enrolled as references (split ref); the others are queries (split query)")
+    p.set_defaults(func=_grozi)
+
     p = sub.add_parser("brandmarks", help="clean renders of real brand marks (simple-icons) and wordmarks")
     _common(p)
     p.add_argument("--brands", type=int, default=1000, help="number of brands (0: all, about 3,400)")
@@ -135,6 +143,19 @@ def _grocery(args: argparse.Namespace) -> int:
     source = args.source or default_data_root() / "grocery-packages"
     report, stats = build_grocery(args.out, source=source, opts=GroceryOptions(seed=args.seed), force=args.force,
                                   progress=not args.quiet)
+    return _finish(report, stats, started)
+
+
+def _grozi(args: argparse.Namespace) -> int:
+    from markguard.datasets.grozi import MAX_REFS, GroziOptions, build_grozi
+    from markguard.datasets.sources import default_data_root
+
+    if not 1 <= args.refs_per_product <= MAX_REFS:
+        raise SystemExit(f"markguard datasets grozi: --refs-per-product must lie in 1..{MAX_REFS}")
+    started = time.monotonic()
+    source = args.source or default_data_root() / "grozi120-insitu"
+    report, stats = build_grozi(args.out, source=source, opts=GroziOptions(seed=args.seed, refs_per_product=args.refs_per_product),
+                                force=args.force, progress=not args.quiet)
     return _finish(report, stats, started)
 
 

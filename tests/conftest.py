@@ -11,6 +11,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MARKGUARD_SHARED_DATA", REPO.parent / "shared" / "data"))
 GROCERY = SHARED_DATA / "grocery-packages"
+GROZI = SHARED_DATA / "grozi120-insitu"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -20,6 +21,14 @@ def grocery() -> Path:
     if not GROCERY.is_dir():
         pytest.skip(f"shared grocery data not found at {GROCERY}")
     return GROCERY
+
+
+@pytest.fixture(scope="session")
+def grozi() -> Path:
+    """The GroZi-120 in-store frames (evaluation only: never train on them)."""
+    if not GROZI.is_dir():
+        pytest.skip(f"shared GroZi-120 frames not found at {GROZI}")
+    return GROZI
 
 
 @pytest.fixture(scope="session")

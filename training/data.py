@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import torch
 from markguard.datasets.manifest import MANIFEST_NAME, Label, ManifestRow, read_manifest
 from markguard.vision.decode import read_image
 from markguard.vision.embed import EmbedderConfig, preprocess
+from markguard.vision.errors import MarkguardError
 
 __all__ = [
     "Item",
@@ -29,6 +31,9 @@ __all__ = [
     "manifest_sha256",
     "ensure_grocery",
     "ensure_synth",
+    "ensure_grozi",
+    "EvaluationOnlyData",
+    "refuse_evaluation_only",
     "class_key",
     "make_eval_set",
     "enrolled_crop",
@@ -78,8 +83,37 @@ def read_items(path: str | Path) -> list[Item]:
     return [Item(path=mpath.parent / row.image, row=row) for row in read_manifest(mpath)]
 
 
+class EvaluationOnlyData(MarkguardError, ValueError):
+    """A manifest that must never train or calibrate a model (the GroZi-120 yardstick)."""
+
+
+EVALUATION_ONLY_BUILDS = ("grozi",)  # `build.json` commands whose builds are yardsticks only
+
+
+def refuse_evaluation_only(path: str | Path) -> Path:
+    """The manifest path, or `EvaluationOnlyData` when it is an evaluation-only build: its `build.json`
+    names such a command, or a row comes from GroZi-120 (no licence to train on, and the real-photo
+    yardstick stops measuring unseen brands once a model has seen them)."""
+    from markguard.datasets.grozi import is_grozi_row
+
+    mpath = manifest_path(path)
+    build = mpath.parent / "build.json"
+    command = None
+    if build.is_file():
+        try:
+            command = json.loads(build.read_text(encoding="utf-8")).get("command")
+        except (OSError, ValueError, AttributeError):
+            command = None
+    if command in EVALUATION_ONLY_BUILDS or (mpath.is_file() and any(is_grozi_row(r) for r in read_manifest(mpath))):
+        raise EvaluationOnlyData(f"{mpath} is the GroZi-120 yardstick (evaluation only): it is refused as training "
+                                 "or calibration data; pass it to `markguard bench embedder --grozi` instead")
+    return mpath
+
+
 def ensure_grocery(out: Path, *, source: str = "") -> Path:
-    """The grocery manifest at `out`, built by `markguard.datasets.grocery` when missing."""
+    """The grocery manifest at `out`, built by `markguard.datasets.grocery` when missing (an
+    evaluation-only build there is refused: this is what training reads)."""
+    refuse_evaluation_only(out)
     if not manifest_path(out).is_file():
         from markguard.datasets.grocery import GroceryOptions, build_grocery
         from markguard.datasets.sources import default_data_root
@@ -90,7 +124,9 @@ def ensure_grocery(out: Path, *, source: str = "") -> Path:
 
 
 def ensure_synth(out: Path, *, brands: int, per_brand: int, size: int, seed: int, paired_scenes: bool = False) -> Path:
-    """The synthetic listing-photo manifest at `out`, built by `markguard.datasets.synth` when missing."""
+    """The synthetic listing-photo manifest at `out`, built by `markguard.datasets.synth` when missing (an
+    evaluation-only build there is refused: this is what training reads)."""
+    refuse_evaluation_only(out)
     if not manifest_path(out).is_file():
         from markguard.datasets.sources import default_data_root
         from markguard.datasets.synth import SynthOptions, build_synth
@@ -98,6 +134,23 @@ def ensure_synth(out: Path, *, brands: int, per_brand: int, size: int, seed: int
         opts = SynthOptions(brands=brands, per_brand=per_brand, size=size, seed=seed, paired_scenes=paired_scenes)
         build_synth(Path(out), data_root=default_data_root(), opts=opts, progress=True)
     return manifest_path(out)
+
+
+def ensure_grozi(out: Path, *, source: str = "") -> Path:
+    """The GroZi-120 yardstick at `out`, built by `markguard.datasets.grozi` (default options) when
+    missing; a manifest there that is not a GroZi build is refused. For evaluation only."""
+    from markguard.datasets.grozi import is_grozi_row
+
+    if not manifest_path(out).is_file():
+        from markguard.datasets.grozi import GroziOptions, build_grozi
+        from markguard.datasets.sources import default_data_root
+
+        src = Path(source) if source else default_data_root() / "grozi120-insitu"
+        build_grozi(Path(out), source=src, opts=GroziOptions(), progress=True)
+    path = manifest_path(out)
+    if not any(is_grozi_row(r) for r in read_manifest(path)):
+        raise ValueError(f"{path} is not a GroZi-120 build (`markguard datasets grozi --out DIR`)")
+    return path
 
 
 def class_key(row: ManifestRow, *, per_transform: bool = True) -> str:

@@ -33,12 +33,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from markguard.datasets.splits import unit_hash
 from markguard.training.artifacts import json_metrics, resolve_model
 from markguard.training.data import (
+    Item,
     enrolled_crop,
     ensure_grocery,
+    ensure_grozi,
     ensure_synth,
     load_images,
     make_eval_set,
@@ -47,6 +51,7 @@ from markguard.training.data import (
 )
 from markguard.training.evaluate import evaluate_artifact
 from markguard.training.evaluation import bootstrap_intervals, proposal_coverage
+from markguard.training.metrics import roc_auc
 from markguard.vision.artifact import ModelArtifact, build_imagenet_artifact
 from markguard.vision.atomic import atomic_write_bytes
 
@@ -67,6 +72,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="a synthetic build whose --synth-split brands the model never saw: the build it was trained "
                         "on, or a larger held-out one (`datasets synth --splits test`); '' to skip")
     p.add_argument("--synth-split", default="test", help="held-out split of the synthetic build (default test)")
+    p.add_argument("--grozi", type=Path, default=Path(""),
+                   help="GroZi-120 yardstick folder (real in-store frames of 120 products no training set holds; "
+                        "built with `markguard datasets grozi` when missing; default '': skipped)")
+    p.add_argument("--max-queries", type=int, default=0,
+                   help="at most this many queries per set, taken round-robin over products in an order fixed by a "
+                        "hash of each photo's path (0: all); references are kept whole")
     queries_as = p.add_mutually_exclusive_group()
     queries_as.add_argument("--whole-photo", action="store_true", help="embed whole photos only (no region crops)")
     queries_as.add_argument("--mark-crops", action="store_true",
@@ -89,6 +100,49 @@ def _trained_on_brands(artifact: ModelArtifact) -> set[str]:
     return {i.brand for i in read_items(synth) if i.row.split == "train"}
 
 
+GROZI_SET = "GroZi-120 (real in-store frames)"
+MIXED_NEGATIVES = "same_brand_else_other_brand"
+
+
+def subsample_queries(queries: Sequence[Item], limit: int) -> list[Item]:
+    """At most `limit` queries, deterministically: each product's photos ordered by a hash of their
+    path, then taken one per product per round (products in name order), so every product keeps
+    about the same share; returned in their original order."""
+    if limit <= 0 or len(queries) <= limit:
+        return list(queries)
+    by_product: dict[tuple[str, str], list[int]] = {}
+    for k, q in enumerate(queries):
+        by_product.setdefault((q.brand, q.product or ""), []).append(k)
+    lanes = [sorted(ks, key=lambda k: (unit_hash("bench-queries", queries[k].row.image), queries[k].row.image))
+             for _, ks in sorted(by_product.items())]
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < limit:
+        chosen += [lane[depth] for lane in lanes if depth < len(lane)][: limit - len(chosen)]
+        depth += 1
+    return [queries[k] for k in sorted(chosen)]
+
+
+def mixed_brand_claims(m: dict) -> None:
+    """Make the primary claim set of `m` (an `evaluate_embeddings` result) each genuine photo's true
+    claim against one false claim: another product of its brand where the brand has one, another
+    brand otherwise (GroZi-120: 12 of 104 brands hold several products). Rewrites `claim_auc`,
+    `claim_negatives` and `_claims` (which `bootstrap_intervals` resamples) in place; `claim_vs_same_brand`
+    and `claim_vs_other_brand` keep the separate figures."""
+    claim_query, positive, mask, scores = m["_claims"]
+    if m.get("claim_negatives") == "same_brand":  # mask = true | same_brand; the rest are other_brand claims
+        has_same = np.zeros(int(claim_query.max()) + 1 if len(claim_query) else 0, dtype=bool)
+        has_same[claim_query[mask & ~positive]] = True
+        mixed = mask | (~positive & ~has_same[claim_query])
+    elif m.get("claim_negatives") == "other_brand":
+        mixed = mask
+    else:
+        raise ValueError(f"mixed brand claims need same_brand or other_brand claims, not {m.get('claim_negatives')}")
+    m["_claims"] = (claim_query, positive, mixed, scores)
+    m["claim_negatives"] = MIXED_NEGATIVES
+    m["claim_auc"] = roc_auc(scores[mixed], positive[mixed])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -108,6 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"markguard bench embedder: {len(seen)} brands of {args.synth} ({args.synth_split}) are in "
                              f"the model's training photos, e.g. {sorted(seen)[:3]}: not held out")
         sets[f"synthetic held-out ({args.synth_split})"] = held_out
+    if str(args.grozi) not in ("", "."):
+        sets[GROZI_SET] = make_eval_set(read_items(ensure_grozi(args.grozi)), split="query", name="grozi")
+    if args.max_queries < 0:
+        raise SystemExit("markguard bench embedder: --max-queries must be 0 (all) or more")
+    if args.max_queries:
+        sets = {name: dataclasses.replace(es, queries=subsample_queries(es.queries, args.max_queries))
+                for name, es in sets.items()}
     if args.mark_crops:
         sets = {name: dataclasses.replace(es, queries=[enrolled_crop(q, 1.25) for q in es.queries])
                 for name, es in sets.items()}
@@ -121,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{name}: empty, skipped")
                 continue
             results[name] = {}
+            set_started = time.monotonic()
             plan = [("imagenet", baseline, None), ("trained", trained, None)]
             if as_served and trained.detector is not None:
                 plan.append(("imagenet_on_trained_regions", baseline, trained))
@@ -128,11 +190,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             for label, artifact, proposals_from in plan:
                 m = evaluate_artifact(artifact, es, device=args.device, use_fusion=False, progress=not args.quiet,
                                       regions=as_served, proposals_from=proposals_from)
+                if name == GROZI_SET:
+                    mixed_brand_claims(m)
                 runs.append(m)
                 results[name][label] = {"tag": artifact.tag, "queries": m["queries"], "references": m["references"],
                                         "regions_per_query": m["regions_per_query"],
                                         "claim_negatives": m.get("claim_negatives"),
                                         "claim_auc_other_brand": m.get("claim_vs_other_brand", {}).get("auc"),
+                                        "claim_auc_same_brand": m.get("claim_vs_same_brand", {}).get("auc"),
                                         "claim_auc_by_transform": m.get("claim_auc_by_transform"),
                                         **{k: m.get(k) for k in (*COLUMNS, "recall_at_5", "map_at_r")}}
             brands = [q.brand for q in es.queries]
@@ -146,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     results[name][f"trained_minus_imagenet_on_trained_regions_ci95{suffix}"] = {
                         c: on_regions[f"difference_{c}"][1] for c in COLUMNS}
             results[name]["brands"] = len(set(brands))
+            results[name]["seconds"] = round(time.monotonic() - set_started, 1)
             if as_served:
                 images, marks = load_images(es.queries), [mark_box(q) for q in es.queries]
                 found = {label: proposal_coverage(images, marks, max_regions=artifact.max_regions,
@@ -169,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return text + (f" | [{by_brand[0]:+.3f}, {by_brand[1]:+.3f}]" if by_brand else "")
 
     for name, r in results.items():
-        for k in (*COLUMNS, "claim_auc_other_brand"):
+        for k in (*COLUMNS, "claim_auc_same_brand", "claim_auc_other_brand"):
             a, b = r["imagenet"][k], r["trained"][k]
             if a is None or b is None:
                 continue
@@ -178,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:<36} {k:<22} {a:>9.3f} {b:>9.3f} {ratio:>6.2f}x  {ci:>46}")
         print(f"{'':<36} ({r['trained']['queries']} queries of {r['brands']} brands, {r['trained']['references']} "
               f"references, {r['trained']['regions_per_query']:.1f} regions per query; claim negatives: "
-              f"{r['trained']['claim_negatives']})")
+              f"{r['trained']['claim_negatives']}; {r['seconds']:.0f}s)")
         if "imagenet_on_trained_regions" in r:
             for k in COLUMNS:
                 a, b = r["imagenet_on_trained_regions"][k], r["trained"][k]
