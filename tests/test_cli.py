@@ -198,6 +198,7 @@ def test_unknown_brand(enrolled: Path, grocery: Path, capsys) -> None:
     _assert_one_line_error(code, err, "unknown product 'Nope'")
 
 
+@pytest.mark.sqlite_only  # the scoring loop's error handling, not the catalog's
 def test_score_reports_each_bad_photo_and_scores_the_rest(enrolled: Path, grocery: Path, tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)

@@ -78,6 +78,8 @@ def _add_serial_arguments(p: argparse.ArgumentParser) -> None:
 
 def _apply_serial_arguments(brand: Brand, args: argparse.Namespace) -> None:
     if args.serial_pattern is not None:
+        if len(args.serial_pattern) > 500:  # the catalog's column; PostgreSQL enforces it
+            raise MarkguardError("--serial-pattern is longer than 500 characters")
         try:
             re.compile(args.serial_pattern)
         except re.error as exc:

@@ -2,8 +2,8 @@
 
 The schema is only ever created by Alembic migrations, so the same code upgrades an existing catalog.
 On PostgreSQL (`pip install 'markguard[postgres]'`, URL `postgresql+psycopg://user:pass@host/db`)
-migrations and writers take advisory locks, so processes on several hosts sharing one catalog queue
-instead of racing.
+migrations and writers also take advisory locks, so processes on several hosts sharing one catalog
+(and one home folder) queue instead of racing.
 """
 
 from __future__ import annotations

@@ -115,6 +115,8 @@ def test_brands_keys_and_tenancy(home: Home) -> None:
     assert authenticate(home, key[:-1] + ("A" if key[-1] != "A" else "B")) is None
     with pytest.raises(MarkguardError, match="unknown brand"):
         create_key(home, role=Role.BRAND, brand="Nope")
+    with pytest.raises(MarkguardError, match="at most 200"):  # not a DataError from PostgreSQL's VARCHAR(200)
+        create_key(home, role=Role.PLATFORM, label="x" * 201)
 
 
 # Two processes write the same catalog at once: each adds its own brands, races the other for shared
