@@ -40,7 +40,8 @@ def imagenet_embedder(imagenet_artifact):
 
 # -- catalog backends -------------------------------------------------------------------------
 # A test that uses `database_url` (directly or through `home_dir`) runs once per backend; mark it
-# `sqlite_only` when it measures something of SQLite's (file contents, memory) rather than the catalog.
+# `sqlite_only` when it measures something of SQLite's (file contents, memory) rather than the catalog,
+# `postgresql_only` when only a server can have it (several hosts on one catalog).
 BACKENDS = ("sqlite", "postgresql")
 TEST_DATABASE_URL = os.environ.get("MARKGUARD_TEST_DATABASE_URL")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -48,7 +49,11 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "catalog_backend" in metafunc.fixturenames:
-        backends = ["sqlite"] if metafunc.definition.get_closest_marker("sqlite_only") else list(BACKENDS)
+        backends = list(BACKENDS)
+        if metafunc.definition.get_closest_marker("sqlite_only"):
+            backends = ["sqlite"]
+        elif metafunc.definition.get_closest_marker("postgresql_only"):
+            backends = ["postgresql"]
         metafunc.parametrize("catalog_backend", backends, indirect=True)
 
 

@@ -185,11 +185,9 @@ def test_two_processes_write_at_once(home: Home, tmp_path: Path) -> None:
         assert session.scalar(select(func.count()).where(GenuineSerial.brand_id == acme.id)) == 1500
 
 
-def test_fresh_catalog_opened_by_two_hosts_at_once(tmp_path: Path, database_url: str | None,
-                                                   catalog_backend: str) -> None:
-    """Two homes (two hosts) on one new PostgreSQL catalog: the migration runs once, neither fails."""
-    if catalog_backend != "postgresql":
-        pytest.skip("two hosts share a catalog only on PostgreSQL")
+@pytest.mark.postgresql_only  # several hosts share a catalog only on a server
+def test_fresh_catalog_opened_by_three_hosts_at_once(tmp_path: Path, database_url: str | None) -> None:
+    """Three homes (three hosts) open one new PostgreSQL catalog at once: the migration runs once, none fails."""
     script = "import sys; from markguard.serving.state.home import Home; Home(sys.argv[1]).close(); print('ok')"
     procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"host{i}")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
@@ -199,3 +197,40 @@ def test_fresh_catalog_opened_by_two_hosts_at_once(tmp_path: Path, database_url:
     home = Home(tmp_path / "check")
     assert _version(home) == HEAD
     home.close()
+
+
+def test_enroll_review_and_delete_keep_catalog_and_index_in_step(home: Home, grocery: Path) -> None:
+    """Enrolment, a moderator's counterfeit label (a new known-fake reference) and deletion, on each backend."""
+    from markguard.serving.enroll import collect_inputs, enroll
+    from markguard.serving.indexing import load_or_new
+    from markguard.serving.models import ensure_default_model
+    from markguard.serving.references import delete_references
+    from markguard.serving.reviews import Review, record_review
+    from markguard.serving.state.schema import Reference, ReferenceKind
+
+    artifact = ensure_default_model(home)
+    model = artifact.load_embedder(fuse=True)
+    milk = grocery / "iconic" / "Packages" / "Milk"
+    with home.sessions.begin() as session:
+        arla = add_brand(session, "Arla").id
+    report = enroll(home, artifact, model, brand="Arla", product="Arla-Standard-Milk",
+                    inputs=collect_inputs(sorted((milk / "Arla-Standard-Milk").glob("*_Iconic.jpg"))))
+    again = enroll(home, artifact, model, brand="Arla", product="Arla-Standard-Milk",
+                   inputs=collect_inputs(sorted((milk / "Arla-Standard-Milk").glob("*_Iconic.jpg"))))
+    assert len(report.added) == 1 and again.added == [] and len(again.duplicates) == 1
+    fake = sorted((grocery / "val" / "Packages" / "Milk" / "Arla-Standard-Milk").glob("*.jpg"))[0].read_bytes()
+    with home.sessions.begin() as session:
+        session.add(Listing(listing_id="L-1", brand_id=arla, image_sha256=home.put_blob(fake), risk=0.9,
+                            decision="takedown", model_tag=artifact.tag))
+    review = record_review(home, artifact, model, listing_id="L-1", label=ReferenceKind.COUNTERFEIT,
+                           reviewer_key_id="k" * 16, note="seen before")
+    assert review.reference_id is not None and review.brand == "Arla"
+    with home.sessions() as session:
+        kinds = dict(session.execute(select(Reference.id, Reference.kind)).all())
+        assert kinds == {report.added[0]: ReferenceKind.GENUINE, review.reference_id: ReferenceKind.COUNTERFEIT}
+        assert session.get(Review, review.review_id).note == "seen before"
+    assert sorted(load_or_new(home, artifact).ids.tolist()) == sorted(kinds)
+    assert delete_references(home, brand="Arla", ids=[report.added[0]]) == [report.added[0]]
+    with pytest.raises(MarkguardError, match="no reference"):
+        delete_references(home, brand="Arla", ids=[report.added[0]])
+    assert load_or_new(home, artifact).ids.tolist() == [review.reference_id]
