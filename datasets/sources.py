@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 __all__ = ["default_data_root", "product_surfaces"]
@@ -12,13 +11,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 def default_data_root() -> Path:
     """`$MARKGUARD_DATA`, else `../shared/data` relative to the repository root (or the working folder)."""
-    env = os.environ.get("MARKGUARD_DATA")
-    if env:
-        return Path(env)
-    beside_repo = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    if beside_repo.is_dir():
-        return beside_repo
-    return Path.cwd().parent / "shared" / "data"
+    from markguard.serving.settings import get_settings
+
+    return get_settings().data
 
 
 def product_surfaces(root: Path) -> list[Path]:

@@ -29,15 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
+from markguard.serving.settings import get_settings
+
 __all__ = ["get_args_parser", "main"]
 
-_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "grocery-packages"
 _REQUEST_TIMEOUT = 120.0  # seconds; a request slower than this fails the run (and stops the servers)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("markguard bench serve", description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=os.environ.get("MARKGUARD_SHARED_DATA_GROCERY", str(_DATA)),
+    p.add_argument("--data", default=str(get_settings().data / "grocery-packages"),
                    help="grocery-packages folder: iconic/ is enrolled, train/ photos are sent")
     p.add_argument("--requests", type=int, default=64, help="requests per level at most")
     p.add_argument("--seconds", type=float, default=15.0, help="seconds per level at most")

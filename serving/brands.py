@@ -6,6 +6,7 @@ import dataclasses
 import re
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from markguard.serving.state.schema import Brand, Product, Reference
@@ -33,7 +34,10 @@ def add_brand(session: Session, name: str, *, wordmarks: list[str] | None = None
         raise MarkguardError(f"brand {name!r} already exists")
     brand = Brand(name=name, key=brand_key(name), wordmarks=list(wordmarks or [name]), serial_checksum="none")
     session.add(brand)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:  # another writer added it since the check (the caller's transaction rolls back)
+        raise MarkguardError(f"brand {name!r} already exists") from None
     return brand
 
 
@@ -57,7 +61,10 @@ def get_or_create_product(session: Session, brand: Brand, name: str) -> Product:
     except NotFound:
         product = Product(brand_id=brand.id, name=_check_name(name, "product"), key=brand_key(name))
         session.add(product)
-        session.flush()
+        try:
+            session.flush()
+        except IntegrityError:
+            raise MarkguardError(f"product {name!r} was added by another writer: try again") from None
         return product
 
 

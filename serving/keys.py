@@ -49,6 +49,8 @@ def create_key(home: Home, *, role: Role, brand: str | None = None, label: str =
     """Create a key; returns the full key (shown once, never stored) and who it is."""
     if (role is Role.BRAND) != (brand is not None):
         raise MarkguardError("a brand key needs --brand, and only brand keys take one")
+    if len(label) > 200:  # the catalog's column; PostgreSQL enforces it
+        raise MarkguardError("a key's label is at most 200 characters")
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
     with home.sessions.begin() as session:
         brand_row = get_brand(session, brand) if brand else None

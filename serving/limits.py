@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
 import time
 import uuid
 from typing import Any
 
+from markguard.serving.settings import get_settings
+
 __all__ = ["ApiError", "RateLimiter", "GuardMiddleware", "JsonFormatter", "configure_logging", "request_id_of"]
 
-MAX_BODY = int(os.environ.get("MARKGUARD_MAX_BODY", str(64 * 1024 * 1024)))  # bytes per request
+MAX_BODY = get_settings().max_body  # bytes per request
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 log = logging.getLogger("markguard.serving")
 

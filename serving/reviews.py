@@ -38,7 +38,7 @@ def _now() -> dt.datetime:
 
 
 class Review(Base):
-    """One moderator's label on one scored listing (migrations 0002, 0003)."""
+    """One moderator's label on one scored listing (migrations 0002, 0004)."""
 
     __tablename__ = "reviews"
 

@@ -35,23 +35,18 @@ import numpy as np
 
 from markguard.serving.api import Backend, build_app, local_embed
 from markguard.serving.limits import GuardMiddleware, RateLimiter, configure_logging, log
+from markguard.serving.settings import get_settings
 
 __all__ = ["Markguard", "Embedder"]
 
-WORKERS = max(1, int(os.environ.get("MARKGUARD_WORKERS", "1")))
-MAX_BATCH = int(os.environ.get("MARKGUARD_MAX_BATCH", "4"))  # crops per forward pass (CPU; see above)
-MAX_LATENCY_MS = int(os.environ.get("MARKGUARD_MAX_LATENCY_MS", "60000"))  # a batch's wait budget
+SETTINGS = get_settings()  # checked here, at start-up: a bad MARKGUARD_* value stops the service
+WORKERS = SETTINGS.workers
+MAX_BATCH = SETTINGS.max_batch  # crops per forward pass (CPU; see above)
+MAX_LATENCY_MS = SETTINGS.max_latency_ms  # a batch's wait budget
 _CORES = os.cpu_count() or 1
 # embedder processes: one per core up to 4 (each holds its own torch and model, ~0.7 GB), then more threads each
-EMBED_WORKERS = max(1, int(os.environ.get("MARKGUARD_EMBED_WORKERS") or min(_CORES, 4)))
-EMBED_THREADS = max(1, int(os.environ.get("MARKGUARD_EMBED_THREADS") or os.environ.get("MARKGUARD_THREADS")
-                           or _CORES // EMBED_WORKERS))
-
-
-def _threads(variable: str, default: int) -> int:
-    """Threads for this process: `variable`, else MARKGUARD_THREADS, else `default` (at least 1)."""
-    given = int(os.environ.get(variable) or os.environ.get("MARKGUARD_THREADS") or "0")
-    return given if given > 0 else max(1, default)
+EMBED_WORKERS = SETTINGS.embed_workers or min(_CORES, 4)
+EMBED_THREADS = SETTINGS.embed_threads or SETTINGS.threads or max(1, _CORES // EMBED_WORKERS)
 
 
 def _set_threads(n: int) -> None:
@@ -67,7 +62,7 @@ def _set_threads(n: int) -> None:
 def _home():
     from markguard.serving.state.home import Home
 
-    return Home(os.environ.get("MARKGUARD_HOME", ".markguard"))
+    return Home(SETTINGS.home)
 
 
 @bentoml.service(name="markguard-embedder", workers=EMBED_WORKERS, traffic={"timeout": 120})
@@ -106,10 +101,10 @@ class Markguard:
         from markguard.serving.metrics import INDEX_SIZE, OCR_SECONDS
 
         configure_logging()
-        naive = os.environ.get("MARKGUARD_BATCHING", "1") == "0"
+        naive = not SETTINGS.batching
         # the naive baseline runs its forward passes here, one per request, side by side in threads
-        _set_threads(_threads("MARKGUARD_WORKER_THREADS", 1))
-        self.ocr_on = os.environ.get("MARKGUARD_OCR", "1") != "0"
+        _set_threads(SETTINGS.worker_threads or SETTINGS.threads or 1)
+        self.ocr_on = SETTINGS.ocr
         engine = ScoringEngine(_home(), ocr=self.ocr_on, on_ocr_seconds=OCR_SECONDS.observe)
         self.engine = engine
         INDEX_SIZE.set(engine.index_size)
@@ -122,9 +117,8 @@ class Markguard:
                 except aiohttp.ClientConnectionError:  # a keep-alive connection the embedder had closed
                     return await self.embedder.to_async.embed(crops)  # idempotent: retry once
 
-        rate = float(os.environ.get("MARKGUARD_RATE", "50"))  # requests/s per key, per worker
-        burst = int(os.environ.get("MARKGUARD_BURST", "100"))
-        api_app.state.backend = Backend(engine=engine, embed=embed, limiter=RateLimiter(rate=rate, burst=burst))
+        limiter = RateLimiter(rate=SETTINGS.rate, burst=SETTINGS.burst)  # requests/s per key, per worker
+        api_app.state.backend = Backend(engine=engine, embed=embed, limiter=limiter)
         log.info("worker ready", extra={"fields": {"model": engine.model_tag, "ocr": self.ocr_on,
                                                    "index_size": engine.index_size, "batching": not naive}})
 

@@ -1,8 +1,11 @@
-"""Shared fixtures: real data from ../shared/data, a real model artifact, fresh state homes."""
+"""Shared fixtures: real data from ../shared/data, a real model artifact, fresh state homes, and a
+catalog on each backend (SQLite, and PostgreSQL when `MARKGUARD_TEST_DATABASE_URL` names a server)."""
 
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,10 +47,75 @@ def imagenet_embedder(imagenet_artifact):
     return imagenet_artifact.load_embedder()
 
 
+# -- catalog backends -------------------------------------------------------------------------
+# A test that uses `database_url` (directly or through `home_dir`) runs once per backend; mark it
+# `sqlite_only` when it measures something of SQLite's (file contents, memory) rather than the catalog,
+# `postgresql_only` when only a server can have it (several hosts on one catalog).
+BACKENDS = ("sqlite", "postgresql")
+TEST_DATABASE_URL = os.environ.get("MARKGUARD_TEST_DATABASE_URL")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "catalog_backend" in metafunc.fixturenames:
+        backends = list(BACKENDS)
+        if metafunc.definition.get_closest_marker("sqlite_only"):
+            backends = ["sqlite"]
+        elif metafunc.definition.get_closest_marker("postgresql_only"):
+            backends = ["postgresql"]
+        metafunc.parametrize("catalog_backend", backends, indirect=True)
+
+
 @pytest.fixture()
-def home_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh, empty state home; MARKGUARD_HOME points at it so commands need no --home."""
+def catalog_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def postgres_admin_url() -> str:
+    """The test server's URL; skips locally when none is configured, fails in CI (where .ci/run starts one)."""
+    reason = ("no PostgreSQL server for the catalog tests: set MARKGUARD_TEST_DATABASE_URL "
+              '(`eval "$(.ci/postgres start)"` starts one)')
+    if not TEST_DATABASE_URL:
+        if IN_CI:
+            pytest.fail(reason + "; CI must run them", pytrace=False)
+        pytest.skip(reason)
+    try:
+        import psycopg  # noqa: F401
+    except ModuleNotFoundError:
+        message = "the PostgreSQL driver is missing: pip install -e '.[postgres]'"
+        pytest.fail(message, pytrace=False) if IN_CI else pytest.skip(message)
+    return TEST_DATABASE_URL
+
+
+@pytest.fixture()
+def database_url(catalog_backend: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str | None]:
+    """MARKGUARD_DATABASE_URL for this test: unset (SQLite in the home), or a fresh PostgreSQL
+    database, created for the test and dropped after it."""
+    if catalog_backend == "sqlite":
+        monkeypatch.delenv("MARKGUARD_DATABASE_URL", raising=False)
+        yield None
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(postgres_admin_url())
+    name = f"mg_test_{uuid.uuid4().hex[:16]}"
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        url = admin.set(database=name).render_as_string(hide_password=False)
+        monkeypatch.setenv("MARKGUARD_DATABASE_URL", url)
+        yield url
+        with engine.connect() as connection:  # FORCE: a Home the test left open still holds connections
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture()
+def home_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str | None) -> Path:
+    """A fresh, empty state home on each catalog backend; MARKGUARD_HOME points at it so commands need no --home."""
     home = tmp_path / "home"
     monkeypatch.setenv("MARKGUARD_HOME", str(home))
-    monkeypatch.delenv("MARKGUARD_DATABASE_URL", raising=False)
     return home

@@ -45,12 +45,15 @@ def _val(grocery: Path, product: str, n: int = 1) -> list[Path]:
 
 def _state(home: Path) -> tuple[str, str]:
     """A fingerprint of catalog rows and the index manifest, to prove a failure changed nothing."""
-    import sqlite3
+    from sqlalchemy import text
 
-    con = sqlite3.connect(home / "catalog.sqlite")
-    rows = con.execute("SELECT id, brand_id, product_id, kind, sha256 FROM \"references\" ORDER BY id").fetchall()
-    rows += con.execute("SELECT id, name FROM products ORDER BY id").fetchall()
-    con.close()
+    from markguard.serving.state.home import Home
+
+    opened = Home(home)  # the catalog of MARKGUARD_DATABASE_URL, else the home's SQLite file
+    with opened.engine.connect() as con:
+        rows = [tuple(r) for r in con.execute(text('SELECT id, brand_id, product_id, kind, sha256 FROM "references" ORDER BY id'))]
+        rows += [tuple(r) for r in con.execute(text("SELECT id, name FROM products ORDER BY id"))]
+    opened.close()
     manifests = sorted((home / "index").glob("*/manifest.json"))
     return repr(rows), "".join(m.read_text() for m in manifests)
 
@@ -82,6 +85,7 @@ def test_score_contract(enrolled: Path, grocery: Path, capsys) -> None:
         assert result["matches"] == sorted(result["matches"], key=lambda m: -m["similarity"])
 
 
+@pytest.mark.sqlite_only  # the model's judgement, not the catalog's
 def test_claim_changes_the_judged_product(enrolled: Path, grocery: Path, capsys) -> None:
     photo = str(_val(grocery, MILK)[0])
     _, (true_claim,), _ = run(capsys, "score", photo, "--brand", "arla", "--product", "Arla-Standard-Milk", "--no-ocr")
@@ -94,6 +98,7 @@ def test_claim_changes_the_judged_product(enrolled: Path, grocery: Path, capsys)
     assert true_claim["signals"]["genuine_similarity"]["value"] != false_claim["signals"]["genuine_similarity"]["value"]
 
 
+@pytest.mark.sqlite_only  # the model's judgement, not the catalog's
 def test_scores_are_identical_in_a_new_process(enrolled: Path, grocery: Path, capsys) -> None:
     photo = str(_val(grocery, MILK)[0])
     _, (here,), _ = run(capsys, "score", photo, "--brand", "Arla", "--no-record")
@@ -193,6 +198,7 @@ def test_unknown_brand(enrolled: Path, grocery: Path, capsys) -> None:
     _assert_one_line_error(code, err, "unknown product 'Nope'")
 
 
+@pytest.mark.sqlite_only  # the scoring loop's error handling, not the catalog's
 def test_score_reports_each_bad_photo_and_scores_the_rest(enrolled: Path, grocery: Path, tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)

@@ -62,7 +62,11 @@ def resolve_model(ref: str, *, home: Path | None = None, bentoml_home: Path | No
     """An artifact from a folder path, a tag registered in a markguard home, or a BentoML model tag."""
     if Path(ref).is_dir():
         return load_artifact(ref)
-    home = Path(home or os.environ.get("MARKGUARD_HOME", ".markguard"))
+    if home is None:
+        from markguard.serving.settings import get_settings
+
+        home = get_settings().home
+    home = Path(home)
     for card in sorted((home / "models").glob("*/card.json")):
         artifact = load_artifact(card.parent)
         if artifact.tag == ref:

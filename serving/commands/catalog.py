@@ -14,6 +14,7 @@ from markguard.serving.brands import add_brand, get_brand, list_brands, summariz
 from markguard.serving.cli import add_home_argument
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Brand, Reference, ReferenceKind
+from markguard.serving.tables import print_table
 from markguard.vision.errors import MarkguardError
 
 __all__ = ["register"]
@@ -31,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_serial_arguments(p)
     add_home_argument(p)
     p.set_defaults(func=cmd_brand_add)
-    p = brand_sub.add_parser("list", help="list brands as JSON lines")
+    p = brand_sub.add_parser("list", help="list brands (a table; --json: JSON lines)")
+    p.add_argument("--json", action="store_true", help="one JSON object per brand, for scripts")
     add_home_argument(p)
     p.set_defaults(func=cmd_brand_list)
     p = brand_sub.add_parser("show", help="show one brand as JSON")
@@ -78,6 +80,8 @@ def _add_serial_arguments(p: argparse.ArgumentParser) -> None:
 
 def _apply_serial_arguments(brand: Brand, args: argparse.Namespace) -> None:
     if args.serial_pattern is not None:
+        if len(args.serial_pattern) > 500:  # the catalog's column; PostgreSQL enforces it
+            raise MarkguardError("--serial-pattern is longer than 500 characters")
         try:
             re.compile(args.serial_pattern)
         except re.error as exc:
@@ -111,9 +115,24 @@ def cmd_brand_add(args: argparse.Namespace) -> int:
 def cmd_brand_list(args: argparse.Namespace) -> int:
     home = Home(args.home)
     with home.sessions() as session:
-        for summary in list_brands(session):
+        summaries = list_brands(session)
+    if args.json:
+        for summary in summaries:
             _print(dataclasses.asdict(summary))
+        return 0
+    if not summaries:
+        print("no brands yet: markguard brand add NAME", file=sys.stderr)
+        return 0
+    rows = [[s.name, str(len(s.products)), str(s.genuine), str(s.counterfeit), _policy(s.review_at, s.takedown_at),
+             s.serial_pattern or "-"] for s in summaries]
+    print_table(["BRAND", "PRODUCTS", "GENUINE", "COUNTERFEIT", "REVIEW/TAKEDOWN AT", "SERIALS"], rows)
     return 0
+
+
+def _policy(review_at: float | None, takedown_at: float | None) -> str:
+    if review_at is None and takedown_at is None:
+        return "model's"
+    return "/".join("model's" if v is None else f"{v:g}" for v in (review_at, takedown_at))
 
 
 def cmd_brand_show(args: argparse.Namespace) -> int:

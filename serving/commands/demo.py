@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -19,12 +18,10 @@ from markguard.serving.cli import add_home_argument
 
 __all__ = ["register"]
 
-_DEFAULT_DATA = Path(os.environ.get("MARKGUARD_SHARED_DATA", "../shared/data"))
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="enroll the grocery demo catalog and print an API key")
-    p.add_argument("--data", type=Path, default=_DEFAULT_DATA, help="the shared data folder (default ../shared/data)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="the shared data folder (default: $MARKGUARD_DATA or ../shared/data)")
     p.add_argument("--no-key", action="store_true", help="do not create an API key")
     p.add_argument("--url", default="http://127.0.0.1:3000", help="where the service will listen (for the example)")
     add_home_argument(p)
@@ -37,9 +34,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from markguard.serving.enroll import collect_inputs, enroll
     from markguard.serving.keys import Role, create_key
     from markguard.serving.models import ensure_default_model
+    from markguard.serving.settings import get_settings
     from markguard.serving.state.home import Home
     from markguard.vision.errors import MarkguardError, NotFound
 
+    if args.data is None:
+        args.data = get_settings().data
     iconic = sorted((args.data / "grocery-packages" / "iconic" / "Packages").glob("*/*/*_Iconic.jpg"))
     if not iconic:
         raise MarkguardError(f"{args.data}: no grocery-packages/iconic images found (set --data)")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from markguard.serving.cli import add_home_argument
+from markguard.serving.tables import print_table
 
 __all__ = ["register"]
 
@@ -17,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init", help="register and promote the default model if the home has none")
     add_home_argument(p)
     p.set_defaults(func=cmd_init)
-    p = sub.add_parser("list", help="models as JSON lines")
+    p = sub.add_parser("list", help="the home's models (a table; --json: JSON lines with their metrics)")
+    p.add_argument("--json", action="store_true", help="one JSON object per model, metrics included, for scripts")
     add_home_argument(p)
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("register", help="copy an artifact folder into the home")
@@ -48,10 +51,26 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from markguard.serving.models import list_models
 
-    for row in list_models(_home(args)):
-        print(json.dumps({"tag": row.tag, "promoted": row.promoted, "created_at": row.created_at.isoformat(),
-                          "metrics": row.card.get("metrics", {})}, sort_keys=True))
+    rows = list_models(_home(args))
+    if args.json:
+        for row in rows:
+            print(json.dumps({"tag": row.tag, "promoted": row.promoted, "created_at": row.created_at.isoformat(),
+                              "metrics": row.card.get("metrics", {})}, sort_keys=True), flush=True)
+        return 0
+    if not rows:
+        print("no models yet: `markguard model init` registers the default one", file=sys.stderr)
+        return 0
+    table = [["*" if row.promoted else "", row.tag, row.created_at.strftime("%Y-%m-%d %H:%M"),
+              _headline(row.card.get("metrics", {}))] for row in rows]
+    print_table(["", "TAG", "REGISTERED (UTC)", "METRICS"], table)
     return 0
+
+
+def _headline(metrics: dict) -> str:  # type: ignore[type-arg]
+    """Each evaluated split's risk AUC (every metric: --json)."""
+    shown = [f"{split} risk AUC {m['risk_auc']:.3f}" for split, m in sorted(metrics.items())
+             if isinstance(m, dict) and isinstance(m.get("risk_auc"), float)]
+    return ", ".join(shown) or "-"
 
 
 def cmd_register(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@
     HOME/index/<model tag>/ FAISS index versions and their manifest (see vision.index)
     HOME/models/<tag>/      model artifacts
     HOME/write.lock         held by every writer, so concurrent enrolls queue instead of racing
+                            (on PostgreSQL also an advisory lock, for writers on other hosts)
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from markguard.serving.state.catalog import migrate, open_engine, session_factory
+from markguard.serving.state.catalog import WRITE_LOCK, advisory_lock, migrate, open_engine, session_factory
 from markguard.vision.atomic import atomic_write_bytes
-from markguard.vision.errors import IntegrityError
+from markguard.vision.errors import IntegrityError, MarkguardError
 
 __all__ = ["Home"]
 
@@ -35,10 +37,20 @@ class Home:
         self.root.mkdir(parents=True, exist_ok=True)
         for sub in ("blobs", "index", "models"):
             (self.root / sub).mkdir(exist_ok=True)
-        url = database_url or os.environ.get("MARKGUARD_DATABASE_URL") or f"sqlite:///{self.root / 'catalog.sqlite'}"
+        if database_url is None:
+            from markguard.serving.settings import get_settings
+
+            database_url = get_settings().database_url
+        url = database_url or f"sqlite:///{self.root / 'catalog.sqlite'}"
         self.engine: Engine = open_engine(url)
-        with self.write_lock():
-            migrate(self.engine)
+        try:
+            with self.write_lock():
+                migrate(self.engine)
+        except OperationalError as exc:
+            self.engine.dispose()
+            where = self.engine.url.render_as_string(hide_password=True)
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+            raise MarkguardError(f"cannot open the catalog database {where}: {reason}") from None
         self.sessions: sessionmaker[Session] = session_factory(self.engine)
 
     # -- paths ---------------------------------------------------------------------------------
@@ -55,7 +67,16 @@ class Home:
     # -- locking -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def write_lock(self) -> Iterator[None]:
-        """Serialise writers across processes (an enroll, a model promotion, a migration)."""
+        """Serialise writers across processes (an enroll, a model promotion, a migration).
+
+        The file lock covers this home's files (blobs, index); on PostgreSQL an advisory lock also
+        covers writers of the same catalog on other hosts.
+        """
+        with self._file_lock(), advisory_lock(self.engine, WRITE_LOCK):
+            yield
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
         with open(self.root / "write.lock", "a+b") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
@@ -88,7 +109,7 @@ class Home:
         """The per-home secret for keyed hashes, created on first use."""
         path = self.root / "secret.key"
         if not path.exists():
-            with self.write_lock():
+            with self._file_lock():
                 if not path.exists():
                     atomic_write_bytes(path, secrets.token_bytes(32), mode=0o600)
         return path.read_bytes()

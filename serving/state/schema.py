@@ -17,6 +17,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    TypeDecorator,
     UniqueConstraint,
     false,
 )
@@ -40,8 +41,36 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """A moment in UTC, read back timezone-aware on every backend.
+
+    PostgreSQL keeps the offset (`timestamptz`); SQLite stores text without one and returns naive
+    values, so they are stored in UTC and read back as UTC. Naive values are refused on the way in.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: catalog times must carry a timezone")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+# Row ids of tables that grow with traffic: 64-bit on PostgreSQL (migration 0003). SQLite's INTEGER
+# PRIMARY KEY is already 64-bit, and only a column declared exactly INTEGER autoincrements there.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON}
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, dt.datetime: UtcDateTime}
 
 
 class ReferenceKind(enum.StrEnum):
@@ -60,10 +89,10 @@ class Brand(Base):
     serial_checksum: Mapped[str] = mapped_column(String(40), default="none")
     review_at: Mapped[float | None] = mapped_column(Float)  # None: the model's calibrated threshold
     takedown_at: Mapped[float | None] = mapped_column(Float)
-    # a listing reviewed genuine becomes a genuine reference of the brand (migration 0003; off by default:
+    # a listing reviewed genuine becomes a genuine reference of the brand (migration 0004; off by default:
     # a brand decides what counts as its genuine look)
     genuine_from_reviews: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=_now)
 
     products: Mapped[list[Product]] = relationship(back_populates="brand", cascade="all, delete-orphan")
 
@@ -76,7 +105,7 @@ class Product(Base):
     brand_id: Mapped[int] = mapped_column(ForeignKey("brands.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
     key: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=_now)
 
     brand: Mapped[Brand] = relationship(back_populates="products")
 
@@ -95,7 +124,7 @@ class Reference(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     source: Mapped[str] = mapped_column(String(1000))  # the file name it was enrolled from
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=_now)
 
     brand: Mapped[Brand] = relationship()
     product: Mapped[Product | None] = relationship()
@@ -110,7 +139,7 @@ class ModelVersion(Base):
     weights_sha256: Mapped[str] = mapped_column(String(64))
     promoted: Mapped[bool] = mapped_column(Boolean, default=False)
     card: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=_now)
 
 
 class ApiKey(Base):
@@ -124,8 +153,8 @@ class ApiKey(Base):
     role: Mapped[str] = mapped_column(String(20))
     brand_id: Mapped[int | None] = mapped_column(ForeignKey("brands.id", ondelete="CASCADE"))
     label: Mapped[str] = mapped_column(String(200), default="")
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=_now)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
 
 
 class Listing(Base):
@@ -134,7 +163,7 @@ class Listing(Base):
     __tablename__ = "listings"
     __table_args__ = (Index("ix_listings_phash", "phash"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     listing_id: Mapped[str | None] = mapped_column(String(200), index=True)
     seller_id: Mapped[str | None] = mapped_column(String(200), index=True)
     brand_id: Mapped[int | None] = mapped_column(ForeignKey("brands.id", ondelete="SET NULL"))
@@ -144,14 +173,14 @@ class Listing(Base):
     decision: Mapped[str] = mapped_column(String(20))
     model_tag: Mapped[str] = mapped_column(String(200))
     result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    scored_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    scored_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=_now)
 
 
 class ListingSerial(Base):
     __tablename__ = "listing_serials"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    listing_row_id: Mapped[int] = mapped_column(ForeignKey("listings.id", ondelete="CASCADE"))
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    listing_row_id: Mapped[int] = mapped_column(BigId, ForeignKey("listings.id", ondelete="CASCADE"))
     brand_id: Mapped[int | None] = mapped_column(ForeignKey("brands.id", ondelete="SET NULL"))
     serial_hmac: Mapped[str] = mapped_column(String(64), index=True)
 

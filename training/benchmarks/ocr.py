@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import statistics
 import sys
 import time
@@ -25,12 +24,13 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from markguard.serving.settings import get_settings
 from markguard.vision.text import check_digit, match_wordmarks, serial_key
 
 __all__ = ["get_args_parser", "main", "FORMATS"]
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_DATA = Path(os.environ.get("MARKGUARD_SHARED_DATA", REPO.parent / "shared" / "data")) / "clothing"
+DEFAULT_DATA = get_settings().data / "clothing"
 
 # Registered formats: name → (pattern, checksum, how many payload digits, letter prefix length).
 FORMATS: dict[str, tuple[str, str, int, int]] = {
