@@ -13,7 +13,7 @@ import re
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
@@ -24,7 +24,8 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from markguard.serving.brands import add_brand, get_brand, summarize
+from markguard.serving.brands import add_brand, check_serial_pattern, check_wordmarks, get_brand, summarize
+from markguard.serving.caps import CAPS
 from markguard.serving.engine import ScoreRequest, ScoringEngine
 from markguard.serving.enroll import InputImage, collect_inputs, enroll
 from markguard.serving.keys import Principal, Role, authenticate, create_key
@@ -72,16 +73,20 @@ def local_embed(engine: ScoringEngine) -> Embed:
 
 
 # -- request bodies (documented in the OpenAPI schema) ---------------------------------------------
+Wordmark = Annotated[str, Field(min_length=1, max_length=CAPS.wordmark_chars)]
+
+
 class BrandIn(BaseModel):
-    name: str = Field(max_length=100)
-    wordmarks: list[str] | None = None
+    name: str = Field(min_length=1, max_length=CAPS.brand_name_chars)
+    wordmarks: list[Wordmark] | None = Field(None, min_length=1, max_length=CAPS.wordmarks)
 
 
 class PolicyIn(BaseModel):
     review_at: float | None = Field(None, ge=0, le=1)
     takedown_at: float | None = Field(None, ge=0, le=1)
-    wordmarks: list[str] | None = None
-    serial_pattern: str | None = Field(None, max_length=500)
+    wordmarks: list[Wordmark] | None = Field(None, min_length=1, max_length=CAPS.wordmarks)
+    serial_pattern: str | None = Field(None, max_length=CAPS.serial_pattern_chars,
+                                       description="full-match pattern, RE2 syntax (no backreferences or look-arounds)")
     serial_checksum: str | None = None
 
 
@@ -324,15 +329,15 @@ def build_app(backend: Backend | None = None) -> FastAPI:
         """Thresholds (`review_at` ≤ `takedown_at`, risks in [0, 1]), wordmarks, serial pattern and checksum."""
         name = brand_of(request, principal, brand)
         changes = body.model_dump(exclude_unset=True)
-        if "serial_pattern" in changes and changes["serial_pattern"]:
-            try:
-                re.compile(changes["serial_pattern"])
-            except re.error as exc:
-                raise ApiError(422, f"serial_pattern is not a regular expression: {exc}") from None
         if "serial_checksum" in changes and changes["serial_checksum"] not in (*CHECKSUMS, "none", None):
             raise ApiError(422, f"serial_checksum must be one of {sorted([*CHECKSUMS, 'none'])}")
-        if "wordmarks" in changes and (not changes["wordmarks"] or any(len(w) > 100 for w in changes["wordmarks"])):
-            raise ApiError(422, "wordmarks: 1 or more names of at most 100 characters")
+        try:
+            if "serial_pattern" in changes:
+                changes["serial_pattern"] = check_serial_pattern(changes["serial_pattern"])
+            if "wordmarks" in changes:
+                changes["wordmarks"] = check_wordmarks(changes["wordmarks"] or [])
+        except MarkguardError as exc:
+            raise ApiError(422, str(exc)) from None
         with be(request).home.sessions.begin() as session:
             row = get_brand(session, name)
             for key, value in changes.items():
