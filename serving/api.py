@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from markguard.serving.brands import add_brand, check_serial_pattern, check_wordmarks, get_brand, summarize
+from markguard.serving.budget import score_budget, upload_budget
 from markguard.serving.caps import CAPS
 from markguard.serving.engine import ScoreRequest, ScoringEngine
 from markguard.serving.enroll import InputImage, collect_inputs, enroll
@@ -198,6 +199,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
             sniff_format(data)
         except UnsupportedFormat as exc:
             raise ApiError(415, f"{what}: {exc}") from None
+        score_budget().charge_image(data, what)  # 413 before decoding when the request's photos are too many pixels
         return data
 
     async def form_of(request: Request) -> Any:
@@ -460,6 +462,7 @@ def _policy(row: Any) -> dict[str, Any]:
 async def _inputs(files: list[UploadFile]) -> list[InputImage]:
     """Uploaded images and zip archives → image bytes (archives expanded by the safe zip reader)."""
     out: list[InputImage] = []
+    budget = upload_budget()  # pixels and inflated bytes, charged from headers before anything is decoded
     for i, upload in enumerate(files):
         data = await upload.read(MAX_BYTES + 1)
         label = (upload.filename or f"file{i}")[-200:]
@@ -471,10 +474,13 @@ async def _inputs(files: list[UploadFile]) -> list[InputImage]:
                 path.write_bytes(data)
                 if not is_zip(path):
                     raise ApiError(415, f"{label}: not a zip archive")
+                budget.charge_archive(path, label)
                 try:
                     found = collect_inputs([path])
                 except MarkguardError as exc:
                     raise ApiError(422, f"{label}: {exc}") from None
+                for x in found:
+                    budget.charge_image(x.data, label, bytes_counted=True)
                 out.extend(InputImage(f"{label}!{x.label.split('!', 1)[-1]}", x.data) for x in found)
             continue
         try:
@@ -483,5 +489,6 @@ async def _inputs(files: list[UploadFile]) -> list[InputImage]:
             raise ApiError(415, f"{label}: not a JPEG, PNG or WebP image, nor a zip archive") from None
         except InvalidImage as exc:
             raise ApiError(422, f"{label}: {exc}") from None
+        budget.charge_image(data, label)
         out.append(InputImage(label, data))
     return out
