@@ -32,7 +32,7 @@ from markguard.serving.enroll import InputImage, collect_inputs, enroll
 from markguard.serving.keys import Principal, Role, authenticate, create_key
 from markguard.serving.limits import ApiError, RateLimiter, log, request_id_of
 from markguard.serving.limits import _BodyTooLarge as BodyTooLarge
-from markguard.serving.metrics import DECISIONS, INDEX_SIZE, LISTINGS_SCORED
+from markguard.serving.metrics import DECISIONS, INDEX_SIZE, LISTINGS_SCORED, install_metrics
 from markguard.serving.references import delete_references
 from markguard.serving.reviews import record_review
 from markguard.serving.state.schema import Reference, ReferenceKind
@@ -113,6 +113,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
     app = FastAPI(title="markguard", version="1", docs_url=None, redoc_url=None,
                   description="Scoring and management API. Every route needs `Authorization: Bearer <key>`.")
     app.state.backend = backend
+    install_metrics(app)  # `/metrics`, and request counts by route template
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -233,7 +234,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
             result = await run_in_threadpool(b.engine.finish, plan, vectors[start : start + len(plan.crops)])
             start += len(plan.crops)
             LISTINGS_SCORED.labels(route=route).inc()
-            DECISIONS.labels(brand=result.brand.name or "-", decision=result.decision.value).inc()
+            DECISIONS.labels(decision=result.decision.value).inc()
             out.append(result.to_dict())
         INDEX_SIZE.set(b.engine.index_size)
         return out

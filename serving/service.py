@@ -96,7 +96,9 @@ class Embedder:
 api_app = build_app()
 
 
-@bentoml.service(name="markguard", workers=WORKERS, traffic={"timeout": 120})
+# BentoML's HTTP metrics label by raw path (series without bound on a public route): ours, by route
+# template, and our `/metrics` replace them (markguard.serving.metrics)
+@bentoml.service(name="markguard", workers=WORKERS, traffic={"timeout": 120}, metrics={"enabled": False})
 @bentoml.asgi_app(api_app, path="/")
 class Markguard:
     embedder = bentoml.depends(Embedder)
