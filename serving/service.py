@@ -34,6 +34,7 @@ import bentoml
 import numpy as np
 
 from markguard.serving.api import Backend, build_app, local_embed
+from markguard.serving.lifecycle import die_with_parent
 from markguard.serving.limits import GuardMiddleware, RateLimiter, configure_logging, log
 
 __all__ = ["Markguard", "Embedder"]
@@ -77,6 +78,7 @@ class Embedder:
     def __init__(self) -> None:
         from markguard.serving.models import ensure_default_model
 
+        die_with_parent()  # no orphan when BentoML's process manager is killed (serving.lifecycle)
         _set_threads(EMBED_THREADS)
         artifact = ensure_default_model(_home())
         self.model = artifact.load_embedder(device="cpu", fuse=True)
@@ -107,6 +109,7 @@ class Markguard:
         from markguard.serving.engine import ScoringEngine
         from markguard.serving.metrics import INDEX_SIZE, OCR_SECONDS
 
+        die_with_parent()  # no orphan when BentoML's process manager is killed (serving.lifecycle)
         configure_logging()
         naive = os.environ.get("MARKGUARD_BATCHING", "1") == "0"
         # the naive baseline runs its forward passes here, one per request, side by side in threads
