@@ -27,7 +27,7 @@ class Caps:
     serials: int = 20_000_000  # genuine serials per brand (a file may not push the count past it)
     # per request
     score_pixels: int = 64_000_000  # decoded pixels of all photos of one /score, /score_batch or /embed
-    upload_pixels: int = 512_000_000  # decoded pixels of one reference upload (decoded one at a time)
+    upload_pixels: int = 200_000_000  # decoded pixels of one reference upload (decoded one at a time; bounds its time)
     upload_bytes: int = 128 * 1024**2  # image bytes of one reference upload, zip members inflated
 
     @classmethod

@@ -63,15 +63,18 @@ def route_label(scope: dict[str, Any]) -> str:
 
 
 class RouteMetrics:
-    """ASGI middleware: one count and one duration per request, labelled by route template."""
+    """ASGI middleware: one count and one duration per request, labelled by route template. The API app
+    has one (`install_metrics`); the service adds one outside BentoML's router too, so paths no route
+    serves are counted (as `unmatched`), and each request is counted once, by the outermost."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("markguard.counted"):  # counted by an outer RouteMetrics
             await self.app(scope, receive, send)
             return
+        scope["markguard.counted"] = True
         started, status = time.perf_counter(), 500
 
         async def send_counted(message: dict[str, Any]) -> None:

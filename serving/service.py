@@ -36,6 +36,7 @@ import numpy as np
 from markguard.serving.api import Backend, build_app, local_embed
 from markguard.serving.lifecycle import die_with_parent
 from markguard.serving.limits import GuardMiddleware, RateLimiter, configure_logging, log
+from markguard.serving.metrics import RouteMetrics
 
 __all__ = ["Markguard", "Embedder"]
 
@@ -144,3 +145,4 @@ class Markguard:
 
 
 Markguard.add_asgi_middleware(GuardMiddleware)
+Markguard.add_asgi_middleware(RouteMetrics)  # every request, BentoML's routes and unknown paths too
