@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from markguard.serving.brands import add_brand, check_serial_pattern, check_wordmarks, get_brand, summarize
-from markguard.serving.budget import score_budget, upload_budget
+from markguard.serving.budget import RequestBudgets, score_budget, upload_budget
 from markguard.serving.caps import CAPS
 from markguard.serving.engine import ScoreRequest, ScoringEngine
 from markguard.serving.enroll import InputImage, collect_inputs, enroll
@@ -114,6 +114,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
                   description="Scoring and management API. Every route needs `Authorization: Bearer <key>`.")
     app.state.backend = backend
     install_metrics(app)  # `/metrics`, and request counts by route template
+    app.add_middleware(RequestBudgets)  # decoded pixels per request and per process (serving.budget)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:

@@ -92,3 +92,23 @@ def test_image_size_reads_the_header_only():
     from markguard.vision.decode import image_size
 
     assert image_size(solid_png(7200, 5400)) == (7200, 5400)
+
+
+def test_the_process_pixel_pool_is_shared_and_given_back(attack_client, attack_home, monkeypatch):
+    from markguard.serving import budget
+
+    pool = budget.PixelPool(10_000_000)
+    monkeypatch.setattr(budget, "PROCESS_PIXELS", pool)
+    image = ("p.png", solid_png(3000, 2000))  # 6 MP
+    platform = attack_home.keys["platform"]
+    assert pool.take(5_000_000)  # held by another request in flight
+    r = call(attack_client, "POST", "/embed", platform, files={"image": image})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+    pool.give(5_000_000)
+    for _ in range(3):  # each request gives its share back when it ends, refused or not
+        assert call(attack_client, "POST", "/embed", platform, files={"image": image}).status_code == 200
+        assert pool.held == 0
+    r = call(attack_client, "POST", "/brands/Arla/references", attack_home.keys["arla"],
+             files=[("files", (f"{i}.png", solid_png(3000, 2000, (i, 2, 3)))) for i in range(3)])
+    assert r.status_code == 201, r.text  # 18 MP, but decoded one at a time: holds 6 MP of the pool
+    assert pool.held == 0
