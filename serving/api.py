@@ -13,7 +13,7 @@ import re
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
@@ -24,13 +24,15 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from markguard.serving.brands import add_brand, get_brand, summarize
+from markguard.serving.brands import add_brand, check_serial_pattern, check_wordmarks, get_brand, summarize
+from markguard.serving.budget import RequestBudgets, score_budget, upload_budget
+from markguard.serving.caps import CAPS
 from markguard.serving.engine import ScoreRequest, ScoringEngine
 from markguard.serving.enroll import InputImage, collect_inputs, enroll
 from markguard.serving.keys import Principal, Role, authenticate, create_key
 from markguard.serving.limits import ApiError, RateLimiter, log, request_id_of
 from markguard.serving.limits import _BodyTooLarge as BodyTooLarge
-from markguard.serving.metrics import DECISIONS, INDEX_SIZE, LISTINGS_SCORED
+from markguard.serving.metrics import DECISIONS, INDEX_SIZE, LISTINGS_SCORED, install_metrics
 from markguard.serving.references import delete_references
 from markguard.serving.reviews import MAX_REVIEWS_PAGE, list_reviews, record_review
 from markguard.serving.state.schema import Reference, ReferenceKind
@@ -72,16 +74,20 @@ def local_embed(engine: ScoringEngine) -> Embed:
 
 
 # -- request bodies (documented in the OpenAPI schema) ---------------------------------------------
+Wordmark = Annotated[str, Field(min_length=1, max_length=CAPS.wordmark_chars)]
+
+
 class BrandIn(BaseModel):
-    name: str = Field(max_length=100)
-    wordmarks: list[str] | None = None
+    name: str = Field(min_length=1, max_length=CAPS.brand_name_chars)
+    wordmarks: list[Wordmark] | None = Field(None, min_length=1, max_length=CAPS.wordmarks)
 
 
 class PolicyIn(BaseModel):
     review_at: float | None = Field(None, ge=0, le=1)
     takedown_at: float | None = Field(None, ge=0, le=1)
-    wordmarks: list[str] | None = None
-    serial_pattern: str | None = Field(None, max_length=500)
+    wordmarks: list[Wordmark] | None = Field(None, min_length=1, max_length=CAPS.wordmarks)
+    serial_pattern: str | None = Field(None, max_length=CAPS.serial_pattern_chars,
+                                       description="full-match pattern, RE2 syntax (no backreferences or look-arounds)")
     serial_checksum: str | None = None
     genuine_from_reviews: bool | None = None  # a listing reviewed genuine becomes a genuine reference
 
@@ -108,6 +114,8 @@ def build_app(backend: Backend | None = None) -> FastAPI:
     app = FastAPI(title="markguard", version="1", docs_url=None, redoc_url=None,
                   description="Scoring and management API. Every route needs `Authorization: Bearer <key>`.")
     app.state.backend = backend
+    install_metrics(app)  # `/metrics`, and request counts by route template
+    app.add_middleware(RequestBudgets)  # decoded pixels per request and per process (serving.budget)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -194,6 +202,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
             sniff_format(data)
         except UnsupportedFormat as exc:
             raise ApiError(415, f"{what}: {exc}") from None
+        score_budget().charge_image(data, what)  # 413 before decoding when the request's photos are too many pixels
         return data
 
     async def form_of(request: Request) -> Any:
@@ -226,7 +235,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
             result = await run_in_threadpool(b.engine.finish, plan, vectors[start : start + len(plan.crops)])
             start += len(plan.crops)
             LISTINGS_SCORED.labels(route=route).inc()
-            DECISIONS.labels(brand=result.brand.name or "-", decision=result.decision.value).inc()
+            DECISIONS.labels(decision=result.decision.value).inc()
             out.append(result.to_dict())
         INDEX_SIZE.set(b.engine.index_size)
         return out
@@ -324,15 +333,15 @@ def build_app(backend: Backend | None = None) -> FastAPI:
         """Thresholds (`review_at` ≤ `takedown_at`, risks in [0, 1]), wordmarks, serial pattern and checksum."""
         name = brand_of(request, principal, brand)
         changes = body.model_dump(exclude_unset=True)
-        if "serial_pattern" in changes and changes["serial_pattern"]:
-            try:
-                re.compile(changes["serial_pattern"])
-            except re.error as exc:
-                raise ApiError(422, f"serial_pattern is not a regular expression: {exc}") from None
         if "serial_checksum" in changes and changes["serial_checksum"] not in (*CHECKSUMS, "none", None):
             raise ApiError(422, f"serial_checksum must be one of {sorted([*CHECKSUMS, 'none'])}")
-        if "wordmarks" in changes and (not changes["wordmarks"] or any(len(w) > 100 for w in changes["wordmarks"])):
-            raise ApiError(422, "wordmarks: 1 or more names of at most 100 characters")
+        try:
+            if "serial_pattern" in changes:
+                changes["serial_pattern"] = check_serial_pattern(changes["serial_pattern"])
+            if "wordmarks" in changes:
+                changes["wordmarks"] = check_wordmarks(changes["wordmarks"] or [])
+        except MarkguardError as exc:
+            raise ApiError(422, str(exc)) from None
         with be(request).home.sessions.begin() as session:
             row = get_brand(session, name)
             for key, value in changes.items():
@@ -471,6 +480,7 @@ def _policy(row: Any) -> dict[str, Any]:
 async def _inputs(files: list[UploadFile]) -> list[InputImage]:
     """Uploaded images and zip archives → image bytes (archives expanded by the safe zip reader)."""
     out: list[InputImage] = []
+    budget = upload_budget()  # pixels and inflated bytes, charged from headers before anything is decoded
     for i, upload in enumerate(files):
         data = await upload.read(MAX_BYTES + 1)
         label = (upload.filename or f"file{i}")[-200:]
@@ -482,10 +492,13 @@ async def _inputs(files: list[UploadFile]) -> list[InputImage]:
                 path.write_bytes(data)
                 if not is_zip(path):
                     raise ApiError(415, f"{label}: not a zip archive")
+                budget.charge_archive(path, label)
                 try:
                     found = collect_inputs([path])
                 except MarkguardError as exc:
                     raise ApiError(422, f"{label}: {exc}") from None
+                for x in found:
+                    budget.charge_image(x.data, label, bytes_counted=True)
                 out.extend(InputImage(f"{label}!{x.label.split('!', 1)[-1]}", x.data) for x in found)
             continue
         try:
@@ -494,5 +507,6 @@ async def _inputs(files: list[UploadFile]) -> list[InputImage]:
             raise ApiError(415, f"{label}: not a JPEG, PNG or WebP image, nor a zip archive") from None
         except InvalidImage as exc:
             raise ApiError(422, f"{label}: {exc}") from None
+        budget.charge_image(data, label)
         out.append(InputImage(label, data))
     return out

@@ -16,6 +16,7 @@ import numpy as np
 from sqlalchemy import select
 
 from markguard.serving.brands import get_brand, get_or_create_product
+from markguard.serving.caps import CAPS
 from markguard.serving.indexing import add_references, load_or_new
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Reference, ReferenceKind
@@ -23,6 +24,7 @@ from markguard.vision.archive import IMAGE_SUFFIXES, is_zip, iter_zip_images
 from markguard.vision.artifact import ModelArtifact
 from markguard.vision.decode import MAX_BYTES, decode_image
 from markguard.vision.embed import Embedder, embed_images
+from markguard.vision.embed.preprocess import resize_square
 from markguard.vision.errors import ImageError, MarkguardError
 
 __all__ = ["InputImage", "collect_inputs", "enroll", "EnrollReport"]
@@ -85,11 +87,15 @@ def enroll(
     report = EnrollReport()
     with home.sessions() as session:
         get_brand(session, brand)  # unknown brand: fail before decoding anything
+    # one image decoded at a time and shrunk at once to the embedder's input (what `embed_images` would
+    # do first, so the vectors are the same): a large upload never holds more than one full-size image
     decoded: list[tuple[InputImage, np.ndarray, str]] = []
+    sizes: dict[str, tuple[int, int]] = {}  # sha256 → (width, height) as uploaded
     seen: set[str] = set()
     for item in inputs:
         try:
-            pixels = decode_image(item.data)
+            full = decode_image(item.data)
+            pixels = resize_square(full, model.config.input_size)
         except ImageError as exc:
             if not skip_bad:
                 raise MarkguardError(f"{item.label}: {exc}") from None
@@ -100,6 +106,8 @@ def enroll(
             report.duplicates.append(item.label)
             continue
         seen.add(digest)
+        sizes[digest] = (int(full.shape[1]), int(full.shape[0]))
+        del full
         decoded.append((item, pixels, digest))
 
     with home.write_lock(), home.sessions() as session:
@@ -109,10 +117,12 @@ def enroll(
         report.duplicates.extend(d[0].label for d in decoded if d[2] in existing)
         if not fresh:
             return report
+        if len(existing) + len(fresh) > CAPS.references:
+            raise MarkguardError(f"brand {brand_row.name!r} would hold more than {CAPS.references} references, the cap")
         vectors = embed_images(model, [d[1] for d in fresh], progress=progress)
         product_row = get_or_create_product(session, brand_row, product) if product else None
         rows = []
-        for item, pixels, digest in fresh:
+        for item, _, digest in fresh:
             home.put_blob(item.data)
             rows.append(
                 Reference(
@@ -120,8 +130,8 @@ def enroll(
                     product_id=product_row.id if product_row else None,
                     kind=kind,
                     sha256=digest,
-                    width=int(pixels.shape[1]),
-                    height=int(pixels.shape[0]),
+                    width=sizes[digest][0],
+                    height=sizes[digest][1],
                     source=item.label[-1000:],
                 )
             )

@@ -11,7 +11,6 @@ import csv
 import dataclasses
 import hmac
 import os
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -22,10 +21,12 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from markguard.serving.brands import get_brand
+from markguard.serving.caps import CAPS
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import GenuineSerial, Listing, ListingSerial
 from markguard.vision.errors import MarkguardError
 from markguard.vision.evidence import OcrEvidence, SerialRecord
+from markguard.vision.patterns import PatternError, SerialPattern, compile_pattern
 from markguard.vision.text import serial_key
 
 __all__ = [
@@ -123,13 +124,17 @@ def import_serials(
             row = get_brand(session, brand)
             brand_id, brand_name, pattern = row.id, row.name, row.serial_pattern
             before = _registered(session, brand_id)
-        regex = re.compile(pattern) if pattern else None
+        regex = _pattern_or_none(pattern)
+        room = CAPS.serials - before  # serials this brand may still register (duplicates counted: a bound)
         read = mismatched = 0
         bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="serials", disable=not progress)
         with bar:
             chunk: set[str] = set()
             for text in _serials(path, bar):
                 read += 1
+                if read > room:
+                    raise MarkguardError(f"brand {brand_name!r} would hold more than {CAPS.serials} serials "
+                                         f"(the cap; {before} registered)")
                 if regex is not None and not (regex.fullmatch(text) or regex.fullmatch(text.upper())):
                     mismatched += 1
                 key = serial_key(text)
@@ -148,6 +153,14 @@ def import_serials(
         format_mismatch=mismatched,
         elapsed_s=round(time.perf_counter() - started, 2),
     )
+
+
+def _pattern_or_none(pattern: str | None) -> SerialPattern | None:
+    """The brand's pattern on RE2; one stored before RE2 checked patterns is not used to count mismatches."""
+    try:
+        return compile_pattern(pattern, max_chars=4096) if pattern else None
+    except PatternError:
+        return None
 
 
 def _flush(home: Home, brand_id: int, chunk: set[str]) -> None:

@@ -34,7 +34,9 @@ import bentoml
 import numpy as np
 
 from markguard.serving.api import Backend, build_app, local_embed
+from markguard.serving.lifecycle import die_with_parent
 from markguard.serving.limits import GuardMiddleware, RateLimiter, configure_logging, log
+from markguard.serving.metrics import RouteMetrics
 from markguard.serving.settings import get_settings
 
 __all__ = ["Markguard", "Embedder"]
@@ -72,6 +74,7 @@ class Embedder:
     def __init__(self) -> None:
         from markguard.serving.models import ensure_default_model
 
+        die_with_parent()  # no orphan when BentoML's process manager is killed (serving.lifecycle)
         _set_threads(EMBED_THREADS)
         artifact = ensure_default_model(_home())
         self.model = artifact.load_embedder(device="cpu", fuse=True)
@@ -91,7 +94,9 @@ class Embedder:
 api_app = build_app()
 
 
-@bentoml.service(name="markguard", workers=WORKERS, traffic={"timeout": 120})
+# BentoML's HTTP metrics label by raw path (series without bound on a public route): ours, by route
+# template, and our `/metrics` replace them (markguard.serving.metrics)
+@bentoml.service(name="markguard", workers=WORKERS, traffic={"timeout": 120}, metrics={"enabled": False})
 @bentoml.asgi_app(api_app, path="/")
 class Markguard:
     embedder = bentoml.depends(Embedder)
@@ -100,6 +105,7 @@ class Markguard:
         from markguard.serving.engine import ScoringEngine
         from markguard.serving.metrics import INDEX_SIZE, OCR_SECONDS
 
+        die_with_parent()  # no orphan when BentoML's process manager is killed (serving.lifecycle)
         configure_logging()
         naive = not SETTINGS.batching
         # the naive baseline runs its forward passes here, one per request, side by side in threads
@@ -133,3 +139,4 @@ class Markguard:
 
 
 Markguard.add_asgi_middleware(GuardMiddleware)
+Markguard.add_asgi_middleware(RouteMetrics)  # every request, BentoML's routes and unknown paths too

@@ -1,9 +1,12 @@
 """Reading images out of zip archives without trusting the archive.
 
 Nothing is extracted to disk and no path from the archive is ever used to write; member names are
-only labels. Member count and the total uncompressed size are capped before any member is inflated,
-each member's size and compression ratio before it is (zip bombs), and a member is read at most one
-byte past the size its header declares, so a lying header is caught, never trusted.
+only labels. Member count, the total uncompressed size and the members' layout are checked before
+any member is inflated: each central-directory entry must point at its own local header and data,
+none overlapping another's or the directory (a directory listing one compressed member thousands of
+times is a small file that inflates to gigabytes). Each member's size and compression ratio are
+checked before it is inflated (zip bombs), and a member is read at most one byte past the size its
+header declares, so a lying header is caught, never trusted.
 
 Two callers, two policies on the same checks:
 - `iter_zip_images` (reference uploads) refuses the whole archive on the first unsafe member, since
@@ -16,7 +19,9 @@ Two callers, two policies on the same checks:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import stat
+import struct
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -68,10 +73,39 @@ def open_zip(path: str | Path, limits: ArchiveLimits) -> zipfile.ZipFile:
         why = f"{len(infos)} members, over the cap of {limits.max_members}"
     elif total > limits.max_total_bytes:
         why = f"would unpack to {total} bytes, over the cap of {limits.max_total_bytes} (zip bomb?)"
+    else:
+        why = _layout_problem(path, infos, archive.start_dir)
     if why is not None:
         archive.close()
         raise ArchiveError(f"{path}: {why}")
     return archive
+
+
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, (version … sizes), name length, extra length
+
+
+def _layout_problem(path: str | Path, infos: list[zipfile.ZipInfo], directory_at: int) -> str | None:
+    """Why the members' stored bytes cannot be trusted, or None: each entry's local header must be where
+    the directory says, and each member's [local header, end of its compressed data) must lie before
+    the central directory and overlap no other member's (an overlapping or repeated entry is the
+    small-file zip bomb, whatever the member's own ratio)."""
+    spans = []
+    with open(path, "rb") as fh:
+        for info in infos:
+            fh.seek(info.header_offset)
+            raw = fh.read(_LOCAL_HEADER.size)
+            if len(raw) < _LOCAL_HEADER.size or raw[:4] != b"PK\x03\x04":
+                return f"member {info.filename[:100]!r}: no local header where the directory points"
+            _, name_len, extra_len = _LOCAL_HEADER.unpack(raw)
+            end = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len + info.compress_size
+            if end > directory_at:
+                return f"member {info.filename[:100]!r} runs into the central directory"
+            spans.append((info.header_offset, end, info.filename))
+    spans.sort()
+    for (_, end, name), (start, _, other) in itertools.pairwise(spans):
+        if start < end:
+            return f"members {name[:100]!r} and {other[:100]!r} overlap (zip bomb?)"
+    return None
 
 
 def member_problem(info: zipfile.ZipInfo, limits: ArchiveLimits) -> str | None:

@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from markguard.vision.errors import ImageTooLarge, InvalidImage, UnsupportedFormat
 
-__all__ = ["ImageFormat", "sniff_format", "decode_image", "read_image", "MAX_PIXELS", "MAX_BYTES"]
+__all__ = ["ImageFormat", "sniff_format", "image_size", "decode_image", "read_image", "MAX_PIXELS", "MAX_BYTES"]
 
 MAX_PIXELS = 40_000_000  # 40 MP: larger than any phone photo, far below a bomb's billions
 MAX_BYTES = 32 * 1024 * 1024  # 32 MiB of encoded data
@@ -46,6 +46,20 @@ def sniff_format(data: bytes) -> ImageFormat:
     raise UnsupportedFormat("not a JPEG, PNG or WebP image")
 
 
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the header alone, no pixel decoded: what decoding `data` would cost."""
+    fmt = sniff_format(data)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=[fmt.value]) as img:
+                return img.size
+    except Image.DecompressionBombError:
+        raise ImageTooLarge("image exceeds the pixel limit (decompression bomb?)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidImage(f"corrupt {fmt.value} data ({_short(exc)})") from None
+
+
 def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> np.ndarray:
     """Decode `data` into an (H, W, 3) uint8 RGB array, upright per its EXIF orientation."""
     if len(data) > max_bytes:
@@ -61,7 +75,7 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_bytes: int = 
                 if width * height > max_pixels:
                     raise ImageTooLarge(f"{width}x{height} pixels exceeds the {max_pixels}-pixel limit")
                 img.load()
-                img = ImageOps.exif_transpose(img)
+                ImageOps.exif_transpose(img, in_place=True)  # no second full-size copy when upright
                 return _to_rgb(img)
     except (ImageTooLarge, InvalidImage):
         raise
@@ -87,12 +101,23 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS, ma
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:
+    """RGB uint8 with as few full-size copies as possible (a 40 MP photo is 120 MB a copy): no conversion
+    of an image already RGB, and transparency laid on white in bands of rows."""
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba)
-    rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        return _on_white(np.asarray(img if img.mode == "RGBA" else img.convert("RGBA")))
+    rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
     return np.ascontiguousarray(rgb)
+
+
+def _on_white(rgba: np.ndarray, *, rows: int = 256) -> np.ndarray:
+    """Pillow's `alpha_composite` over opaque white, bit for bit (its fixed-point rounding), band by band."""
+    out = np.empty((*rgba.shape[:2], 3), dtype=np.uint8)
+    for y in range(0, rgba.shape[0], rows):
+        band = rgba[y : y + rows]
+        alpha = band[..., 3:4].astype(np.uint32)
+        mixed = (band[..., :3].astype(np.uint32) * alpha + 255 * (255 - alpha)) * 128 + (0x80 << 7)
+        out[y : y + rows] = ((((mixed >> 8) + mixed) >> 8) >> 7).astype(np.uint8)
+    return out
 
 
 def _short(exc: BaseException) -> str:

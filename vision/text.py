@@ -17,6 +17,8 @@ import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from markguard.vision.patterns import PatternError, SerialPattern, compile_pattern
+
 __all__ = [
     "WordmarkMatch",
     "WordmarkHit",
@@ -212,6 +214,7 @@ _ALTERNATES = {k: tuple(v) for k, v in _TO_DIGIT.items()} | {k: tuple(v) for k, 
 _SPLIT = re.compile(r"[\s:;,|]+")
 _NOT_ALNUM = re.compile(r"[^0-9A-Za-z]+")
 _MAX_TRIES = 20_000  # regex full-matches per candidate: bounds the substitution search
+_MAX_STORED_PATTERN = 4096  # characters: new patterns are capped lower when set (serving.caps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,9 +232,9 @@ def serial_key(text: str) -> str:
     return _NOT_ALNUM.sub("", text).upper()
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+def _compiled(pattern: str) -> SerialPattern:
+    """The brand's pattern on RE2 (linear-time matching: a tenant's pattern cannot stall a worker)."""
+    return compile_pattern(pattern, max_chars=_MAX_STORED_PATTERN)
 
 
 @functools.lru_cache(maxsize=64)
@@ -364,6 +367,11 @@ def extract_serials(
     `format_ok=False` (an impossible format is evidence too). Without a pattern, serial-like words
     are reported as read with `format_ok=None`.
     """
+    if pattern:
+        try:
+            _compiled(pattern)
+        except PatternError:  # stored before patterns were checked by RE2: judged as no pattern
+            pattern = None
     out: dict[str, SerialCandidate] = {}
     for line_no, line in enumerate(texts):
         words = [w for w in _SPLIT.split(line) if w]

@@ -5,12 +5,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import sys
 
 from sqlalchemy import select
 
-from markguard.serving.brands import add_brand, get_brand, list_brands, summarize
+from markguard.serving.brands import (
+    add_brand,
+    check_serial_pattern,
+    check_wordmarks,
+    get_brand,
+    list_brands,
+    summarize,
+)
 from markguard.serving.cli import add_home_argument
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Brand, Reference, ReferenceKind
@@ -74,7 +80,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_serial_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--serial-pattern", metavar="REGEX", help="the full-match pattern of the brand's genuine serials")
+    p.add_argument("--serial-pattern", metavar="REGEX", help="the full-match pattern of the brand's genuine serials (RE2 syntax: no backreferences or "
+                        "look-arounds; '' clears it)")
     p.add_argument("--serial-checksum", choices=SERIAL_CHECKSUMS, help="check digit over the serial's digits")
 
 
@@ -83,10 +90,9 @@ def _apply_serial_arguments(brand: Brand, args: argparse.Namespace) -> None:
         if len(args.serial_pattern) > 500:  # the catalog's column; PostgreSQL enforces it
             raise MarkguardError("--serial-pattern is longer than 500 characters")
         try:
-            re.compile(args.serial_pattern)
-        except re.error as exc:
-            raise MarkguardError(f"--serial-pattern is not a valid regular expression: {exc}") from None
-        brand.serial_pattern = args.serial_pattern or None
+            brand.serial_pattern = check_serial_pattern(args.serial_pattern)
+        except MarkguardError as exc:
+            raise MarkguardError(f"--serial-pattern: {exc}") from None
     if args.serial_checksum is not None:
         brand.serial_checksum = args.serial_checksum
 
@@ -147,7 +153,7 @@ def cmd_brand_update(args: argparse.Namespace) -> int:
     with home.write_lock(), home.sessions.begin() as session:
         brand = get_brand(session, args.name)
         if args.wordmark is not None:
-            brand.wordmarks = list(args.wordmark)
+            brand.wordmarks = check_wordmarks(args.wordmark)
         review = args.review_at if args.review_at is not None else brand.review_at
         takedown = args.takedown_at if args.takedown_at is not None else brand.takedown_at
         if review is not None and takedown is not None and review > takedown:

@@ -7,6 +7,7 @@ import os
 import sys
 
 from markguard.serving.cli import add_home_argument
+from markguard.serving.lifecycle import supervise
 
 __all__ = ["register"]
 
@@ -20,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--embed-workers", type=int, default=None,
                    help="embedder processes behind adaptive batching (default: MARKGUARD_EMBED_WORKERS, else one per "
                         "core up to 4), each with MARKGUARD_EMBED_THREADS threads (default: cores / processes)")
+    p.add_argument("--stop-timeout", type=float, default=float(os.environ.get("MARKGUARD_STOP_TIMEOUT", "30")),
+                   help="seconds a SIGTERM/SIGINT leaves in-flight requests before every process of the server is "
+                        "killed (default: MARKGUARD_STOP_TIMEOUT or 30)")
     add_home_argument(p)
     p.set_defaults(func=cmd_serve)
 
@@ -38,5 +42,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("BENTOML_HOME", str(home.root / "bentoml"))
     argv = [sys.executable, "-m", "bentoml", "serve", "markguard.serving.service:Markguard",
             "--host", args.host, "--port", str(args.port)]
-    os.execv(sys.executable, argv)  # replaces this process: signals reach the server directly
-    return 0  # pragma: no cover
+    # a child tied to this process, not an exec: killed with it, and killed after --stop-timeout on a stop
+    return supervise(argv, stop_timeout=max(0.0, args.stop_timeout))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,25 @@ def api_home(tmp_path_factory: pytest.TempPathFactory, grocery: Path) -> ApiHome
     photos = sorted((grocery / "train").rglob("Oatly-*.jpg"))[:2] + sorted((grocery / "train").rglob("Arla-*.jpg"))[:1]
     home.close()
     return ApiHome(root, keys, refs, photos)
+
+
+# -- the attack tests: a private copy of the home (attacks change brands and policies) -----------------
+@pytest.fixture(scope="module")
+def attack_home(api_home, tmp_path_factory):
+    root = tmp_path_factory.mktemp("attack") / "home"
+    shutil.copytree(api_home.root, root, ignore=shutil.ignore_patterns("bentoml", "*.lock"))
+    return dataclasses.replace(api_home, root=root)
+
+
+@pytest.fixture(scope="module")
+def attack_client(attack_home):
+    from starlette.testclient import TestClient
+
+    from markguard.serving.api import Backend, build_app, local_embed
+    from markguard.serving.engine import ScoringEngine
+    from markguard.serving.limits import GuardMiddleware, RateLimiter
+    from markguard.serving.state.home import Home
+
+    engine = ScoringEngine(Home(attack_home.root), ocr=False)
+    backend = Backend(engine=engine, embed=local_embed(engine), limiter=RateLimiter(rate=1000.0, burst=1000))
+    return TestClient(GuardMiddleware(build_app(backend)), raise_server_exceptions=False)
