@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from markguard.serving.brands import get_brand, get_product
-from markguard.serving.indexing import sync_index
+from markguard.serving.indexing import reconcile
 from markguard.serving.models import OCR_PRIORS, ensure_default_model
 from markguard.serving.serials import ocr_evidence, record_serials, serials_to_record
 from markguard.serving.state.home import Home
@@ -29,7 +29,7 @@ from markguard.serving.state.schema import Brand, Listing, Product, Reference
 from markguard.vision.decode import decode_image
 from markguard.vision.embed import embed_images
 from markguard.vision.geometry import LocalFeatures, extract_features, match_features
-from markguard.vision.index import KIND_CODES, ReferenceIndex, read_manifest
+from markguard.vision.index import KIND_CODES, ReferenceIndex
 from markguard.vision.ocr import OcrEngine, OcrLine, shared_ocr_engine
 from markguard.vision.phash import hamming_many, phash
 from markguard.vision.regions import Region, region_crops
@@ -54,6 +54,7 @@ _RERANK = 5  # an unclaimed photo's nearest genuine references re-ranked by geom
 _DUPLICATE_BITS = 8  # re-encoded, resized or 2%-cropped copies measured ≤ 10 bits apart; distinct photos ≥ 10, 1st percentile 20
 _FEATURE_CACHE = 2048  # reference feature sets kept in memory
 _OCR_CACHE = 256  # photos whose OCR lines are kept (keyed by content hash)
+_MAX_DUPLICATES = 20  # earlier listings named in a score's `duplicates` (the newest)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +112,7 @@ class ScoringEngine:
         self.ocr_budget_ms = ocr_budget_ms
         self.on_ocr_seconds = on_ocr_seconds
         self.max_regions = self.artifact.max_regions
-        self.index: ReferenceIndex = sync_index(home, self.artifact, self.model)
+        self.index: ReferenceIndex = reconcile(home, self.artifact, self.model)  # rebuilt if it lags the catalog
         self._features: OrderedDict[int, LocalFeatures] = OrderedDict()
         self._ocr_cache: OrderedDict[str, list[OcrLine]] = OrderedDict()
         self._hashes = np.empty(0, dtype=np.int64)
@@ -128,10 +129,9 @@ class ScoringEngine:
         return len(self.index)
 
     def refresh(self) -> None:
-        """Reload the index if another process saved a newer version."""
-        manifest = read_manifest(self.home.index_dir(self.model_tag))
-        if manifest is not None and manifest["version"] != self.index.version:
-            self.index = ReferenceIndex.load(self.home.index_dir(self.model_tag))
+        """Follow the catalog: keep the index when it reflects the catalog (one aggregate query), else load
+        the saved version that does, else rebuild it from the catalog (a writer died after its commit)."""
+        self.index = reconcile(self.home, self.artifact, self.model, self.index)
 
     # -- the three steps ---------------------------------------------------------------------------
     def plan(self, request: ScoreRequest) -> ScorePlan:
@@ -324,17 +324,24 @@ class ScoringEngine:
         return features
 
     def _duplicates(self, session: Session, plan: ScorePlan) -> list[dict]:
-        """Earlier listings that showed the same photo, or a near copy, under another listing id."""
+        """Earlier listings that showed the same photo, or a near copy, under another listing id: the
+        `_MAX_DUPLICATES` newest, oldest first (a photo listed thousands of times stays a small answer)."""
         self._load_hashes(session)
         if not self._hashes.size:
             return []
         query = phash(plan.image)
         close = np.nonzero(hamming_many(query, self._hashes) <= _DUPLICATE_BITS)[0]
-        rows = session.scalars(select(Listing).where(Listing.id.in_(self._hash_rows[close].tolist()))).all()
+        candidates = sorted(self._hash_rows[close].tolist(), reverse=True)  # newest first
+        rows: list[Listing] = []
+        for start in range(0, len(candidates), 500):
+            for row in session.scalars(select(Listing).where(Listing.id.in_(candidates[start : start + 500]))
+                                       .order_by(Listing.id.desc())):
+                if plan.request.listing is None or row.listing_id != plan.request.listing:  # itself is not reuse
+                    rows.append(row)
+            if len(rows) >= _MAX_DUPLICATES:
+                break
         out = []
-        for row in sorted(rows, key=lambda r: r.id):
-            if plan.request.listing is not None and row.listing_id == plan.request.listing:
-                continue  # the same listing scored again is not reuse
+        for row in sorted(rows[:_MAX_DUPLICATES], key=lambda r: r.id):
             out.append({"listing_id": row.listing_id, "seller_id": row.seller_id,
                         "distance": int(hamming_many(query, np.array([row.phash], np.int64))[0]),
                         "scored_at": row.scored_at.isoformat()})

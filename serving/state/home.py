@@ -6,6 +6,10 @@
     HOME/index/<model tag>/ FAISS index versions and their manifest (see vision.index)
     HOME/models/<tag>/      model artifacts
     HOME/write.lock         held by every writer, so concurrent enrolls queue instead of racing
+
+A home is private to the account that runs markguard: folders 0700, files 0600 (the catalog holds
+keyed hashes and key hashes, the blobs are brands' unreleased images). An existing home is tightened
+when opened.
 """
 
 from __future__ import annotations
@@ -32,10 +36,17 @@ __all__ = ["Home"]
 class Home:
     def __init__(self, root: str | os.PathLike[str], *, database_url: str | None = None) -> None:
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        _private(self.root, _DIR_MODE)
         for sub in ("blobs", "index", "models"):
-            (self.root / sub).mkdir(exist_ok=True)
+            (self.root / sub).mkdir(mode=_DIR_MODE, exist_ok=True)
+            _private(self.root / sub, _DIR_MODE)
         url = database_url or os.environ.get("MARKGUARD_DATABASE_URL") or f"sqlite:///{self.root / 'catalog.sqlite'}"
+        if url.startswith("sqlite:///") and url == f"sqlite:///{self.root / 'catalog.sqlite'}":
+            for name in ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"):
+                if name == "catalog.sqlite" or (self.root / name).exists():  # SQLite gives -wal/-shm the db's mode
+                    os.close(os.open(self.root / name, os.O_RDWR | os.O_CREAT, _FILE_MODE))
+                    _private(self.root / name, _FILE_MODE)
         self.engine: Engine = open_engine(url)
         with self.write_lock():
             migrate(self.engine)
@@ -56,7 +67,7 @@ class Home:
     @contextlib.contextmanager
     def write_lock(self) -> Iterator[None]:
         """Serialise writers across processes (an enroll, a model promotion, a migration)."""
-        with open(self.root / "write.lock", "a+b") as fh:
+        with os.fdopen(os.open(self.root / "write.lock", os.O_RDWR | os.O_CREAT, _FILE_MODE), "r+b") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
                 yield
@@ -72,9 +83,11 @@ class Home:
     def put_blob(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
         path = self.blob_path(digest)
-        if not path.exists():
-            path.parent.mkdir(exist_ok=True)
-            atomic_write_bytes(path, data)
+        if path.exists():
+            os.utime(path)  # young again: the sweeper leaves a blob alone while a writer is about to name it
+        else:
+            path.parent.mkdir(mode=_DIR_MODE, exist_ok=True)
+            atomic_write_bytes(path, data, mode=_FILE_MODE)
         return digest
 
     def get_blob(self, sha256: str) -> bytes:
@@ -98,6 +111,19 @@ class Home:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+
+
+def _private(path: Path, mode: int) -> None:
+    """Tighten `path` to `mode` when this account owns it (a shared, read-only home is left as it is)."""
+    try:
+        if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o777 != mode:
+            os.chmod(path, mode)
+    except OSError:
+        pass
 
 
 def _safe_name(name: str) -> str:
