@@ -32,6 +32,7 @@ from markguard.vision.index import KIND_CODES, ReferenceIndex, read_manifest
 __all__ = ["load_or_new", "sync_index", "add_references", "catalog_state", "reconcile", "commit_then_index"]
 
 log = logging.getLogger("markguard.serving")
+LOCK_WAIT_S = 10.0  # seconds a reader waits for a writer before repairing its index in memory only
 
 
 def load_or_new(home: Home, artifact: ModelArtifact) -> ReferenceIndex:
@@ -62,11 +63,21 @@ def catalog_state(session: Session) -> list:
     return [int(count), int(total), int(top or 0), _timestamp(newest)]
 
 
+def _state_of(refs: Sequence[Reference]) -> list:
+    """`catalog_state` of rows already read (the same snapshot as the rows, whatever the isolation level)."""
+    newest = max((r.created_at for r in refs if r.created_at is not None), default=None)
+    return [len(refs), sum(r.id for r in refs), max((r.id for r in refs), default=0), _timestamp(newest)]
+
+
 def reconcile(
-    home: Home, artifact: ModelArtifact, model: Embedder, current: ReferenceIndex | None = None
+    home: Home, artifact: ModelArtifact, model: Embedder, current: ReferenceIndex | None = None,
+    *, lock_wait_s: float = LOCK_WAIT_S,
 ) -> ReferenceIndex:
     """The index of `artifact` as the catalog stands now: `current` when it reflects the catalog, else
-    the saved version when that does, else one rebuilt from the catalog (under the write lock)."""
+    the saved version when that does, else one rebuilt from the catalog (`sync_index`).
+
+    A reader waits at most `lock_wait_s` for a writer (whose index save follows its commit at once);
+    past that it repairs in memory and leaves the save to the writer."""
     with home.sessions() as session:
         state = catalog_state(session)
     if current is not None and current.extra.get("catalog") == state:
@@ -80,18 +91,21 @@ def reconcile(
                 return index
     except (IntegrityError, OSError, ValueError) as exc:
         log.warning("index unreadable, rebuilding it from the catalog", extra={"fields": {"error": str(exc)}})
-    return sync_index(home, artifact, model)
+    return sync_index(home, artifact, model, lock_wait_s=lock_wait_s)
 
 
-def sync_index(home: Home, artifact: ModelArtifact, model: Embedder, *, batch_size: int = 32) -> ReferenceIndex:
+def sync_index(
+    home: Home, artifact: ModelArtifact, model: Embedder, *, batch_size: int = 32, lock_wait_s: float | None = None
+) -> ReferenceIndex:
     """Bring the index of `artifact` in line with the catalog and save it with the catalog's state.
 
     Drops vectors the catalog lacks, or whose row differs (an id handed out again), embeds the rows the
-    index lacks from their blobs. When the save fails (a full disk), the reconciled index is returned
-    all the same: the caller serves it from memory and the next writer or reader saves it.
+    index lacks from their blobs. Saves under the write lock (waiting `lock_wait_s` at most, None:
+    as long as it takes); without it, or when the save fails (a full disk), the reconciled index is
+    returned all the same and served from memory.
     """
     directory = home.index_dir(artifact.tag)
-    with home.write_lock():
+    with home.write_lock(timeout_s=lock_wait_s) as locked:
         try:
             index = load_or_new(home, artifact)
         except (IntegrityError, OSError, ValueError) as exc:
@@ -99,7 +113,7 @@ def sync_index(home: Home, artifact: ModelArtifact, model: Embedder, *, batch_si
             index = ReferenceIndex(artifact.embedder.embedding_dim)
         with home.sessions() as session:
             refs = list(session.scalars(select(Reference).order_by(Reference.id)))
-            state = catalog_state(session)
+        state = _state_of(refs)
         recorded = index.extra.get("catalog")
         newest = _parse(recorded[3]) if isinstance(recorded, list) and len(recorded) == 4 else None
         have = {int(i): (int(b), int(p), int(k)) for i, b, p, k in
@@ -107,16 +121,15 @@ def sync_index(home: Home, artifact: ModelArtifact, model: Embedder, *, batch_si
         wanted = {r.id: (r.brand_id, r.product_id if r.product_id is not None else -1, KIND_CODES[str(r.kind)])
                   for r in refs}
         later = {r.id for r in refs if newest is not None and r.created_at is not None and _later(r.created_at, newest)}
-        stale = np.array(sorted(i for i, meta in have.items() if wanted.get(i) != meta or i in later), dtype=np.int64)
-        if stale.size:
-            index.remove(stale)
-        missing = [r for r in refs if r.id not in have or r.id in set(stale.tolist())]
-        missing = _with_blobs(home, missing)
+        stale = {i for i, meta in have.items() if wanted.get(i) != meta or i in later}
+        if stale:
+            index.remove(np.array(sorted(stale), dtype=np.int64))
+        missing = _with_blobs(home, [r for r in refs if r.id not in have or r.id in stale])
         for start in tqdm(range(0, len(missing), 256), desc="re-embedding references", disable=len(missing) < 64):
             chunk = missing[start : start + 256]
             images = [decode_image(home.get_blob(r.sha256)) for r in chunk]
             add_references(index, chunk, embed_images(model, images, batch_size=batch_size))
-        if stale.size or missing or recorded != state or read_manifest(directory) is None:
+        if locked and (stale or missing or recorded != state or read_manifest(directory) is None):
             try:
                 index.save(directory, extra={"model_tag": artifact.tag, "catalog": state})
             except OSError as exc:
@@ -156,7 +169,7 @@ def commit_then_index(
             if not exists and directory != target:
                 continue
             index = ReferenceIndex.load(directory) if exists else ReferenceIndex(artifact.embedder.embedding_dim)
-            recorded = index.extra.get("catalog")
+            recorded = index.extra.get("catalog") if exists else _EMPTY  # a new index holds the empty catalog
             changed = index.remove(doomed) > 0
             if directory == target:
                 add_references(index, added, vectors)
@@ -168,6 +181,9 @@ def commit_then_index(
     except (MarkguardError, OSError, ValueError) as exc:
         log.error("catalog committed, index not updated: the next refresh rebuilds it",
                   extra={"fields": {"error": str(exc)}})
+
+
+_EMPTY = [0, 0, 0, None]
 
 
 def _index_dirs(home: Home, target: Path | None) -> list[Path]:

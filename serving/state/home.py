@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,14 +66,18 @@ class Home:
 
     # -- locking -------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def write_lock(self) -> Iterator[None]:
-        """Serialise writers across processes (an enroll, a model promotion, a migration)."""
+    def write_lock(self, *, timeout_s: float | None = None) -> Iterator[bool]:
+        """Serialise writers across processes (an enroll, a model promotion, a migration).
+
+        Yields True once held; with `timeout_s`, yields False when another writer still holds it after
+        that many seconds (a reader that only wants to save a repair goes on without saving)."""
         with os.fdopen(os.open(self.root / "write.lock", os.O_RDWR | os.O_CREAT, _FILE_MODE), "r+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            held = _flock(fh.fileno(), timeout_s)
             try:
-                yield
+                yield held
             finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+                if held:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     # -- blobs ---------------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
@@ -111,6 +116,21 @@ class Home:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _flock(fd: int, timeout_s: float | None) -> bool:
+    if timeout_s is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
 
 _DIR_MODE = 0o700
