@@ -71,7 +71,7 @@ def _state_of(refs: Sequence[Reference]) -> list:
 
 def reconcile(
     home: Home, artifact: ModelArtifact, model: Embedder, current: ReferenceIndex | None = None,
-    *, lock_wait_s: float = LOCK_WAIT_S,
+    *, lock_wait_s: float | None = None,
 ) -> ReferenceIndex:
     """The index of `artifact` as the catalog stands now: `current` when it reflects the catalog, else
     the saved version when that does, else one rebuilt from the catalog (`sync_index`).
@@ -91,7 +91,7 @@ def reconcile(
                 return index
     except (IntegrityError, OSError, ValueError) as exc:
         log.warning("index unreadable, rebuilding it from the catalog", extra={"fields": {"error": str(exc)}})
-    return sync_index(home, artifact, model, lock_wait_s=lock_wait_s)
+    return sync_index(home, artifact, model, lock_wait_s=LOCK_WAIT_S if lock_wait_s is None else lock_wait_s)
 
 
 def sync_index(
