@@ -22,12 +22,9 @@ from starlette.testclient import TestClient
 
 from markguard.serving.brands import add_brand
 from markguard.serving.cli import main
-from markguard.serving.enroll import public_label
-from markguard.serving.redact import MAX_MESSAGE, public_message
 from markguard.serving.serials import import_serials
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import GenuineSerial, Listing, Reference
-from markguard.serving.state.sweep import sweep
 from markguard.vision.decode import decode_image
 from markguard.vision.errors import MarkguardError
 
@@ -105,6 +102,7 @@ def test_home_is_private(tmp_path: Path) -> None:
 
 # -- the sweeper (finding 6) ----------------------------------------------------------------------------
 def test_sweep_collects_old_debris_and_nothing_in_flight(home: Home, capsys) -> None:
+    from markguard.serving.state.sweep import sweep
     from markguard.vision.index import ReferenceIndex
 
     old = time.time() - 7200
@@ -133,6 +131,9 @@ def test_sweep_collects_old_debris_and_nothing_in_flight(home: Home, capsys) -> 
 
 # -- error text (finding 6) -----------------------------------------------------------------------------
 def test_public_messages_hide_paths_addresses_and_long_echoes() -> None:
+    from markguard.serving.enroll import public_label
+    from markguard.serving.redact import MAX_MESSAGE, public_message
+
     assert public_message("refs.zip: /tmp/tmpq1w2/upload.zip: no images") == "refs.zip: upload.zip: no images"
     assert "0x" not in public_message("cannot identify image file <_io.BytesIO object at 0x7f3a2c1b>")
     long = public_message(f"unknown brand {'x' * 10_000!r}")
