@@ -224,10 +224,15 @@ def test_a_failed_catalog_commit_changes_nothing(live: Live, spare, monkeypatch)
     def locked(self) -> None:  # noqa: ANN001
         raise OperationalError("COMMIT", {}, Exception("database is locked"))
 
+    from markguard.serving.references import delete_references
+
+    victim = max(i for i, b in before.items() if b == 1)
     with monkeypatch.context() as patch:
         patch.setattr(Session, "commit", locked)
         with pytest.raises(OperationalError):
             _enroll(live, [next(spare)])
+        with pytest.raises(OperationalError):
+            delete_references(live.home, brand="Oatly", ids=[victim])
     assert live.catalog() == before
     live.assert_consistent()
     assert live.engine.index.version == version
@@ -323,14 +328,14 @@ def test_serial_import_over_http_is_422_and_atomic(live: Live) -> None:
 
 
 def test_duplicates_are_capped_at_the_newest(live: Live) -> None:
-    from markguard.serving.engine import _MAX_DUPLICATES
+    cap = 20  # serving.engine._MAX_DUPLICATES
     from markguard.vision.phash import phash
 
     value = phash(decode_image(live.photos[1])).int64
     with live.home.sessions.begin() as session:
-        for i in range(_MAX_DUPLICATES + 15):
+        for i in range(cap + 15):
             session.add(Listing(listing_id=f"D-{i}", seller_id="s", image_sha256="0" * 64, phash=value, risk=0.5,
                                 decision="review", model_tag="m"))
     dupes = live.score(1, listing_id="D-new")["duplicates"]
-    assert len(dupes) == _MAX_DUPLICATES
-    assert dupes[-1]["listing_id"] == f"D-{_MAX_DUPLICATES + 14}" and "D-0" not in {d["listing_id"] for d in dupes}
+    assert len(dupes) == cap
+    assert dupes[-1]["listing_id"] == f"D-{cap + 14}" and "D-0" not in {d["listing_id"] for d in dupes}
