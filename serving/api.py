@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -28,11 +29,12 @@ from markguard.serving.brands import add_brand, check_serial_pattern, check_word
 from markguard.serving.budget import RequestBudgets, score_budget, upload_budget
 from markguard.serving.caps import CAPS
 from markguard.serving.engine import ScoreRequest, ScoringEngine
-from markguard.serving.enroll import InputImage, collect_inputs, enroll
+from markguard.serving.enroll import InputImage, collect_inputs, enroll, public_label
 from markguard.serving.keys import Principal, Role, authenticate, create_key
 from markguard.serving.limits import ApiError, RateLimiter, log, request_id_of
 from markguard.serving.limits import _BodyTooLarge as BodyTooLarge
 from markguard.serving.metrics import DECISIONS, INDEX_SIZE, LISTINGS_SCORED, install_metrics
+from markguard.serving.redact import public_message
 from markguard.serving.references import delete_references
 from markguard.serving.reviews import MAX_REVIEWS_PAGE, list_reviews, record_review
 from markguard.serving.state.schema import Reference, ReferenceKind
@@ -46,6 +48,7 @@ __all__ = ["Backend", "build_app"]
 
 MAX_BATCH_IMAGES = 32
 MAX_TITLE = 500  # characters of a listing title
+MAX_ID = 2**63 - 1  # catalog ids are signed 64-bit: a larger one is refused (422), never looked up
 _URL = re.compile(r"^\s*[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 Embed = Callable[[np.ndarray], Awaitable[np.ndarray]]
@@ -119,7 +122,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.message, "request_id": request_id_of(request.scope)},
+        return JSONResponse({"error": public_message(exc.message), "request_id": request_id_of(request.scope)},
                             status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(BodyTooLarge)
@@ -130,7 +133,8 @@ def build_app(backend: Backend | None = None) -> FastAPI:
     @app.exception_handler(422)
     async def _invalid(request: Request, exc: Exception) -> JSONResponse:
         errors = getattr(exc, "errors", lambda: [])()
-        detail = [{"loc": e.get("loc"), "msg": e.get("msg")} for e in errors][:10]
+        detail = [{"loc": [public_message(str(x)) if isinstance(x, str) else x for x in e.get("loc") or ()],
+                   "msg": public_message(str(e.get("msg")))} for e in errors][:10]
         return JSONResponse({"error": "invalid request", "detail": detail,
                              "request_id": request_id_of(request.scope)}, status_code=422)
 
@@ -354,7 +358,8 @@ def build_app(backend: Backend | None = None) -> FastAPI:
 
     # -- references ---------------------------------------------------------------------------------
     @app.get("/brands/{brand}/references", tags=["references"], summary="List a brand's references")
-    async def list_references(request: Request, brand: str, limit: int = 1000, after: int = 0) -> dict[str, Any]:
+    async def list_references(request: Request, brand: str, limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+                              after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0) -> dict[str, Any]:
         principal = auth(request, Role.BRAND)
         name = brand_of(request, principal, brand)
         with be(request).home.sessions() as session:
@@ -363,7 +368,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
                                    .order_by(Reference.id).limit(max(1, min(limit, 1000)))).all()
             return {"brand": name, "references": [
                 {"id": r.id, "product": r.product.name if r.product else None, "kind": r.kind.value,
-                 "sha256": r.sha256, "width": r.width, "height": r.height, "source": r.source,
+                 "sha256": r.sha256, "width": r.width, "height": r.height, "source": public_label(r.source),
                  "created_at": r.created_at.isoformat()} for r in refs]}
 
     @app.post("/brands/{brand}/references", tags=["references"], status_code=201,
@@ -396,7 +401,8 @@ def build_app(backend: Backend | None = None) -> FastAPI:
         return {"brand": name, "added": report.added, "duplicates": report.duplicates}
 
     @app.delete("/brands/{brand}/references/{reference_id}", tags=["references"], summary="Delete a reference")
-    async def delete_reference(request: Request, brand: str, reference_id: int) -> dict[str, Any]:
+    async def delete_reference(request: Request, brand: str,
+                               reference_id: Annotated[int, PathParam(ge=1, le=MAX_ID)]) -> dict[str, Any]:
         principal = auth(request, Role.BRAND)
         name = brand_of(request, principal, brand)
         try:
@@ -416,7 +422,8 @@ def build_app(backend: Backend | None = None) -> FastAPI:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise ApiError(422, "upload the serials as a file named `file`")
-        with tempfile.NamedTemporaryFile(suffix=".csv") as fh:
+        suffix = Path(upload.filename or "").suffix.lower()
+        with tempfile.NamedTemporaryFile(suffix=suffix if suffix in (".txt", ".tsv") else ".csv") as fh:
             while chunk := await upload.read(1 << 20):
                 fh.write(chunk)
             fh.flush()
@@ -495,8 +502,8 @@ async def _inputs(files: list[UploadFile]) -> list[InputImage]:
                 budget.charge_archive(path, label)
                 try:
                     found = collect_inputs([path])
-                except MarkguardError as exc:
-                    raise ApiError(422, f"{label}: {exc}") from None
+                except MarkguardError as exc:  # name the upload, not the server's temporary copy
+                    raise ApiError(422, f"{label}: {str(exc).replace(str(path), 'archive')}") from None
                 for x in found:
                     budget.charge_image(x.data, label, bytes_counted=True)
                 out.extend(InputImage(f"{label}!{x.label.split('!', 1)[-1]}", x.data) for x in found)

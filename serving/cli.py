@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "markguard.serving.commands.serials",
     "markguard.serving.commands.reviews",
     "markguard.serving.commands.config",
+    "markguard.serving.commands.home",
 )
 _HOME_HELP = "state directory (default: $MARKGUARD_HOME or ./.markguard)"
 

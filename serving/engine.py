@@ -19,7 +19,7 @@ import numpy as np
 from sqlalchemy import select
 
 from markguard.serving.brands import get_brand, get_product
-from markguard.serving.indexing import sync_index
+from markguard.serving.indexing import reconcile
 from markguard.serving.models import ensure_default_model
 from markguard.serving.serials import record_serials, serial_records, serials_to_record
 from markguard.serving.state.home import Home
@@ -29,7 +29,7 @@ from markguard.vision.detect import MarkDetector
 from markguard.vision.embed import embed_images
 from markguard.vision.evidence import SerialRecord
 from markguard.vision.geometry import LocalFeatures, extract_features
-from markguard.vision.index import ReferenceIndex, read_manifest
+from markguard.vision.index import ReferenceIndex
 from markguard.vision.ocr import OcrEngine, shared_ocr_engine
 from markguard.vision.phash import hamming_many, phash
 from markguard.vision.pipeline import BrandProfile, ListingClaim, ScorePlan, Scorer, ScoreRequest
@@ -143,20 +143,17 @@ class CatalogEvidence:
             if not hashes.size:
                 return []
             close = np.nonzero(hamming_many(photo_hash, hashes) <= _DUPLICATE_BITS)[0]
-            if not close.size:
-                return []
-            found = session.scalars(select(Listing).where(Listing.id.in_(rows[close].tolist()))
-                                    .order_by(Listing.id.desc())).all()
-        out = []
-        for row in found:
-            if listing is not None and row.listing_id == listing:
-                continue  # the same listing scored again is not reuse
-            out.append({"listing_id": row.listing_id, "seller_id": row.seller_id,
-                        "distance": int(hamming_many(photo_hash, np.array([row.phash], np.int64))[0]),
-                        "scored_at": row.scored_at.isoformat()})
-            if len(out) == MAX_DUPLICATES:
-                break
-        return sorted(out, key=lambda d: d["scored_at"])
+            candidates = sorted(rows[close].tolist(), reverse=True)  # newest first
+            found: list[Listing] = []
+            for start in range(0, len(candidates), 500):  # a photo listed thousands of times stays a small answer
+                found += [row for row in session.scalars(select(Listing).where(
+                    Listing.id.in_(candidates[start : start + 500])).order_by(Listing.id.desc()))
+                    if listing is None or row.listing_id != listing]  # the same listing scored again is not reuse
+                if len(found) >= MAX_DUPLICATES:
+                    break
+        return [{"listing_id": row.listing_id, "seller_id": row.seller_id,
+                 "distance": int(hamming_many(photo_hash, np.array([row.phash], np.int64))[0]),
+                 "scored_at": row.scored_at.isoformat()} for row in sorted(found[:MAX_DUPLICATES], key=lambda r: r.id)]
 
     def _load_hashes(self, session: Any) -> tuple[np.ndarray, np.ndarray]:
         with self._hash_lock:
@@ -181,7 +178,7 @@ class ScoringEngine:
         self.artifact = ensure_default_model(home)
         self.model = self.artifact.load_embedder(device=device, fuse=True)
         self.source = CatalogEvidence(home)
-        self.scorer = Scorer(self.artifact, index=sync_index(home, self.artifact, self.model), source=self.source,
+        self.scorer = Scorer(self.artifact, index=reconcile(home, self.artifact, self.model), source=self.source,
                              embed=self.embed, detector=self.artifact.load_detector(device=device),
                              ocr=shared_ocr_engine() if ocr else None, ocr_budget_ms=ocr_budget_ms,
                              on_ocr_seconds=on_ocr_seconds)
@@ -213,10 +210,9 @@ class ScoringEngine:
         return len(self.scorer.index)
 
     def refresh(self) -> None:
-        """Reload the index if another process saved a newer version."""
-        manifest = read_manifest(self.home.index_dir(self.model_tag))
-        if manifest is not None and manifest["version"] != self.scorer.index.version:
-            self.scorer.index = ReferenceIndex.load(self.home.index_dir(self.model_tag))
+        """Follow the catalog: keep the index when it reflects the catalog (one aggregate query), else load
+        the saved version that does, else rebuild it from the catalog (a writer died after its commit)."""
+        self.scorer.index = reconcile(self.home, self.artifact, self.model, self.scorer.index)
 
     # -- the three steps ---------------------------------------------------------------------------
     def plan(self, request: ScoreRequest) -> ScorePlan:

@@ -1,8 +1,10 @@
 """Enrolling reference images: files, folders and zip archives → blobs, catalog rows, index vectors.
 
-All inputs are read and decoded before anything is written. Then, under the home's write lock, the
-catalog rows are inserted in one transaction, the index's new version is saved, and only then is
-the transaction committed: a failure at any step leaves catalog and index as they were.
+All inputs are read, decoded and embedded before anything is written. Then, under the home's write
+lock: the blobs, the catalog rows in one transaction and its commit, and only then the index
+(`indexing.commit_then_index`, write-ahead): a failure before the commit leaves the catalog as it was
+(and blobs that `markguard home sweep` collects); one after it leaves an index the next refresh rebuilds.
+A reference keeps only the file's name (`public_label`), never the operator's folders.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from sqlalchemy import select
 
 from markguard.serving.brands import get_brand, get_or_create_product
 from markguard.serving.caps import CAPS
-from markguard.serving.indexing import add_references, load_or_new
+from markguard.serving.indexing import commit_then_index
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Reference, ReferenceKind
 from markguard.vision.archive import IMAGE_SUFFIXES, is_zip, iter_zip_images
@@ -27,7 +29,7 @@ from markguard.vision.embed import Embedder, embed_images
 from markguard.vision.embed.preprocess import resize_square
 from markguard.vision.errors import ImageError, MarkguardError
 
-__all__ = ["InputImage", "collect_inputs", "enroll", "EnrollReport"]
+__all__ = ["InputImage", "collect_inputs", "enroll", "EnrollReport", "public_label"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +65,14 @@ def _read_file(path: Path, label: str) -> InputImage:
     if size > MAX_BYTES:
         raise MarkguardError(f"{label}: {size} bytes exceeds the {MAX_BYTES}-byte limit")
     return InputImage(label, path.read_bytes())
+
+
+def public_label(label: str) -> str:
+    """What a reference shows of where it came from: the file's name (and the archive member), without
+    the folders on the machine that enrolled it. `/srv/keys/acme/refs.zip!a/b.jpg` → `refs.zip!a/b.jpg`."""
+    outer, sep, member = label.partition("!") if ".zip!" in label.lower() else (label, "", "")
+    name = outer.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return (name + sep + member)[-1000:]
 
 
 @dataclasses.dataclass
@@ -132,18 +142,11 @@ def enroll(
                     sha256=digest,
                     width=sizes[digest][0],
                     height=sizes[digest][1],
-                    source=item.label[-1000:],
+                    source=public_label(item.label),
                 )
             )
         session.add_all(rows)
         session.flush()  # assigns ids inside the still-open transaction
-        index = load_or_new(home, artifact)
-        new_ids = np.array([r.id for r in rows], dtype=np.int64)
-        stale = new_ids[np.isin(new_ids, index.ids)]
-        if stale.size:  # ids of deleted references that the catalog has handed out again
-            index.remove(stale)
-        add_references(index, rows, vectors)
-        index.save(home.index_dir(artifact.tag), extra={"model_tag": artifact.tag})
-        session.commit()
+        commit_then_index(home, session, artifact=artifact, added=rows, vectors=vectors)
         report.added = [r.id for r in rows]
     return report

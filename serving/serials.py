@@ -38,6 +38,8 @@ __all__ = [
 ]
 
 CHUNK = 20_000  # serials hashed and inserted per statement: bounds memory whatever the file's size
+MAX_LINE = 65_536  # bytes of one line of a serial file
+MAX_SERIAL = 200  # characters of one serial
 _HEADER_NAMES = {"serial", "serials", "serial_number", "serialnumber", "sn"}
 
 
@@ -58,38 +60,53 @@ def _hasher(home: Home) -> Callable[[str], str]:
 
 
 def _lines(fh: BinaryIO, bar: tqdm) -> Iterator[str]:
-    for raw in fh:
+    for number, raw in enumerate(iter(lambda: fh.readline(MAX_LINE + 1), b""), 1):
+        if len(raw) > MAX_LINE:
+            raise MarkguardError(f"line {number}: longer than {MAX_LINE} bytes")
         bar.update(len(raw))
         yield raw.decode("utf-8", errors="replace")
 
 
 def _serials(path: Path, bar: tqdm) -> Iterator[str]:
-    """Stream the serials of a CSV (a `serial` column, else the first) or plain-text file (one a line)."""
+    """Stream the serials of a CSV (a `serial` column, else the first) or plain-text file (one a line).
+
+    A malformed file raises `MarkguardError` naming the line: nothing of it is kept (see `import_serials`).
+    """
     with open(path, "rb") as fh:
-        head = fh.readline()
+        head = fh.readline(MAX_LINE + 1)
         fh.seek(0)
         first = head.decode("utf-8", errors="replace").lstrip("\ufeff")
         is_csv = path.suffix.lower() == ".csv" or "," in first or "\t" in first
         if not is_csv:
-            for line in _lines(fh, bar):
+            for number, line in enumerate(_lines(fh, bar), 1):
                 text = line.strip().lstrip("\ufeff")
                 if text and not text.startswith("#") and text.casefold() not in _HEADER_NAMES:
-                    yield text
+                    yield _checked(text, number)
             return
         delimiter = "\t" if "\t" in first and "," not in first else ","
         rows = csv.reader(_lines(fh, bar), delimiter=delimiter)
         column = 0
-        for row_no, row in enumerate(rows):
-            if not row:
-                continue
-            if row_no == 0:
-                names = [c.strip().lstrip("\ufeff").casefold() for c in row]
-                hits = [i for i, n in enumerate(names) if n in _HEADER_NAMES]
-                if hits or not any(ch.isdigit() for ch in "".join(names)):  # a header row
-                    column = hits[0] if hits else 0
+        try:
+            for row_no, row in enumerate(rows):
+                if not row:
                     continue
-            if column < len(row) and row[column].strip():
-                yield row[column].strip()
+                if row_no == 0:
+                    names = [c.strip().lstrip("\ufeff").casefold() for c in row]
+                    hits = [i for i, n in enumerate(names) if n in _HEADER_NAMES]
+                    if hits or not any(ch.isdigit() for ch in "".join(names)):  # a header row
+                        column = hits[0] if hits else 0
+                        continue
+                if column < len(row) and row[column].strip():
+                    yield _checked(row[column].strip(), rows.line_num)
+        except csv.Error as exc:  # the module's text ends with advice about open(); keep the finding
+            reason = str(exc).split(" - ", 1)[0]
+            raise MarkguardError(f"line {rows.line_num}: malformed CSV ({reason})") from None
+
+
+def _checked(serial: str, line: int) -> str:
+    if len(serial) > MAX_SERIAL:
+        raise MarkguardError(f"line {line}: a serial longer than {MAX_SERIAL} characters")
+    return serial
 
 
 def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) -> None:
@@ -112,18 +129,18 @@ def import_serials(
 ) -> ImportReport:
     """Register a brand's genuine serials from a CSV or text file of any size, streamed in chunks.
 
-    Re-running is harmless: each chunk commits, and serials already registered are ignored.
+    One transaction: a malformed line anywhere (`MarkguardError` naming it) or a crash keeps nothing of
+    the file. Re-running is harmless: serials already registered are ignored.
     """
     path = Path(path)
     if not path.is_file():
         raise MarkguardError(f"{path}: no such file")
     started = time.perf_counter()
     keyed = _hasher(home)
-    with home.write_lock():
-        with home.sessions() as session:
-            row = get_brand(session, brand)
-            brand_id, brand_name, pattern = row.id, row.name, row.serial_pattern
-            before = _registered(session, brand_id)
+    with home.write_lock(), home.sessions() as session:
+        row = get_brand(session, brand)
+        brand_id, brand_name, pattern = row.id, row.name, row.serial_pattern
+        before = _registered(session, brand_id)
         regex = _pattern_or_none(pattern)
         room = CAPS.serials - before  # serials this brand may still register (duplicates counted: a bound)
         read = mismatched = 0
@@ -141,10 +158,10 @@ def import_serials(
                 if key:
                     chunk.add(keyed(key))
                 if len(chunk) >= CHUNK:
-                    _flush(home, brand_id, chunk)
-            _flush(home, brand_id, chunk)
-        with home.sessions() as session:
-            added = _registered(session, brand_id) - before
+                    _flush(session, brand_id, chunk)
+            _flush(session, brand_id, chunk)
+        added = _registered(session, brand_id) - before
+        session.commit()
     return ImportReport(
         brand=brand_name,
         read=read,
@@ -163,11 +180,11 @@ def _pattern_or_none(pattern: str | None) -> SerialPattern | None:
         return None
 
 
-def _flush(home: Home, brand_id: int, chunk: set[str]) -> None:
+def _flush(session: Session, brand_id: int, chunk: set[str]) -> None:
+    """Insert a chunk inside the import's transaction (committed once, at the end)."""
     if chunk:
-        with home.sessions.begin() as session:
-            rows = [{"brand_id": brand_id, "serial_hmac": h} for h in sorted(chunk)]  # sorted: B-tree locality
-            _insert_ignoring_duplicates(session, rows)
+        rows = [{"brand_id": brand_id, "serial_hmac": h} for h in sorted(chunk)]  # sorted: B-tree locality
+        _insert_ignoring_duplicates(session, rows)
         chunk.clear()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -121,5 +122,6 @@ def _on_white(rgba: np.ndarray, *, rows: int = 256) -> np.ndarray:
 
 
 def _short(exc: BaseException) -> str:
+    """The library's reason in one short line, without the heap address PIL names its buffer by."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:120]
+    return re.sub(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>", "", text)[:120]

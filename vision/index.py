@@ -58,6 +58,7 @@ class ReferenceIndex:
         self.product_ids = np.empty(0, dtype=np.int64)  # -1: no product
         self.kinds = np.empty(0, dtype=np.int8)
         self.version = 0
+        self.extra: dict = {}  # what the saver recorded in the manifest beside the files (`save(extra=...)`)
 
     def __len__(self) -> int:
         return int(self.ids.size)
@@ -196,7 +197,7 @@ class ReferenceIndex:
     def save(self, directory: str | os.PathLike[str], *, extra: dict | None = None) -> int:
         """Write a new version into `directory`, then point the manifest at it. Returns the version."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         previous = read_manifest(directory)
         version = max(self.version, previous["version"] if previous else 0) + 1
         index_bytes = faiss.serialize_index(self._index).tobytes()
@@ -204,7 +205,7 @@ class ReferenceIndex:
         np.savez(meta, ids=self.ids, brand_ids=self.brand_ids, product_ids=self.product_ids, kinds=self.kinds)
         files = {f"index-{version}.faiss": index_bytes, f"meta-{version}.npz": meta.getvalue()}
         for name, data in files.items():
-            atomic_write_bytes(directory / name, data)
+            atomic_write_bytes(directory / name, data, mode=0o600)
         manifest = {
             "format": _FORMAT,
             "version": version,
@@ -213,8 +214,10 @@ class ReferenceIndex:
             "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
             **(extra or {}),
         }
-        atomic_write_bytes(directory / _MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_bytes(directory / _MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),
+                           mode=0o600)
         self.version = version
+        self.extra = dict(extra or {})
         _remove_old_versions(directory, keep={version, previous["version"] if previous else version})
         return version
 
@@ -250,6 +253,7 @@ class ReferenceIndex:
         if index._index.ntotal != index.ids.size or index._index.d != index.dim:
             raise IntegrityError(f"{directory}: index and metadata disagree")
         index.version = int(manifest["version"])
+        index.extra = {k: v for k, v in manifest.items() if k not in ("format", "version", "dim", "count", "files")}
         return index
 
 

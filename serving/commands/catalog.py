@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_reference_list)
     p = ref_sub.add_parser("delete", help="delete references by id")
     p.add_argument("brand")
-    p.add_argument("ids", nargs="+", type=int)
+    p.add_argument("ids", nargs="+", type=_reference_id)
     add_home_argument(p)
     p.set_defaults(func=cmd_reference_delete)
 
@@ -95,6 +95,13 @@ def _apply_serial_arguments(brand: Brand, args: argparse.Namespace) -> None:
             raise MarkguardError(f"--serial-pattern: {exc}") from None
     if args.serial_checksum is not None:
         brand.serial_checksum = args.serial_checksum
+
+
+def _reference_id(text: str) -> int:
+    value = int(text)
+    if not 1 <= value < 2**63:
+        raise argparse.ArgumentTypeError("a reference id is between 1 and 2^63-1")
+    return value
 
 
 def _unit_float(text: str) -> float:
@@ -206,6 +213,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_reference_list(args: argparse.Namespace) -> int:
+    from markguard.serving.enroll import public_label
+
     home = Home(args.home)
     with home.sessions() as session:
         brand = get_brand(session, args.brand)
@@ -219,7 +228,7 @@ def cmd_reference_list(args: argparse.Namespace) -> int:
                     "sha256": ref.sha256,
                     "width": ref.width,
                     "height": ref.height,
-                    "source": ref.source,
+                    "source": public_label(ref.source),
                 }
             )
     return 0

@@ -31,9 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from markguard.serving.models import ensure_default_model
     from markguard.serving.state.home import Home
+    from markguard.serving.state.sweep import sweep
 
     home = Home(args.home)
     ensure_default_model(home)  # prepare once here, not racing in every worker
+    sweep(home)  # debris a crash left (older than an hour: nothing in flight)
     os.environ["MARKGUARD_HOME"] = str(home.root)
     if args.workers is not None:
         os.environ["MARKGUARD_WORKERS"] = str(max(1, args.workers))

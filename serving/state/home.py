@@ -7,6 +7,10 @@
     HOME/models/<tag>/      model artifacts
     HOME/write.lock         held by every writer, so concurrent enrolls queue instead of racing
                             (on PostgreSQL also an advisory lock, for writers on other hosts)
+
+A home is private to the account that runs markguard: folders 0700, files 0600 (the catalog holds
+keyed hashes and key hashes, the blobs are brands' unreleased images). An existing home is tightened
+when opened.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,14 +39,21 @@ __all__ = ["Home"]
 class Home:
     def __init__(self, root: str | os.PathLike[str], *, database_url: str | None = None) -> None:
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        _private(self.root, _DIR_MODE)
         for sub in ("blobs", "index", "models"):
-            (self.root / sub).mkdir(exist_ok=True)
+            (self.root / sub).mkdir(mode=_DIR_MODE, exist_ok=True)
+            _private(self.root / sub, _DIR_MODE)
         if database_url is None:
             from markguard.serving.settings import get_settings
 
             database_url = get_settings().database_url
         url = database_url or f"sqlite:///{self.root / 'catalog.sqlite'}"
+        if url == f"sqlite:///{self.root / 'catalog.sqlite'}":
+            for name in ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"):
+                if name == "catalog.sqlite" or (self.root / name).exists():  # SQLite gives -wal/-shm the db's mode
+                    os.close(os.open(self.root / name, os.O_RDWR | os.O_CREAT, _FILE_MODE))
+                    _private(self.root / name, _FILE_MODE)
         self.engine: Engine = open_engine(url)
         try:
             with self.write_lock():
@@ -66,23 +78,29 @@ class Home:
 
     # -- locking -------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def write_lock(self) -> Iterator[None]:
+    def write_lock(self, *, timeout_s: float | None = None) -> Iterator[bool]:
         """Serialise writers across processes (an enroll, a model promotion, a migration).
 
-        The file lock covers this home's files (blobs, index); on PostgreSQL an advisory lock also
-        covers writers of the same catalog on other hosts.
-        """
-        with self._file_lock(), advisory_lock(self.engine, WRITE_LOCK):
-            yield
+        The file lock covers this home's files (blobs, index); on PostgreSQL an advisory lock also covers
+        writers of the same catalog on other hosts. Yields True once held; with `timeout_s`, yields False
+        when another writer still holds the file lock after that many seconds (a reader that only wants to
+        save a repair goes on without saving)."""
+        with self._file_lock(timeout_s) as held:
+            if not held:
+                yield False
+                return
+            with advisory_lock(self.engine, WRITE_LOCK):
+                yield True
 
     @contextlib.contextmanager
-    def _file_lock(self) -> Iterator[None]:
-        with open(self.root / "write.lock", "a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    def _file_lock(self, timeout_s: float | None) -> Iterator[bool]:
+        with os.fdopen(os.open(self.root / "write.lock", os.O_RDWR | os.O_CREAT, _FILE_MODE), "r+b") as fh:
+            held = _flock(fh.fileno(), timeout_s)
             try:
-                yield
+                yield held
             finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+                if held:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     # -- blobs ---------------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
@@ -93,9 +111,11 @@ class Home:
     def put_blob(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
         path = self.blob_path(digest)
-        if not path.exists():
-            path.parent.mkdir(exist_ok=True)
-            atomic_write_bytes(path, data)
+        if path.exists():
+            os.utime(path)  # young again: the sweeper leaves a blob alone while a writer is about to name it
+        else:
+            path.parent.mkdir(mode=_DIR_MODE, exist_ok=True)
+            atomic_write_bytes(path, data, mode=_FILE_MODE)
         return digest
 
     def get_blob(self, sha256: str) -> bytes:
@@ -119,6 +139,34 @@ class Home:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _flock(fd: int, timeout_s: float | None) -> bool:
+    if timeout_s is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+
+
+def _private(path: Path, mode: int) -> None:
+    """Tighten `path` to `mode` when this account owns it (a shared, read-only home is left as it is)."""
+    try:
+        if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o777 != mode:
+            os.chmod(path, mode)
+    except OSError:
+        pass
 
 
 def _safe_name(name: str) -> str:
