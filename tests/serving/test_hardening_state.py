@@ -328,7 +328,7 @@ def test_serial_import_over_http_is_422_and_atomic(live: Live) -> None:
 
 
 def test_duplicates_are_capped_at_the_newest(live: Live) -> None:
-    cap = 20  # serving.engine._MAX_DUPLICATES
+    cap = 20  # serving.engine.MAX_DUPLICATES
     from markguard.vision.phash import phash
 
     value = phash(decode_image(live.photos[1])).int64
