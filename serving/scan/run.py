@@ -84,8 +84,8 @@ def run_scan(settings: ScanSettings, out_dir: Path, *, engine: str = "local", pr
 
 
 def _mark_repeats(home: Home, outcomes: list[dict[str, Any]], *, since: int) -> None:
-    """A listing the catalog already holds with this photo and model (recorded after row `since`) is not
-    recorded again: an earlier row of the feed (or a chunk scored at the same time) got there first."""
+    """A listing the catalog already holds with this photo and model (recorded after row `since`), or an
+    earlier row of this chunk shows, is not recorded again: an earlier row of the feed got there first."""
     scored = [o for o in outcomes if o["status"] == "scored"]
     if not scored:
         return
@@ -95,8 +95,10 @@ def _mark_repeats(home: Home, outcomes: list[dict[str, Any]], *, since: int) -> 
             .where(Listing.id > since, Listing.listing_id.in_(sorted({o["listing_id"] for o in scored})))
         ).all())
     for out in scored:
-        if (out["listing_id"], out["sha256"], out["score"]["model"]) in held:
+        key = (out["listing_id"], out["sha256"], out["score"]["model"])
+        if key in held:
             out["status"] = "duplicate"
+        held.add(key)
 
 
 def result_row(out: dict[str, Any]) -> dict[str, Any]:

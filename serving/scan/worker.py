@@ -77,15 +77,23 @@ class ScanWorker:
             import torch
 
             torch.set_num_threads(threads)
-        from markguard.serving.engine import ScoringEngine
         from markguard.serving.state.home import Home
 
         self.home = Home(home_root)
-        self.engine = ScoringEngine(self.home, ocr=ocr)
+        self.ocr = ocr
+        self._engine = None  # loaded on the first row that needs scoring (a resume may need none)
         self.feed_dir = Path(feed_dir)
         self.image_root = Path(image_root).resolve() if image_root else None
         self.done = done or DoneMap()
         self.rescore = rescore
+
+    @property
+    def engine(self):  # noqa: ANN201 - a ScoringEngine, imported late
+        if self._engine is None:
+            from markguard.serving.engine import ScoringEngine
+
+            self._engine = ScoringEngine(self.home, ocr=self.ocr)
+        return self._engine
 
     def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One outcome per row, in order: `status` is scored, unchanged, done (finished earlier) or error."""
