@@ -8,6 +8,7 @@ import collections
 import ctypes
 import dataclasses
 import json
+import logging
 import os
 import signal
 from collections.abc import Iterator
@@ -122,10 +123,10 @@ def ray_outcomes(settings: ScanSettings, done: DoneMap) -> Iterator[list[dict[st
     started = not ray.is_initialized()
     if started:
         if settings.ray_address is not None:
-            ray.init(address=settings.ray_address, log_to_driver=False)
+            ray.init(address=settings.ray_address, log_to_driver=False, logging_level=logging.WARNING)
         else:
             ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
-                     object_store_memory=256 * 1024**2, log_to_driver=False)
+                     object_store_memory=256 * 1024**2, log_to_driver=False, logging_level=logging.WARNING)
     try:
         fmt = feed_format(settings.feed)
         path = str(settings.feed.resolve())

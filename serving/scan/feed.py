@@ -14,10 +14,11 @@ from typing import Any
 
 from markguard.vision.errors import MarkguardError
 
-__all__ = ["FIELDS", "feed_format", "count_rows", "read_chunks", "clean_row"]
+__all__ = ["FIELDS", "FEED_SUFFIXES", "feed_format", "count_rows", "read_chunks", "clean_row"]
 
 FIELDS = ("listing_id", "seller_id", "brand", "product", "title", "image")
 _FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+FEED_SUFFIXES = frozenset(_FORMATS)
 _MAX_FIELD = 2000  # characters of any one field (titles are cut to the API's limit later)
 
 

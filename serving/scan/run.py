@@ -46,6 +46,7 @@ def run_scan(settings: ScanSettings, out_dir: Path, *, engine: str = "local", pr
     started = time.perf_counter()
     state = {"state": "running", "rows_total": total, "rows_finished_before": len(done), "engine": engine}
     _write_json(out_dir / "progress.json", state)
+    rows_done = 0
     bar = tqdm(total=total, unit="row", desc="scan", disable=not progress, dynamic_ncols=True)
     try:
         for outcomes in ENGINES[engine](settings, done):
@@ -58,8 +59,9 @@ def run_scan(settings: ScanSettings, out_dir: Path, *, engine: str = "local", pr
                 journal.committed(chunk)
                 run.update(o["status"] for o in fresh)
             bar.update(len(outcomes))
+            rows_done += len(outcomes)
             seconds = time.perf_counter() - started
-            state.update(rows_done=bar.n, seconds=round(seconds, 1), **{k: run[k] for k in sorted(run)},
+            state.update(rows_done=rows_done, seconds=round(seconds, 1), **{k: run[k] for k in sorted(run)},
                          photos_per_second=round(run["scored"] / seconds, 3) if seconds else 0.0)
             _write_json(out_dir / "progress.json", state)
             if on_chunk is not None:

@@ -339,3 +339,51 @@ def test_done_map_knows_rows_by_listing_and_photo():
     assert row_key({"listing_id": "L5", "status": "scored", "sha256": "cd" * 32, "image": "x"}) not in done
     assert row_key({"listing_id": "E", "status": "error", "sha256": None, "image": "other.jpg"}) not in done
     assert row_key({"listing_id": "L1000", "status": "scored", "sha256": sha, "image": "x"}) not in done
+
+
+def test_scans_api_runs_a_feed_from_the_feeds_folder_only(api_home, home, grocery, tmp_path):
+    from types import SimpleNamespace
+
+    from starlette.testclient import TestClient
+
+    from markguard.serving.api import Backend, build_app
+    from markguard.serving.limits import RateLimiter
+    from markguard.serving.state.home import Home
+
+    feeds = home / "feeds"
+    (feeds / "photos").mkdir(parents=True)
+    rows = _good_rows(grocery, 2)
+    for i, row in enumerate(rows):
+        shutil.copy(row["image"], feeds / "photos" / f"{i}.jpg")
+        row["image"] = f"photos/{i}.jpg"
+    rows += [{"listing_id": "outside", "image": rows[0]["image"].replace("photos/0.jpg", "../catalog.sqlite")},
+             {"listing_id": "absolute", "image": str(grocery / "LICENSE")}]
+    _write_jsonl(feeds / "today.jsonl", rows)
+    (tmp_path / "elsewhere.jsonl").write_text("")
+    # the routes use only the backend's home and limiter; the scan itself runs in a real `markguard scan`
+    backend = Backend(engine=SimpleNamespace(home=Home(home)), embed=None, limiter=RateLimiter(rate=100, burst=100))
+    client = TestClient(build_app(backend), raise_server_exceptions=False)
+    platform = {"Authorization": f"Bearer {api_home.keys['platform']}"}
+
+    assert client.post("/scans", json={"feed": "today.jsonl"}).status_code == 401
+    brand = {"Authorization": f"Bearer {api_home.keys['oatly']}"}
+    assert client.post("/scans", json={"feed": "today.jsonl"}, headers=brand).status_code == 403
+    for feed, status in (("../catalog.sqlite", 400), (str(tmp_path / "elsewhere.jsonl"), 400),
+                         ("../../elsewhere.jsonl", 400), ("nope.jsonl", 404), ("photos/0.jpg", 422)):
+        assert client.post("/scans", json={"feed": feed}, headers=platform).status_code == status, feed
+    r = client.post("/scans", json={"feed": "today.jsonl", "ocr": False}, headers=platform)
+    assert r.status_code == 202, r.text
+    scan_id = r.json()["id"]
+    assert client.get(f"/scans/{scan_id}", headers=brand).status_code == 403
+    assert client.get("/scans/0123456789abcdef", headers=platform).status_code == 404
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        state = client.get(f"/scans/{scan_id}", headers=platform).json()
+        if state["state"] not in ("starting", "running"):
+            break
+        time.sleep(0.5)
+    assert state["state"] == "finished", state
+    assert state["summary"]["by_status"] == {"scored": 2, "error": 2}
+    assert state["summary"]["errors_by_message"] == {"image lies outside the feed's folder": 2}
+    assert state["rows_done"] == state["rows_total"] == 4
+    assert sorted(r[0] for r in _catalog(home)) == ["L000", "L001"]
