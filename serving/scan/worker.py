@@ -100,6 +100,7 @@ class ScanWorker:
         from markguard.serving.engine import ScoreRequest
 
         outcomes: list[dict[str, Any]] = []
+        claims: dict[tuple[str, str | None], bool] = {}
         pending: list[tuple[dict[str, Any], ScoreRequest]] = []
         for row in rows:
             out = {"listing_id": row["listing_id"], "seller_id": row["seller_id"],
@@ -116,21 +117,35 @@ class ScanWorker:
                     out["error"] = str(exc)
             if out["error"] is not None or out["status"] == "done":
                 continue
-            try:
+            try:  # what would fail the chunk's batch fails its row here: the claim, then the pixels
                 request = ScoreRequest(data, brand=row["brand"], product=row["product"], seller=row["seller_id"],
                                        listing=row["listing_id"], title=row["title"], label=row["image"])
-            except ValueError as exc:
+                self._check_claim(row["brand"], row["product"], claims)
+                out["phash"] = phash(decode_image(data)).int64
+            except (ValueError, MarkguardError) as exc:
                 out["error"] = str(exc)
                 continue
             pending.append((out, request))
         pending = self._unchanged(pending)
         for out, request, result in self._score(pending):
             if isinstance(result, str):
-                out["error"] = result
+                out.update(error=result, phash=None)
                 continue
-            out.update(status="scored", score=result.to_dict(), phash=phash(decode_image(request.data)).int64)
+            out.update(status="scored", score=result.to_dict())
             self.home.put_blob(request.data)  # kept, as `/score` keeps it, so a review can use the photo
         return outcomes
+
+    def _check_claim(self, brand: str | None, product: str | None, known: dict) -> None:
+        """Unknown brand or product: NotFound, as the engine would raise it (looked up once a chunk)."""
+        from markguard.serving.brands import get_brand, get_product
+
+        if brand is None or (brand, product) in known:
+            return
+        with self.home.sessions() as session:
+            row = get_brand(session, brand)
+            if product is not None:
+                get_product(session, row, product)
+        known[(brand, product)] = True
 
     # -- steps ---------------------------------------------------------------------------------
     def _check_and_read(self, row: dict[str, Any], out: dict[str, Any]) -> bytes:
