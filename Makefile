@@ -13,7 +13,7 @@ SHARED_DATA ?= ../shared/data
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,postgres]'
+	$(BIN)/pip install --quiet -e '.[dev,postgres,ray]'
 	touch $@
 
 setup: $(BIN)/.installed

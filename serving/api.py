@@ -37,6 +37,7 @@ from markguard.serving.metrics import DECISIONS, INDEX_SIZE, LISTINGS_SCORED, in
 from markguard.serving.redact import public_message
 from markguard.serving.references import delete_references
 from markguard.serving.reviews import MAX_REVIEWS_PAGE, list_reviews, record_review
+from markguard.serving.scan.routes import scans_router
 from markguard.serving.state.schema import Reference, ReferenceKind
 from markguard.vision.archive import is_zip
 from markguard.vision.decode import MAX_BYTES, decode_image, sniff_format
@@ -177,6 +178,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
         return Depends(dependency)
 
     as_admin, as_brand, as_moderator = require(Role.ADMIN), require(Role.BRAND), require(Role.MODERATOR)
+    app.include_router(scans_router(auth, lambda request: be(request).home))
 
     def brand_of(request: Request, principal: Principal, name: str) -> str:
         """The brand's canonical name; a brand key asking for another brand gets 404, like an unknown one."""

@@ -26,6 +26,7 @@ __all__ = ["main", "build_parser", "add_home_argument"]
 COMMAND_MODULES = (
     "markguard.serving.commands.catalog",
     "markguard.serving.commands.score",
+    "markguard.serving.commands.scan",
     "markguard.serving.commands.serve",
     "markguard.serving.commands.model",
     "markguard.serving.commands.keys",

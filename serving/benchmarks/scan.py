@@ -1,0 +1,162 @@
+"""`markguard bench scan`: one feed of real grocery photos with true and false claims, scanned by each
+scan path in this process: photos/s, decision agreement with the first path and claim AUC.
+
+The catalog: the grocery brands with each product's iconic image enrolled. The feed: val photos, then
+train photos (none of them enrolled), alternately claiming their own product (a genuine claim) and
+another product of the same brand (a false claim; another brand's where the brand has one product).
+Every path scans its own copy of the same home, so none sees another's listings. The paths are the
+`PATHS` registry: a new one (a baseline) is one entry, and the last line names each one's ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["get_args_parser", "main", "PATHS", "build_feed"]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="markguard bench scan", description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=Path(os.environ.get("MARKGUARD_SHARED_DATA", "../shared/data")))
+    p.add_argument("--photos", type=int, default=300, help="feed rows, one distinct photo each (default 300)")
+    p.add_argument("--workers", type=int, default=0, help="scorers per engine (default: one per core)")
+    p.add_argument("--chunk", type=int, default=16)
+    p.add_argument("--no-ocr", action="store_true", help="skip reading text on every path")
+    p.add_argument("--paths", default="local,ray", help="which paths to run, first is the reference")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/bench-scan.json"))
+    return p
+
+
+def build_feed(data: Path, feed: Path, *, photos: int, seed: int) -> tuple[list[str], dict[str, int]]:
+    """Write the feed; returns the products to enroll and each listing's label (1: a false claim)."""
+    from markguard.datasets.grocery import brand_of
+
+    root = data / "grocery-packages"
+    products = sorted(p.parent.name for p in (root / "iconic" / "Packages").glob("*/*/*_Iconic.jpg"))
+    pool = sorted((root / "val" / "Packages").glob("*/*/*.jpg"))
+    pool += sorted((root / "train" / "Packages").glob("*/*/*.jpg"))
+    pool = [p for p in pool if p.parent.name in products]
+    rng = np.random.default_rng(seed)
+    chosen = pool[:100] + [pool[100 + int(i)] for i in sorted(rng.permutation(len(pool) - 100)[: max(0, photos - 100)])]
+    chosen = chosen[:photos]
+    if len(chosen) < photos:
+        raise SystemExit(f"markguard: only {len(chosen)} grocery photos under {root}")
+    labels, rows = {}, []
+    for i, path in enumerate(chosen):
+        product = path.parent.name
+        brand = brand_of(product)
+        claim = product
+        if i % 2:  # a false claim: the same brand's other product, else another brand's
+            same = [p for p in products if brand_of(p) == brand and p != product]
+            claim = same[int(rng.integers(len(same)))] if same else products[int(rng.integers(len(products)))]
+            while claim == product:
+                claim = products[int(rng.integers(len(products)))]
+        listing = f"bench-{i:04d}"
+        labels[listing] = int(claim != product)
+        rows.append({"listing_id": listing, "seller_id": f"seller-{i % 17}", "brand": brand_of(claim),
+                     "product": claim, "title": claim.replace("-", " "), "image": str(path.resolve())})
+    feed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return products, labels
+
+
+def _scan_path(engine: str) -> Callable[..., dict[str, Any]]:
+    def run(home: Path, feed: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+        from markguard.serving.scan import ScanSettings, run_scan
+
+        settings = ScanSettings(home=str(home), feed=feed, ocr=not args.no_ocr, chunk=args.chunk,
+                                workers=args.workers)
+        started = time.perf_counter()
+        summary = run_scan(settings, out, engine=engine, progress=True)
+        seconds = time.perf_counter() - started
+        results = {}
+        for line in (out / "results.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            results[row["listing_id"]] = row
+        scored = summary["by_status"].get("scored", 0)
+        return {"results": results, "seconds": round(seconds, 2), "scored": scored,
+                "errors": summary["errors"], "photos_per_second": round(scored / seconds, 3)}
+
+    return run
+
+
+# name → run(home, feed, out, args) -> {"results": {listing_id: row}, "seconds", "scored", "photos_per_second"}
+PATHS: dict[str, Callable[..., dict[str, Any]]] = {"local": _scan_path("local"), "ray": _scan_path("ray")}
+
+
+def _claim_auc(results: dict[str, dict], labels: dict[str, int]) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    ids = [i for i in labels if results.get(i, {}).get("risk") is not None]
+    return round(float(roc_auc_score([labels[i] for i in ids], [results[i]["risk"] for i in ids])), 4)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from markguard.datasets.grocery import brand_of
+    from markguard.serving.brands import add_brand
+    from markguard.serving.enroll import collect_inputs, enroll
+    from markguard.serving.models import ensure_default_model
+    from markguard.serving.state.home import Home
+
+    args = get_args_parser().parse_args(argv)
+    names = [n.strip() for n in args.paths.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PATHS]
+    if unknown or not names:
+        print(f"markguard: unknown path(s) {unknown}; choose from {', '.join(PATHS)}")
+        return 2
+    report: dict[str, Any] = {"photos": args.photos, "ocr": not args.no_ocr, "cores": os.cpu_count(), "paths": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        feed = tmp_path / "feed.jsonl"
+        products, labels = build_feed(args.data, feed, photos=args.photos, seed=args.seed)
+        base = Home(tmp_path / "home")
+        artifact = ensure_default_model(base)
+        model = artifact.load_embedder()
+        with base.sessions.begin() as session:
+            for brand in sorted({brand_of(p) for p in products}):
+                add_brand(session, brand)
+        iconic = args.data / "grocery-packages" / "iconic" / "Packages"
+        for product in products:
+            enroll(base, artifact, model, brand=brand_of(product), product=product,
+                   inputs=collect_inputs(sorted(iconic.glob(f"*/{product}/*_Iconic.jpg"))))
+        base.close()
+        del model
+        report["model"] = artifact.tag
+        runs = {}
+        for name in names:
+            home = tmp_path / f"home-{name}"
+            shutil.copytree(tmp_path / "home", home)
+            runs[name] = PATHS[name](home, feed, tmp_path / f"out-{name}", args)
+        reference = runs[names[0]]["results"]
+        for name, run in runs.items():
+            results = run.pop("results")
+            both = [i for i in labels if reference[i].get("decision") and results[i].get("decision")]
+            risk_delta = [abs(reference[i]["risk"] - results[i]["risk"]) for i in both]
+            report["paths"][name] = run | {
+                "claim_auc": _claim_auc(results, labels),
+                "decision_agreement": round(float(np.mean([reference[i]["decision"] == results[i]["decision"]
+                                                           for i in both])), 4) if both else None,
+                "max_risk_delta": round(max(risk_delta), 6) if risk_delta else None,
+            }
+    print(f"{'path':10}{'photos/s':>10}{'seconds':>9}{'claim AUC':>11}{'agreement':>11}{'max Δrisk':>11}")
+    for name, row in report["paths"].items():
+        print(f"{name:10}{row['photos_per_second']:>10.3f}{row['seconds']:>9.1f}{row['claim_auc']:>11.4f}"
+              f"{row['decision_agreement']:>11.4f}{row['max_risk_delta']:>11.6f}")
+    ratios = {f"{name}_vs_{names[0]}": report["paths"][name]["photos_per_second"]
+              / report["paths"][names[0]]["photos_per_second"] for name in names[1:]}
+    report["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"(wrote {args.out})")
+    print(" ".join(f"{k}={v:.3f}" for k, v in ratios.items()))
+    return 0

@@ -1,0 +1,159 @@
+"""Where a scan's scorers run: worker processes on this machine (`local`) or a Ray Data actor pool
+(`ray`). Both turn the feed into lists of outcome dicts (`ScanWorker.process`) and hand them to the
+driver, which alone writes the catalog and the journal."""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import dataclasses
+import json
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from markguard.serving.scan.feed import FIELDS, clean_row, feed_format, read_chunks
+from markguard.serving.scan.worker import DoneMap, ScanWorker
+from markguard.vision.errors import MarkguardError
+
+__all__ = ["ENGINES", "ScanSettings", "local_outcomes", "ray_outcomes"]
+
+# A Ray instance this process starts talks to 127.0.0.1 only, and never phones home (COMPONENTS.md).
+_RAY_LOCAL_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanSettings:
+    home: str
+    feed: Path
+    ocr: bool = True
+    rescore: bool = False
+    chunk: int = 16  # rows a scorer takes at a time (one batched forward pass)
+    workers: int = 0  # scorers (0: one per core)
+    image_root: str | None = None  # images must lie under this folder (None: anywhere readable)
+    ray_address: str | None = None
+
+    @property
+    def scorers(self) -> int:
+        return self.workers or max(1, os.cpu_count() or 1)
+
+    @property
+    def threads(self) -> int:
+        """Torch threads per scorer: the cores shared out."""
+        return max(1, (os.cpu_count() or 1) // self.scorers)
+
+    def worker_kwargs(self, done: DoneMap) -> dict[str, Any]:
+        return {"ocr": self.ocr, "feed_dir": str(self.feed.resolve().parent), "image_root": self.image_root,
+                "done": done, "rescore": self.rescore, "threads": self.threads}
+
+
+# -- local: a process pool, one engine per process -----------------------------------------------------
+_WORKER: ScanWorker | None = None
+
+
+def _init_local(home: str, kwargs: dict[str, Any]) -> None:
+    global _WORKER
+    try:  # die with the scan: a SIGKILLed parent leaves no orphan scorers
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    _WORKER = ScanWorker(home, **kwargs)
+
+
+def _process_local(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    assert _WORKER is not None
+    return _WORKER.process(rows)
+
+
+def local_outcomes(settings: ScanSettings, done: DoneMap) -> Iterator[list[dict[str, Any]]]:
+    """Chunks of the feed through `settings.scorers` worker processes, in feed order, at most two
+    chunks per worker in flight (the feed is never held whole)."""
+    kwargs = settings.worker_kwargs(done)
+    chunks = read_chunks(settings.feed, size=settings.chunk)
+    if settings.workers < 0:  # in this process (debugging, and small benches)
+        worker = ScanWorker(settings.home, **kwargs)
+        for rows in chunks:
+            yield worker.process(rows)
+        return
+    pool = ProcessPoolExecutor(settings.scorers, mp_context=get_context("spawn"), initializer=_init_local,
+                               initargs=(settings.home, kwargs))
+    try:
+        inflight: collections.deque[Future] = collections.deque()
+        for rows in chunks:
+            inflight.append(pool.submit(_process_local, rows))
+            if len(inflight) >= 2 * settings.scorers:
+                yield inflight.popleft().result()
+        while inflight:
+            yield inflight.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# -- ray: Ray Data reads the feed, an actor pool scores it -------------------------------------------
+class RayScorer:
+    """A Ray actor: loads the model and index once, then scores batches of feed rows."""
+
+    def __init__(self, home: str, kwargs: dict[str, Any]) -> None:
+        self.worker = ScanWorker(home, **kwargs)
+
+    def __call__(self, batch: Any) -> dict[str, Any]:
+        rows = [clean_row(r, row=-1) for r in batch.to_pylist()]
+        return {"outcome": [json.dumps(o) for o in self.worker.process(rows)]}
+
+
+def ray_outcomes(settings: ScanSettings, done: DoneMap) -> Iterator[list[dict[str, Any]]]:
+    try:
+        if settings.ray_address is None:
+            for name, value in _RAY_LOCAL_ENV.items():
+                os.environ.setdefault(name, value)
+        import ray
+        import ray.data
+    except ModuleNotFoundError:
+        raise MarkguardError("the ray engine needs Ray: pip install 'markguard[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        if settings.ray_address is not None:
+            ray.init(address=settings.ray_address, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                     object_store_memory=256 * 1024**2, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        fmt = feed_format(settings.feed)
+        path = str(settings.feed.resolve())
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.execution_options.preserve_order = True
+        if fmt == "jsonl":
+            ds = ray.data.read_json(path, lines=True)
+        elif fmt == "csv":
+            import pyarrow as pa
+            import pyarrow.csv
+
+            ds = ray.data.read_csv(path, convert_options=pyarrow.csv.ConvertOptions(  # text, as read locally
+                column_types=dict.fromkeys(FIELDS, pa.string())))
+        else:
+            ds = ray.data.read_parquet(path)
+        ds = ds.map_batches(
+            RayScorer, fn_constructor_args=(settings.home, settings.worker_kwargs(done)),
+            compute=ray.data.ActorPoolStrategy(size=settings.scorers),
+            num_cpus=0.5,  # fractional: whole CPUs for every actor would starve the read tasks (a silent hang)
+            batch_size=settings.chunk, batch_format="pyarrow",
+        )
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            yield [json.loads(s) for s in batch.column("outcome").to_pylist()]
+    finally:
+        if started:
+            ray.shutdown()
+
+
+ENGINES = {"local": local_outcomes, "ray": ray_outcomes}

@@ -1,0 +1,47 @@
+"""The scan's one catalog writer: records scored listings exactly as `/score` does (the listing row
+with its perceptual hash and decision summary, and its serials), one transaction per chunk."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from markguard.serving.brands import get_brand
+from markguard.serving.serials import record_serials, serials_to_record
+from markguard.serving.state.home import Home
+from markguard.serving.state.schema import Listing
+
+__all__ = ["last_listing_row", "record_chunk"]
+
+
+def last_listing_row(home: Home) -> int:
+    with home.sessions() as session:
+        return int(session.scalar(select(func.max(Listing.id))) or 0)
+
+
+def record_chunk(home: Home, outcomes: list[dict[str, Any]]) -> int:
+    """Record every `scored` outcome in one transaction; returns how many."""
+    scored = [o for o in outcomes if o["status"] == "scored"]
+    if not scored:
+        return 0
+    with home.sessions.begin() as session:
+        brand_ids: dict[str, int] = {}
+        for out in scored:
+            score = out["score"]
+            name = score["brand"]["name"]  # the brand judged: claimed, or the best-matching one
+            if name is not None and name not in brand_ids:
+                brand_ids[name] = get_brand(session, name).id
+            summary = {"risk": score["risk"], "decision": score["decision"]}
+            if (score["claimed"] or {}).get("title") is not None:
+                summary["title"] = score["claimed"]["title"]
+            row = Listing(listing_id=out["listing_id"], seller_id=out["seller_id"],
+                          brand_id=brand_ids.get(name), image_sha256=out["sha256"], phash=out["phash"],
+                          risk=score["risk"], decision=score["decision"], model_tag=score["model"], result=summary)
+            session.add(row)
+            session.flush()
+            serials = serials_to_record(score["ocr"])
+            if serials:
+                record_serials(session, home, listing_row_id=row.id, brand_id=row.brand_id,
+                               normalized_serials=serials)
+    return len(scored)

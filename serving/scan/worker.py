@@ -1,0 +1,227 @@
+"""What every scorer of a scan runs on a chunk of feed rows, wherever it runs (a local worker process
+or a Ray actor): check each row, read its photo, skip what is finished, score the rest with the engine
+(`record=False`: the scan's one writer records), and describe each row as an outcome dict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from markguard.vision.decode import MAX_BYTES, decode_image
+from markguard.vision.errors import MarkguardError
+from markguard.vision.phash import phash
+
+__all__ = ["ScanWorker", "DoneMap", "row_key", "listing_key_of", "sha_key", "error_key"]
+
+MAX_ID = 200  # characters of listing, seller, brand and product names (the catalog's columns)
+MAX_TITLE = 500
+_URL = re.compile(r"^\s*[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def _key(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def listing_key_of(row: dict[str, Any]) -> int:
+    """A row's listing id as a 64-bit key; a row without one is keyed by its seller and image."""
+    return _key(row["listing_id"] or "\0" + json.dumps([row.get("seller_id"), row.get("image")]))
+
+
+def sha_key(sha256: str) -> int:
+    """A photo, by content: a row finished with this photo."""
+    return int(sha256[:16], 16)
+
+
+def error_key(image: str | None) -> int:
+    """A row finished with an error, by the image it named (its content may never have been read)."""
+    return _key("\0error:" + (image or ""))
+
+
+def row_key(out: dict[str, Any]) -> tuple[int, int]:
+    """(listing key, photo or error key) of an outcome: what a resumed scan skips."""
+    ok = out["status"] in ("scored", "unchanged", "duplicate")
+    return listing_key_of(out), sha_key(out["sha256"]) if ok else error_key(out["image"])
+
+
+class DoneMap:
+    """Listings a scan finished, as 64-bit keys (16 bytes a row): listing → photo hash, or ERROR_KEY."""
+
+    def __init__(self, listings: np.ndarray | None = None, shas: np.ndarray | None = None) -> None:
+        listings = np.zeros(0, np.uint64) if listings is None else np.asarray(listings, np.uint64)
+        shas = np.zeros(0, np.uint64) if shas is None else np.asarray(shas, np.uint64)
+        order = np.argsort(listings, kind="stable")
+        self.listings, self.shas = listings[order], shas[order]
+
+    def __len__(self) -> int:
+        return len(self.listings)
+
+    def __contains__(self, key: tuple[int, int]) -> bool:
+        listing = np.uint64(key[0])
+        lo, hi = np.searchsorted(self.listings, listing), np.searchsorted(self.listings, listing, side="right")
+        return bool((self.shas[lo:hi] == np.uint64(key[1])).any())
+
+
+class ScanWorker:
+    """One scorer: a `ScoringEngine` (model and index loaded once) and the scan's fixed settings."""
+
+    def __init__(self, home_root: str, *, ocr: bool, feed_dir: str, image_root: str | None = None,
+                 done: DoneMap | None = None, rescore: bool = False, threads: int | None = None) -> None:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        from markguard.serving.state.home import Home
+
+        self.home = Home(home_root)
+        self.ocr = ocr
+        self._engine = None  # loaded on the first row that needs scoring (a resume may need none)
+        self.feed_dir = Path(feed_dir)
+        self.image_root = Path(image_root).resolve() if image_root else None
+        self.done = done or DoneMap()
+        self.rescore = rescore
+
+    @property
+    def engine(self):  # noqa: ANN201 - a ScoringEngine, imported late
+        if self._engine is None:
+            from markguard.serving.engine import ScoringEngine
+
+            self._engine = ScoringEngine(self.home, ocr=self.ocr)
+        return self._engine
+
+    def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One outcome per row, in order: `status` is scored, unchanged, done (finished earlier) or error."""
+        from markguard.serving.engine import ScoreRequest
+
+        outcomes: list[dict[str, Any]] = []
+        claims: dict[tuple[str, str | None], bool] = {}
+        pending: list[tuple[dict[str, Any], ScoreRequest]] = []
+        for row in rows:
+            out = {"listing_id": row["listing_id"], "seller_id": row["seller_id"],
+                   "image": row["image"], "sha256": None, "status": "error", "error": row.get("error"),
+                   "score": None, "phash": None}
+            outcomes.append(out)
+            if (listing_key_of(row), error_key(row["image"])) in self.done:
+                out["status"] = "done"
+                continue
+            if out["error"] is None:
+                try:
+                    data = self._check_and_read(row, out)
+                except MarkguardError as exc:
+                    out["error"] = str(exc)
+            if out["error"] is not None or out["status"] == "done":
+                continue
+            try:  # what would fail the chunk's batch fails its row here: the claim, then the pixels
+                request = ScoreRequest(data, brand=row["brand"], product=row["product"], seller=row["seller_id"],
+                                       listing=row["listing_id"], title=row["title"], label=row["image"])
+                self._check_claim(row["brand"], row["product"], claims)
+                out["phash"] = phash(decode_image(data)).int64
+            except (ValueError, MarkguardError) as exc:
+                out["error"] = str(exc)
+                continue
+            pending.append((out, request))
+        pending = self._unchanged(pending)
+        for out, request, result in self._score(pending):
+            if isinstance(result, str):
+                out.update(error=result, phash=None)
+                continue
+            out.update(status="scored", score=result.to_dict())
+            self.home.put_blob(request.data)  # kept, as `/score` keeps it, so a review can use the photo
+        return outcomes
+
+    def _check_claim(self, brand: str | None, product: str | None, known: dict) -> None:
+        """Unknown brand or product: NotFound, as the engine would raise it (looked up once a chunk)."""
+        from markguard.serving.brands import get_brand, get_product
+
+        if brand is None or (brand, product) in known:
+            return
+        with self.home.sessions() as session:
+            row = get_brand(session, brand)
+            if product is not None:
+                get_product(session, row, product)
+        known[(brand, product)] = True
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _check_and_read(self, row: dict[str, Any], out: dict[str, Any]) -> bytes:
+        if not row["listing_id"]:
+            raise MarkguardError("missing listing_id")
+        for name in ("listing_id", "seller_id", "brand", "product"):
+            if row[name] is not None and len(row[name]) > MAX_ID:
+                raise MarkguardError(f"{name} longer than {MAX_ID} characters")
+        if row["title"] is not None and len(row["title"]) > MAX_TITLE:
+            raise MarkguardError(f"title longer than {MAX_TITLE} characters")
+        if not row["image"]:
+            raise MarkguardError("missing image")
+        if _URL.match(row["image"]):
+            raise MarkguardError("image is a URL: scans read local files only")
+        data = self._read(row["image"])
+        out["sha256"] = hashlib.sha256(data).hexdigest()
+        if (listing_key_of(row), sha_key(out["sha256"])) in self.done:
+            out["status"] = "done"
+        return data
+
+    def _read(self, name: str) -> bytes:
+        path = (self.feed_dir / name).resolve()
+        if self.image_root is not None and not path.is_relative_to(self.image_root):
+            raise MarkguardError("image lies outside the feed's folder")
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_BYTES + 1)
+        except IsADirectoryError:
+            raise MarkguardError("image is a directory") from None
+        except FileNotFoundError:
+            raise MarkguardError("image file not found") from None
+        except OSError as exc:
+            raise MarkguardError(f"image unreadable: {exc.strerror or exc}") from None
+        if len(data) > MAX_BYTES:
+            raise MarkguardError(f"image larger than the {MAX_BYTES}-byte limit")
+        return data
+
+    def _unchanged(self, pending: list) -> list:
+        """Drop (and mark `unchanged`) listings the catalog already holds with this photo and model."""
+        from markguard.serving.state.schema import Brand, Listing
+
+        if self.rescore or not pending:
+            return pending
+        ids = sorted({o["listing_id"] for o, _ in pending})
+        with self.home.sessions() as session:
+            rows = session.execute(
+                select(Listing.listing_id, Listing.image_sha256, Listing.risk, Listing.decision, Brand.name)
+                .outerjoin(Brand, Brand.id == Listing.brand_id)
+                .where(Listing.listing_id.in_(ids), Listing.model_tag == self.engine.model_tag)
+                .order_by(Listing.id)
+            ).all()
+        known = {(r.listing_id, r.image_sha256): r for r in rows}
+        left = []
+        for out, request in pending:
+            hit = known.get((out["listing_id"], out["sha256"]))
+            if hit is None:
+                left.append((out, request))
+            else:
+                out.update(status="unchanged", score={"risk": hit.risk, "decision": hit.decision,  # as recorded
+                                                      "brand": {"name": hit.name}, "model": self.engine.model_tag})
+        return left
+
+    def _score(self, pending: list) -> list[tuple[dict[str, Any], Any, Any]]:
+        """(outcome, request, result or error message) per request: the chunk in one batch, and one by
+        one when something in it fails, so one bad photo never fails its neighbours."""
+        if not pending:
+            return []
+        try:
+            results = self.engine.score_many([q for _, q in pending], record=False)
+            return [(o, q, r) for (o, q), r in zip(pending, results, strict=True)]
+        except MarkguardError:
+            pass
+        out = []
+        for o, q in pending:
+            try:
+                out.append((o, q, self.engine.score(q, record=False)))
+            except MarkguardError as exc:
+                out.append((o, q, str(exc)))
+        return out
