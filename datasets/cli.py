@@ -75,6 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace a different build already in --out")
     p.add_argument("--rings", type=int, default=10, help="planted rings")
     p.add_argument("--honest-sellers", type=int, default=160, help="honest sellers")
+    p.add_argument("--resellers", type=int, default=25, help="resellers of genuine goods")
+    p.add_argument("--lone-counterfeiters", type=int, default=15, help="counterfeiters outside any ring")
     p.add_argument("--source", type=Path, default=None,
                    help="grocery-packages folder (default: $MARKGUARD_DATA or ../shared/data, + /grocery-packages)")
     p.set_defaults(func=_marketplace)
@@ -177,7 +179,8 @@ def _marketplace(args: argparse.Namespace) -> int:
     from markguard.datasets.sources import default_data_root
 
     started = time.monotonic()
-    opts = MarketplaceOptions(seed=args.seed, rings=args.rings, honest_sellers=args.honest_sellers)
+    opts = MarketplaceOptions(seed=args.seed, rings=args.rings, honest_sellers=args.honest_sellers,
+                              resellers=args.resellers, lone_counterfeiters=args.lone_counterfeiters)
     stats = build_marketplace(args.out, source=args.source or default_data_root() / "grocery-packages", opts=opts,
                               force=args.force)
     print(json.dumps({**stats, "out": str(args.out), "seconds": round(time.monotonic() - started, 1)}, indent=1))

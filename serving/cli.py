@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "markguard.training.cli",
     "markguard.serving.commands.bench",
     "markguard.serving.commands.serials",
+    "markguard.serving.commands.intel",
 )
 
 

@@ -14,6 +14,7 @@ BENCHMARKS = {
     "scoring": "markguard.serving.benchmarks.scoring",
     "embedder": "markguard.training.benchmarks.embedder",
     "serve": "markguard.serving.bench_serve",
+    "rings": "markguard.serving.benchmarks.rings",
 }
 
 
