@@ -27,6 +27,7 @@ from starlette.datastructures import UploadFile
 from markguard.serving.brands import add_brand, get_brand, summarize
 from markguard.serving.engine import ScoreRequest, ScoringEngine
 from markguard.serving.enroll import InputImage, collect_inputs, enroll
+from markguard.serving.intelligence.api import router as intelligence_router
 from markguard.serving.keys import Principal, Role, authenticate, create_key
 from markguard.serving.limits import ApiError, RateLimiter, log, request_id_of
 from markguard.serving.limits import _BodyTooLarge as BodyTooLarge
@@ -134,6 +135,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
     from fastapi.exceptions import RequestValidationError
 
     app.add_exception_handler(RequestValidationError, _invalid)
+    app.include_router(intelligence_router)
 
     def be(request: Request) -> Backend:
         b = request.app.state.backend

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     truth = json.loads((feed / "truth.json").read_text(encoding="utf-8"))
     home_dir = args.home or Path(tempfile.mkdtemp(prefix="markguard-bench-rings-"))
     existing = 0
-    if (home_dir / "catalog.db").exists() or os.environ.get("MARKGUARD_DATABASE_URL"):
+    if (home_dir / "catalog.sqlite").exists() or os.environ.get("MARKGUARD_DATABASE_URL"):
         home = Home(home_dir)
         with home.sessions() as session:
             existing = session.scalar(select(func.count()).select_from(Listing)) or 0
