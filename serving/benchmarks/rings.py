@@ -32,6 +32,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", type=Path, default=None, help="home to score into (default: a fresh temporary one)")
     p.add_argument("--chunk", type=int, default=16, help="listings per forward pass")
     p.add_argument("--source", type=Path, default=None, help="grocery-packages folder")
+    p.add_argument("--without-model", action="store_true",
+                   help="ablation: record listings without scoring (every decision `pass`, no vectors or known-fake "
+                        "matches), to measure the network step alone at full size in seconds")
     p.add_argument("--out", type=Path, default=Path("runs/bench-rings.json"))
     return p
 
@@ -82,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from markguard.datasets.marketplace import MarketplaceOptions, build_marketplace
     from markguard.datasets.sources import default_data_root
+    from markguard.serving.brands import add_brand
     from markguard.serving.engine import ScoringEngine
-    from markguard.serving.intelligence.feed import ingest_feed, read_feed
+    from markguard.serving.intelligence.feed import ingest_feed, read_feed, record_feed_unscored
     from markguard.serving.intelligence.rings import rebuild_rings
     from markguard.serving.intelligence.tables import Ring, RingMember
     from markguard.serving.state.home import Home
@@ -111,12 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if existing:
             raise SystemExit(f"{home_dir} holds {existing} of {len(rows)} listings; use a fresh --home")
-        home = _prepare_home(home_dir, feed, source)
-        engine = ScoringEngine(home, ocr=False)
-        with tqdm(total=len(rows), desc="scoring", unit="listing", disable=None) as bar:
-            report = ingest_feed(engine, rows, chunk=args.chunk, progress=bar.update)
-        figures.update(scoring_s=report.seconds, s_per_listing=round(report.seconds / len(rows), 3),
-                       decisions=report.decisions)
+        if args.without_model:
+            home = Home(home_dir)
+            with home.sessions.begin() as session:
+                for brand in sorted({r["brand"] for r in rows if r.get("brand")}):
+                    add_brand(session, brand)
+            report = record_feed_unscored(home, rows)
+        else:
+            home = _prepare_home(home_dir, feed, source)
+            engine = ScoringEngine(home, ocr=False)
+            with tqdm(total=len(rows), desc="scoring", unit="listing", mininterval=30) as bar:
+                report = ingest_feed(engine, rows, chunk=args.chunk, progress=bar.update)
+        figures.update(mode="without-model" if args.without_model else "scored", scoring_s=report.seconds,
+                       s_per_listing=round(report.seconds / len(rows), 3), decisions=report.decisions)
     t0 = time.perf_counter()
     update = rebuild_rings(home)
     figures["rings_s"] = round(time.perf_counter() - t0, 2)

@@ -20,11 +20,13 @@ from sqlalchemy import select
 
 from markguard.serving.engine import ScoreRequest, ScoringEngine
 from markguard.serving.intelligence.evidence import EvidenceConfig, record_evidence
+from markguard.serving.intelligence.tables import ListingEvidence
 from markguard.serving.serials import record_serials
+from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Listing
 from markguard.vision.errors import MarkguardError
 
-__all__ = ["FeedReport", "read_feed", "ingest_feed"]
+__all__ = ["FeedReport", "read_feed", "ingest_feed", "record_feed_unscored"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,3 +86,34 @@ def ingest_feed(engine: ScoringEngine, rows: list[dict[str, Any]], *, chunk: int
         if progress is not None:
             progress(len(part))
     return FeedReport(len(rows), round(time.perf_counter() - started, 1), decisions)
+
+
+def record_feed_unscored(home: Home, rows: list[dict[str, Any]]) -> FeedReport:
+    """Record the feed's listings without the model: photo hash, title, serial and time only, every
+    decision `pass` (risk 0, model `none`). An ablation of the network step, as if the model flagged
+    nothing: the rings it finds rest on photo reuse, serials and title templates alone."""
+    from markguard.serving.brands import get_brand
+    from markguard.vision.decode import decode_image
+    from markguard.vision.phash import phash
+
+    started = time.perf_counter()
+    brands: dict[str, int | None] = {}
+    with home.sessions.begin() as session:
+        for row in rows:
+            data = Path(row["image"]).read_bytes()
+            brand = row.get("brand")
+            if brand is not None and brand not in brands:
+                brands[brand] = get_brand(session, brand).id
+            listing = Listing(listing_id=row["listing_id"], seller_id=row["seller_id"], brand_id=brands.get(brand),
+                              image_sha256=home.put_blob(data), phash=phash(decode_image(data)).int64, risk=0.0,
+                              decision="pass", model_tag="none",
+                              result={"title": row["title"]} if row.get("title") else {})
+            session.add(listing)
+            session.flush()
+            listed = row.get("listed_at")
+            session.add(ListingEvidence(listing_row_id=listing.id, model_tag="none", vector=None, fake_refs=[],
+                                        listed_at=dt.datetime.fromisoformat(listed) if listed else None))
+            if row.get("serial"):
+                record_serials(session, home, listing_row_id=listing.id, brand_id=listing.brand_id,
+                               normalized_serials=[row["serial"]])
+    return FeedReport(len(rows), round(time.perf_counter() - started, 1), {"pass": len(rows)})
