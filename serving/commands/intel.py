@@ -54,6 +54,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("folder", type=Path)
     q.set_defaults(func=_verify)
 
+    p = subparsers.add_parser("alliance", help="share a brand's known-fake references with the alliance (opt-in)")
+    sub = p.add_subparsers(dest="alliance_command", metavar="ACTION", required=True)
+    q = sub.add_parser("share", help="opt a brand in (all its known fakes, or --references)")
+    q.add_argument("brand")
+    q.add_argument("--references", type=lambda t: [int(x) for x in t.split(",") if x.strip()],
+                   help="comma-separated reference ids: share only these")
+    add_home_argument(q)
+    q.set_defaults(func=_alliance)
+    q = sub.add_parser("revoke", help="opt a brand out")
+    q.add_argument("brand")
+    add_home_argument(q)
+    q.set_defaults(func=_alliance)
+    q = sub.add_parser("list", help="who shares what")
+    add_home_argument(q)
+    q.set_defaults(func=_alliance)
+
     p = subparsers.add_parser("report", help="a transparency report for a period (JSON, HTML, PDF)")
     p.add_argument("--from", dest="start", type=_time, required=True)
     p.add_argument("--to", dest="end", type=_time, required=True)
@@ -136,6 +152,20 @@ def _verify(args: argparse.Namespace) -> int:
         print(p)
     print("intact" if not problems else f"{len(problems)} problem(s)")
     return 0 if not problems else 1
+
+
+def _alliance(args: argparse.Namespace) -> int:
+    from markguard.serving.intelligence.sharing import revoke_sharing, share_known_fakes, sharing_status
+
+    home = _home(args)
+    with home.sessions.begin() as session:
+        if args.alliance_command == "share":
+            share_known_fakes(session, args.brand, reference_ids=args.references)
+        elif args.alliance_command == "revoke":
+            revoke_sharing(session, args.brand)
+    with home.sessions() as session:
+        print(json.dumps(sharing_status(session), indent=1))
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -315,3 +315,37 @@ def test_api_rings_cases_and_reports_by_role(catalog: Catalog, grocery: Path):
     assert admin["listings_scanned"] == 5 and brand["listings_scanned"] == 2
     assert "Arla" not in json.dumps(brand)
     assert get("/reports?from=2026-10-01&to=2026-09-01", "admin").status_code == 422
+
+
+def test_sharing_is_opt_in_revocable_and_only_known_fakes(catalog: Catalog):
+    from markguard.serving.intelligence.sharing import revoke_sharing, share_known_fakes, shared_known_fakes
+    from markguard.vision.errors import MarkguardError
+
+    with catalog.home.sessions.begin() as s:
+        refs = {}
+        for brand in ("Oatly", "Arla"):
+            for kind in ("genuine", "counterfeit", "counterfeit"):
+                ref = Reference(brand_id=catalog.brands[brand], kind=kind, sha256=f"{brand}{kind}{len(refs)}".ljust(64, "0"),
+                                width=1, height=1, source="t")
+                s.add(ref)
+                s.flush()
+                refs.setdefault((brand, kind), []).append(ref.id)
+    with catalog.home.sessions.begin() as s:
+        assert shared_known_fakes(s) == []  # nothing is shared until a brand opts in
+        share_known_fakes(s, "Oatly")
+    with catalog.home.sessions.begin() as s:
+        shared = shared_known_fakes(s)
+        assert [(x.reference_id, x.brand) for x in shared] == [(i, "Oatly") for i in refs[("Oatly", "counterfeit")]]
+        assert shared_known_fakes(s, exclude_brand_id=catalog.brands["Oatly"]) == []
+        with pytest.raises(MarkguardError):  # a genuine reference is never shared
+            share_known_fakes(s, "Arla", reference_ids=refs[("Arla", "genuine")])
+        with pytest.raises(MarkguardError):  # nor another brand's known fake
+            share_known_fakes(s, "Arla", reference_ids=refs[("Oatly", "counterfeit")])
+    with catalog.home.sessions.begin() as s:
+        share_known_fakes(s, "Arla", reference_ids=refs[("Arla", "counterfeit")][:1])
+    with catalog.home.sessions.begin() as s:
+        ids = {x.reference_id for x in shared_known_fakes(s)}
+        assert ids == set(refs[("Oatly", "counterfeit")]) | set(refs[("Arla", "counterfeit")][:1])
+        revoke_sharing(s, "Oatly")
+    with catalog.home.sessions() as s:
+        assert [(x.reference_id, x.brand) for x in shared_known_fakes(s)] == [(refs[("Arla", "counterfeit")][0], "Arla")]
