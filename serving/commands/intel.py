@@ -26,9 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("rings", help="seller networks: update, rebuild, list, show")
     sub = p.add_subparsers(dest="rings_command", metavar="ACTION", required=True)
     q = sub.add_parser("update", help="take in listings scored since the last update")
+    q.add_argument("--photos", action="store_true",
+                   help="first compute missing evidence (vectors, known-fake matches) from kept photos (loads the model)")
     add_home_argument(q)
     q.set_defaults(func=_update, rebuild=False)
     q = sub.add_parser("rebuild", help="recompute every edge and ring from the whole catalog")
+    q.add_argument("--photos", action="store_true", help="as for update")
     add_home_argument(q)
     q.set_defaults(func=_update, rebuild=True)
     q = sub.add_parser("list", help="live rings, best first")
@@ -97,8 +100,15 @@ def _brand_id(home, name: str | None) -> int | None:  # noqa: ANN001
 def _update(args: argparse.Namespace) -> int:
     from markguard.serving.intelligence.rings import rebuild_rings, update_rings
 
-    report = (rebuild_rings if args.rebuild else update_rings)(_home(args))
-    print(json.dumps(report.__dict__))
+    home = _home(args)
+    backfilled = None
+    if args.photos:
+        from markguard.serving.engine import ScoringEngine
+        from markguard.serving.intelligence.backfill import backfill_evidence
+
+        backfilled = backfill_evidence(ScoringEngine(home, ocr=False))
+    report = (rebuild_rings if args.rebuild else update_rings)(home)
+    print(json.dumps({**report.__dict__, "evidence_backfilled": backfilled}))
     return 0
 
 

@@ -49,7 +49,7 @@ class Catalog:
     def add(self, seller: str, *, brand: str = "Oatly", phash: int | None = None, decision: str = "pass",
             title: str | None = None, serial: str | None = None, fake_refs: tuple[int, ...] = (),
             vector: np.ndarray | None = None, at: dt.datetime = T0, listed_at: dt.datetime | None = None,
-            photo: bytes | None = None, model: str = "m1") -> int:
+            photo: bytes | None = None, model: str = "m1", evidence: bool = True) -> int:
         self.n += 1
         if phash is None:
             phash = int(np.random.default_rng(self.n).integers(-(1 << 62), 1 << 62))
@@ -63,8 +63,9 @@ class Catalog:
             if serial:
                 record_serials(s, self.home, listing_row_id=row.id, brand_id=row.brand_id, normalized_serials=[serial])
             vec = None if vector is None else (vector / np.linalg.norm(vector)).astype(np.float32).tobytes()
-            s.add(ListingEvidence(listing_row_id=row.id, model_tag=model, vector=vec, fake_refs=list(fake_refs),
-                                  listed_at=listed_at))
+            if evidence:
+                    s.add(ListingEvidence(listing_row_id=row.id, model_tag=model, vector=vec, fake_refs=list(fake_refs),
+                                      listed_at=listed_at))
             return row.id
 
 
@@ -349,3 +350,29 @@ def test_sharing_is_opt_in_revocable_and_only_known_fakes(catalog: Catalog):
         revoke_sharing(s, "Oatly")
     with catalog.home.sessions() as s:
         assert [(x.reference_id, x.brand) for x in shared_known_fakes(s)] == [(refs[("Arla", "counterfeit")][0], "Arla")]
+
+
+def test_evidence_backfilled_from_kept_photos_with_the_real_model(catalog: Catalog, grocery: Path):
+    """Listings scored over the API have no evidence row: it is computed from the photo the service kept."""
+    from markguard.serving.engine import ScoringEngine
+    from markguard.serving.enroll import InputImage, enroll
+    from markguard.serving.intelligence.backfill import backfill_evidence
+    from markguard.serving.state.schema import ReferenceKind
+
+    fake, other = sorted((grocery / "train").rglob("Oatly-*.jpg"))[:2]
+    engine = ScoringEngine(catalog.home, ocr=False)
+    report = enroll(catalog.home, engine.artifact, engine.model, brand="Oatly", kind=ReferenceKind.COUNTERFEIT,
+                    inputs=[InputImage("confirmed-fake", fake.read_bytes())])
+    engine.refresh()  # the enrolled known fake is in the saved index now
+    catalog.add("a", photo=fake.read_bytes(), decision="review", evidence=False)
+    catalog.add("b", photo=fake.read_bytes(), decision="takedown", evidence=False)
+    catalog.add("c", photo=other.read_bytes(), decision="review", evidence=False)
+    catalog.add("d", decision="review", evidence=False)  # photo not kept
+    assert backfill_evidence(engine) == 3
+    with catalog.home.sessions() as s:
+        rows = {e.listing_row_id: e for e in s.scalars(select(ListingEvidence))}
+    assert [rows[i].fake_refs for i in sorted(rows)] == [report.added, report.added, [], []]
+    assert rows[max(rows)].vector is None
+    pairs = _pairs(catalog.home)
+    assert frozenset({"a", "b"}) in pairs["embedding"] and frozenset({"a", "b"}) in pairs["known_fake"]
+    assert all("c" not in p for p in pairs.get("embedding", set()))
