@@ -376,3 +376,29 @@ def test_evidence_backfilled_from_kept_photos_with_the_real_model(catalog: Catal
     pairs = _pairs(catalog.home)
     assert frozenset({"a", "b"}) in pairs["embedding"] and frozenset({"a", "b"}) in pairs["known_fake"]
     assert all("c" not in p for p in pairs.get("embedding", set()))
+
+
+def test_cli_rings_case_report(catalog: Catalog, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from markguard.serving.cli import main
+
+    _plant_ring(catalog, ["r1", "r2", "r3"])
+    home = ["--home", str(catalog.home.root)]
+    assert main(["rings", "update", *home]) == 0
+    assert json.loads(capsys.readouterr().out)["rings"] == 1
+    assert main(["rings", "list", "--json", "--brand", "Oatly", *home]) == 0
+    (ring,) = json.loads(capsys.readouterr().out)
+    assert main(["rings", "list", "--json", "--since", "2027-01-01", *home]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["rings", "show", str(ring["id"]), "--json", *home]) == 0
+    assert json.loads(capsys.readouterr().out)["members"] == ["r1", "r2", "r3"]
+    assert main(["rings", "show", "999", *home]) == 2
+    out = tmp_path / "case"
+    assert main(["case", "export", str(ring["id"]), "--out", str(out), *home]) == 0
+    assert main(["case", "export", str(ring["id"]), "--out", str(out), *home]) == 2  # never over a bundle
+    assert main(["case", "verify", str(out)]) == 0
+    (out / "network.png").write_bytes(b"not the graph")
+    assert main(["case", "verify", str(out)]) == 1
+    assert "changed: network.png" in capsys.readouterr().out
+    assert main(["report", "--from", "2026-09-01", "--to", "2026-10-01", "--out", str(tmp_path / "r"), *home]) == 0
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["listings_scanned"] == 3
+    assert main(["report", "--from", "2026-10-01", "--to", "2026-09-01", "--out", str(tmp_path / "r"), *home]) == 2
