@@ -28,7 +28,7 @@ from markguard.serving.intelligence.evidence import (
 )
 from markguard.serving.intelligence.tables import Ring, RingMember, RingState, SellerEdge
 from markguard.serving.state.home import Home
-from markguard.serving.state.schema import Brand
+from markguard.serving.state.schema import Brand, Listing
 from markguard.vision.errors import NotFound
 
 __all__ = ["RingUpdate", "update_rings", "rebuild_rings", "list_rings", "ring_detail", "seller_graph"]
@@ -221,8 +221,6 @@ def list_rings(session: Session, *, brand_id: int | None = None, since: dt.datet
 def ring_detail(session: Session, ring_id: int, *, visible_to: int | None = None) -> dict[str, Any]:
     """A ring with its sellers, listings and evidence edges. A brand-scoped caller (`visible_to`) gets
     404 for rings not touching its brand and sees other brands' listings only as counts."""
-    from markguard.serving.state.schema import Listing
-
     ring = session.get(Ring, ring_id)
     if ring is None or ring.dissolved_at is not None or (visible_to is not None and visible_to not in ring.brand_ids):
         raise NotFound(f"no ring {ring_id}")
@@ -246,7 +244,9 @@ def ring_detail(session: Session, ring_id: int, *, visible_to: int | None = None
                                                       SellerEdge.seller_b.in_(members))
                              .order_by(SellerEdge.seller_a, SellerEdge.seller_b, SellerEdge.kind)):
         examples = [x for x in e.examples if visible_to is None or (x[0] in visible_rows and x[1] in visible_rows)]
-        if visible_to is not None and e.kind == "known_fake":  # the reference id is the other brand's
+        if visible_to is not None and e.kind in ("serial", "known_fake") and not examples:
+            continue  # shown only by other brands' listings: their serial registry and references stay theirs
+        if visible_to is not None and e.kind == "known_fake":  # the reference may be another brand's
             examples = [[a, b, None] for a, b, _ in examples]
         edges.append({"sellers": [e.seller_a, e.seller_b], "kind": e.kind, "weight": e.weight, "count": e.count,
                       "examples": [{"listings": [a, b], "detail": d} for a, b, d in examples],
