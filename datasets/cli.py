@@ -77,6 +77,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _split_args(p)
     p.set_defaults(func=_synth)
 
+    p = sub.add_parser("marketplace", help="a simulated marketplace feed with planted counterfeit rings (+ truth.json)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (feed.jsonl, images/, truth.json)")
+    p.add_argument("--seed", type=int, default=1, help="seed: the same seed builds the same bytes")
+    p.add_argument("--force", action="store_true", help="replace a different build already in --out")
+    p.add_argument("--rings", type=int, default=10, help="planted rings")
+    p.add_argument("--honest-sellers", type=int, default=160, help="honest sellers")
+    p.add_argument("--resellers", type=int, default=25, help="resellers of genuine goods")
+    p.add_argument("--lone-counterfeiters", type=int, default=15, help="counterfeiters outside any ring")
+    p.add_argument("--source", type=Path, default=None,
+                   help="grocery-packages folder (default: $MARKGUARD_DATA or ../shared/data, + /grocery-packages)")
+    p.set_defaults(func=_marketplace)
+
     p = sub.add_parser("transforms", help="list the registered counterfeit transforms, one per line")
     p.set_defaults(func=_transforms)
 
@@ -181,6 +193,19 @@ def _synth(args: argparse.Namespace) -> int:
     report, stats = build_synth(args.out, data_root=args.source or default_data_root(), opts=opts, force=args.force,
                                 workers=args.workers, progress=not args.quiet)
     return _finish(report, stats, started)
+
+
+def _marketplace(args: argparse.Namespace) -> int:
+    from markguard.datasets.marketplace import MarketplaceOptions, build_marketplace
+    from markguard.datasets.sources import default_data_root
+
+    started = time.monotonic()
+    opts = MarketplaceOptions(seed=args.seed, rings=args.rings, honest_sellers=args.honest_sellers,
+                              resellers=args.resellers, lone_counterfeiters=args.lone_counterfeiters)
+    stats = build_marketplace(args.out, source=args.source or default_data_root() / "grocery-packages", opts=opts,
+                              force=args.force)
+    print(json.dumps({**stats, "out": str(args.out), "seconds": round(time.monotonic() - started, 1)}, indent=1))
+    return 0
 
 
 def _transforms(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from markguard.serving.budget import RequestBudgets, score_budget, upload_budget
 from markguard.serving.caps import CAPS
 from markguard.serving.engine import ScoreRequest, ScoringEngine
 from markguard.serving.enroll import InputImage, collect_inputs, enroll, public_label
+from markguard.serving.intelligence.api import router as intelligence_router
 from markguard.serving.keys import Principal, Role, authenticate, create_key
 from markguard.serving.limits import ApiError, RateLimiter, log, request_id_of
 from markguard.serving.limits import _BodyTooLarge as BodyTooLarge
@@ -148,6 +149,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
     from fastapi.exceptions import RequestValidationError
 
     app.add_exception_handler(RequestValidationError, _invalid)
+    app.include_router(intelligence_router)
 
     def be(request: Request) -> Backend:
         b = request.app.state.backend

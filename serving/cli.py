@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "markguard.serving.commands.reviews",
     "markguard.serving.commands.config",
     "markguard.serving.commands.home",
+    "markguard.serving.commands.intel",
 )
 _HOME_HELP = "state directory (default: $MARKGUARD_HOME or ./.markguard)"
 

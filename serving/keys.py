@@ -31,6 +31,7 @@ class Role(enum.StrEnum):
     PLATFORM = "platform"  # the marketplace: scores listings
     BRAND = "brand"  # one brand: its references, serials and policy
     MODERATOR = "moderator"  # reviews scored listings
+    INVESTIGATOR = "investigator"  # reads every ring, exports cases and reports
 
 
 @dataclasses.dataclass(frozen=True)

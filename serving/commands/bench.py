@@ -15,6 +15,7 @@ BENCHMARKS = {
     "embedder": "markguard.training.benchmarks.embedder",
     "serve": "markguard.serving.bench_serve",
     "scan": "markguard.serving.benchmarks.scan",
+    "rings": "markguard.serving.benchmarks.rings",
 }
 
 

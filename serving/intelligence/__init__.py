@@ -1,0 +1,1 @@
+"""Counterfeit intelligence: seller networks (rings), investigator cases, alliance sharing and reports."""

@@ -1,0 +1,153 @@
+"""Intelligence routes: `GET /rings`, `GET /rings/{id}`, `POST /rings/{id}/export`, `GET /reports`.
+
+An investigator (or admin) key sees every ring; a brand key sees only rings that sell its brand, with
+other brands' names, listings and known-fake references left out, and gets 404 for any other ring.
+Reports are for admins, or cut to the brand of a brand key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from markguard.serving.keys import Principal, Role, authenticate
+from markguard.serving.limits import ApiError
+from markguard.vision.errors import NotFound
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["intelligence"])
+
+
+def _home(request: Request) -> Any:
+    backend = request.app.state.backend
+    if backend is None:
+        raise ApiError(503, "not ready")
+    return backend
+
+
+def _auth(*roles: Role) -> Any:
+    def dependency(request: Request) -> Principal:
+        backend = _home(request)
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else None
+        principal = authenticate(backend.home, token)
+        if principal is None:
+            raise ApiError(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
+        wait = backend.limiter.take(principal.key_id)
+        if wait:
+            raise ApiError(429, "rate limit exceeded", headers={"Retry-After": str(max(1, round(wait)))})
+        if principal.role is not Role.ADMIN and principal.role not in roles:
+            raise ApiError(403, f"a {principal.role.value} key cannot do this")
+        return principal
+
+    return Depends(dependency)
+
+
+_rings_reader = _auth(Role.INVESTIGATOR, Role.BRAND)
+_reporter = _auth(Role.BRAND)
+
+
+def _scope(principal: Principal) -> int | None:
+    return principal.brand_id if principal.role is Role.BRAND else None
+
+
+def _time(value: str | None, name: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ApiError(422, f"{name}: expected an ISO date or time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+@router.get("/rings", summary="Live rings, best first (investigator; brand keys: rings selling their brand)")
+async def get_rings(request: Request, brand: str | None = None, since: str | None = None,
+                    principal: Principal = _rings_reader) -> dict[str, Any]:
+    from markguard.serving.brands import get_brand
+    from markguard.serving.intelligence.rings import list_rings
+
+    home = _home(request).home
+    start = _time(since, "since")
+
+    def work() -> dict[str, Any]:
+        with home.sessions() as session:
+            brand_id = None
+            if brand is not None:
+                try:
+                    brand_id = get_brand(session, brand).id
+                except NotFound:
+                    raise ApiError(404, f"unknown brand {brand!r}") from None
+                if _scope(principal) is not None and brand_id != principal.brand_id:
+                    raise ApiError(404, f"unknown brand {brand!r}")
+            return {"rings": list_rings(session, brand_id=brand_id, since=start, visible_to=_scope(principal))}
+
+    return await run_in_threadpool(work)
+
+
+@router.get("/rings/{ring_id}", summary="One ring: sellers, listings and evidence edges")
+async def get_ring(request: Request, ring_id: int, principal: Principal = _rings_reader) -> dict[str, Any]:
+    from markguard.serving.intelligence.rings import ring_detail
+
+    home = _home(request).home
+
+    def work() -> dict[str, Any]:
+        with home.sessions() as session:
+            try:
+                return ring_detail(session, ring_id, visible_to=_scope(principal))
+            except NotFound:
+                raise ApiError(404, f"no ring {ring_id}") from None
+
+    return await run_in_threadpool(work)
+
+
+@router.post("/rings/{ring_id}/export", summary="A ring's case bundle as a zip (audited)")
+async def export_ring(request: Request, ring_id: int, principal: Principal = _rings_reader) -> Response:
+    from markguard.serving.intelligence.cases import export_case
+
+    home = _home(request).home
+
+    def work() -> bytes:
+        with tempfile.TemporaryDirectory(prefix="markguard-case-") as tmp:
+            out = Path(tmp) / f"ring-{ring_id}"
+            try:
+                export_case(home, ring_id, out, actor=principal.key_id, role=principal.role.value,
+                            visible_to=_scope(principal))
+            except NotFound:
+                raise ApiError(404, f"no ring {ring_id}") from None
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+                for path in sorted(out.rglob("*")):
+                    if path.is_file():
+                        zf.write(path, path.relative_to(out).as_posix())
+            return buf.getvalue()
+
+    data = await run_in_threadpool(work)
+    return Response(data, media_type="application/zip",
+                    headers={"Content-Disposition": f'attachment; filename="ring-{ring_id}.zip"'})
+
+
+@router.get("/reports", summary="Transparency report figures for a period (admin; brand keys: their brand)")
+async def get_report(request: Request, start: str = Query(alias="from"), end: str = Query(alias="to"),
+                     principal: Principal = _reporter) -> dict[str, Any]:
+    from markguard.serving.intelligence.reports import build_report
+
+    home = _home(request).home
+    t0, t1 = _time(start, "from"), _time(end, "to")
+    if t0 is None or t1 is None or t1 <= t0:
+        raise ApiError(422, "`to` must come after `from`")
+
+    def work() -> dict[str, Any]:
+        with home.sessions() as session:
+            return build_report(session, start=t0, end=t1, brand_id=_scope(principal))
+
+    return await run_in_threadpool(work)
