@@ -43,7 +43,7 @@ from markguard.serving.state.schema import Reference, ReferenceKind
 from markguard.vision.archive import is_zip
 from markguard.vision.decode import MAX_BYTES, decode_image, sniff_format
 from markguard.vision.embed.preprocess import resize_square
-from markguard.vision.errors import ImageError, InvalidImage, MarkguardError, NotFound, UnsupportedFormat
+from markguard.vision.errors import InvalidImage, MarkguardError, NotFound, UnsupportedFormat
 from markguard.vision.text import CHECKSUMS
 
 __all__ = ["Backend", "build_app"]
@@ -124,8 +124,18 @@ def build_app(backend: Backend | None = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": public_message(exc.message), "request_id": request_id_of(request.scope)},
-                            status_code=exc.status, headers=exc.headers)
+        return JSONResponse({"error": public_message(exc.message), "code": exc.code,
+                             "request_id": request_id_of(request.scope)}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(MarkguardError)
+    async def _expected(request: Request, exc: MarkguardError) -> JSONResponse:
+        """Every expected error answers by its class: its `status` and stable `code` (vision.errors)."""
+        rid = request_id_of(request.scope)
+        if exc.status >= 500:  # the operator's to fix: logged in full, answered without detail
+            log.error("server-side error", exc_info=exc, extra={"fields": {"request_id": rid, "path": request.url.path}})
+            return JSONResponse({"error": "internal error", "code": exc.code, "request_id": rid}, status_code=exc.status)
+        return JSONResponse({"error": public_message(str(exc)), "code": exc.code, "request_id": rid},
+                            status_code=exc.status)
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
@@ -227,14 +237,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
         await run_in_threadpool(b.engine.refresh)
         plans = []
         for req in requests:
-            try:
-                plans.append(await run_in_threadpool(b.engine.plan, req))
-            except UnsupportedFormat as exc:
-                raise ApiError(415, str(exc)) from None
-            except ImageError as exc:
-                raise ApiError(422, str(exc)) from None
-            except NotFound as exc:
-                raise ApiError(404, str(exc)) from None
+            plans.append(await run_in_threadpool(b.engine.plan, req))  # errors answer by class (see _expected)
         size = b.engine.model.config.input_size
         crops = await run_in_threadpool(lambda: np.stack([resize_square(c, size) for p in plans for c in p.crops]))
         vectors = await embed_or_503(b, crops)
@@ -303,12 +306,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
         data = await photo(form.get("image"))
         b = be(request)
         size = b.engine.model.config.input_size
-        try:  # decode and resize off the event loop, in one hop
-            crop = await run_in_threadpool(lambda: resize_square(decode_image(data), size)[None])
-        except UnsupportedFormat as exc:
-            raise ApiError(415, str(exc)) from None
-        except ImageError as exc:
-            raise ApiError(422, str(exc)) from None
+        crop = await run_in_threadpool(lambda: resize_square(decode_image(data), size)[None])  # off the event loop
         vector = await embed_or_503(b, crop)
         return JSONResponse({"model": b.engine.model_tag, "vector": vector[0].astype(np.float64).round(6).tolist()})
 
@@ -322,10 +320,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
                 row = add_brand(session, body.name, wordmarks=body.wordmarks)
                 return {"name": row.name, "wordmarks": row.wordmarks}
 
-        try:
-            return await run_in_threadpool(work)
-        except MarkguardError as exc:
-            raise ApiError(409 if "already exists" in str(exc) else 422, str(exc)) from None
+        return await run_in_threadpool(work)
 
     @app.get("/brands/{brand}", tags=["brands"], summary="A brand's policy and counts")
     async def show_brand(request: Request, brand: str) -> dict[str, Any]:
@@ -394,14 +389,9 @@ def build_app(backend: Backend | None = None) -> FastAPI:
             raise ApiError(422, "upload one or more files named `files`")
         inputs = await _inputs(files)
         b = be(request)
-        try:
-            report = await run_in_threadpool(
-                enroll, b.home, b.engine.artifact, b.engine.model, brand=name, inputs=inputs, product=product,
-                kind=ReferenceKind(kind_text))
-        except NotFound as exc:
-            raise ApiError(404, str(exc)) from None
-        except MarkguardError as exc:
-            raise ApiError(415 if "not a JPEG" in str(exc) else 422, str(exc)) from None
+        report = await run_in_threadpool(
+            enroll, b.home, b.engine.artifact, b.engine.model, brand=name, inputs=inputs, product=product,
+            kind=ReferenceKind(kind_text))
         return {"brand": name, "added": report.added, "duplicates": report.duplicates}
 
     @app.delete("/brands/{brand}/references/{reference_id}", tags=["references"], summary="Delete a reference")
@@ -431,10 +421,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
             while chunk := await upload.read(1 << 20):
                 fh.write(chunk)
             fh.flush()
-            try:
-                report = await run_in_threadpool(import_serials, be(request).home, name, fh.name, progress=False)
-            except MarkguardError as exc:
-                raise ApiError(422, str(exc)) from None
+            report = await run_in_threadpool(import_serials, be(request).home, name, fh.name, progress=False)
         return dataclasses.asdict(report)
 
     # -- reviews and keys ---------------------------------------------------------------------------
@@ -445,14 +432,9 @@ def build_app(backend: Backend | None = None) -> FastAPI:
         of its brand; a later `genuine` review of the same listing removes it (and, where the brand allows,
         adds the photo as a genuine reference). The next score of the photo sees the change."""
         b = be(request)
-        try:
-            report = await run_in_threadpool(
-                record_review, b.home, b.engine.artifact, b.engine.model, listing_id=body.listing_id,
-                label=body.label, reviewer_key_id=principal.key_id, note=body.note)
-        except NotFound as exc:
-            raise ApiError(404, str(exc)) from None
-        except MarkguardError as exc:
-            raise ApiError(409, str(exc)) from None
+        report = await run_in_threadpool(
+            record_review, b.home, b.engine.artifact, b.engine.model, listing_id=body.listing_id,
+            label=body.label, reviewer_key_id=principal.key_id, note=body.note)
         return dataclasses.asdict(report)
 
     @app.get("/reviews", tags=["reviews"], summary="List reviews, oldest first (moderator; a brand key: its brand's)")
@@ -470,13 +452,8 @@ def build_app(backend: Backend | None = None) -> FastAPI:
 
     @app.post("/keys", tags=["keys"], status_code=201, summary="Create an API key (admin); shown once")
     async def new_key(request: Request, body: KeyIn, _: Principal = as_admin) -> dict[str, Any]:
-        try:
-            key, who = await run_in_threadpool(create_key, be(request).home, role=body.role, brand=body.brand,
-                                               label=body.label)
-        except NotFound as exc:
-            raise ApiError(404, str(exc)) from None
-        except MarkguardError as exc:
-            raise ApiError(422, str(exc)) from None
+        key, who = await run_in_threadpool(create_key, be(request).home, role=body.role, brand=body.brand,
+                                           label=body.label)
         return {"key": key, "key_id": who.key_id, "role": who.role.value, "brand": who.brand_name}
 
     return app
@@ -507,7 +484,7 @@ async def _inputs(files: list[UploadFile]) -> list[InputImage]:
                 try:
                     found = collect_inputs([path])
                 except MarkguardError as exc:  # name the upload, not the server's temporary copy
-                    raise ApiError(422, f"{label}: {str(exc).replace(str(path), 'archive')}") from None
+                    raise ApiError(exc.status, f"{label}: {str(exc).replace(str(path), 'archive')}", code=exc.code) from None
                 for x in found:
                     budget.charge_image(x.data, label, bytes_counted=True)
                 out.extend(InputImage(f"{label}!{x.label.split('!', 1)[-1]}", x.data) for x in found)

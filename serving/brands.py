@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from markguard.serving.caps import CAPS
 from markguard.serving.state.schema import Brand, Product, Reference
-from markguard.vision.errors import MarkguardError, NotFound
+from markguard.vision.errors import Conflict, MarkguardError, NotFound
 from markguard.vision.patterns import compile_pattern
 
 __all__ = ["brand_key", "name_skeleton", "add_brand", "get_brand", "get_product", "get_or_create_product",
@@ -92,11 +92,11 @@ def add_brand(session: Session, name: str, *, wordmarks: list[str] | None = None
     name = _check_name(name, "brand", CAPS.brand_name_chars)
     marks = check_wordmarks(wordmarks) if wordmarks is not None else [name]
     if session.scalar(select(Brand).where(Brand.key == brand_key(name))) is not None:
-        raise MarkguardError(f"brand {name!r} already exists")
+        raise Conflict(f"brand {name!r} already exists")
     skeleton = name_skeleton(name)
     for other in session.scalars(select(Brand.name)):
         if name_skeleton(other) == skeleton:
-            raise MarkguardError(f"brand {name!r} already exists: it looks like brand {other!r}")
+            raise Conflict(f"brand {name!r} already exists: it looks like brand {other!r}")
     if session.scalar(select(func.count()).select_from(Brand)) >= CAPS.brands:
         raise MarkguardError(f"the catalog holds {CAPS.brands} brands, the cap")
     brand = Brand(name=name, key=brand_key(name), wordmarks=marks, serial_checksum="none")
@@ -104,7 +104,7 @@ def add_brand(session: Session, name: str, *, wordmarks: list[str] | None = None
     try:
         session.flush()
     except IntegrityError:  # another writer added it since the check (the caller's transaction rolls back)
-        raise MarkguardError(f"brand {name!r} already exists") from None
+        raise Conflict(f"brand {name!r} already exists") from None
     return brand
 
 

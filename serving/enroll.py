@@ -108,7 +108,7 @@ def enroll(
             pixels = resize_square(full, model.config.input_size)
         except ImageError as exc:
             if not skip_bad:
-                raise MarkguardError(f"{item.label}: {exc}") from None
+                raise type(exc)(f"{item.label}: {exc}") from None  # keeps its class: 415 or 422
             report.skipped.append((item.label, str(exc)))
             continue
         digest = hashlib.sha256(item.data).hexdigest()

@@ -27,11 +27,17 @@ log = logging.getLogger("markguard.serving")
 class ApiError(Exception):
     """An error the client caused (or may retry): answered as `{"error": ..., "request_id": ...}`."""
 
-    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None,
+                 code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.code = code or _CODES.get(status, "error")
+
+
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict",
+          413: "too_large", 415: "unsupported_media_type", 422: "invalid", 429: "rate_limited", 503: "unavailable"}
 
 
 class RateLimiter:

@@ -26,7 +26,7 @@ from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Base, Brand, Listing, Reference, ReferenceKind
 from markguard.vision.artifact import ModelArtifact
 from markguard.vision.embed import Embedder
-from markguard.vision.errors import MarkguardError, NotFound
+from markguard.vision.errors import Conflict, NotFound
 
 __all__ = ["Review", "ReviewReport", "record_review", "list_reviews", "MAX_REVIEWS_PAGE"]
 
@@ -97,7 +97,7 @@ def record_review(
         brand = session.get(Brand, listing.brand_id) if listing.brand_id is not None else None
         row_id, sha = listing.id, listing.image_sha256
         if brand is None and label is ReferenceKind.COUNTERFEIT:
-            raise MarkguardError("the listing matched no brand: it cannot become a known-fake reference")
+            raise Conflict("the listing matched no brand: it cannot become a known-fake reference")
         # the references earlier reviews made of this photo for this brand, still in the catalog
         made = session.scalars(select(Reference).join(Review, Review.reference_id == Reference.id).where(
             Review.image_sha256 == sha, Reference.brand_id == (brand.id if brand else -1))).all()
@@ -113,7 +113,7 @@ def record_review(
         try:
             data = home.get_blob(sha)
         except FileNotFoundError:
-            raise MarkguardError("the listing's photo was not kept: it cannot become a reference") from None
+            raise Conflict("the listing's photo was not kept: it cannot become a reference") from None
         report = enroll(home, artifact, model, brand=brand_name, kind=wanted,
                         inputs=[InputImage(f"listing:{listing_id}", data)])
         reference_id = report.added[0] if report.added else _existing(home, brand_name, sha, wanted)
