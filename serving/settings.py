@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     rate: float = Field(50.0, gt=0, description="requests/s per API key, per worker")
     burst: int = Field(100, ge=1, description="requests an API key may send at once")
     max_body: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body, in bytes")
+    stop_timeout: float = Field(30.0, gt=0, le=3600, description="seconds `serve` waits after SIGTERM before it "
+                                "kills every process it started")
 
     @field_validator("database_url")
     @classmethod

@@ -8,6 +8,7 @@ import sys
 
 from markguard.serving.cli import add_home_argument
 from markguard.serving.lifecycle import supervise
+from markguard.serving.settings import get_settings
 
 __all__ = ["register"]
 
@@ -21,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--embed-workers", type=int, default=None,
                    help="embedder processes behind adaptive batching (default: MARKGUARD_EMBED_WORKERS, else one per "
                         "core up to 4), each with MARKGUARD_EMBED_THREADS threads (default: cores / processes)")
-    p.add_argument("--stop-timeout", type=float, default=float(os.environ.get("MARKGUARD_STOP_TIMEOUT", "30")),
+    p.add_argument("--stop-timeout", type=float, default=get_settings().stop_timeout,
                    help="seconds a SIGTERM/SIGINT leaves in-flight requests before every process of the server is "
                         "killed (default: MARKGUARD_STOP_TIMEOUT or 30)")
     add_home_argument(p)

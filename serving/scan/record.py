@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from markguard.serving.brands import get_brand
-from markguard.serving.serials import record_serials, serials_to_record
+from markguard.serving.serials import record_serials
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Listing
 
@@ -40,7 +40,7 @@ def record_chunk(home: Home, outcomes: list[dict[str, Any]]) -> int:
                           risk=score["risk"], decision=score["decision"], model_tag=score["model"], result=summary)
             session.add(row)
             session.flush()
-            serials = serials_to_record(score["ocr"])
+            serials = [s["normalized"] for s in score["ocr"]["serials"] if s["format_ok"] is not False]  # as `serials_to_record`
             if serials:
                 record_serials(session, home, listing_row_id=row.id, brand_id=row.brand_id,
                                normalized_serials=serials)

@@ -93,7 +93,7 @@ class Home:
                 yield True
 
     @contextlib.contextmanager
-    def _file_lock(self, timeout_s: float | None) -> Iterator[bool]:
+    def _file_lock(self, timeout_s: float | None = None) -> Iterator[bool]:
         with os.fdopen(os.open(self.root / "write.lock", os.O_RDWR | os.O_CREAT, _FILE_MODE), "r+b") as fh:
             held = _flock(fh.fileno(), timeout_s)
             try:
