@@ -131,8 +131,7 @@ def build_grozi(out: Path, *, source: Path, opts: GroziOptions, force: bool = Fa
             folders.append((int(entry.name), frames))
     folders.sort()
     tiles: dict[int, list[Tile]] = {}
-    todo = [(pid, frames) for pid, frames in folders]
-    for pid, frames in tqdm(todo, desc="grozi", unit="product", disable=None if progress else True):
+    for pid, frames in tqdm(folders, desc="grozi", unit="product", disable=None if progress else True):
         decoded = []
         for path in frames:
             try:

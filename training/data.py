@@ -97,6 +97,8 @@ def refuse_evaluation_only(path: str | Path) -> Path:
     from markguard.datasets.grozi import is_grozi_row
 
     mpath = manifest_path(path)
+    if not mpath.is_file():  # nothing there yet (a build to make), or nothing to read
+        return mpath
     build = mpath.parent / "build.json"
     command = None
     if build.is_file():
@@ -104,7 +106,7 @@ def refuse_evaluation_only(path: str | Path) -> Path:
             command = json.loads(build.read_text(encoding="utf-8")).get("command")
         except (OSError, ValueError, AttributeError):
             command = None
-    if command in EVALUATION_ONLY_BUILDS or (mpath.is_file() and any(is_grozi_row(r) for r in read_manifest(mpath))):
+    if command in EVALUATION_ONLY_BUILDS or any(is_grozi_row(r) for r in read_manifest(mpath)):
         raise EvaluationOnlyData(f"{mpath} is the GroZi-120 yardstick (evaluation only): it is refused as training "
                                  "or calibration data; pass it to `markguard bench embedder --grozi` instead")
     return mpath
@@ -148,7 +150,10 @@ def ensure_grozi(out: Path, *, source: str = "") -> Path:
         src = Path(source) if source else default_data_root() / "grozi120-insitu"
         build_grozi(Path(out), source=src, opts=GroziOptions(), progress=True)
     path = manifest_path(out)
-    if not any(is_grozi_row(r) for r in read_manifest(path)):
+    rows = read_manifest(path)
+    if not rows:
+        raise ValueError(f"{path} holds no frames: was the GroZi-120 source (grozi120-insitu) found?")
+    if not any(is_grozi_row(r) for r in rows):
         raise ValueError(f"{path} is not a GroZi-120 build (`markguard datasets grozi --out DIR`)")
     return path
 

@@ -150,6 +150,8 @@ def test_training_and_calibration_refuse_the_yardstick(small_source: Path, tmp_p
     assert refuse_evaluation_only(plain) == plain / "manifest.jsonl"
     with pytest.raises(ValueError, match="not a GroZi-120 build"):
         ensure_grozi(plain)
+    with pytest.raises(ValueError, match="holds no frames"):
+        ensure_grozi(tmp_path / "empty", source=str(tmp_path / "nowhere"))
 
 
 def test_bench_subsamples_queries_round_robin_over_products(full_build: Path) -> None:

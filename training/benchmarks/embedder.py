@@ -245,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{'':<36} ({r['trained']['queries']} queries of {r['brands']} brands, {r['trained']['references']} "
               f"references, {r['trained']['regions_per_query']:.1f} regions per query; claim negatives: "
               f"{r['trained']['claim_negatives']}; {r['seconds']:.0f}s)")
+        for k in COLUMNS:  # each model's own interval, whole brands resampled
+            spans = {label: r[label]["ci95_by_brand"][k] for label in ("imagenet", "trained")}
+            print(f"{'':<36} {k + ' 95% CI, brands':<22} " + "  ".join(
+                f"{label} [{lo:.3f}, {hi:.3f}]" for label, (lo, hi) in spans.items()))
         if "imagenet_on_trained_regions" in r:
             for k in COLUMNS:
                 a, b = r["imagenet_on_trained_regions"][k], r["trained"][k]
