@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from markguard.serving.settings import get_settings
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("MARKGUARD_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED_DATA = get_settings().data  # MARKGUARD_DATA, else ../shared/data
 GROCERY = SHARED_DATA / "grocery-packages"
 GROZI = SHARED_DATA / "grozi120-insitu"
 
