@@ -184,36 +184,57 @@ def test_enroll_killed_after_its_index_save_leaves_no_500(writer: Writer) -> Non
     writer.check(paused=False)
 
 
+def _swept(writer: Writer) -> None:
+    """After the crashes, the sweeper leaves no debris and takes nothing a live server needs."""
+    from markguard.serving.state.schema import Listing
+    from markguard.serving.state.sweep import sweep
+
+    sweep(writer.home, min_age_s=0)
+    assert not list(writer.root.rglob(".*.tmp"))
+    with writer.home.sessions() as session:
+        named = writer.blobs_named() | set(session.scalars(select(Listing.image_sha256)))
+    assert {p.name for p in (writer.root / "blobs").glob("??/*")} <= named
+    writer.check(paused=False)
+
+
 @pytest.mark.slow
-def test_a_writer_killed_at_every_step(writer: Writer) -> None:
+@pytest.mark.timeout(1800)
+def test_enroll_killed_at_every_step(writer: Writer) -> None:
     for point in ENROLL_STEPS:
         paths = [next(writer.spare) for _ in range(2)]
         writer.kill_at(point, "enroll", "Oatly", *map(str, paths))
         writer.enroll(paths)  # the retry completes, whatever the crash left
+    _swept(writer)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_delete_killed_at_every_step(writer: Writer) -> None:
     for point in ["catalog-before", "catalog-after", "index-files", "index-after"]:
         victim = writer.enroll([next(writer.spare)])[0]
         writer.acked.discard(victim)  # an unacknowledged delete may or may not have happened; all or nothing
         writer.kill_at(point, "delete", "Oatly", str(victim))
         writer.delete(victim)
+    _swept(writer)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_review_killed_at_every_step(writer: Writer) -> None:
     for i, point in enumerate([*ENROLL_STEPS, "catalog-before:2"]):
         writer.listing(f"L-fault-{i}")
         writer.kill_at(point, "review", f"L-fault-{i}")
         writer.review(f"L-fault-{i}")
+    _swept(writer)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_serial_import_killed_at_every_step(writer: Writer) -> None:
     serials = writer.tmp / "serials.txt"
     for i, point in enumerate(["serial-chunk", "catalog-before", "catalog-after"]):
         serials.write_text("".join(f"AR{i}{n:07d}\n" for n in range(300)))
         writer.pending_serials = 300
         writer.kill_at(point, "serials", "Arla", str(serials))
         writer.import_serials(serials)
-    writer.check(paused=False)
-
-    from markguard.serving.state.sweep import sweep
-
-    sweep(writer.home, min_age_s=0)
-    assert not list(writer.root.rglob(".*.tmp"))
-    from markguard.serving.state.schema import Listing
-
-    with writer.home.sessions() as session:
-        named = writer.blobs_named() | set(session.scalars(select(Listing.image_sha256)))
-    assert {p.name for p in (writer.root / "blobs").glob("??/*")} <= named
     writer.check(paused=False)
