@@ -17,13 +17,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from sqlalchemy import DateTime, ForeignKey, Integer, String, select
+from sqlalchemy import ForeignKey, Integer, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from markguard.serving.enroll import InputImage, enroll
 from markguard.serving.references import delete_references
 from markguard.serving.state.home import Home
-from markguard.serving.state.schema import Base, Brand, Listing, Reference, ReferenceKind
+from markguard.serving.state.schema import Base, BigId, Brand, Listing, Reference, ReferenceKind, UtcDateTime
 from markguard.vision.artifact import ModelArtifact
 from markguard.vision.embed import Embedder
 from markguard.vision.errors import Conflict, NotFound
@@ -43,7 +43,7 @@ class Review(Base):
     __tablename__ = "reviews"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    listing_row_id: Mapped[int] = mapped_column(ForeignKey("listings.id", ondelete="CASCADE"), index=True)
+    listing_row_id: Mapped[int] = mapped_column(BigId, ForeignKey("listings.id", ondelete="CASCADE"), index=True)
     brand_id: Mapped[int | None] = mapped_column(ForeignKey("brands.id", ondelete="SET NULL"))
     label: Mapped[ReferenceKind] = mapped_column(String(20))
     image_sha256: Mapped[str] = mapped_column(String(64), index=True)
@@ -51,7 +51,7 @@ class Review(Base):
     note: Mapped[str] = mapped_column(String(2000), default="")
     reference_id: Mapped[int | None] = mapped_column(Integer)  # the reference this review added
     removed_reference_id: Mapped[int | None] = mapped_column(Integer)  # the one an earlier review added, removed
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=_now)
 
 
 
