@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: worker processes on this machine (default); ray: a Ray Data actor pool")
     p.add_argument("--workers", type=int, default=0,
-                   help="scorers (processes or actors), each with its own model (default: one per core)")
+                   help="scorers (processes or actors), each with its own model (default 0: one per core; -1: score in this process, local engine)")
     p.add_argument("--chunk", type=int, default=16, help="rows a scorer takes at a time (default 16)")
     p.add_argument("--ray-address", help="an existing Ray cluster (default: start a private one on 127.0.0.1)")
     p.add_argument("--rescore", action="store_true",

@@ -39,18 +39,19 @@ class ScanSettings:
     ocr: bool = True
     rescore: bool = False
     chunk: int = 16  # rows a scorer takes at a time (one batched forward pass)
-    workers: int = 0  # scorers (0: one per core)
+    workers: int = 0  # scorers (0: one per core; -1: the local engine scores in this process)
     image_root: str | None = None  # images must lie under this folder (None: anywhere readable)
     ray_address: str | None = None
 
     @property
     def scorers(self) -> int:
-        return self.workers or max(1, os.cpu_count() or 1)
+        return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
 
     @property
     def threads(self) -> int:
         """Torch threads per scorer: the cores shared out."""
-        return max(1, (os.cpu_count() or 1) // self.scorers)
+        cores = max(1, os.cpu_count() or 1)
+        return cores if self.workers < 0 else max(1, cores // self.scorers)
 
     def worker_kwargs(self, done: DoneMap) -> dict[str, Any]:
         return {"ocr": self.ocr, "feed_dir": str(self.feed.resolve().parent), "image_root": self.image_root,

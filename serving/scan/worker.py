@@ -73,10 +73,14 @@ class ScanWorker:
 
     def __init__(self, home_root: str, *, ocr: bool, feed_dir: str, image_root: str | None = None,
                  done: DoneMap | None = None, rescore: bool = False, threads: int | None = None) -> None:
-        if threads:
+        if threads:  # every library's own pool, or scorers sharing the cores oversubscribe them
+            import cv2
+            import faiss
             import torch
 
             torch.set_num_threads(threads)
+            cv2.setNumThreads(threads)
+            faiss.omp_set_num_threads(threads)
         from markguard.serving.state.home import Home
 
         self.home = Home(home_root)

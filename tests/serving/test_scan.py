@@ -23,12 +23,28 @@ from markguard.serving.scan.worker import DoneMap, row_key
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _copy_without_listings(source: Path, root: Path) -> Path:
+    """A private copy of a home with its references and keys but none of the listings other tests scored
+    into it (the API tests share `api_home`): these tests count the listings a scan records."""
+    from sqlalchemy import delete
+
+    from markguard.serving.reviews import Review
+    from markguard.serving.state.home import Home as _Home
+    from markguard.serving.state.schema import Listing, ListingSerial
+
+    shutil.copytree(source, root)
+    home = _Home(root)
+    with home.sessions.begin() as session:
+        for table in (Review, ListingSerial, Listing):
+            session.execute(delete(table))
+    home.close()
+    return root
+
+
 @pytest.fixture()
 def home(api_home, tmp_path: Path) -> Path:
-    """A private copy of the API tests' home (Oatly and Arla enrolled): scans record listings."""
-    root = tmp_path / "home"
-    shutil.copytree(api_home.root, root)
-    return root
+    """A private copy of the API tests' home (Oatly and Arla enrolled, no listings): scans record listings."""
+    return _copy_without_listings(api_home.root, tmp_path / "home")
 
 
 def _val(grocery: Path, brand: str) -> list[Path]:
@@ -114,8 +130,8 @@ def test_scan_records_a_listing_exactly_as_the_engine_does(api_home, grocery, tm
 
     row = _good_rows(grocery, 1)[0]
     a, b = tmp_path / "a", tmp_path / "b"
-    shutil.copytree(api_home.root, a)
-    shutil.copytree(api_home.root, b)
+    _copy_without_listings(api_home.root, a)
+    _copy_without_listings(api_home.root, b)
     engine = ScoringEngine(Home(a), ocr=False)
     direct = engine.score(ScoreRequest(Path(row["image"]).read_bytes(), brand=row["brand"], seller=row["seller_id"],
                                        listing=row["listing_id"], title=row["title"], label=row["image"]))
