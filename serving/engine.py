@@ -155,6 +155,12 @@ class CatalogEvidence:
                  "distance": int(hamming_many(photo_hash, np.array([row.phash], np.int64))[0]),
                  "scored_at": row.scored_at.isoformat()} for row in sorted(found[:MAX_DUPLICATES], key=lambda r: r.id)]
 
+    def shared_known_fakes(self, brand: BrandProfile) -> list[int]:
+        from markguard.serving.intelligence.sharing import shared_known_fakes
+
+        with self.home.sessions() as session:
+            return [f.reference_id for f in shared_known_fakes(session, exclude_brand_id=brand.id)]
+
     def _load_hashes(self, session: Any) -> tuple[np.ndarray, np.ndarray]:
         with self._hash_lock:
             last = int(self._hash_rows[-1]) if self._hash_rows.size else 0

@@ -25,7 +25,13 @@ import numpy as np
 from markguard.vision.artifact import ModelArtifact
 from markguard.vision.decode import decode_image
 from markguard.vision.detect import MarkDetector
-from markguard.vision.evidence import ClaimEvidence, OcrEvidence, SerialEvidence, SerialRecord
+from markguard.vision.evidence import (
+    ClaimEvidence,
+    KnownFakeEvidence,
+    OcrEvidence,
+    SerialEvidence,
+    SerialRecord,
+)
 from markguard.vision.geometry import LocalFeatures, extract_features, match_features
 from markguard.vision.index import KIND_CODES, ReferenceIndex
 from markguard.vision.ocr import OcrEngine, OcrLine
@@ -40,6 +46,7 @@ from markguard.vision.scoring import (
     ScoreResult,
     claim_geometry,
     known_fake_evidence,
+    known_fake_ids,
     region_evidence,
 )
 from markguard.vision.signals import compute_signals
@@ -123,6 +130,9 @@ class EvidenceSource(Protocol):
 
     def duplicates(self, photo_hash: int, *, listing: str | None) -> list[dict[str, Any]]:
         """Earlier listings that showed the same photo, or a near copy, under another listing id."""
+
+    def shared_known_fakes(self, brand: BrandProfile) -> Sequence[int]:
+        """Reference ids of the known fakes other brands share with the alliance (evidence for `brand` too)."""
 
 
 @dataclasses.dataclass
@@ -216,6 +226,7 @@ class Scorer:
                 brand_id, product_id, _ = index.metadata(best)
                 brand, product_id = self.source.brand(brand_id), (product_id if product_id >= 0 else None)
         evidence = ClaimEvidence(brand=brand.name if brand else None)
+        shared = self.source.shared_known_fakes(brand) if brand is not None else ()
         by_reference: dict[int, Any] = {}
         brand_best = None
         if brand is not None:
@@ -224,7 +235,7 @@ class Scorer:
             evidence.geometry, by_reference = claim_geometry(
                 index, vectors[region : region + 1], plan.query_features, self.source.reference_features,
                 brand_id=brand.id, product_id=product_id)
-            evidence.known_fake = self._known_fake(plan, vectors, brand=brand, product_id=product_id)
+            evidence.known_fake = self._known_fake(plan, vectors, brand=brand, product_id=product_id, shared=shared)
             brand_best = self._nearest(vectors, brand_id=brand.id, kind="genuine")
         if plan.ocr_lines is not None:
             evidence.ocr = read_ocr_evidence(self.ocr, plan.image, plan.ocr_lines, brand=brand, source=self.source,
@@ -243,7 +254,7 @@ class Scorer:
             brand=NamedScore(name=brand.name if brand else None, score=_round(brand_best[0] if brand_best else None)),
             product=NamedScore(name=self._product_name(product_id, brand), score=_round(product_score)),
             claimed=claimed,
-            matches=self._matches(plan, vectors, brand=brand, inliers=by_reference),
+            matches=self._matches(plan, vectors, brand=brand, shared=shared, inliers=by_reference),
             signals=signals,
             model=self.model_tag,
             provisional=self.fusion.provisional,
@@ -283,21 +294,26 @@ class Scorer:
                 self._ocr_cache.popitem(last=False)
         return lines, seconds
 
-    def _known_fake(self, plan: ScorePlan, vectors: np.ndarray, *, brand: BrandProfile, product_id: int | None):  # noqa: ANN202
-        found = known_fake_evidence(self.index, vectors, brand_id=brand.id, product_id=product_id)
+    def _known_fake(self, plan: ScorePlan, vectors: np.ndarray, *, brand: BrandProfile, product_id: int | None,
+                    shared: Sequence[int]) -> KnownFakeEvidence | None:
+        found = known_fake_evidence(self.index, vectors, brand_id=brand.id, product_id=product_id, shared=shared)
         if found is None or found.reference_id is None:
             return found
-        # the photo's hash against the brand's known fakes nearest to any region
-        hits = self.index.search(vectors, _RERANK, brand_id=brand.id, kind="counterfeit")
+        # the photo's hash against the known fakes nearest to any region
+        hits = self.index.search(vectors, _RERANK, allowed_ids=known_fake_ids(self.index, brand_id=brand.id,
+                                                                              shared=shared))
         nearest = {int(i) for i in hits.ids.ravel() if i >= 0}
         distances = [hamming(plan.photo_hash, h) for h in map(self.source.reference_hash, sorted(nearest)) if h is not None]
         return dataclasses.replace(found, copy_distance=min(distances) if distances else None)
 
-    def _matches(self, plan: ScorePlan, vectors: np.ndarray, *, brand: BrandProfile | None,
+    def _matches(self, plan: ScorePlan, vectors: np.ndarray, *, brand: BrandProfile | None, shared: Sequence[int],
                  inliers: Mapping[int, Any]) -> list[Match]:
         """Top references over all regions, each with the region that matched it best: genuine
-        references of any brand, and known fakes of the judged brand only (a brand's known fakes are its
-        own evidence, and a wrongly labelled one must not surface under another brand's listings)."""
+        references of any brand, and the known fakes the judged brand is judged against (its own, and
+        those shared with the alliance, named with the brand that shared them). Another brand's private
+        known fakes never surface: they are its own evidence, and a wrongly labelled one must not appear
+        under other brands' listings."""
+        fakes = set(known_fake_ids(self.index, brand_id=brand.id, shared=shared).tolist()) if brand is not None else set()
         hits = self.index.search(vectors, _SEARCH_K)
         best: dict[int, tuple[float, int]] = {}
         for region, (sims, ids) in enumerate(zip(hits.similarities, hits.ids, strict=True)):
@@ -306,8 +322,7 @@ class Scorer:
                     best[int(ref_id)] = (float(sim), region)
         kept = []
         for ref_id in sorted(best, key=lambda i: -best[i][0]):
-            brand_id, _, kind = self.index.metadata(ref_id)
-            if kind == KIND_CODES["genuine"] or (brand is not None and brand_id == brand.id):
+            if self.index.metadata(ref_id)[2] == KIND_CODES["genuine"] or ref_id in fakes:
                 kept.append(ref_id)
             if len(kept) == TOP_MATCHES:
                 break

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,7 @@ __all__ = [
     "embedding_evidence",
     "region_evidence",
     "known_fake_evidence",
+    "known_fake_ids",
     "claim_geometry",
     "GEOMETRY_REFERENCES",
 ]
@@ -101,13 +102,23 @@ def region_evidence(
     return per_region[int(np.argmax(sims))]
 
 
+def known_fake_ids(index: ReferenceIndex, *, brand_id: int, shared: Sequence[int] = ()) -> np.ndarray:
+    """The known fakes a claim of `brand_id` is judged against: the brand's own counterfeit references and
+    those other brands share with the alliance (`shared`, reference ids)."""
+    own = index.ids[(index.brand_ids == brand_id) & (index.kinds == KIND_CODES["counterfeit"])]
+    shared = np.asarray(list(shared), dtype=np.int64)
+    shared = shared[np.isin(shared, index.ids[index.kinds == KIND_CODES["counterfeit"]])]
+    return np.union1d(own, shared)
+
+
 def known_fake_evidence(
-    index: ReferenceIndex, vectors: np.ndarray, *, brand_id: int, product_id: int | None
+    index: ReferenceIndex, vectors: np.ndarray, *, brand_id: int, product_id: int | None, shared: Sequence[int] = ()
 ) -> KnownFakeEvidence | None:
-    """The claimed brand's nearest known fake over every region, against the claim's nearest genuine
-    reference; None when the brand has no known fake."""
+    """The nearest known fake (the brand's own, or one shared with the alliance) over every region, against
+    the claim's nearest genuine reference; None when there is no known fake to judge against."""
     query = np.asarray(vectors, dtype=np.float32).reshape(-1, index.dim)
-    fake = _best(index, query, brand_id=brand_id, kind="counterfeit")
+    fakes = known_fake_ids(index, brand_id=brand_id, shared=shared)
+    fake = _best(index, query, allowed_ids=fakes) if fakes.size else None
     if fake is None:
         return None
     genuine = _best(index, query, brand_id=brand_id, product_id=product_id, kind="genuine")

@@ -82,6 +82,7 @@ def test_cli_counterfeit_review_takes_down_the_photo_and_its_copies_and_a_genuin
     assert all(r["created_at"] for r in reviews)
 
 
+@pytest.mark.sqlite_only  # the model's judgement, not the catalog's
 def test_brand_enrolled_known_fake_counts(catalog: Path, grocery: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     fake = sorted((grocery / "train").rglob("Arla-*.jpg"))[0]
@@ -98,12 +99,40 @@ def test_brand_enrolled_known_fake_counts(catalog: Path, grocery: Path, tmp_path
     assert all(m["kind"] == "genuine" for m in other["matches"])
 
 
+def test_alliance_shared_known_fakes_count_for_other_brands_until_revoked(
+        catalog: Path, grocery: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A factory that fakes several brands reuses its printing: Arla's known fake, once Arla shares it, is
+    evidence against an Oatly listing of the same photo; private or revoked, it is not (nor shown)."""
+    photo = sorted((grocery / "train").rglob("Oatly-*.jpg"))[2]
+    copy = tmp_path / "copy.jpg"
+    copy.write_bytes(_copy(photo, crop=0.02, quality=75))
+    score = ("score", "--no-ocr", "--no-record", "--brand", "Oatly", str(copy))
+    [before] = _cli(capsys, *score)
+    assert before["decision"] != "takedown"
+    _cli(capsys, "enroll", "Arla", "--kind", "counterfeit", str(photo))  # Arla's own, private known fake
+    [private] = _cli(capsys, *score)
+    assert private["risk"] == pytest.approx(before["risk"], abs=1e-4)
+    assert all(m["kind"] == "genuine" for m in private["matches"])
+
+    assert main(["alliance", "share", "Arla"]) == 0
+    capsys.readouterr()
+    [shared] = _cli(capsys, *score)
+    assert shared["decision"] == "takedown" and shared["signals"]["known_fake_copy"]["value"] == 1.0
+    assert [(m["brand"], m["kind"]) for m in shared["matches"][:1]] == [("Arla", "counterfeit")]  # attributed
+
+    assert main(["alliance", "revoke", "Arla"]) == 0
+    capsys.readouterr()
+    [revoked] = _cli(capsys, *score)
+    assert revoked["risk"] == pytest.approx(before["risk"], abs=1e-4)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+@pytest.mark.sqlite_only  # the catalog's side runs on both backends in the CLI test above; one server start here
 def test_http_review_loop_on_a_real_server(catalog: Path, grocery: Path, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     [platform] = _cli(capsys, "key", "create", "--role", "platform")
