@@ -8,12 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -21,6 +15,8 @@ import pytest
 from PIL import Image
 
 from markguard.serving.cli import main
+
+from .real_server import real_server
 
 
 def _copy(path: Path, *, crop: float = 0.03, quality: int = 80) -> bytes:
@@ -126,34 +122,12 @@ def test_alliance_shared_known_fakes_count_for_other_brands_until_revoked(
     assert revoked["risk"] == pytest.approx(before["risk"], abs=1e-4)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.sqlite_only  # the catalog's side runs on both backends in the CLI test above; one server start here
 def test_http_review_loop_on_a_real_server(catalog: Path, grocery: Path, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     [platform] = _cli(capsys, "key", "create", "--role", "platform")
     [moderator] = _cli(capsys, "key", "create", "--role", "moderator")
-    port, log = _free_port(), open(tmp_path / "serve.log", "wb")  # noqa: SIM115
-    env = {**os.environ, "MARKGUARD_THREADS": "1", "MARKGUARD_EMBED_WORKERS": "1", "MARKGUARD_OCR": "0"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "markguard.serving.cli", "serve", "--home", str(catalog), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server not ready"
-            time.sleep(0.5)
+    with real_server(catalog, tmp_path / "serve.log", env={"MARKGUARD_OCR": "0"}) as (url, _):
         photo = sorted((grocery / "train").rglob("Oatly-*.jpg"))[1]
         copy = _copy(photo)
 
@@ -183,10 +157,3 @@ def test_http_review_loop_on_a_real_server(catalog: Path, grocery: Path, tmp_pat
         assert [r["label"] for r in listed] == ["counterfeit", "genuine"]
         assert httpx.get(url + "/reviews", timeout=30,
                          headers={"Authorization": f"Bearer {platform['key']}"}).status_code == 403
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
