@@ -183,7 +183,7 @@ class _Bare:
     """The model alone in this process: preprocess + forward on decoded photos, in batches."""
 
     def __init__(self, home_root: Path, photos: list[bytes]) -> None:
-        from markguard.serving.models import ensure_default_model
+        from markguard.serving.registry import ensure_default_model
         from markguard.serving.state.home import Home
         from markguard.vision.decode import decode_image
 
@@ -212,7 +212,7 @@ def _prepare(home_root: Path, data: Path) -> str:
     from markguard.serving.brands import add_brand
     from markguard.serving.enroll import collect_inputs, enroll
     from markguard.serving.keys import Role, create_key
-    from markguard.serving.models import ensure_default_model
+    from markguard.serving.registry import ensure_default_model
     from markguard.serving.state.home import Home
 
     home = Home(home_root)

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from markguard.serving.brands import get_brand, get_product
 from markguard.serving.indexing import reconcile
-from markguard.serving.models import ensure_default_model
+from markguard.serving.registry import ensure_default_model
 from markguard.serving.serials import record_serials, serial_records, serials_to_record
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Brand, Listing, Product, Reference

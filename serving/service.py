@@ -72,7 +72,7 @@ class Embedder:
     """The model behind adaptive batching: (N, S, S, 3) uint8 crops → (N, dim) unit vectors."""
 
     def __init__(self) -> None:
-        from markguard.serving.models import ensure_default_model
+        from markguard.serving.registry import ensure_default_model
 
         die_with_parent()  # no orphan when BentoML's process manager is killed (serving.lifecycle)
         _set_threads(EMBED_THREADS)

@@ -38,7 +38,7 @@ def grozi() -> Path:
 
 @pytest.fixture(scope="session")
 def imagenet_artifact(tmp_path_factory: pytest.TempPathFactory):
-    from markguard.serving.models import PROVISIONAL_FUSION
+    from markguard.serving.registry import PROVISIONAL_FUSION
     from markguard.vision.artifact import build_imagenet_artifact
 
     return build_imagenet_artifact(tmp_path_factory.mktemp("models") / "imagenet", fusion=PROVISIONAL_FUSION)

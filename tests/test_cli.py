@@ -23,7 +23,7 @@ OTHER_MILK = "Milk/Arla-Ecological-Medium-Fat-Milk"
 
 
 def _default_tag() -> str:
-    from markguard.serving.models import SHIPPED_MODEL_DIR
+    from markguard.serving.registry import SHIPPED_MODEL_DIR
     from markguard.vision.artifact import load_artifact
 
     return load_artifact(SHIPPED_MODEL_DIR).tag

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from markguard.serving.brands import add_brand
 from markguard.serving.engine import ScoreRequest, ScoringEngine
 from markguard.serving.enroll import collect_inputs, enroll
-from markguard.serving.models import ensure_default_model
+from markguard.serving.registry import ensure_default_model
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Brand, Listing, Reference
 from markguard.vision.errors import NotFound
@@ -172,7 +172,7 @@ def test_a_swapped_mark_detector_is_refused(tmp_path: Path) -> None:
     and the checksum in `detector.json` of the home's copy is caught before either is loaded."""
     import json
 
-    from markguard.serving.models import promoted_artifact
+    from markguard.serving.registry import promoted_artifact
     from markguard.vision.artifact import sha256_file
     from markguard.vision.errors import IntegrityError
 

@@ -106,7 +106,7 @@ def bench_enroll(count: int, *, seed: int) -> dict:
 
     from markguard.serving.brands import add_brand
     from markguard.serving.enroll import InputImage, enroll
-    from markguard.serving.models import ensure_default_model
+    from markguard.serving.registry import ensure_default_model
     from markguard.serving.state.home import Home
 
     rng = np.random.default_rng(seed)

@@ -53,7 +53,7 @@ def _prepare_home(home_dir: Path, feed: Path, source: Path) -> Any:
     from markguard.datasets.grocery import brand_of
     from markguard.serving.brands import add_brand, get_brand
     from markguard.serving.enroll import collect_inputs, enroll
-    from markguard.serving.models import ensure_default_model
+    from markguard.serving.registry import ensure_default_model
     from markguard.serving.state.home import Home
     from markguard.serving.state.schema import ReferenceKind
     from markguard.vision.errors import NotFound

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from markguard.datasets.grocery import brand_of
     from markguard.serving.brands import add_brand
     from markguard.serving.enroll import collect_inputs, enroll
-    from markguard.serving.models import ensure_default_model
+    from markguard.serving.registry import ensure_default_model
     from markguard.serving.state.home import Home
 
     args = get_args_parser().parse_args(argv)

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from markguard.serving.brands import add_brand
     from markguard.serving.engine import ScoreRequest, ScoringEngine
     from markguard.serving.enroll import collect_inputs, enroll
-    from markguard.serving.models import PROVISIONAL_FUSION, ensure_default_model
+    from markguard.serving.registry import PROVISIONAL_FUSION, ensure_default_model
     from markguard.serving.state.home import Home
     from markguard.vision.artifact import build_imagenet_artifact
     from markguard.vision.decode import read_image

@@ -176,7 +176,7 @@ def cmd_brand_update(args: argparse.Namespace) -> int:
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     from markguard.serving.enroll import collect_inputs, enroll
-    from markguard.serving.models import ensure_default_model
+    from markguard.serving.registry import ensure_default_model
 
     home = Home(args.home)
     with home.sessions() as session:

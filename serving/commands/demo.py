@@ -33,7 +33,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from markguard.serving.brands import add_brand, get_brand
     from markguard.serving.enroll import collect_inputs, enroll
     from markguard.serving.keys import Role, create_key
-    from markguard.serving.models import ensure_default_model
+    from markguard.serving.registry import ensure_default_model
     from markguard.serving.settings import get_settings
     from markguard.serving.state.home import Home
     from markguard.vision.errors import MarkguardError, NotFound

@@ -41,7 +41,7 @@ def _home(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from markguard.serving.models import ensure_default_model
+    from markguard.serving.registry import ensure_default_model
 
     artifact = ensure_default_model(_home(args))
     print(json.dumps({"model": artifact.tag, "promoted": True}))
@@ -49,7 +49,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from markguard.serving.models import list_models
+    from markguard.serving.registry import list_models
 
     rows = list_models(_home(args))
     if args.json:
@@ -74,7 +74,7 @@ def _headline(metrics: dict) -> str:  # type: ignore[type-arg]
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from markguard.serving.models import register_artifact
+    from markguard.serving.registry import register_artifact
 
     artifact = register_artifact(_home(args), args.path)
     if args.promote:
@@ -85,7 +85,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     from markguard.serving.indexing import sync_index
-    from markguard.serving.models import promote, promoted_artifact
+    from markguard.serving.registry import promote, promoted_artifact
 
     home = _home(args)
     promote(home, args.tag)

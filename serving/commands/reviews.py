@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_review_add(args: argparse.Namespace) -> int:
-    from markguard.serving.models import ensure_default_model
+    from markguard.serving.registry import ensure_default_model
     from markguard.serving.reviews import record_review
     from markguard.serving.state.schema import ReferenceKind
 

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from markguard.serving.models import ensure_default_model
+    from markguard.serving.registry import ensure_default_model
     from markguard.serving.state.home import Home
     from markguard.serving.state.sweep import sweep
 

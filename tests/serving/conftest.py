@@ -26,7 +26,7 @@ def api_home(tmp_path_factory: pytest.TempPathFactory, grocery: Path) -> ApiHome
     from markguard.serving.brands import add_brand
     from markguard.serving.enroll import collect_inputs, enroll
     from markguard.serving.keys import Role, create_key
-    from markguard.serving.models import ensure_default_model
+    from markguard.serving.registry import ensure_default_model
     from markguard.serving.state.home import Home
 
     root = tmp_path_factory.mktemp("api") / "home"

@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
 
     _install_hooks(name, occurrence, stop)
     if op == "review":
-        from markguard.serving.models import ensure_default_model
+        from markguard.serving.registry import ensure_default_model
         from markguard.serving.reviews import record_review
         from markguard.serving.state.home import Home
         from markguard.serving.state.schema import ReferenceKind

@@ -205,8 +205,8 @@ def test_enroll_review_and_delete_keep_catalog_and_index_in_step(home: Home, gro
     """Enrolment, a moderator's counterfeit label (a new known-fake reference) and deletion, on each backend."""
     from markguard.serving.enroll import collect_inputs, enroll
     from markguard.serving.indexing import load_or_new
-    from markguard.serving.models import ensure_default_model
     from markguard.serving.references import delete_references
+    from markguard.serving.registry import ensure_default_model
     from markguard.serving.reviews import Review, record_review
     from markguard.serving.state.schema import Reference, ReferenceKind
 

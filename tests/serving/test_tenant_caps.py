@@ -99,7 +99,7 @@ def test_references_and_serials_per_brand_are_capped(attack_home, monkeypatch, t
     from markguard.serving import enroll as enroll_module
     from markguard.serving import serials
     from markguard.serving.enroll import InputImage, enroll
-    from markguard.serving.models import ensure_default_model
+    from markguard.serving.registry import ensure_default_model
     from markguard.serving.state.home import Home
     from markguard.vision.errors import MarkguardError
 

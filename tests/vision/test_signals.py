@@ -94,7 +94,7 @@ def test_serving_and_calibration_compute_the_same_signals(grocery: Path, tmp_pat
     from markguard.serving.brands import add_brand
     from markguard.serving.engine import ScoreRequest, ScoringEngine
     from markguard.serving.enroll import collect_inputs, enroll
-    from markguard.serving.models import ensure_default_model
+    from markguard.serving.registry import ensure_default_model
     from markguard.serving.state.home import Home
     from markguard.training.data import EvalSet, Item
     from markguard.training.evaluation import make_claims
