@@ -31,7 +31,7 @@ from markguard.serving.caps import CAPS
 from markguard.serving.engine import ScoreRequest, ScoringEngine
 from markguard.serving.enroll import InputImage, collect_inputs, enroll, public_label
 from markguard.serving.intelligence.api import router as intelligence_router
-from markguard.serving.keys import Principal, Role, authenticate, create_key
+from markguard.serving.keys import Principal, Role, authorize, create_key
 from markguard.serving.limits import ApiError, RateLimiter, log, request_id_of
 from markguard.serving.limits import _BodyTooLarge as BodyTooLarge
 from markguard.serving.metrics import DECISIONS, INDEX_SIZE, LISTINGS_SCORED, install_metrics
@@ -169,17 +169,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
 
     def auth(request: Request, *roles: Role) -> Principal:
         b = be(request)
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header[:7].lower() == "bearer " else None
-        principal = authenticate(b.home, token)
-        if principal is None:
-            raise ApiError(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
-        wait = b.limiter.take(principal.key_id)
-        if wait:
-            raise ApiError(429, "rate limit exceeded", headers={"Retry-After": str(max(1, round(wait)))})
-        if principal.role is not Role.ADMIN and principal.role not in roles:
-            raise ApiError(403, f"a {principal.role.value} key cannot do this")
-        return principal
+        return authorize(b.home, request.headers.get("authorization", ""), b.limiter, *roles)
 
     def require(*roles: Role) -> Any:
         """Auth as a dependency, so it answers before the body is validated (401/403 before 422)."""

@@ -17,11 +17,12 @@ import secrets
 from sqlalchemy import select
 
 from markguard.serving.brands import get_brand
+from markguard.serving.limits import ApiError, RateLimiter
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import ApiKey, Brand
 from markguard.vision.errors import MarkguardError
 
-__all__ = ["Role", "Principal", "create_key", "authenticate", "revoke_key"]
+__all__ = ["authorize", "Role", "Principal", "create_key", "authenticate", "revoke_key"]
 
 _PREFIX = "mg"
 
@@ -92,3 +93,19 @@ def revoke_key(home: Home, key_id: str) -> None:
         if row is None:
             raise MarkguardError(f"unknown key {key_id!r}")
         row.revoked_at = dt.datetime.now(dt.UTC)
+
+
+def authorize(home: Home, header: str, limiter: RateLimiter, *roles: Role) -> Principal:
+    """The bearer key of an `Authorization` header, checked for the roles a route allows (admins pass
+    every route) and charged to the key's rate limit: 401, 429 or 403 as `ApiError`, else its principal."""
+    token = header[7:].strip() if header[:7].lower() == "bearer " else None
+    principal = authenticate(home, token)
+    if principal is None:
+        raise ApiError(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
+    wait = limiter.take(principal.key_id)
+    if wait:
+        raise ApiError(429, "rate limit exceeded", headers={"Retry-After": str(max(1, round(wait)))})
+    if principal.role is not Role.ADMIN and principal.role not in roles:
+        raise ApiError(403, f"a {principal.role.value} key cannot do this")
+    return principal
+

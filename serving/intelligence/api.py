@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from markguard.serving.keys import Principal, Role, authenticate
+from markguard.serving.keys import Principal, Role, authorize
 from markguard.serving.limits import ApiError
 from markguard.vision.errors import NotFound
 
@@ -37,17 +37,7 @@ def _home(request: Request) -> Any:
 def _auth(*roles: Role) -> Any:
     def dependency(request: Request) -> Principal:
         backend = _home(request)
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header[:7].lower() == "bearer " else None
-        principal = authenticate(backend.home, token)
-        if principal is None:
-            raise ApiError(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
-        wait = backend.limiter.take(principal.key_id)
-        if wait:
-            raise ApiError(429, "rate limit exceeded", headers={"Retry-After": str(max(1, round(wait)))})
-        if principal.role is not Role.ADMIN and principal.role not in roles:
-            raise ApiError(403, f"a {principal.role.value} key cannot do this")
-        return principal
+        return authorize(backend.home, request.headers.get("authorization", ""), backend.limiter, *roles)
 
     return Depends(dependency)
 

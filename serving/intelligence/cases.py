@@ -29,6 +29,7 @@ from markguard.serving.state.home import Home
 from markguard.serving.state.schema import ListingSerial
 from markguard.vision.decode import decode_image
 from markguard.vision.errors import MarkguardError
+from markguard.vision.weights import sha256_file
 
 __all__ = ["CaseReport", "export_case", "verify_case", "MANIFEST"]
 
@@ -43,14 +44,6 @@ class CaseReport:
     out: Path
     files: int
     manifest_sha256: str
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _network_png(detail: dict[str, Any]) -> bytes:
@@ -182,7 +175,7 @@ def export_case(home: Home, ring_id: int, out: Path, *, actor: str, role: str,
     (out / "network.png").write_bytes(network)
     (out / "report.html").write_text(_html(case, network), encoding="utf-8")
     files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != MANIFEST)
-    manifest = "".join(f"{_sha256(p)}  {p.relative_to(out).as_posix()}\n" for p in files)
+    manifest = "".join(f"{sha256_file(p)}  {p.relative_to(out).as_posix()}\n" for p in files)
     (out / MANIFEST).write_text(manifest, encoding="utf-8")
     manifest_sha = hashlib.sha256(manifest.encode()).hexdigest()
     with home.sessions.begin() as session:
@@ -210,7 +203,7 @@ def verify_case(folder: Path) -> list[str]:
             problems.append(f"outside: {name}")
         elif not path.is_file():
             problems.append(f"missing: {name}")
-        elif _sha256(path) != digest:
+        elif sha256_file(path) != digest:
             problems.append(f"changed: {name}")
     present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST}
     problems += [f"unlisted: {name}" for name in sorted(present - set(listed))]

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .real_server import real_server
 
 
 def _count_references(root) -> int:
@@ -34,25 +24,8 @@ def _count_references(root) -> int:
 
 
 def test_markguard_serve_scores_a_real_photo(api_home, tmp_path):
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
-    env = {**os.environ, "MARKGUARD_THREADS": "1", "MARKGUARD_EMBED_WORKERS": "2"}  # requests shared by two embedders
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "markguard.serving.cli", "serve", "--home", str(api_home.root), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server not ready"
-            time.sleep(0.5)
+    # requests shared by two embedders
+    with real_server(api_home.root, tmp_path / "serve.log", env={"MARKGUARD_EMBED_WORKERS": "2"}) as (url, _):
         headers = {"Authorization": f"Bearer {api_home.keys['platform']}"}
         photo = api_home.photos[0]
         r = httpx.post(url + "/score", headers=headers, timeout=120,
@@ -71,12 +44,3 @@ def test_markguard_serve_scores_a_real_photo(api_home, tmp_path):
         assert re.search(rf"^markguard_index_size(\{{[^}}]*\}})? {references}\.0$", metrics, re.M), metrics
         assert re.search(r"^markguard_ocr_seconds_count(\{[^}]*\})? 1\.0$", metrics, re.M)  # the photo was read once
         assert "/brands/{brand}/references" in httpx.get(url + "/docs.json", timeout=30).json()["paths"]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
