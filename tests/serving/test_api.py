@@ -313,6 +313,7 @@ def test_score_batch_fails_only_the_bad_photo_and_names_it(client, api_home):
     ("GET", "/nowhere/at/all", 404, "not_found"),
     ("GET", "/v1/score", 405, "method_not_allowed"),
     ("DELETE", "/v1/keys", 405, "method_not_allowed"),
+    ("GET", "/v1/brands/", 404, "not_found"),  # no redirect to a slashless path
 ])
 def test_unknown_routes_and_wrong_methods_are_problems(client, method, path, status, code):
     r = client.request(method, path)
