@@ -53,6 +53,7 @@ MAX_ID = 2**63 - 1  # catalog ids are signed 64-bit
 MAX_RELATED = 20  # earlier listings named per kind in a detail
 CLAIM_TTL = dt.timedelta(minutes=10)
 EVIDENCE_LONG_SIDE = 1600  # px: evidence images are drawn on a copy at most this large
+EVIDENCE_MIN_SIDE = 800  # px: and at least this large (small photos are enlarged for legible labels)
 Order = str  # "newest" | "riskiest"
 ORDERS = ("newest", "riskiest")
 _MEDIA = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
@@ -324,7 +325,7 @@ _GENUINE, _FAKE, _TEXT, _SERIAL_OK, _SERIAL_BAD = (40, 170, 60), (220, 40, 40), 
 
 
 def evidence_png(home: Home, row_id: int, *, visible_to: int | None = None) -> bytes:
-    """The listing's photo (upright, at most `EVIDENCE_LONG_SIDE`) with its evidence drawn and labelled:
+    """The listing's photo (upright, long side between `EVIDENCE_MIN_SIDE` and `EVIDENCE_LONG_SIDE`) with its evidence drawn and labelled:
     matched regions (green: genuine reference, red: known fake; the reference and similarity), OCR
     lines (blue, their text) and serial reads (orange, magenta when the format or checksum fails or
     the registry does not know it)."""
@@ -338,25 +339,28 @@ def evidence_png(home: Home, row_id: int, *, visible_to: int | None = None) -> b
 def draw_evidence(image: np.ndarray, result: dict[str, Any]) -> bytes:
     """PNG bytes of `image` (RGB) with `result`'s boxes drawn (see `evidence_png`)."""
     h, w = image.shape[:2]
-    scale = min(1.0, EVIDENCE_LONG_SIDE / max(h, w))
+    # large photos drawn smaller, small ones larger: labels stay legible either way
+    scale = min(EVIDENCE_LONG_SIDE, max(EVIDENCE_MIN_SIDE, max(h, w))) / max(h, w)
     canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    if scale < 1.0:
-        canvas = cv2.resize(canvas, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    if scale != 1.0:
+        canvas = cv2.resize(canvas, (max(1, round(w * scale)), max(1, round(h * scale))),
+                            interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     thick = max(2, round(max(canvas.shape[:2]) / 400))
+    labels: list[tuple[str, tuple[int, int], tuple[int, int, int], bool]] = []  # drawn after every box
 
-    def box(b: Sequence[float], rgb: tuple[int, int, int], label: str) -> None:
+    def box(b: Sequence[float], rgb: tuple[int, int, int], label: str, *, below: bool = False) -> None:
         x0, y0, x1, y1 = (round(float(v) * scale) for v in b[:4])
         x0, x1 = sorted((max(0, x0), min(canvas.shape[1] - 1, x1 - 1)))
         y0, y1 = sorted((max(0, y0), min(canvas.shape[0] - 1, y1 - 1)))
         color = rgb[::-1]
         cv2.rectangle(canvas, (x0, y0), (x1, y1), color, thick)
         if label:
-            _label(canvas, label, (x0, y0), color, thick)
+            labels.append((label, (x0, y1 if below else y0), color, below))
 
     ocr = result.get("ocr") or {}
     for line in ocr.get("lines") or []:
         if line.get("box"):
-            box(line["box"], _TEXT, line.get("text", ""))
+            box(line["box"], _TEXT, line.get("text", ""), below=True)
     by_box: dict[tuple[int, ...], list[dict[str, Any]]] = {}
     for match in result.get("matches") or []:
         if match.get("box"):
@@ -371,21 +375,35 @@ def draw_evidence(image: np.ndarray, result: dict[str, Any]) -> bytes:
             bad = serial.get("format_ok") is False or serial.get("checksum_ok") is False or serial.get("registered") is False
             status = "invalid" if bad else ("registered" if serial.get("registered") else "read")
             box(serial["box"], _SERIAL_BAD if bad else _SERIAL_OK, f"serial {serial.get('normalized', '')} {status}")
+    placed: list[tuple[int, int, int]] = []  # labels drawn: (left, top, right)
+    for text, at, color, below in labels:
+        _label(canvas, text, at, color, thick, placed=placed, below=below)
     ok, png = cv2.imencode(".png", canvas)
     if not ok:  # pragma: no cover - OpenCV encodes any uint8 BGR image
         raise MarkguardError("could not encode the evidence image")
     return png.tobytes()
 
 
-def _label(canvas: np.ndarray, text: str, at: tuple[int, int], color: tuple[int, int, int], thick: int) -> None:
-    """`text` on a filled band in `color` just above (or inside, at the top edge) the box corner."""
+def _label(canvas: np.ndarray, text: str, at: tuple[int, int], color: tuple[int, int, int], thick: int, *,
+           placed: list[tuple[int, int, int]], below: bool = False) -> None:
+    """`text` in white on a band of `color` at the box corner `at`: above the box's top edge (or below
+    its bottom edge), moved inside the picture where it would leave it."""
     text = text.encode("ascii", "replace").decode()[:60]  # Hershey fonts draw ASCII only
-    font, size = cv2.FONT_HERSHEY_SIMPLEX, max(0.4, thick / 4)
+    font, size = cv2.FONT_HERSHEY_SIMPLEX, max(0.45, thick / 4)
     (tw, th), base = cv2.getTextSize(text, font, size, 1)
-    x, y = at
-    top = y - th - base - 2 if y - th - base - 2 >= 0 else y
-    cv2.rectangle(canvas, (x, top), (min(canvas.shape[1] - 1, x + tw + 4), top + th + base + 2), color, -1)
-    cv2.putText(canvas, text, (x + 2, top + th + 1), font, size, (255, 255, 255), 1, cv2.LINE_AA)
+    band = th + base + 4
+    height, width = canvas.shape[:2]
+    x = max(0, min(at[0], width - tw - 4))
+    top = at[1] if below else at[1] - band
+    top = max(0, min(top, height - band))
+    for _ in range(8):  # step past labels already drawn there
+        clash = [t for (lx, t, rx) in placed if abs(t - top) < band and lx < x + tw + 4 and x < rx]
+        if not clash:
+            break
+        top = min(height - band, max(clash) + band) if top + 2 * band <= height else max(0, min(clash) - band)
+    placed.append((x, top, x + tw + 4))
+    cv2.rectangle(canvas, (x, top), (min(width - 1, x + tw + 4), top + band), color, -1)
+    cv2.putText(canvas, text, (x + 2, top + th + 2), font, size, (255, 255, 255), 1, cv2.LINE_AA)
 
 
 # -- claims ------------------------------------------------------------------------------------------
