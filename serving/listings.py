@@ -113,10 +113,17 @@ def _serial_line(serial: dict[str, Any], lines: Sequence[dict[str, Any]]) -> int
     for i, text in enumerate(texts):
         if sum(c.isdigit() for c in text) < 2:
             continue
-        ratio = max(difflib.SequenceMatcher(None, k, text).ratio() for k in keys) if keys else 0.0
+        ratio = max((_window_ratio(k, text) for k in keys), default=0.0)
         if ratio > best_ratio:
             best, best_ratio = i, ratio
     return best
+
+
+def _window_ratio(key: str, text: str) -> float:
+    """How alike `key` is to the most alike stretch of `text` of its length (1.0: it is in there)."""
+    n = len(key)
+    windows = [text[i : i + n] for i in range(max(1, len(text) - n + 1))]
+    return max(difflib.SequenceMatcher(None, key, w).ratio() for w in windows)
 
 
 # -- the queue ---------------------------------------------------------------------------------------

@@ -423,7 +423,13 @@ def test_concurrent_claims_exactly_one_wins(many, catalog_backend, database_url)
 
 
 def test_claim_expiry_and_queue(many, catalog_backend):
-    from markguard.serving.listings import CLAIM_TTL, ListingFilters, claim_listing, list_listings, release_claim
+    from markguard.serving.listings import (
+        CLAIM_TTL,
+        ListingFilters,
+        claim_listing,
+        list_listings,
+        release_claim,
+    )
     from markguard.vision.errors import NotFound
 
     home, _ = many
