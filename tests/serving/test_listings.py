@@ -281,6 +281,31 @@ def test_claims_hold_and_hide_listings(client, lhome, scored):
     assert call(client, "POST", "/listings/999999/claim", one).status_code == 404
 
 
+def test_a_claimed_listing_is_reviewed_by_its_holder_only(client, lhome, scored):
+    _, keys = lhome
+    one, two, row = keys["moderator"], keys["moderator2"], scored["L-3"]
+    assert call(client, "POST", f"/listings/{row}/claim", two).status_code == 200
+    r = call(client, "POST", "/reviews", one, json={"listing_id": "L-3", "label": "genuine"})
+    assert r.status_code == 409 and "claimed" in r.json()["error"]
+    assert call(client, "GET", f"/listings/{row}", one).json()["reviews"] == []
+    r = call(client, "POST", "/reviews", two, json={"listing_id": "L-3", "label": "genuine", "note": "mine"})
+    assert r.status_code == 201, r.text
+    detail = call(client, "GET", f"/listings/{row}", one).json()
+    assert detail["claim"] is None and [x["note"] for x in detail["reviews"]] == ["mine"]  # the review ended it
+
+
+def test_listing_routes_are_documented(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, method in (("/listings", "get"), ("/listings/{listing}", "get"), ("/listings/{listing}/image", "get"),
+                         ("/listings/{listing}/evidence.png", "get"), ("/references/{reference}/image", "get"),
+                         ("/listings/{listing}/claim", "post"), ("/listings/{listing}/claim", "delete")):
+        assert paths[path][method]["summary"], path
+    assert "image/png" in paths["/listings/{listing}/evidence.png"]["get"]["responses"]["200"]["content"]
+    params = {p["name"] for p in paths["/listings"]["get"]["parameters"]}
+    assert {"decision", "brand", "min_risk", "max_risk", "reviewed", "seller", "since", "until", "unclaimed",
+            "order", "cursor", "limit"} <= params
+
+
 # -- many rows on each catalog backend -----------------------------------------------------------------
 @pytest.fixture()
 def many(home_dir):
