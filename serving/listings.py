@@ -24,6 +24,7 @@ import dataclasses
 import datetime as dt
 import difflib
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -153,8 +154,10 @@ def _decode_cursor(order: str, cursor: str) -> list[Any]:
         key = data["k"]
         ok = data["o"] == order and isinstance(key, list) and len(key) == (1 if order == "newest" else 2)
         ok = ok and isinstance(key[-1], int) and not isinstance(key[-1], bool) and 0 <= key[-1] <= MAX_ID
-        ok = ok and (order == "newest" or (isinstance(key[0], int | float) and not isinstance(key[0], bool)))
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        if ok and order == "riskiest":
+            ok = isinstance(key[0], int | float) and not isinstance(key[0], bool) and math.isfinite(key[0])
+            key = [float(key[0]), key[1]]
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError):
         ok = False
     if not ok:
         raise MarkguardError("cursor: not a cursor of this listing order (pass `next` back unchanged)")

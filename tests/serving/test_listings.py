@@ -386,6 +386,7 @@ def test_cursor_is_not_an_offset(many, catalog_backend):
     """Rows scored after a page was read do not shift the following page."""
     from markguard.serving.listings import ListingFilters, list_listings
     from markguard.serving.state.schema import Listing
+    from markguard.vision.errors import MarkguardError
 
     home, t0 = many
     page = list_listings(home, ListingFilters(), order="newest", limit=10)
@@ -396,6 +397,18 @@ def test_cursor_is_not_an_offset(many, catalog_backend):
     assert following.listings[0]["id"] == page.listings[-1]["id"] - 1
     key = json.loads(base64.urlsafe_b64decode(page.next + "=" * (-len(page.next) % 4)))
     assert key["o"] == "newest"
+    # a forged cursor positions a page or is refused; it never errs in the database
+    forged = ['{"o":"riskiest","k":[1e999,5]}', '{"o":"riskiest","k":[NaN,5]}', '{"o":"riskiest","k":[10e400,5]}',
+              '{"o":"riskiest","k":[' + "9" * 400 + ',5]}', '{"o":"newest","k":[-1]}', '{"o":"newest","k":[true]}',
+              '{"o":"newest","k":"x"}', '[]', '"x"']
+    for text in forged:
+        cursor = base64.urlsafe_b64encode(text.encode()).decode()
+        order = json.loads(text)["o"] if text.startswith("{") else "newest"
+        with pytest.raises(MarkguardError):
+            list_listings(home, ListingFilters(), order=order, cursor=cursor)
+    forged = base64.urlsafe_b64encode(b'{"o":"riskiest","k":[0.5,3]}').decode()
+    assert all(x["risk"] < 0.5 or (x["risk"] == 0.5 and x["id"] < 3)
+               for x in list_listings(home, ListingFilters(), order="riskiest", cursor=forged).listings)
 
 
 def _race(home_root, database_url, row_id, keys, *, now=None):
@@ -477,3 +490,34 @@ def test_claim_expiry_and_queue(many, catalog_backend):
         release_claim(home, first, key_id="bob", now=after)
     with pytest.raises(NotFound):
         claim_listing(home, 10**9, key_id="bob")
+
+
+def test_detail_names_earlier_listings_of_the_photo_or_a_serial(many, catalog_backend):
+    from markguard.serving.listings import listing_detail
+    from markguard.serving.state.schema import Listing, ListingSerial
+
+    home, t0 = many
+    with home.sessions.begin() as session:
+        oatly, arla = (session.scalar(select(Listing.brand_id).where(Listing.listing_id == x)) for x in ("M-0", "M-1"))
+
+        def add(name, brand_id, sha, phash, serial=None):
+            row = Listing(listing_id=name, brand_id=brand_id, image_sha256=sha, phash=phash, risk=0.5,
+                          decision="review", model_tag="m", result={}, scored_at=t0)
+            session.add(row)
+            session.flush()
+            if serial:
+                session.add(ListingSerial(listing_row_id=row.id, brand_id=brand_id, serial_hmac=serial))
+            return row.id
+
+        first = add("P-1", oatly, "a" * 64, -5, "h1")
+        copy = add("P-2", oatly, "b" * 64, -5)  # re-encoded: same perceptual hash, other bytes
+        other_brand = add("P-3", arla, "a" * 64, None, "h1")
+        serial_only = add("P-4", oatly, "c" * 64, 77, "h1")
+        last = add("P-5", oatly, "a" * 64, -5, "h1")
+    detail = listing_detail(home, last)
+    assert [x["id"] for x in detail["earlier"]["same_photo"]] == [other_brand, copy, first]
+    assert [x["id"] for x in detail["earlier"]["same_serial"]] == [serial_only, other_brand, first]
+    scoped = listing_detail(home, last, visible_to=oatly)  # a brand sees its own brand's only
+    assert [x["id"] for x in scoped["earlier"]["same_photo"]] == [copy, first]
+    assert [x["id"] for x in scoped["earlier"]["same_serial"]] == [serial_only, first]
+    assert listing_detail(home, first)["earlier"] == {"same_photo": [], "same_serial": []}
