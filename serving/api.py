@@ -18,6 +18,7 @@ from markguard.serving.metrics import install_metrics
 from markguard.serving.routes import brands, docs, keys, references, reviews, scoring
 from markguard.serving.routes.deps import Backend, local_embed
 from markguard.serving.routes.errors import install_error_handlers
+from markguard.serving.routes.listings import router as listings_router
 from markguard.serving.scan.routes import router as scans_router
 
 __all__ = ["Backend", "build_app", "local_embed", "API_PREFIX"]
@@ -48,6 +49,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
     mount(app, references.router)
     mount(app, reviews.router)
     mount(app, keys.router)
+    mount(app, listings_router)
     mount(app, scans_router)
     mount(app, intelligence_router)
     app.include_router(docs.router)  # `/docs.json`, `/docs`, `/`
