@@ -12,9 +12,10 @@ import io
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -25,6 +26,7 @@ from markguard.vision.errors import NotFound
 __all__ = ["router"]
 
 router = APIRouter(tags=["intelligence"])
+RingId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]  # a catalog id (signed 64-bit): larger is 422, never looked up
 
 
 def _home(request: Request) -> Any:
@@ -85,7 +87,7 @@ async def get_rings(request: Request, brand: str | None = None, since: str | Non
 
 
 @router.get("/rings/{ring_id}", summary="One ring: sellers, listings and evidence edges")
-async def get_ring(request: Request, ring_id: int, principal: Principal = _rings_reader) -> dict[str, Any]:
+async def get_ring(request: Request, ring_id: RingId, principal: Principal = _rings_reader) -> dict[str, Any]:
     from markguard.serving.intelligence.rings import ring_detail
 
     home = _home(request).home
@@ -101,7 +103,7 @@ async def get_ring(request: Request, ring_id: int, principal: Principal = _rings
 
 
 @router.post("/rings/{ring_id}/export", summary="A ring's case bundle as a zip (audited)")
-async def export_ring(request: Request, ring_id: int, principal: Principal = _rings_reader) -> Response:
+async def export_ring(request: Request, ring_id: RingId, principal: Principal = _rings_reader) -> Response:
     from markguard.serving.intelligence.cases import export_case
 
     home = _home(request).home
