@@ -1,8 +1,9 @@
-"""Limits and hostile input at the edge: body cap, per-key rate limit, request ids, JSON errors and logs.
+"""Limits and hostile input at the edge: body cap, per-key rate limit, request ids, problem errors and logs.
 
 `GuardMiddleware` wraps the whole service (BentoML's routes and the mounted API): it answers 413 from
 `Content-Length` before reading a byte, and again while the body streams in, so an oversized upload is
-never buffered; any exception becomes a JSON 500 naming the request id, never a traceback.
+never buffered; any exception becomes a problem+json 500 naming the request id, never a traceback; and
+a plain-text 404 or 405 from a router outside the API (BentoML's own) becomes a problem+json one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ import time
 import uuid
 from typing import Any
 
+from starlette.exceptions import HTTPException
+
+from markguard.serving.problems import code_of_status, send_problem
 from markguard.serving.settings import get_settings
+from markguard.vision.errors import MarkguardError
 
 __all__ = ["ApiError", "RateLimiter", "GuardMiddleware", "JsonFormatter", "configure_logging", "request_id_of"]
 
@@ -24,8 +29,9 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 log = logging.getLogger("markguard.serving")
 
 
-class ApiError(Exception):
-    """An error the client caused (or may retry): answered as `{"error": ..., "request_id": ...}`."""
+class ApiError(MarkguardError):
+    """An error decided at the HTTP edge (auth, rate limit, a malformed upload), with its status chosen
+    where it is raised; answered like every `MarkguardError`, as problem+json with its `code`."""
 
     def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None,
                  code: str | None = None) -> None:
@@ -33,11 +39,7 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.headers = headers or {}
-        self.code = code or _CODES.get(status, "error")
-
-
-_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict",
-          413: "too_large", 415: "unsupported_media_type", 422: "invalid", 429: "rate_limited", 503: "unavailable"}
+        self.code = code or code_of_status(status)
 
 
 class RateLimiter:
@@ -88,16 +90,12 @@ def configure_logging() -> None:
         log.propagate = False
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    """The body grew past the cap while streaming in. An HTTP exception, so a framework reading the body
+    (FastAPI's form parsing) passes it on as a 413 instead of calling the body unparsable (400)."""
 
-
-async def send_json(send: Any, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-    raw = json.dumps(body).encode()
-    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
-    hdrs += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": hdrs})
-    await send({"type": "http.response.body", "body": raw})
+    def __init__(self) -> None:
+        super().__init__(413, "request body too large")
 
 
 class GuardMiddleware:
@@ -119,11 +117,22 @@ class GuardMiddleware:
         status = {"code": 500, "sent": False}
         extra = {"x-request-id": rid}
 
+        replaced = False  # a plain-text 404/405 answered as a problem instead: its own body is dropped
+
         async def send_wrapped(message: dict[str, Any]) -> None:
+            nonlocal replaced
             if message["type"] == "http.response.start":
                 status["code"], status["sent"] = message["status"], True
+                given = dict(message.get("headers", []))
+                if message["status"] in (404, 405) and b"json" not in given.get(b"content-type", b""):
+                    replaced = True
+                    allow = {"allow": given[b"allow"].decode("latin-1")} if b"allow" in given else {}
+                    detail = "no such route" if message["status"] == 404 else "method not allowed on this route"
+                    await send_problem(send, message["status"], detail, request_id=rid, headers={**extra, **allow})
+                    return
                 message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
-            await send(message)
+            if not replaced:
+                await send(message)
 
         def done(note: str = "") -> None:
             log.info("request", extra={"fields": {
@@ -134,8 +143,8 @@ class GuardMiddleware:
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             status["code"] = 413
-            await send_json(send, 413, {"error": f"request body larger than {self.max_body} bytes",
-                                        "request_id": rid}, extra)
+            await send_problem(send, 413, f"request body larger than {self.max_body} bytes", request_id=rid,
+                               headers=extra)
             done()
             return
         seen = 0
@@ -154,11 +163,11 @@ class GuardMiddleware:
         except _BodyTooLarge:
             if not status["sent"]:
                 status["code"] = 413
-                await send_json(send, 413, {"error": f"request body larger than {self.max_body} bytes",
-                                            "request_id": rid}, extra)
+                await send_problem(send, 413, f"request body larger than {self.max_body} bytes", request_id=rid,
+                                   headers=extra)
         except Exception:  # noqa: BLE001 - the last line of defence: log it, never show it
             log.exception("unhandled error", extra={"fields": {"request_id": rid, "path": scope.get("path")}})
             if not status["sent"]:
                 status["code"] = 500
-                await send_json(send, 500, {"error": "internal error", "request_id": rid}, extra)
+                await send_problem(send, 500, "internal error", request_id=rid, headers=extra)
         done()

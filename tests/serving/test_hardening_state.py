@@ -321,7 +321,7 @@ def test_serial_import_over_http_is_422_and_atomic(live: Live) -> None:
     before = count()
     body = b"serial\n" + b"".join(b"AR%08d\n" % i for i in range(30_000)) + b"AR\rX\n"
     r = live.call("POST", "/brands/Arla/serials", "arla", files={"file": ("s.csv", body)})
-    assert r.status_code == 422 and r.json()["error"].startswith("line 30002: malformed CSV")
+    assert r.status_code == 422 and r.json()["detail"].startswith("line 30002: malformed CSV")
     assert count() == before
     r = live.call("POST", "/brands/Arla/serials", "arla", files={"file": ("s.csv", b"serial\n" + b"x" * 140_000)})
     assert r.status_code == 422 and count() == before

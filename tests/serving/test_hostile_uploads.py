@@ -54,7 +54,7 @@ def test_legitimate_zips_still_read(tmp_path):
 def test_repeated_entry_zip_upload_is_refused_in_process(attack_client, attack_home):
     r = call(attack_client, "POST", "/brands/Arla/references", attack_home.keys["arla"],
              files={"files": ("refs.zip", repeated_entry_zip(small_jpeg(3), 300))})
-    assert r.status_code == 422 and "overlap" in r.json()["error"], r.text
+    assert r.status_code == 422 and "overlap" in r.json()["detail"], r.text
 
 
 @pytest.mark.parametrize("name", list(HOSTILE_IMAGES))
@@ -77,7 +77,7 @@ def test_score_batch_over_the_pixel_budget_is_413_before_decoding(attack_client,
     big = solid_png(7200, 5400)  # 38.9 MP in about 100 KB
     r = call(attack_client, "POST", "/score_batch", attack_home.keys["platform"],
              files=[("images", (f"{i}.png", big)) for i in range(4)])
-    assert r.status_code == 413 and "pixels per request" in r.json()["error"], r.text
+    assert r.status_code == 413 and "pixels per request" in r.json()["detail"], r.text
 
 
 def test_reference_upload_over_the_pixel_budget_is_413(attack_client, attack_home):
