@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-PREFIX = ""
+PREFIX = "/v1"
 VICTIM, TENANT = "Oatly", "Arla"  # the tenant's key is Arla's; Oatly is the other brand
 ROLES = ("admin", "platform", "moderator", "investigator", "arla")
 
