@@ -59,11 +59,11 @@ def openapi_of(app: FastAPI) -> dict[str, Any]:
 
 
 def _mark_binary(node: Any) -> None:
-    """Uploaded files as `format: binary` besides 3.1's `contentMediaType`: client generators
-    (openapi-python-client, openapi-generator) only turn a multipart part into a file parameter on the former."""
+    """Uploads as OpenAPI 3.0 tools know them too: `format: binary` beside 3.1's `contentMediaType`
+    (Swagger UI and client generators then offer a file picker / a file parameter)."""
     if isinstance(node, dict):
         if node.get("type") == "string" and node.get("contentMediaType") == "application/octet-stream":
-            node.setdefault("format", "binary")
+            node["format"] = "binary"
         for value in node.values():
             _mark_binary(value)
     elif isinstance(node, list):

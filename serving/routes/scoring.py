@@ -16,7 +16,7 @@ from bentoml.exceptions import ServiceUnavailable
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from markguard.serving.budget import score_budget
+from markguard.serving.budget import OVER_BUDGET, score_budget
 from markguard.serving.engine import ScoreRequest
 from markguard.serving.limits import ApiError, log, request_id_of
 from markguard.serving.metrics import DECISIONS, INDEX_SIZE, LISTINGS_SCORED
@@ -185,7 +185,7 @@ async def score_batch(
             requests.append(_request(data, brand=_claim(brand, i), product=_claim(product, i),
                                      seller=_claim(seller_id, i), listing=_claim(listing_id, i), title=_claim(title, i)))
         except MarkguardError as exc:
-            if exc.status == 503:  # the process's decoding budget: the whole request retries
+            if exc.status == 503 or exc.code == OVER_BUDGET:  # the request's or the process's budget: the whole request
                 raise
             requests.append(exc)
     rid = request_id_of(request.scope)
