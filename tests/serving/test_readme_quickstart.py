@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -25,6 +27,7 @@ def quickstart_blocks(readme: str) -> tuple[list[str], list[str]]:
     return [b for lang, b in blocks if lang in ("bash", "sh")], [b for lang, b in blocks if lang == "json"]
 
 
+@pytest.mark.slow  # the demo, an enrollment and a cold score with OCR: minutes on 2 cores
 def test_readme_quickstart_runs_as_written_after_the_demo(grocery, tmp_path):
     bash, samples = quickstart_blocks((REPO / "README.md").read_text())
     assert bash and samples
