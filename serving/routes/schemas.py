@@ -270,7 +270,9 @@ class ScanOut(BaseModel):
     feed: str
     state: str = Field(description="starting, running, finished, failed or interrupted")
     rows_total: int | None = None
-    error: str | None = None
+    rows_done: int | None = None
+    photos_per_second: float | None = None
+    error: int | str | None = Field(None, description="rows that failed so far (a count); a failed scan: why")
     summary: dict[str, Any] | None = None
 
 
