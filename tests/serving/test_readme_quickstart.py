@@ -58,4 +58,6 @@ def test_readme_quickstart_runs_as_written_after_the_demo(grocery, tmp_path):
     shown = re.search(r'"model": "([^"]+)"', samples[-1])
     assert shown and shown.group(1) == score["model"], "the README's sample output is from another model"
     assert re.search(rf'"decision": "{score["decision"]}"', samples[-1]), "the sample's decision is not today's"
+    risk = re.search(r'"risk": ([0-9.]+)', samples[-1])
+    assert risk and abs(float(risk.group(1)) - score["risk"]) < 0.02, (risk, score["risk"])
 
