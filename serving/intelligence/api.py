@@ -90,7 +90,7 @@ async def get_ring(request: Request, ring_id: Annotated[int, PathParam(ge=1, le=
 
 
 @router.post("/rings/{ring_id}/export", summary="A ring's case bundle as a zip (audited)",
-             response_class=Response, responses={200: {"content": {"application/zip": {}}}, **errors(404, 422)})
+             response_class=Response, responses={200: {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}}, **errors(404, 422)})
 async def export_ring(request: Request, ring_id: Annotated[int, PathParam(ge=1, le=MAX_ID)], principal: Principal = _rings_reader) -> Response:
     from markguard.serving.intelligence.cases import export_case
 

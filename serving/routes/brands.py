@@ -22,7 +22,7 @@ def catalog(request: Request) -> Catalog:
 
 
 @router.post("/brands", status_code=201, summary="Create a brand (admin)", response_model=BrandCreatedOut,
-             responses=errors(409, 422))
+             responses=errors(400, 409, 422))
 async def create_brand(request: Request, body: BrandIn, _: Admin) -> Any:
     policy = await run_in_threadpool(catalog(request).create_brand, body.name, wordmarks=body.wordmarks)
     return {"name": policy.name, "wordmarks": policy.wordmarks}
@@ -37,7 +37,7 @@ async def show_brand(request: Request, brand: str, principal: BrandKey) -> Any:
 
 
 @router.patch("/brands/{brand}", summary="Change a brand's policy", response_model=PolicyOut,
-              responses=errors(404, 422))
+              responses=errors(400, 404, 422))
 async def patch_brand(request: Request, brand: str, body: PolicyIn, principal: BrandKey) -> Any:
     """Thresholds (`review_at` ≤ `takedown_at`, risks in [0, 1]), wordmarks, serial pattern and checksum;
     a field left out is kept."""

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from markguard.serving.limits import _BodyTooLarge, log, request_id_of
 from markguard.serving.problems import PROBLEM_JSON, problem_body
@@ -41,10 +42,24 @@ async def _expected(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, exc.status, public_message(str(exc)), code=exc.code, headers=headers)
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route of this path takes: FastAPI makes one route per method, and Starlette's
+    405 names only the first route whose path matched."""
+    routes = request.app.router.routes
+    return ", ".join(m for m in _METHODS
+                     if any(r.matches({**request.scope, "method": m})[0] is Match.FULL for r in routes))
+
+
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = _HTTP_DETAIL.get(exc.status_code) or public_message(str(exc.detail))
-    return problem_response(request, exc.status_code, detail, headers=getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+        headers["Allow"] = allowed
+    return problem_response(request, exc.status_code, detail, headers=headers or None)
 
 
 async def _invalid(request: Request, exc: Exception) -> JSONResponse:

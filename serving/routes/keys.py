@@ -17,7 +17,7 @@ router = APIRouter(tags=["keys"])
 
 
 @router.post("/keys", status_code=201, summary="Create an API key (admin); shown once", response_model=KeyOut,
-             responses=errors(404, 422))
+             responses=errors(400, 404, 422))
 async def new_key(request: Request, body: KeyIn, _: Admin) -> Any:
     key, who = await run_in_threadpool(Catalog(backend(request).home).create_key, role=body.role, brand=body.brand,
                                        label=body.label)

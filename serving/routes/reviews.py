@@ -20,7 +20,7 @@ _readers = require(Role.MODERATOR, Role.BRAND)
 
 
 @router.post("/reviews", status_code=201, summary="Label a scored listing (moderator)", response_model=ReviewOut,
-             responses=errors(404, 409, 422))
+             responses=errors(400, 404, 409, 422))
 async def review(request: Request, body: ReviewIn, principal: Moderator) -> Any:
     """Kept as labelled data for retraining. `counterfeit` makes the listing's photo a known-fake reference
     of its brand; a later `genuine` review of the same listing removes it (and, where the brand allows,

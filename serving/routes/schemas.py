@@ -123,17 +123,22 @@ class EmbedOut(_Out):
     vector: list[float] = Field(description="unit length, the model's embedding dimension")
 
 
+# -- request bodies: strict, so JSON is taken exactly as the schema types it (`0` is not `false`) ---------
+class _In(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+
 # -- brands ---------------------------------------------------------------------------------------------
 Wordmark = Annotated[str, Field(min_length=1, max_length=CAPS.wordmark_chars)]
 BrandName = Annotated[str, Field(min_length=1, max_length=CAPS.brand_name_chars, pattern=r"\S")]
 
 
-class BrandIn(BaseModel):
+class BrandIn(_In):
     name: BrandName
     wordmarks: list[Wordmark] | None = Field(None, min_length=1, max_length=CAPS.wordmarks)
 
 
-class PolicyIn(BaseModel):
+class PolicyIn(_In):
     review_at: float | None = Field(None, ge=0, le=1)
     takedown_at: float | None = Field(None, ge=0, le=1)
     wordmarks: list[Wordmark] | None = Field(None, min_length=1, max_length=CAPS.wordmarks)
@@ -213,9 +218,9 @@ class SerialsOut(_Out):
 
 
 # -- reviews and keys -----------------------------------------------------------------------------------
-class ReviewIn(BaseModel):
+class ReviewIn(_In):
     listing_id: str = Field(min_length=1, max_length=200)
-    label: ReferenceKind
+    label: ReferenceKind = Field(strict=False)  # an enum's JSON value (strict would want the member)
     note: str = Field("", max_length=2000)
 
 
@@ -236,8 +241,8 @@ class ReviewsOut(_Out):
     next: int | None = Field(description="pass as `after` for the next page; null on the last")
 
 
-class KeyIn(BaseModel):
-    role: Role
+class KeyIn(_In):
+    role: Role = Field(strict=False)  # an enum's JSON value (strict would want the member)
     brand: str | None = Field(None, min_length=1, max_length=CAPS.brand_name_chars)
     label: str = Field("", max_length=200)
 
