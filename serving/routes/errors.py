@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from markguard.serving.limits import _BodyTooLarge, log, request_id_of
 from markguard.serving.problems import PROBLEM_JSON, problem_body
@@ -23,6 +24,7 @@ from markguard.vision.errors import MarkguardError
 __all__ = ["install_error_handlers", "problem_response"]
 
 _HTTP_DETAIL = {404: "no such route", 405: "method not allowed on this route"}
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def problem_response(request: Request, status: int, detail: str, *, code: str | None = None,
@@ -41,10 +43,25 @@ async def _expected(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, exc.status, public_message(str(exc)), code=exc.code, headers=headers)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (the router's own 405 names only the first route's)."""
+    routes = request.app.router.routes
+    found = []
+    for method in _METHODS:
+        probe = {**request.scope, "method": method}
+        if any(route.matches(probe)[0] is Match.FULL for route in routes):
+            found.append(method)
+    return found
+
+
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = _HTTP_DETAIL.get(exc.status_code) or public_message(str(exc.detail))
-    return problem_response(request, exc.status_code, detail, headers=getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return problem_response(request, exc.status_code, detail, headers=headers)
 
 
 async def _invalid(request: Request, exc: Exception) -> JSONResponse:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat
 
 from markguard.serving.caps import CAPS
 from markguard.serving.keys import Role
@@ -134,13 +134,14 @@ class BrandIn(BaseModel):
 
 
 class PolicyIn(BaseModel):
-    review_at: float | None = Field(None, ge=0, le=1)
-    takedown_at: float | None = Field(None, ge=0, le=1)
+    # strict: `0` is not `false` and `"0.5"` not a risk (a body that violates the schema is refused, 422)
+    review_at: StrictFloat | None = Field(None, ge=0, le=1)
+    takedown_at: StrictFloat | None = Field(None, ge=0, le=1)
     wordmarks: list[Wordmark] | None = Field(None, min_length=1, max_length=CAPS.wordmarks)
     serial_pattern: str | None = Field(None, max_length=CAPS.serial_pattern_chars,
                                        description="full-match pattern, RE2 syntax (no backreferences or look-arounds)")
     serial_checksum: str | None = None
-    genuine_from_reviews: bool | None = Field(
+    genuine_from_reviews: StrictBool | None = Field(
         None, description="a listing reviewed genuine becomes a genuine reference")
 
 

@@ -16,7 +16,7 @@ import threading
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from markguard.serving.keys import Principal, Role
 from markguard.serving.limits import ApiError
@@ -33,8 +33,8 @@ _ID = re.compile(r"^[0-9a-f]{16}$")
 class ScanIn(BaseModel):
     feed: str = Field(max_length=500, description="the feed's path, relative to HOME/feeds/")
     engine: Literal["local", "ray"] = "local"
-    ocr: bool = True
-    rescore: bool = False
+    ocr: StrictBool = True
+    rescore: StrictBool = False
 
 
 router = APIRouter(tags=["scans"])
