@@ -54,6 +54,12 @@ def openapi_of(app: FastAPI) -> dict[str, Any]:
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
         _mark_binary(schemas)
+        for item in schema.get("paths", {}).values():  # multipart bodies refuse unknown fields (422)
+            for operation in item.values():
+                ref = (operation.get("requestBody", {}).get("content", {}).get("multipart/form-data", {})
+                       .get("schema", {}).get("$ref", ""))
+                if ref:
+                    schemas[ref.rsplit("/", 1)[-1]]["additionalProperties"] = False
         app.openapi_schema = schema
     return app.openapi_schema
 

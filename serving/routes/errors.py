@@ -24,6 +24,7 @@ from markguard.vision.errors import MarkguardError
 __all__ = ["install_error_handlers", "problem_response"]
 
 _HTTP_DETAIL = {404: "no such route", 405: "method not allowed on this route"}
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def problem_response(request: Request, status: int, detail: str, *, code: str | None = None,
@@ -42,24 +43,25 @@ async def _expected(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, exc.status, public_message(str(exc)), code=exc.code, headers=headers)
 
 
-_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
-
-
-def _allowed_methods(request: Request) -> str:
-    """Every method some route of this path takes: FastAPI makes one route per method, and Starlette's
-    405 names only the first route whose path matched."""
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (the router's own 405 names only the first route's)."""
     routes = request.app.router.routes
-    return ", ".join(m for m in _METHODS
-                     if any(r.matches({**request.scope, "method": m})[0] is Match.FULL for r in routes))
+    found = []
+    for method in _METHODS:
+        probe = {**request.scope, "method": method}
+        if any(route.matches(probe)[0] is Match.FULL for route in routes):
+            found.append(method)
+    return found
 
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = _HTTP_DETAIL.get(exc.status_code) or public_message(str(exc.detail))
     headers = dict(getattr(exc, "headers", None) or {})
-    if exc.status_code == 405 and (allowed := _allowed_methods(request)):
-        headers["Allow"] = allowed
-    return problem_response(request, exc.status_code, detail, headers=headers or None)
+    if exc.status_code == 405:
+        headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return problem_response(request, exc.status_code, detail, headers=headers)
 
 
 async def _invalid(request: Request, exc: Exception) -> JSONResponse:

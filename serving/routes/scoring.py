@@ -48,6 +48,11 @@ async def multipart(request: Request) -> None:
     if any(field in form for field in _URL_FIELDS) or any(
             isinstance(v, str) and _URL.match(v) for k in ("image", "images", "files", "file") for v in form.getlist(k)):
         raise ApiError(400, "URL inputs are refused: upload the file's bytes, the server never fetches")
+    route = request.scope.get("route")
+    known = {f.alias for f in getattr(getattr(route, "dependant", None), "body_params", [])}
+    unknown = sorted(set(form.keys()) - known) if known else []
+    if unknown:  # a misspelt field would otherwise be ignored without a word
+        raise ApiError(422, f"unknown form field {unknown[0][:60]!r}: expected {', '.join(sorted(known))}")
 
 
 Multipart = Annotated[None, Depends(multipart)]

@@ -226,6 +226,8 @@ def test_brands_create_and_policy(client, api_home):
     assert call(client, "PATCH", "/v1/brands/Oatly", oatly, json={"serial_pattern": "[unclosed"}).status_code == 422
     assert call(client, "PATCH", "/v1/brands/Oatly", oatly, json={"serial_checksum": "rot13"}).status_code == 422
     assert call(client, "PATCH", "/v1/brands/Oatly", oatly, json={"review_at": 2}).status_code == 422
+    assert call(client, "PATCH", "/v1/brands/Oatly", oatly, json={"genuine_from_reviews": 0}).status_code == 422
+    assert call(client, "PATCH", "/v1/brands/Oatly", oatly, json={"review_at": "0.5"}).status_code == 422
     assert call(client, "GET", "/v1/brands/Oatly", oatly).json()["takedown_at"] == 0.9
 
 
@@ -322,12 +324,23 @@ def test_unknown_routes_and_wrong_methods_are_problems(client, method, path, sta
         assert "POST" in r.headers["allow"]
 
 
+def test_405_names_every_method_of_the_path(client):
+    """`GET` and `PATCH /v1/brands/{brand}` are two routes: a 405 names both (not only the first's)."""
+    r = client.delete("/v1/brands/Oatly")
+    assert_problem(r, 405)
+    assert {m.strip() for m in r.headers["allow"].split(",")} >= {"GET", "PATCH"}
+    r = client.put("/v1/reviews")
+    assert {m.strip() for m in r.headers["allow"].split(",")} >= {"GET", "POST"}
+
+
 def test_validation_errors_are_problems_naming_the_field(client, api_home):
     r = call(client, "POST", "/v1/brands", api_home.keys["admin"], json={"name": ""})
     body = assert_problem(r, 422)
     assert body["code"] == "invalid" and body["errors"][0]["loc"] == ["body", "name"] and "name" in body["detail"]
     assert call(client, "POST", "/v1/brands", api_home.keys["admin"], json={"name": "   "}).status_code == 422
-    r = call(client, "POST", "/v1/score", api_home.keys["platform"], data={"brand": "Oatly"}, files={"x": ("x", b"x")})
+    r = call(client, "POST", "/v1/score", api_home.keys["platform"], data={"brand": "Oatly"}, files={"imgae": ("x", b"x")})
+    assert "unknown form field 'imgae'" in assert_problem(r, 422)["detail"]  # a misspelt field is not ignored
+    r = call(client, "POST", "/v1/score", api_home.keys["platform"], files={"brand": (None, "Oatly")})
     assert assert_problem(r, 422)["errors"][0]["loc"] == ["body", "image"]
 
 
