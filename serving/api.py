@@ -32,7 +32,7 @@ from markguard.serving.engine import ScoreRequest, ScoringEngine
 from markguard.serving.enroll import InputImage, collect_inputs, enroll, public_label
 from markguard.serving.intelligence.api import router as intelligence_router
 from markguard.serving.keys import Principal, Role, authorize, create_key
-from markguard.serving.limits import ApiError, RateLimiter, log, request_id_of
+from markguard.serving.limits import ApiError, RateLimiter, log, note_request, request_id_of
 from markguard.serving.limits import _BodyTooLarge as BodyTooLarge
 from markguard.serving.metrics import DECISIONS, INDEX_SIZE, LISTINGS_SCORED, install_metrics
 from markguard.serving.redact import public_message
@@ -191,6 +191,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
                 raise ApiError(404, f"unknown brand {name!r}") from None
             if principal.role is Role.BRAND and row.id != principal.brand_id:
                 raise ApiError(404, f"unknown brand {name!r}")
+            note_request(brand=row.name)  # the access-log line names it
             return row.name
 
     # -- scoring ------------------------------------------------------------------------------------
@@ -238,6 +239,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
             LISTINGS_SCORED.labels(route=route).inc()
             DECISIONS.labels(decision=result.decision.value).inc()
             out.append(result.to_dict())
+        note_request(brand=[r.get("brand") for r in out])  # the access-log line names the brand(s) scored
         INDEX_SIZE.set(b.engine.index_size)
         return out
 
