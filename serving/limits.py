@@ -79,14 +79,16 @@ _CURRENT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar
 
 
 def note_request(**fields: Any) -> None:
-    """Add fields (`key_id`, `brand`, ...) to the access-log line of the request being served; a list of
-    brands is logged as its distinct names. No-op outside a request."""
+    """Add fields (`key_id`, `brand`, ...) to the access-log line of the request being served; brands
+    (names or score results' `{"name": ...}`) are logged as their distinct names. No-op outside a request."""
     current = _CURRENT.get()
     if current is None:
         return
     for name, value in fields.items():
-        if isinstance(value, list | tuple | set) and name == "brand":
-            value = ",".join(sorted({str(v) for v in value if v})) or None
+        if name == "brand":  # a name, a result's {"name": ...}, or a list of them
+            values = value if isinstance(value, list | tuple | set) else [value]
+            names = {str(v.get("name") if isinstance(v, dict) else v) for v in values}
+            value = ",".join(sorted(n for n in names if n and n != "None")) or None
         if value is not None:
             current[name] = value
 
