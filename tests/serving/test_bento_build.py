@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -162,6 +164,16 @@ def test_bento_pins_its_model_and_serves_from_its_build_folder(tmp_path: Path, g
         assert 0 <= r.json()["risk"] <= 1
         assert int(r.headers["ratelimit-remaining"]) < int(r.headers["ratelimit-limit"])
         trace_id = r.headers["x-request-id"]
+        # BentoML's own HTTP metrics would label `endpoint` with each raw path: none reach /metrics
+        tokens = [secrets.token_hex(6) for _ in range(5)]
+        for token in tokens:
+            assert httpx.get(f"{url}/{token}/x", timeout=30).status_code == 404
+        assert httpx.get(url + "/brands/Oatly", headers=auth, timeout=30).status_code == 200
+        metrics = httpx.get(url + "/metrics", timeout=30).text
+        assert not any(token in metrics for token in tokens) and "Oatly" not in metrics
+        endpoints = set(re.findall(r'endpoint="([^"]*)"', metrics))
+        assert endpoints <= {"/embed"}, endpoints  # the internal embedder's one batched API, if any
+        assert 'route="unmatched"' in metrics
     print(f"scored through {score}")
 
     # the home installed the Bento's model, hashes checked, as its promoted model
