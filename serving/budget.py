@@ -26,7 +26,10 @@ from markguard.vision.archive import IMAGE_SUFFIXES, ArchiveError, ArchiveLimits
 from markguard.vision.decode import MAX_PIXELS, image_size
 from markguard.vision.errors import MarkguardError
 
-__all__ = ["PixelPool", "RequestBudget", "RequestBudgets", "PROCESS_PIXELS", "score_budget", "upload_budget"]
+__all__ = ["OVER_BUDGET", "PixelPool", "RequestBudget", "RequestBudgets", "PROCESS_PIXELS", "score_budget", "upload_budget"]
+
+
+OVER_BUDGET = "over_budget"  # the code of a request over its budget (413): the request's, never one photo's
 
 
 class PixelPool:
@@ -69,7 +72,7 @@ class RequestBudget:
     def charge_bytes(self, n: int, label: str) -> None:
         if self.bytes + n > self.max_bytes:
             raise ApiError(413, f"{label}: over the budget of {self.max_bytes} image bytes per request "
-                                f"(zip members inflated); send fewer per request")
+                                f"(zip members inflated); send fewer per request", code=OVER_BUDGET)
         self.bytes += n
 
     def charge_image(self, data: bytes, label: str, *, bytes_counted: bool = False) -> None:
@@ -85,13 +88,13 @@ class RequestBudget:
             return  # the same: over the per-image cap, refused before any pixel is allocated
         if self.pixels + n > self.max_pixels:
             raise ApiError(413, f"{label}: over the budget of {self.max_pixels} decoded pixels per request; "
-                                f"send fewer or smaller images per request")
+                                f"send fewer or smaller images per request", code=OVER_BUDGET)
         self.pixels += n
         if self.pool is not None:
             more = max(0, n - self.pooled) if self.decoded_at_once else n
             if more and not self.pool.take(more):
                 raise ApiError(503, "the server is decoding as many pixels as it may; retry shortly",
-                               headers={"Retry-After": "1"})
+                               headers={"Retry-After": "1"}, code="busy")
             self.pooled += more
 
     def charge_archive(self, path: Path, label: str) -> None:

@@ -1,8 +1,9 @@
-"""Limits and hostile input at the edge: body cap, per-key rate limit, request ids, JSON errors and logs.
+"""Limits and hostile input at the edge: body cap, per-key rate limit, request ids, problem errors and logs.
 
 `GuardMiddleware` wraps the whole service (BentoML's routes and the mounted API): it answers 413 from
 `Content-Length` before reading a byte, and again while the body streams in, so an oversized upload is
-never buffered; any exception becomes a JSON 500 naming the request id, never a traceback.
+never buffered; any exception becomes a problem+json 500 naming the request id, never a traceback; and
+a plain-text 404 or 405 from a router outside the API (BentoML's own) becomes a problem+json one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ import time
 import uuid
 from typing import Any
 
+from starlette.exceptions import HTTPException
+
+from markguard.serving.problems import code_of_status, send_problem
 from markguard.serving.settings import get_settings
+from markguard.vision.errors import MarkguardError
 
 __all__ = ["ApiError", "RateLimiter", "GuardMiddleware", "JsonFormatter", "configure_logging", "request_id_of",
            "note_request"]
@@ -26,8 +31,9 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 log = logging.getLogger("markguard.serving")
 
 
-class ApiError(Exception):
-    """An error the client caused (or may retry): answered as `{"error": ..., "request_id": ...}`."""
+class ApiError(MarkguardError):
+    """An error decided at the HTTP edge (auth, rate limit, a malformed upload), with its status chosen
+    where it is raised; answered like every `MarkguardError`, as problem+json with its `code`."""
 
     def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None,
                  code: str | None = None) -> None:
@@ -35,11 +41,7 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.headers = headers or {}
-        self.code = code or _CODES.get(status, "error")
-
-
-_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict",
-          413: "too_large", 415: "unsupported_media_type", 422: "invalid", 429: "rate_limited", 503: "unavailable"}
+        self.code = code or code_of_status(status)
 
 
 class RateLimiter:
@@ -126,21 +128,17 @@ def configure_logging() -> None:
         log.propagate = False
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    """The body grew past the cap while streaming in. An HTTP exception, so a framework reading the body
+    (FastAPI's form parsing) passes it on as a 413 instead of calling the body unparsable (400)."""
 
-
-async def send_json(send: Any, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-    raw = json.dumps(body).encode()
-    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
-    hdrs += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": hdrs})
-    await send({"type": "http.response.body", "body": raw})
+    def __init__(self) -> None:
+        super().__init__(413, "request body too large")
 
 
 class GuardMiddleware:
-    """Request id, body cap (413), catch-all JSON 500, `RateLimit-*` headers and the one JSON access-log
-    line of each request.
+    """Request id, body cap (413), catch-all problem+json 500, `RateLimit-*` headers and the one JSON
+    access-log line of each request.
 
     The request's one id is the client's valid `X-Request-Id`, else the OpenTelemetry trace id BentoML
     opened for it (so the embedder's spans share it), else a random one; it is answered as
@@ -156,19 +154,35 @@ class GuardMiddleware:
         if scope["type"] != "http" or _CURRENT.get() is not None:  # not HTTP, or inside an outer guard
             await self.app(scope, receive, send)
             return
+        current: dict[str, Any] = {}
+        token = _CURRENT.set(current)
+        try:
+            await self._guard(scope, receive, send, current)
+        finally:
+            _CURRENT.reset(token)
+
+    async def _guard(self, scope: dict[str, Any], receive: Any, send: Any, current: dict[str, Any]) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         given = headers.get("x-request-id", "")
         rid = given if _REQUEST_ID.match(given) else (_trace_id() or uuid.uuid4().hex)
         scope.setdefault("state", {})["request_id"] = rid
-        current: dict[str, Any] = {}
-        token = _CURRENT.set(current)
         started = time.perf_counter()
         status = {"code": 500, "sent": False}
         extra = {"x-request-id": rid}
 
+        replaced = False  # a plain-text 404/405 answered as a problem instead: its own body is dropped
+
         async def send_wrapped(message: dict[str, Any]) -> None:
+            nonlocal replaced
             if message["type"] == "http.response.start":
                 status["code"], status["sent"] = message["status"], True
+                given = dict(message.get("headers", []))
+                if message["status"] in (404, 405) and b"json" not in given.get(b"content-type", b""):
+                    replaced = True
+                    allow = {"allow": given[b"allow"].decode("latin-1")} if b"allow" in given else {}
+                    detail = "no such route" if message["status"] == 404 else "method not allowed on this route"
+                    await send_problem(send, message["status"], detail, request_id=rid, headers={**extra, **allow})
+                    return
                 added = [(b"x-request-id", rid.encode())]
                 if "quota" in current:
                     limit, remaining, reset, window = current["quota"]
@@ -177,7 +191,8 @@ class GuardMiddleware:
                               (b"ratelimit-reset", str(math.ceil(reset)).encode()),
                               (b"ratelimit-policy", f"{limit};w={window}".encode())]
                 message = {**message, "headers": [*message.get("headers", []), *added]}
-            await send(message)
+            if not replaced:
+                await send(message)
 
         def done(note: str = "") -> None:
             fields = {"trace_id": rid, "method": scope.get("method"), "path": scope.get("path"),
@@ -187,37 +202,34 @@ class GuardMiddleware:
                 fields["note"] = note
             log.info("request", extra={"fields": fields})
 
-        try:
-            length = headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.max_body):
-                status["code"] = 413
-                await send_json(send, 413, {"error": f"request body larger than {self.max_body} bytes",
-                                            "request_id": rid}, extra)
-                done()
-                return
-            seen = 0
-
-            async def receive_counted() -> dict[str, Any]:
-                nonlocal seen
-                message = await receive()
-                if message["type"] == "http.request":
-                    seen += len(message.get("body", b""))
-                    if seen > self.max_body:
-                        raise _BodyTooLarge
-                return message
-
-            try:
-                await self.app(scope, receive_counted, send_wrapped)
-            except _BodyTooLarge:
-                if not status["sent"]:
-                    status["code"] = 413
-                    await send_json(send, 413, {"error": f"request body larger than {self.max_body} bytes",
-                                                "request_id": rid}, extra)
-            except Exception:  # noqa: BLE001 - the last line of defence: log it, never show it
-                log.exception("unhandled error", extra={"fields": {"trace_id": rid, "path": scope.get("path")}})
-                if not status["sent"]:
-                    status["code"] = 500
-                    await send_json(send, 500, {"error": "internal error", "request_id": rid}, extra)
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            status["code"] = 413
+            await send_problem(send, 413, f"request body larger than {self.max_body} bytes", request_id=rid,
+                               headers=extra)
             done()
-        finally:
-            _CURRENT.reset(token)
+            return
+        seen = 0
+
+        async def receive_counted() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, receive_counted, send_wrapped)
+        except _BodyTooLarge:
+            if not status["sent"]:
+                status["code"] = 413
+                await send_problem(send, 413, f"request body larger than {self.max_body} bytes", request_id=rid,
+                                   headers=extra)
+        except Exception:  # noqa: BLE001 - the last line of defence: log it, never show it
+            log.exception("unhandled error", extra={"fields": {"trace_id": rid, "path": scope.get("path")}})
+            if not status["sent"]:
+                status["code"] = 500
+                await send_problem(send, 500, "internal error", request_id=rid, headers=extra)
+        done()

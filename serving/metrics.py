@@ -57,8 +57,11 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 
 def route_label(scope: dict[str, Any]) -> str:
-    """The template of the route that served the request (set by the router), else `unmatched`."""
-    path = getattr(scope.get("route"), "path", None)
+    """The template of the route that served the request (set by the router), else `unmatched`. A route
+    of an included router (FastAPI includes them lazily) carries its path without the include's prefix:
+    FastAPI's effective route context has the full template (`/v1/brands/{brand}`, not `/brands/{brand}`)."""
+    context = scope.get("fastapi", {}).get("effective_route_context") if isinstance(scope.get("fastapi"), dict) else None
+    path = getattr(context, "path_format", None) or getattr(scope.get("route"), "path", None)
     return path if isinstance(path, str) and path else UNMATCHED
 
 

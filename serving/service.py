@@ -4,8 +4,10 @@ Two services in one deployment:
 - `Embedder` holds the model and answers one batchable API, `embed`: BentoML's adaptive batching
   merges the crops of concurrent requests into shared forward passes.
 - `Markguard` (the entry service, `MARKGUARD_WORKERS` workers) holds the scoring engine (model, OCR
-  reader, index, catalog) and serves the HTTP API of `markguard.serving.api`, mounted at `/`; its
-  forward passes go to `Embedder`. `MARKGUARD_BATCHING=0` runs them in the worker instead, one per
+  reader, index, catalog) and serves the HTTP API of `markguard.serving.api` (under `/v1`, with its
+  OpenAPI document at `/docs.json` and Swagger UI at `/docs`), mounted at `/`; its forward passes go
+  to `Embedder`. BentoML's own pages besides its probes (`/schema.json`, `/static_content/`) answer 404,
+  and its index page is never reached (`/` redirects to `/docs`): see `serving/routes/docs.py`. `MARKGUARD_BATCHING=0` runs them in the worker instead, one per
   request (the naive baseline of `markguard bench serve`).
 
 The model comes from the BentoML model store: the service declares `MODEL_TAG` (`MARKGUARD_MODEL`, else
@@ -45,6 +47,7 @@ from markguard.serving.limits import GuardMiddleware, RateLimiter, configure_log
 from markguard.serving.metrics import RouteMetrics
 from markguard.serving.ratelimit import storage_url_for_home
 from markguard.serving.registry import served_model_tag
+from markguard.serving.routes.docs import HideBentoPages
 from markguard.serving.settings import get_settings
 
 __all__ = ["Markguard", "Embedder"]
@@ -177,4 +180,5 @@ class Markguard:
 
 
 Markguard.add_asgi_middleware(GuardMiddleware)
+Markguard.add_asgi_middleware(HideBentoPages)  # one documented public surface (serving.routes.docs)
 Markguard.add_asgi_middleware(RouteMetrics)  # every request, BentoML's routes and unknown paths too

@@ -12,38 +12,24 @@ import io
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from markguard.serving.keys import Principal, Role, authorize
+from markguard.serving.keys import Principal, Role
 from markguard.serving.limits import ApiError
+from markguard.serving.routes.deps import MAX_ID, errors, require
+from markguard.serving.routes.deps import backend as _home
 from markguard.vision.errors import NotFound
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["intelligence"])
-
-
-def _home(request: Request) -> Any:
-    backend = request.app.state.backend
-    if backend is None:
-        raise ApiError(503, "not ready")
-    return backend
-
-
-def _auth(*roles: Role) -> Any:
-    def dependency(request: Request) -> Principal:
-        backend = _home(request)
-        return authorize(backend.home, request.headers.get("authorization", ""), backend.limiter, *roles)
-
-    return Depends(dependency)
-
-
-_rings_reader = _auth(Role.INVESTIGATOR, Role.BRAND)
-_reporter = _auth(Role.BRAND)
+_rings_reader = require(Role.INVESTIGATOR, Role.BRAND)
+_reporter = require(Role.BRAND)
 
 
 def _scope(principal: Principal) -> int | None:
@@ -60,7 +46,8 @@ def _time(value: str | None, name: str) -> dt.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
-@router.get("/rings", summary="Live rings, best first (investigator; brand keys: rings selling their brand)")
+@router.get("/rings", summary="Live rings, best first (investigator; brand keys: rings selling their brand)",
+            responses=errors(404, 422))
 async def get_rings(request: Request, brand: str | None = None, since: str | None = None,
                     principal: Principal = _rings_reader) -> dict[str, Any]:
     from markguard.serving.brands import get_brand
@@ -84,8 +71,8 @@ async def get_rings(request: Request, brand: str | None = None, since: str | Non
     return await run_in_threadpool(work)
 
 
-@router.get("/rings/{ring_id}", summary="One ring: sellers, listings and evidence edges")
-async def get_ring(request: Request, ring_id: int, principal: Principal = _rings_reader) -> dict[str, Any]:
+@router.get("/rings/{ring_id}", summary="One ring: sellers, listings and evidence edges", responses=errors(404, 422))
+async def get_ring(request: Request, ring_id: Annotated[int, PathParam(ge=1, le=MAX_ID)], principal: Principal = _rings_reader) -> dict[str, Any]:
     from markguard.serving.intelligence.rings import ring_detail
 
     home = _home(request).home
@@ -100,8 +87,9 @@ async def get_ring(request: Request, ring_id: int, principal: Principal = _rings
     return await run_in_threadpool(work)
 
 
-@router.post("/rings/{ring_id}/export", summary="A ring's case bundle as a zip (audited)")
-async def export_ring(request: Request, ring_id: int, principal: Principal = _rings_reader) -> Response:
+@router.post("/rings/{ring_id}/export", summary="A ring's case bundle as a zip (audited)",
+             response_class=Response, responses={200: {"content": {"application/zip": {}}}, **errors(404, 422)})
+async def export_ring(request: Request, ring_id: Annotated[int, PathParam(ge=1, le=MAX_ID)], principal: Principal = _rings_reader) -> Response:
     from markguard.serving.intelligence.cases import export_case
 
     home = _home(request).home
@@ -126,7 +114,8 @@ async def export_ring(request: Request, ring_id: int, principal: Principal = _ri
                     headers={"Content-Disposition": f'attachment; filename="ring-{ring_id}.zip"'})
 
 
-@router.get("/reports", summary="Transparency report figures for a period (admin; brand keys: their brand)")
+@router.get("/reports", summary="Transparency report figures for a period (admin; brand keys: their brand)",
+            responses=errors(422))
 async def get_report(request: Request, start: str = Query(alias="from"), end: str = Query(alias="to"),
                      principal: Principal = _reporter) -> dict[str, Any]:
     from markguard.serving.intelligence.reports import build_report

@@ -13,18 +13,18 @@ import secrets
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from markguard.serving.keys import Principal, Role
 from markguard.serving.limits import ApiError
+from markguard.serving.routes.deps import backend, errors, require
 from markguard.serving.scan.feed import FEED_SUFFIXES
 from markguard.vision.atomic import atomic_write_bytes
 
-__all__ = ["scans_router"]
+__all__ = ["router"]
 
 _ID = re.compile(r"^[0-9a-f]{16}$")
 
@@ -36,71 +36,70 @@ class ScanIn(BaseModel):
     rescore: bool = False
 
 
-def scans_router(auth: Callable[..., Principal], home_of: Callable[[Request], Any]) -> APIRouter:
-    """`auth(request, *roles)` and `home_of(request)` are the app's own (one key check for every route)."""
-    def platform(request: Request) -> Principal:  # a dependency: 401/403 answer before the body is validated
-        return auth(request, Role.PLATFORM)
+router = APIRouter(tags=["scans"])
+as_platform = require(Role.PLATFORM)
+running: dict[str, subprocess.Popen] = {}  # this process's scans
+lock = threading.Lock()
 
-    as_platform = Depends(platform)
-    router = APIRouter(tags=["scans"])
-    running: dict[str, subprocess.Popen] = {}
-    lock = threading.Lock()
 
-    @router.post("/scans", status_code=202, summary="Scan a feed file from the home's feeds folder")
-    def start_scan(request: Request, body: ScanIn, principal: Principal = as_platform) -> dict[str, Any]:
-        """JSON `{"feed": "2026-12-03.jsonl", "engine": "local", "ocr": true, "rescore": false}`; the feed
-        and its images must lie under HOME/feeds/. Returns the scan's id; poll `GET /scans/{id}`."""
-        home = home_of(request)
-        feeds = (home.root / "feeds").resolve()
-        feed = (feeds / body.feed).resolve()
-        if not feed.is_relative_to(feeds) or body.feed.startswith("/"):
-            raise ApiError(400, "feed must be a path inside the home's feeds folder")
-        if feed.suffix.lower() not in FEED_SUFFIXES:
-            raise ApiError(422, "feed must be a .jsonl, .csv or .parquet file")
-        if not feed.is_file():
-            raise ApiError(404, f"no feed {body.feed!r} in the feeds folder")
-        with lock:
-            busy = [i for i, p in running.items() if p.poll() is None]
-            if busy:
-                raise ApiError(409, f"scan {busy[0]} is still running", headers={"Retry-After": "60"})
-            scan_id = secrets.token_hex(8)
-            out = home.root / "scans" / scan_id
-            out.mkdir(parents=True)
-            atomic_write_bytes(out / "request.json", json.dumps(
-                {"id": scan_id, "feed": body.feed, "engine": body.engine, "ocr": body.ocr, "rescore": body.rescore,
-                 "key_id": principal.key_id}).encode())
-            argv = [sys.executable, "-m", "markguard.serving.cli", "scan", str(feed), "--out", str(out),
-                    "--home", str(home.root), "--engine", body.engine, "--images-under", str(feeds), "--quiet"]
-            argv += [] if body.ocr else ["--no-ocr"]
-            argv += ["--rescore"] if body.rescore else []
-            with open(out / "scan.log", "wb") as log:
-                running[scan_id] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        return {"id": scan_id, "state": "starting", "feed": body.feed}
+def home_of(request: Request) -> Any:
+    return backend(request).home
 
-    @router.get("/scans/{scan_id}", summary="A scan's progress")
-    def show_scan(request: Request, scan_id: str, _: Principal = as_platform) -> dict[str, Any]:
-        """`state` (starting, running, finished, failed), rows done of `rows_total`, counts so far,
-        photos/s; a finished scan adds its summary."""
-        home = home_of(request)
+
+@router.post("/scans", status_code=202, summary="Scan a feed file from the home's feeds folder",
+             responses=errors(400, 404, 409, 422))
+def start_scan(request: Request, body: ScanIn, principal: Principal = as_platform) -> dict[str, Any]:
+    """JSON `{"feed": "2026-12-03.jsonl", "engine": "local", "ocr": true, "rescore": false}`; the feed
+    and its images must lie under HOME/feeds/. Returns the scan's id; poll `GET /scans/{id}`."""
+    home = home_of(request)
+    feeds = (home.root / "feeds").resolve()
+    feed = (feeds / body.feed).resolve()
+    if not feed.is_relative_to(feeds) or body.feed.startswith("/"):
+        raise ApiError(400, "feed must be a path inside the home's feeds folder")
+    if feed.suffix.lower() not in FEED_SUFFIXES:
+        raise ApiError(422, "feed must be a .jsonl, .csv or .parquet file")
+    if not feed.is_file():
+        raise ApiError(404, f"no feed {body.feed!r} in the feeds folder")
+    with lock:
+        busy = [i for i, p in running.items() if p.poll() is None]
+        if busy:
+            raise ApiError(409, f"scan {busy[0]} is still running", headers={"Retry-After": "60"})
+        scan_id = secrets.token_hex(8)
         out = home.root / "scans" / scan_id
-        if not _ID.match(scan_id) or not (out / "request.json").is_file():
-            raise ApiError(404, f"unknown scan {scan_id!r}")
-        state: dict[str, Any] = {"state": "starting"}
-        if (out / "progress.json").is_file():
-            state = json.loads((out / "progress.json").read_text())
-        proc = running.get(scan_id)
-        if proc is not None and proc.poll() not in (None, 0) and state.get("state") != "failed":
-            state["state"] = "failed"
-        if proc is None and state.get("state") in ("starting", "running"):
-            state["state"] = "interrupted"  # not running in this server: restarted, or another worker's
-        if state.get("state") == "failed":
-            log = (out / "scan.log").read_bytes()[-4000:].decode(errors="replace").strip().splitlines()
-            state["error"] = next((ln for ln in reversed(log) if ln.startswith("markguard: error")),
-                                  log[-1] if log else "the scan process failed")
-        if state.get("state") == "finished":
-            state["summary"] = json.loads((out / "summary.json").read_text())
-        request_info = json.loads((out / "request.json").read_text())
-        return {"id": scan_id, "feed": request_info["feed"], **{k: v for k, v in state.items() if k != "feed"}}
+        out.mkdir(parents=True)
+        atomic_write_bytes(out / "request.json", json.dumps(
+            {"id": scan_id, "feed": body.feed, "engine": body.engine, "ocr": body.ocr, "rescore": body.rescore,
+             "key_id": principal.key_id}).encode())
+        argv = [sys.executable, "-m", "markguard.serving.cli", "scan", str(feed), "--out", str(out),
+                "--home", str(home.root), "--engine", body.engine, "--images-under", str(feeds), "--quiet"]
+        argv += [] if body.ocr else ["--no-ocr"]
+        argv += ["--rescore"] if body.rescore else []
+        with open(out / "scan.log", "wb") as log:
+            running[scan_id] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                                stdin=subprocess.DEVNULL, start_new_session=True)
+    return {"id": scan_id, "state": "starting", "feed": body.feed}
 
-    return router
+@router.get("/scans/{scan_id}", summary="A scan's progress", responses=errors(404))
+def show_scan(request: Request, scan_id: str, _: Principal = as_platform) -> dict[str, Any]:
+    """`state` (starting, running, finished, failed), rows done of `rows_total`, counts so far,
+    photos/s; a finished scan adds its summary."""
+    home = home_of(request)
+    out = home.root / "scans" / scan_id
+    if not _ID.match(scan_id) or not (out / "request.json").is_file():
+        raise ApiError(404, f"unknown scan {scan_id!r}")
+    state: dict[str, Any] = {"state": "starting"}
+    if (out / "progress.json").is_file():
+        state = json.loads((out / "progress.json").read_text())
+    proc = running.get(scan_id)
+    if proc is not None and proc.poll() not in (None, 0) and state.get("state") != "failed":
+        state["state"] = "failed"
+    if proc is None and state.get("state") in ("starting", "running"):
+        state["state"] = "interrupted"  # not running in this server: restarted, or another worker's
+    if state.get("state") == "failed":
+        log = (out / "scan.log").read_bytes()[-4000:].decode(errors="replace").strip().splitlines()
+        state["error"] = next((ln for ln in reversed(log) if ln.startswith("markguard: error")),
+                              log[-1] if log else "the scan process failed")
+    if state.get("state") == "finished":
+        state["summary"] = json.loads((out / "summary.json").read_text())
+    request_info = json.loads((out / "request.json").read_text())
+    return {"id": scan_id, "feed": request_info["feed"], **{k: v for k, v in state.items() if k != "feed"}}

@@ -55,38 +55,38 @@ def test_hostile_zip_corpus(server, attack_home):
     client, _ = server
     arla = attack_home.keys["arla"]
     for name, (data, allowed, word) in hostile_zips().items():
-        r = call(client, "POST", "/brands/Arla/references", arla, files={"files": (f"{name}.zip", data)})
+        r = call(client, "POST", "/v1/brands/Arla/references", arla, files={"files": (f"{name}.zip", data)})
         assert r.status_code in allowed, (name, r.status_code, r.text)
-        assert word in r.json()["error"], (name, r.text)
+        assert word in r.json()["detail"], (name, r.text)
     assert client.get("/readyz").status_code == 200
 
 
 def test_hostile_image_corpus(server, attack_home):
     client, _ = server
     for name, (data, allowed) in HOSTILE_IMAGES.items():
-        r = call(client, "POST", "/score", attack_home.keys["platform"], files={"image": (f"{name}.png", data)})
+        r = call(client, "POST", "/v1/score", attack_home.keys["platform"], files={"image": (f"{name}.png", data)})
         assert r.status_code in allowed | {200}, (name, r.status_code, r.text)
-        r = call(client, "POST", "/brands/Arla/references", attack_home.keys["arla"],
+        r = call(client, "POST", "/v1/brands/Arla/references", attack_home.keys["arla"],
                  files={"files": (f"{name}.png", data)})
         assert r.status_code in allowed, (name, r.status_code, r.text)
 
 
 def test_a_catastrophic_pattern_stalls_no_tenant(server, attack_home):
     client, _ = server
-    r = call(client, "PATCH", "/brands/Oatly", attack_home.keys["oatly"], json={"serial_pattern": r"(x+)+y"})
+    r = call(client, "PATCH", "/v1/brands/Oatly", attack_home.keys["oatly"], json={"serial_pattern": r"(x+)+y"})
     assert r.status_code == 200, r.text
     lines = "".join("x" * n + "!\n" for n in (30, 31, 32))
     done = {}
 
     def attack() -> None:
-        done["import"] = call(client, "POST", "/brands/Oatly/serials", attack_home.keys["oatly"],
+        done["import"] = call(client, "POST", "/v1/brands/Oatly/serials", attack_home.keys["oatly"],
                               files={"file": ("s.txt", lines)})
 
     started = time.perf_counter()
     thread = threading.Thread(target=attack)
     thread.start()
     time.sleep(0.2)
-    r = call(client, "POST", "/score", attack_home.keys["platform"], data={"brand": "Arla"},
+    r = call(client, "POST", "/v1/score", attack_home.keys["platform"], data={"brand": "Arla"},
              files={"image": ("p.jpg", attack_home.photos[2].read_bytes())})
     other_tenant = time.perf_counter() - started
     thread.join(60)
@@ -114,7 +114,7 @@ def test_peak_memory_of_the_largest_allowed_batch_and_upload(server, attack_home
     assert 7200 * 5400 + 5000 * 5000 <= CAPS.score_pixels
     figures = {"baseline_rss_mib": _kib(worker.pid, "VmRSS") // 1024}
     _reset_peak(worker.pid)
-    r = call(client, "POST", "/score_batch", attack_home.keys["platform"],
+    r = call(client, "POST", "/v1/score_batch", attack_home.keys["platform"],
              files=[("images", (f"{i}.png", data)) for i, data in enumerate(batch)])
     assert r.status_code == 200, r.text
     figures["batch_peak_rss_mib"] = _kib(worker.pid, "VmHWM") // 1024
@@ -124,7 +124,7 @@ def test_peak_memory_of_the_largest_allowed_batch_and_upload(server, attack_home
     figures["upload_body_kib"] = sum(len(x) for x in upload) // 1024
     _reset_peak(worker.pid)
     started = time.perf_counter()
-    r = call(client, "POST", "/brands/Arla/references", attack_home.keys["arla"],
+    r = call(client, "POST", "/v1/brands/Arla/references", attack_home.keys["arla"],
              files=[("files", (f"{i}.png", data)) for i, data in enumerate(upload)])
     assert r.status_code == 201, r.text
     figures["upload_seconds"] = round(time.perf_counter() - started, 1)

@@ -97,7 +97,7 @@ class Writer:
         else:
             results = []
             for brand, data in claims:
-                r = self.client.post("/score", headers={"Authorization": f"Bearer {self.keys['platform']}"},
+                r = self.client.post("/v1/score", headers={"Authorization": f"Bearer {self.keys['platform']}"},
                                      files={"image": ("p.jpg", data, "image/jpeg")},
                                      data={"brand": brand} if brand else {})
                 assert r.status_code == 200, r.text
@@ -160,7 +160,7 @@ class Writer:
     def listing(self, name: str) -> None:
         """A scored listing (its photo kept as the API keeps it) that a review can label."""
         data = next(self.spare).read_bytes()
-        r = self.client.post("/score", headers={"Authorization": f"Bearer {self.keys['platform']}"},
+        r = self.client.post("/v1/score", headers={"Authorization": f"Bearer {self.keys['platform']}"},
                              files={"image": ("p.jpg", data, "image/jpeg")},
                              data={"brand": "Oatly", "listing_id": name})
         assert r.status_code == 200, r.text

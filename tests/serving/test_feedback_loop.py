@@ -132,14 +132,14 @@ def test_http_review_loop_on_a_real_server(catalog: Path, grocery: Path, tmp_pat
         copy = _copy(photo)
 
         def score(data: bytes, listing: str) -> dict:
-            r = httpx.post(url + "/score", headers={"Authorization": f"Bearer {platform['key']}"}, timeout=120,
+            r = httpx.post(url + "/v1/score", headers={"Authorization": f"Bearer {platform['key']}"}, timeout=120,
                            data={"brand": "Oatly", "listing_id": listing, "seller_id": "s-9"},
                            files={"image": ("p.jpg", data, "image/jpeg")})
             assert r.status_code == 200, r.text
             return r.json()
 
         def review(label: str) -> dict:
-            r = httpx.post(url + "/reviews", headers={"Authorization": f"Bearer {moderator['key']}"}, timeout=120,
+            r = httpx.post(url + "/v1/reviews", headers={"Authorization": f"Bearer {moderator['key']}"}, timeout=120,
                            json={"listing_id": "H-1", "label": label})
             assert r.status_code == 201, r.text
             return r.json()
@@ -152,8 +152,8 @@ def test_http_review_loop_on_a_real_server(catalog: Path, grocery: Path, tmp_pat
         assert review("genuine")["removed_reference_id"] == added
         after = score(photo.read_bytes(), "H-4")
         assert after["decision"] == before["decision"] and after["risk"] == pytest.approx(before["risk"], abs=1e-4)
-        listed = httpx.get(url + "/reviews", params={"listing_id": "H-1"}, timeout=30,
+        listed = httpx.get(url + "/v1/reviews", params={"listing_id": "H-1"}, timeout=30,
                            headers={"Authorization": f"Bearer {moderator['key']}"}).json()["reviews"]
         assert [r["label"] for r in listed] == ["counterfeit", "genuine"]
-        assert httpx.get(url + "/reviews", timeout=30,
+        assert httpx.get(url + "/v1/reviews", timeout=30,
                          headers={"Authorization": f"Bearer {platform['key']}"}).status_code == 403

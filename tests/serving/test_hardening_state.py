@@ -179,7 +179,7 @@ class Live:
         return r
 
     def score(self, i: int = 0, **fields: str) -> dict:
-        r = self.call("POST", "/score", "platform", files={"image": ("p.jpg", self.photos[i], "image/jpeg")},
+        r = self.call("POST", "/v1/score", "platform", files={"image": ("p.jpg", self.photos[i], "image/jpeg")},
                       data=fields)
         assert r.status_code == 200, r.text
         return r.json()
@@ -279,35 +279,35 @@ def test_deleting_a_reference_deletes_its_blob_unless_still_used(live: Live, spa
     path = next(spare)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     oatly, arla = _enroll(live, [path], "Oatly")[0], _enroll(live, [path], "Arla")[0]
-    assert live.call("DELETE", f"/brands/Oatly/references/{oatly}", "oatly").status_code == 200
+    assert live.call("DELETE", f"/v1/brands/Oatly/references/{oatly}", "oatly").status_code == 200
     assert live.home.blob_path(sha).exists()  # Arla's reference still shows it
-    assert live.call("DELETE", f"/brands/Arla/references/{arla}", "arla").status_code == 200
+    assert live.call("DELETE", f"/v1/brands/Arla/references/{arla}", "arla").status_code == 200
     assert not live.home.blob_path(sha).exists()
     live.assert_consistent()
 
 
 @pytest.mark.parametrize("ref", [2**63 - 1, 2**63, 2**64, -1, 0])
 def test_reference_ids_beyond_64_bits_are_4xx(live: Live, ref: int) -> None:
-    r = live.call("DELETE", f"/brands/Oatly/references/{ref}", "oatly")
+    r = live.call("DELETE", f"/v1/brands/Oatly/references/{ref}", "oatly")
     assert r.status_code == (404 if ref == 2**63 - 1 else 422)
-    assert live.call("GET", f"/brands/Oatly/references?after={ref}", "oatly").status_code in (200, 422)
+    assert live.call("GET", f"/v1/brands/Oatly/references?after={ref}", "oatly").status_code in (200, 422)
 
 
 def test_error_bodies_and_reference_lists_leak_no_paths(live: Live, api_home) -> None:
     with live.home.sessions.begin() as session:  # a row enrolled before sources were trimmed
         session.execute(text("UPDATE \"references\" SET source = '/srv/acme/keys/front.jpg' WHERE id = "
                              f"{api_home.references['Oatly'][0]}"))
-    refs = live.call("GET", "/brands/Oatly/references", "oatly").json()["references"]
+    refs = live.call("GET", "/v1/brands/Oatly/references", "oatly").json()["references"]
     assert refs and all("/" not in r["source"].split("!")[0] for r in refs)
     assert "front.jpg" in {r["source"] for r in refs}
     empty = io.BytesIO()
     with zipfile.ZipFile(empty, "w") as zf:
         zf.writestr("notes.txt", "no images")
     bodies = [
-        live.call("POST", "/brands/Oatly/references", "oatly", files={"files": ("refs.zip", empty.getvalue())}).text,
-        live.call("POST", "/brands/Oatly/references", "oatly",
+        live.call("POST", "/v1/brands/Oatly/references", "oatly", files={"files": ("refs.zip", empty.getvalue())}).text,
+        live.call("POST", "/v1/brands/Oatly/references", "oatly",
                   files={"files": ("x.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 64)}).text,
-        live.call("GET", f"/brands/{'b' * 5000}/references", "admin").text,
+        live.call("GET", f"/v1/brands/{'b' * 5000}/references", "admin").text,
     ]
     for body in bodies:
         assert "/tmp" not in body and " at 0x" not in body and len(body) < 600, body
@@ -320,10 +320,10 @@ def test_serial_import_over_http_is_422_and_atomic(live: Live) -> None:
 
     before = count()
     body = b"serial\n" + b"".join(b"AR%08d\n" % i for i in range(30_000)) + b"AR\rX\n"
-    r = live.call("POST", "/brands/Arla/serials", "arla", files={"file": ("s.csv", body)})
-    assert r.status_code == 422 and r.json()["error"].startswith("line 30002: malformed CSV")
+    r = live.call("POST", "/v1/brands/Arla/serials", "arla", files={"file": ("s.csv", body)})
+    assert r.status_code == 422 and r.json()["detail"].startswith("line 30002: malformed CSV")
     assert count() == before
-    r = live.call("POST", "/brands/Arla/serials", "arla", files={"file": ("s.csv", b"serial\n" + b"x" * 140_000)})
+    r = live.call("POST", "/v1/brands/Arla/serials", "arla", files={"file": ("s.csv", b"serial\n" + b"x" * 140_000)})
     assert r.status_code == 422 and count() == before
 
 

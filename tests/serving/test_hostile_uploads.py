@@ -52,17 +52,17 @@ def test_legitimate_zips_still_read(tmp_path):
 
 
 def test_repeated_entry_zip_upload_is_refused_in_process(attack_client, attack_home):
-    r = call(attack_client, "POST", "/brands/Arla/references", attack_home.keys["arla"],
+    r = call(attack_client, "POST", "/v1/brands/Arla/references", attack_home.keys["arla"],
              files={"files": ("refs.zip", repeated_entry_zip(small_jpeg(3), 300))})
-    assert r.status_code == 422 and "overlap" in r.json()["error"], r.text
+    assert r.status_code == 422 and "overlap" in r.json()["detail"], r.text
 
 
 @pytest.mark.parametrize("name", list(HOSTILE_IMAGES))
 def test_hostile_images_on_score_and_upload(attack_client, attack_home, name):
     data, allowed = HOSTILE_IMAGES[name]
-    r = call(attack_client, "POST", "/score", attack_home.keys["platform"], files={"image": ("x.png", data)})
+    r = call(attack_client, "POST", "/v1/score", attack_home.keys["platform"], files={"image": ("x.png", data)})
     assert r.status_code in allowed | {200}, r.text
-    r = call(attack_client, "POST", "/brands/Arla/references", attack_home.keys["arla"],
+    r = call(attack_client, "POST", "/v1/brands/Arla/references", attack_home.keys["arla"],
              files={"files": ("x.png", data)})
     assert r.status_code in allowed, r.text
 
@@ -75,15 +75,15 @@ def test_score_batch_over_the_pixel_budget_is_413_before_decoding(attack_client,
 
     monkeypatch.setattr(ScoringEngine, "plan", never)
     big = solid_png(7200, 5400)  # 38.9 MP in about 100 KB
-    r = call(attack_client, "POST", "/score_batch", attack_home.keys["platform"],
+    r = call(attack_client, "POST", "/v1/score_batch", attack_home.keys["platform"],
              files=[("images", (f"{i}.png", big)) for i in range(4)])
-    assert r.status_code == 413 and "pixels per request" in r.json()["error"], r.text
+    assert r.status_code == 413 and "pixels per request" in r.json()["detail"], r.text
 
 
 def test_reference_upload_over_the_pixel_budget_is_413(attack_client, attack_home):
     big = solid_png(7200, 5400, (9, 9, 9))
     n = CAPS.upload_pixels // (7200 * 5400) + 1
-    r = call(attack_client, "POST", "/brands/Arla/references", attack_home.keys["arla"],
+    r = call(attack_client, "POST", "/v1/brands/Arla/references", attack_home.keys["arla"],
              files=[("files", (f"{i}.png", big)) for i in range(n)])
     assert r.status_code == 413, r.text
 
@@ -102,13 +102,13 @@ def test_the_process_pixel_pool_is_shared_and_given_back(attack_client, attack_h
     image = ("p.png", solid_png(3000, 2000))  # 6 MP
     platform = attack_home.keys["platform"]
     assert pool.take(5_000_000)  # held by another request in flight
-    r = call(attack_client, "POST", "/embed", platform, files={"image": image})
+    r = call(attack_client, "POST", "/v1/embed", platform, files={"image": image})
     assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
     pool.give(5_000_000)
     for _ in range(3):  # each request gives its share back when it ends, refused or not
-        assert call(attack_client, "POST", "/embed", platform, files={"image": image}).status_code == 200
+        assert call(attack_client, "POST", "/v1/embed", platform, files={"image": image}).status_code == 200
         assert pool.held == 0
-    r = call(attack_client, "POST", "/brands/Arla/references", attack_home.keys["arla"],
+    r = call(attack_client, "POST", "/v1/brands/Arla/references", attack_home.keys["arla"],
              files=[("files", (f"{i}.png", solid_png(3000, 2000, (i, 2, 3)))) for i in range(3)])
     assert r.status_code == 201, r.text  # 18 MP, but decoded one at a time: holds 6 MP of the pool
     assert pool.held == 0

@@ -285,37 +285,37 @@ def test_api_rings_cases_and_reports_by_role(catalog: Catalog, grocery: Path):
         headers = {"Authorization": f"Bearer {keys[who]}"} if who else {}
         return client.request(method, path, headers=headers)
 
-    assert get("/rings", None).status_code == 401
-    assert get("/rings", "platform").status_code == 403
-    everything = get("/rings", "investigator").json()["rings"]
+    assert get("/v1/rings", None).status_code == 401
+    assert get("/v1/rings", "platform").status_code == 403
+    everything = get("/v1/rings", "investigator").json()["rings"]
     assert len(everything) == 2
-    mine = get("/rings", "oatly").json()["rings"]
+    mine = get("/v1/rings", "oatly").json()["rings"]
     assert len(mine) == 1 and mine[0]["brands"] == ["Oatly"]
     other = next(r["id"] for r in everything if r["id"] != mine[0]["id"])
-    assert get(f"/rings/{other}", "oatly").status_code == 404
-    assert get(f"/rings/{other}/export", "oatly", "POST").status_code == 404
-    assert get("/rings?brand=Arla", "oatly").status_code == 404
-    shown = get(f"/rings/{mine[0]['id']}", "oatly")
+    assert get(f"/v1/rings/{other}", "oatly").status_code == 404
+    assert get(f"/v1/rings/{other}/export", "oatly", "POST").status_code == 404
+    assert get("/v1/rings?brand=Arla", "oatly").status_code == 404
+    shown = get(f"/v1/rings/{mine[0]['id']}", "oatly")
     assert shown.status_code == 200 and "Arla" not in shown.text and "secret arla title" not in shown.text
-    bundle = get(f"/rings/{mine[0]['id']}/export", "oatly", "POST")
+    bundle = get(f"/v1/rings/{mine[0]['id']}/export", "oatly", "POST")
     assert bundle.status_code == 200 and bundle.headers["content-type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(bundle.content)) as zf:
         names = zf.namelist()
         text = b"".join(zf.read(n) for n in names if n.endswith((".json", ".html")))
     assert "manifest.sha256" in names and b"secret arla title" not in text and b"Arla" not in text
     assert not any(n.startswith("photos/") for n in names)  # the only kept photo is the Arla listing's
-    full = get(f"/rings/{mine[0]['id']}/export", "investigator", "POST")
+    full = get(f"/v1/rings/{mine[0]['id']}/export", "investigator", "POST")
     with zipfile.ZipFile(io.BytesIO(full.content)) as zf:
         assert any(n.startswith("photos/") for n in zf.namelist())
     with home.sessions() as s:
         log = s.scalars(select(CaseExport).order_by(CaseExport.id)).all()
     assert [(x.role, x.brand_id) for x in log] == [("brand", catalog.brands["Oatly"]), ("investigator", None)]
-    assert get("/reports?from=2026-09-01&to=2026-10-01", "investigator").status_code == 403
-    admin = get("/reports?from=2026-09-01&to=2026-10-01", "admin").json()
-    brand = get("/reports?from=2026-09-01&to=2026-10-01", "oatly").json()
+    assert get("/v1/reports?from=2026-09-01&to=2026-10-01", "investigator").status_code == 403
+    admin = get("/v1/reports?from=2026-09-01&to=2026-10-01", "admin").json()
+    brand = get("/v1/reports?from=2026-09-01&to=2026-10-01", "oatly").json()
     assert admin["listings_scanned"] == 5 and brand["listings_scanned"] == 2
     assert "Arla" not in json.dumps(brand)
-    assert get("/reports?from=2026-10-01&to=2026-09-01", "admin").status_code == 422
+    assert get("/v1/reports?from=2026-10-01&to=2026-09-01", "admin").status_code == 422
 
 
 def test_sharing_is_opt_in_revocable_and_only_known_fakes(catalog: Catalog):

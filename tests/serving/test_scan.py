@@ -381,20 +381,20 @@ def test_scans_api_runs_a_feed_from_the_feeds_folder_only(api_home, home, grocer
     client = TestClient(build_app(backend), raise_server_exceptions=False)
     platform = {"Authorization": f"Bearer {api_home.keys['platform']}"}
 
-    assert client.post("/scans", json={"feed": "today.jsonl"}).status_code == 401
+    assert client.post("/v1/scans", json={"feed": "today.jsonl"}).status_code == 401
     brand = {"Authorization": f"Bearer {api_home.keys['oatly']}"}
-    assert client.post("/scans", json={"feed": "today.jsonl"}, headers=brand).status_code == 403
+    assert client.post("/v1/scans", json={"feed": "today.jsonl"}, headers=brand).status_code == 403
     for feed, status in (("../catalog.sqlite", 400), (str(tmp_path / "elsewhere.jsonl"), 400),
                          ("../../elsewhere.jsonl", 400), ("nope.jsonl", 404), ("photos/0.jpg", 422)):
-        assert client.post("/scans", json={"feed": feed}, headers=platform).status_code == status, feed
-    r = client.post("/scans", json={"feed": "today.jsonl", "ocr": False}, headers=platform)
+        assert client.post("/v1/scans", json={"feed": feed}, headers=platform).status_code == status, feed
+    r = client.post("/v1/scans", json={"feed": "today.jsonl", "ocr": False}, headers=platform)
     assert r.status_code == 202, r.text
     scan_id = r.json()["id"]
-    assert client.get(f"/scans/{scan_id}", headers=brand).status_code == 403
-    assert client.get("/scans/0123456789abcdef", headers=platform).status_code == 404
+    assert client.get(f"/v1/scans/{scan_id}", headers=brand).status_code == 403
+    assert client.get("/v1/scans/0123456789abcdef", headers=platform).status_code == 404
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        state = client.get(f"/scans/{scan_id}", headers=platform).json()
+        state = client.get(f"/v1/scans/{scan_id}", headers=platform).json()
         if state["state"] not in ("starting", "running"):
             break
         time.sleep(0.5)

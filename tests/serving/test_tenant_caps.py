@@ -39,16 +39,16 @@ def test_patterns_re2_cannot_run_in_linear_time_are_refused():
 def test_patch_refuses_backreferences_and_long_patterns(attack_client, attack_home):
     oatly = attack_home.keys["oatly"]
     for bad in (r"(a)\1", r"(?=AB)\w+", "a" * (CAPS.serial_pattern_chars + 1)):
-        r = call(attack_client, "PATCH", "/brands/Oatly", oatly, json={"serial_pattern": bad})
+        r = call(attack_client, "PATCH", "/v1/brands/Oatly", oatly, json={"serial_pattern": bad})
         assert r.status_code == 422, (bad, r.text)
-    r = call(attack_client, "PATCH", "/brands/Oatly", oatly, json={"serial_pattern": CATASTROPHIC})
+    r = call(attack_client, "PATCH", "/v1/brands/Oatly", oatly, json={"serial_pattern": CATASTROPHIC})
     assert r.status_code == 200, r.text  # RE2 runs it in linear time: harmless
     started = time.perf_counter()
-    r = call(attack_client, "POST", "/brands/Oatly/serials", oatly,
+    r = call(attack_client, "POST", "/v1/brands/Oatly/serials", oatly,
              files={"file": ("s.txt", "".join("x" * n + "!\n" for n in (28, 29, 30)))})
     assert r.status_code == 200, r.text
     assert r.json()["format_mismatch"] == r.json()["read"] >= 2 and time.perf_counter() - started < 5
-    assert call(attack_client, "PATCH", "/brands/Oatly", oatly, json={"serial_pattern": None}).status_code == 200
+    assert call(attack_client, "PATCH", "/v1/brands/Oatly", oatly, json={"serial_pattern": None}).status_code == 200
 
 
 def test_cli_refuses_a_pattern_re2_cannot_compile(home_dir, capsys):
@@ -67,12 +67,12 @@ def test_wordmarks_and_names_are_capped_by_the_schema(attack_client, attack_home
     too_many = [f"Mark{i}" for i in range(CAPS.wordmarks + 1)]
     for body in ({"wordmarks": too_many}, {"wordmarks": ["x" * (CAPS.wordmark_chars + 1)]}, {"wordmarks": [""]},
                  {"wordmarks": []}, {"wordmarks": [f"W{i}" for i in range(200_000)]}):
-        assert call(attack_client, "PATCH", "/brands/Oatly", oatly, json=body).status_code == 422
+        assert call(attack_client, "PATCH", "/v1/brands/Oatly", oatly, json=body).status_code == 422
     for body in ({"name": ""}, {"name": "   "}, {"name": "n" * (CAPS.brand_name_chars + 1)},
                  {"name": "Acme", "wordmarks": too_many}):
-        r = call(attack_client, "POST", "/brands", admin, json=body)
+        r = call(attack_client, "POST", "/v1/brands", admin, json=body)
         assert r.status_code == 422, (body, r.text)
-    schema = attack_client.get("/openapi.json").json()["components"]["schemas"]
+    schema = attack_client.get("/docs.json").json()["components"]["schemas"]
     assert schema["PolicyIn"]["properties"]["wordmarks"]["anyOf"][0]["maxItems"] == CAPS.wordmarks
 
 
@@ -121,7 +121,7 @@ def test_references_and_serials_per_brand_are_capped(attack_home, monkeypatch, t
 # -- look-alike names -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["ＯＡＴＬＹ", "Οatly", "Оatly", "OatIy ", "oatly"])  # fullwidth, Greek O, Cyrillic O
 def test_look_alike_brand_names_are_duplicates(attack_client, attack_home, name):
-    r = call(attack_client, "POST", "/brands", attack_home.keys["admin"], json={"name": name})
+    r = call(attack_client, "POST", "/v1/brands", attack_home.keys["admin"], json={"name": name})
     expected = 201 if name == "OatIy " else 409  # capital I for l is ASCII: a different name (kept distinct)
     assert r.status_code == expected, (name, r.text)
 
