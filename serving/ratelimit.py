@@ -3,7 +3,7 @@ home draws from one rate-limit budget.
 
 `SqlStorage` implements the counters `limits` needs for its sliding-window-counter strategy: `incr` is one
 atomic `INSERT ... ON CONFLICT DO UPDATE ... RETURNING` (SQLite 3.35+ and PostgreSQL), which restarts a
-counter whose window expired; the strategy's weighting of the previous and current windows is the
+counter whose window expired, and one `SELECT` reads both windows; the strategy's weighting of the previous and current windows is the
 library's (`TimestampedSlidingWindow` keys, as its Redis and memcached storages use).
 
 On SQLite the counters live in their own file in the home (`HOME/ratelimit.sqlite`, WAL,
@@ -26,11 +26,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    case,
     create_engine,
     delete,
     event,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -63,11 +63,6 @@ class SqlStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWindow)
         self.url = uri
         self.engine = self._engine(uri)
         _META.create_all(self.engine, checkfirst=True)
-        if self.engine.dialect.name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
-        self._insert = insert
 
     @staticmethod
     def _engine(uri: str) -> Engine:
@@ -90,42 +85,44 @@ class SqlStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWindow)
     def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
         return SQLAlchemyError
 
-    # -- counters ------------------------------------------------------------------------------------
+    # -- counters (plain SQL, the same on SQLite and PostgreSQL; compiled once) -----------------------
+    _INCR = text(
+        'INSERT INTO markguard_rate_limits ("key", "count", expires_at) VALUES (:key, :amount, :expires) '
+        'ON CONFLICT ("key") DO UPDATE SET '
+        '"count" = CASE WHEN markguard_rate_limits.expires_at <= :now THEN :amount '
+        'ELSE markguard_rate_limits."count" + :amount END, '
+        'expires_at = CASE WHEN markguard_rate_limits.expires_at <= :now THEN :expires '
+        'ELSE markguard_rate_limits.expires_at END '
+        'RETURNING "count"')
+    _DECR = text('UPDATE markguard_rate_limits SET "count" = "count" - :amount WHERE "key" = :key')
+    _GET = text('SELECT "key", "count", expires_at FROM markguard_rate_limits '
+                'WHERE "key" IN (:a, :b) AND expires_at > :now')
+    _PURGE = text("DELETE FROM markguard_rate_limits WHERE expires_at <= :now")
+
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         now = time.time()
-        t = _TABLE
-        stmt = self._insert(t).values(key=key, count=amount, expires_at=now + expiry)
-        expired = t.c.expires_at <= now
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[t.c.key],
-            set_={"count": case((expired, amount), else_=t.c.count + amount),
-                  "expires_at": case((expired, now + expiry), else_=t.c.expires_at)},
-        ).returning(t.c.count)
         with self.engine.begin() as conn:
-            count = int(conn.execute(stmt).scalar_one())
+            count = int(conn.execute(self._INCR, {"key": key, "amount": amount, "expires": now + expiry,
+                                                  "now": now}).scalar_one())
             if random.random() < 0.001:  # now and then, forget expired windows
-                conn.execute(delete(t).where(t.c.expires_at <= now))
+                conn.execute(self._PURGE, {"now": now})
         return count
 
     def decr(self, key: str, amount: int = 1) -> None:
-        t = _TABLE
         with self.engine.begin() as conn:
-            conn.execute(t.update().where(t.c.key == key).values(count=t.c.count - amount))
+            conn.execute(self._DECR, {"key": key, "amount": amount})
 
-    def _row(self, key: str) -> tuple[int, float] | None:
-        t = _TABLE
+    def _rows(self, a: str, b: str) -> dict[str, tuple[int, float]]:
         with self.engine.connect() as conn:
-            row = conn.execute(select(t.c.count, t.c.expires_at).where(t.c.key == key)).first()
-        if row is None or row.expires_at <= time.time():
-            return None
-        return int(row.count), float(row.expires_at)
+            rows = conn.execute(self._GET, {"a": a, "b": b, "now": time.time()}).all()
+        return {row[0]: (int(row[1]), float(row[2])) for row in rows}
 
     def get(self, key: str) -> int:
-        row = self._row(key)
+        row = self._rows(key, key).get(key)
         return row[0] if row else 0
 
     def get_expiry(self, key: str) -> float:
-        row = self._row(key)
+        row = self._rows(key, key).get(key)
         return row[1] if row else time.time()
 
     def check(self) -> bool:
@@ -165,7 +162,8 @@ class SqlStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWindow)
         return self._window(previous_key, current_key, expiry, now)
 
     def _window(self, previous_key: str, current_key: str, expiry: int, now: float) -> tuple[int, float, int, float]:
-        previous_count, current_count = self.get(previous_key), self.get(current_key)
+        rows = self._rows(previous_key, current_key)  # one query for both windows
+        previous_count, current_count = rows.get(previous_key, (0, 0.0))[0], rows.get(current_key, (0, 0.0))[0]
         previous_ttl = 0.0 if previous_count == 0 else (1 - (((now - expiry) / expiry) % 1)) * expiry
         current_ttl = (1 - ((now / expiry) % 1)) * expiry + expiry
         return previous_count, previous_ttl, current_count, current_ttl

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -143,7 +144,7 @@ def test_bento_pins_its_model_and_serves_from_its_build_folder(tmp_path: Path, g
     env = {**os.environ, **{k: v for k, v in envs.items() if v}, "BENTOML_HOME": str(tmp_path / "bentoml"),
            "BENTOML_DO_NOT_TRACK": "True", "MARKGUARD_HOME": str(tmp_path / "volume"), "MARKGUARD_WORKERS": "2",
            "MARKGUARD_ADMIN_KEY": admin_key, "MARKGUARD_OCR": "0", "MARKGUARD_EMBED_WORKERS": "1",
-           "MARKGUARD_THREADS": "1"}
+           "MARKGUARD_THREADS": "1", "MARKGUARD_RATE": "0.0001", "MARKGUARD_BURST": "20"}  # 20 per 200000 s
     env.pop("MARKGUARD_MODEL", None)
     env.pop("MARKGUARD_DATABASE_URL", None)
     log = tmp_path / "bento.log"
@@ -168,13 +169,25 @@ def test_bento_pins_its_model_and_serves_from_its_build_folder(tmp_path: Path, g
         tokens = [secrets.token_hex(6) for _ in range(5)]
         for token in tokens:
             assert httpx.get(f"{url}/{token}/x", timeout=30).status_code == 404
-        assert httpx.get(url + "/brands/Oatly", headers=auth, timeout=30).status_code == 200
+        r = httpx.get(url + "/brands/Oatly", headers=auth, timeout=30)
+        assert r.status_code == 200 and r.headers["ratelimit-limit"] == "20"
+        left = int(r.headers["ratelimit-remaining"])
+        assert 0 < left < 20
         metrics = httpx.get(url + "/metrics", timeout=30).text
         assert not any(token in metrics for token in tokens) and "Oatly" not in metrics
         endpoints = set(re.findall(r'endpoint="([^"]*)"', metrics))
         # only the internal embedder's fixed routes (the entry service's BentoML metrics are off)
         assert endpoints <= {"/embed", "/readyz", "/livez", "/healthz", "/metrics"}, endpoints
         assert 'route="unmatched"' in metrics
+        # two workers, one budget per key: of 30 concurrent calls exactly the `left` remaining pass
+        prefix = score[: -len("/score")]
+        with ThreadPoolExecutor(10) as pool:
+            burst = list(pool.map(lambda _: httpx.get(url + prefix + "/brands/Oatly", headers=auth, timeout=60),
+                                  range(30)))
+        codes = [b.status_code for b in burst]
+        assert codes.count(200) == left and codes.count(429) == 30 - left, codes
+        assert all(1 <= int(b.headers["retry-after"]) for b in burst if b.status_code == 429)
+        burst_ids = {b.headers["x-request-id"] for b in burst}
     print(f"scored through {score}")
 
     # the home installed the Bento's model, hashes checked, as its promoted model
@@ -191,5 +204,7 @@ def test_bento_pins_its_model_and_serves_from_its_build_folder(tmp_path: Path, g
     assert len(scored) == 1  # one access-log line for the request, under its one id
     assert scored[0]["key_id"] == admin_key.split("_")[1] and scored[0]["brand"] == "Oatly"
     assert scored[0]["path"] == score and scored[0]["status"] == 200
+    served_by = {line["pid"] for line in lines if line.get("msg") == "request" and line["trace_id"] in burst_ids}
+    assert len(served_by) == 2, served_by  # both workers answered the burst (and shared its budget)
     # BentoML's own access log is off: no second line for the request
     assert sum(1 for line in text.splitlines() if score in line and "request" in line) == 1, text[-4000:]
