@@ -24,11 +24,12 @@ print(json.dumps([limiter.take("key-1") == 0.0 for _ in range(n)]))
 """
 
 
-def test_two_processes_share_one_budget(tmp_path: Path) -> None:
+def test_two_processes_share_one_budget(tmp_path: Path, database_url: str | None) -> None:
+    """On each catalog backend: a SQLite file in the home, or the home's PostgreSQL database."""
     from markguard.serving.ratelimit import storage_url_for_home
 
-    url = storage_url_for_home(str(tmp_path), None)
-    assert url.endswith("ratelimit.sqlite")
+    url = storage_url_for_home(str(tmp_path), database_url)
+    assert url == database_url if database_url else url.endswith("ratelimit.sqlite")
     start = time.time() + 3.0  # both processes imported and connected, then they race
     procs = [subprocess.Popen([sys.executable, "-c", _TAKER, url, str(start), "8"], stdout=subprocess.PIPE, text=True)
              for _ in range(2)]
