@@ -19,6 +19,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select, update
 
@@ -176,10 +177,11 @@ def _verified(path: Path, expected_sha256: str | None = None) -> ModelArtifact:
     return artifact
 
 
-def store_model(artifact: ModelArtifact, *, store=None) -> str:  # type: ignore[no-untyped-def]
+def store_model(artifact: ModelArtifact, *, store=None, labels: dict[str, str] | None = None,  # type: ignore[no-untyped-def]
+                metadata: dict[str, Any] | None = None) -> str:
     """Save `artifact` into a BentoML model store (default: BentoML's current one) unless its tag is there
     already; returns the BentoML tag. The weights are hashed first; a stored model of the same tag with
-    other weights is an IntegrityError."""
+    other weights is an IntegrityError. `labels` and `metadata` add to the ones written (train: metrics)."""
     import bentoml
     from bentoml.exceptions import BentoMLException
     from bentoml.exceptions import NotFound as BentoNotFound
@@ -193,17 +195,19 @@ def store_model(artifact: ModelArtifact, *, store=None) -> str:  # type: ignore[
         found = None
     if found is None:
         _verified(artifact.path)
-        labels = {"project": "markguard", "architecture": artifact.embedder.architecture}
-        metadata = {"markguard_tag": artifact.tag, "weights_sha256": artifact.embedder.weights_sha256}
+        all_labels = {"project": "markguard", "architecture": artifact.embedder.architecture, **(labels or {})}
+        all_metadata = {**(metadata or {}), "markguard_tag": artifact.tag,
+                        "weights_sha256": artifact.embedder.weights_sha256}
         try:
-            with bentoml.models.create(tag, labels=labels, metadata=metadata, **store_kw) as model:
+            with bentoml.models.create(tag, labels=all_labels, metadata=all_metadata, **store_kw) as model:
                 for f in artifact.path.iterdir():
                     if f.is_file():
                         shutil.copy2(f, Path(model.path) / f.name)
             return tag
         except (BentoMLException, OSError):  # another process stored it first
             found = getter(tag)
-    if found.info.metadata.get("weights_sha256") != artifact.embedder.weights_sha256:
+    recorded = found.info.metadata.get("weights_sha256") or _verified(Path(found.path)).embedder.weights_sha256
+    if recorded != artifact.embedder.weights_sha256:
         raise IntegrityError(f"BentoML model {tag} holds other weights than {artifact.tag}")
     return tag
 
