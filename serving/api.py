@@ -35,6 +35,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
     """The API; `backend` may be attached later as `app.state.backend` (the service does, per worker)."""
     app = FastAPI(title="markguard", version="1", docs_url=None, redoc_url=None, openapi_url=None,
                   generate_unique_id_function=lambda route: route.name,  # operation ids: `score`, `new_key`
+                  redirect_slashes=False,  # `/v1/brands/` is an unknown route (404), not an undocumented 307
                   description="Scoring and management API, under `/v1`. Every route needs `Authorization: Bearer "
                               "<key>`; errors are `application/problem+json` (RFC 9457) with a stable `code`.")
     app.state.backend = backend

@@ -5,8 +5,8 @@ In one run, on loopback only, with a temporary home and its own servers (stopped
    threads and batch 1 and each `--batch`; the best batched figure is "bare", measured again after the
    served embedding-only levels (the machine may be shared) and the higher kept;
 2. the batched service (`markguard serve`, its embedder's largest batch set to the bare model's best):
-   images/s, p50 and p95 at concurrency 1, 4 and 16, for the embedding-only path (`POST /embed`: upload,
-   decode, resize, forward) and the full path (`POST /score`);
+   images/s, p50 and p95 at concurrency 1, 4 and 16, for the embedding-only path (`POST /v1/embed`: upload,
+   decode, resize, forward) and the full path (`POST /v1/score`);
 3. a naive server (the same service with `MARKGUARD_BATCHING=0`: each request runs its own forward pass in
    the scoring worker, requests side by side in threads) at concurrency 16, embedding-only.
 Last line: `ratio=<served/bare at concurrency 16, embedding-only> speedup_vs_naive=<served/naive>`.
@@ -260,17 +260,17 @@ def main(argv: list[str] | None = None) -> int:
         served16 = naive16 = 0.0
         server = _Server(home_root, env=env, timeout=args.startup_timeout)
         try:
-            for route, fields in (("/embed", {}), ("/score", {"brand": "Oatly"})):
+            for route, fields in (("/v1/embed", {}), ("/v1/score", {"brand": "Oatly"})):
                 _load(server.port, route, key, photos, concurrency=2, requests=4, seconds=30, fields=fields)  # warm
                 for conc in (1, 4, 16):
                     rate, p50, p95, n = _load(server.port, route, key, photos, concurrency=conc,
                                               requests=args.requests, seconds=args.seconds, fields=fields)
-                    path = "embedding-only" if route == "/embed" else "full"
+                    path = "embedding-only" if route == "/v1/embed" else "full"
                     print(f"served {path:14s} c={conc:<2d} {rate:7.1f} images/s  p50={p50:7.1f} ms  "
                           f"p95={p95:7.1f} ms  (n={n})", flush=True)
-                    if route == "/embed" and conc == 16:
+                    if route == "/v1/embed" and conc == 16:
                         served16 = rate
-                if route == "/embed":  # the bare model again, as the machine's load may have changed
+                if route == "/v1/embed":  # the bare model again, as the machine's load may have changed
                     again = bare_model.rate(batch=best_batch, threads=best_threads,
                                             requests=max(args.requests, 4 * best_batch), seconds=args.seconds)
                     print(f"bare model again (batch {best_batch}, {best_threads} threads): {again:.1f} images/s; "
@@ -283,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
         naive = _Server(home_root, env={**env, "MARKGUARD_BATCHING": "0"}, timeout=args.startup_timeout)
         try:
-            _load(naive.port, "/embed", key, photos, concurrency=2, requests=4, seconds=30, fields={})
-            naive16, p50, p95, n = _load(naive.port, "/embed", key, photos, concurrency=16,
+            _load(naive.port, "/v1/embed", key, photos, concurrency=2, requests=4, seconds=30, fields={})
+            naive16, p50, p95, n = _load(naive.port, "/v1/embed", key, photos, concurrency=16,
                                          requests=args.requests, seconds=args.seconds, fields={})
             print(f"naive  embedding-only c=16 {naive16:7.1f} images/s  p50={p50:7.1f} ms  p95={p95:7.1f} ms  "
                   f"(n={n}; one forward pass per request)", flush=True)

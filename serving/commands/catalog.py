@@ -7,26 +7,13 @@ import dataclasses
 import json
 import sys
 
-from sqlalchemy import select
-
-from markguard.serving.brands import (
-    add_brand,
-    check_serial_pattern,
-    check_wordmarks,
-    get_brand,
-    list_brands,
-    summarize,
-)
+from markguard.serving.catalog import Catalog, serial_checksums
 from markguard.serving.cli import add_home_argument
 from markguard.serving.state.home import Home
-from markguard.serving.state.schema import Brand, Reference, ReferenceKind
+from markguard.serving.state.schema import ReferenceKind
 from markguard.serving.tables import print_table
-from markguard.vision.errors import MarkguardError
 
 __all__ = ["register"]
-
-# Check-digit schemes a brand may register; vision.text implements each.
-SERIAL_CHECKSUMS = ("none", "luhn", "gs1", "iso7064-mod11-2")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,19 +69,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _add_serial_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--serial-pattern", metavar="REGEX", help="the full-match pattern of the brand's genuine serials (RE2 syntax: no backreferences or "
                         "look-arounds; '' clears it)")
-    p.add_argument("--serial-checksum", choices=SERIAL_CHECKSUMS, help="check digit over the serial's digits")
+    p.add_argument("--serial-checksum", choices=serial_checksums(), help="check digit over the serial's digits")
 
 
-def _apply_serial_arguments(brand: Brand, args: argparse.Namespace) -> None:
-    if args.serial_pattern is not None:
-        if len(args.serial_pattern) > 500:  # the catalog's column; PostgreSQL enforces it
-            raise MarkguardError("--serial-pattern is longer than 500 characters")
-        try:
-            brand.serial_pattern = check_serial_pattern(args.serial_pattern)
-        except MarkguardError as exc:
-            raise MarkguardError(f"--serial-pattern: {exc}") from None
-    if args.serial_checksum is not None:
-        brand.serial_checksum = args.serial_checksum
+def _policy_arguments(args: argparse.Namespace) -> dict[str, object]:
+    """The policy fields the command line gives (the catalog service checks them)."""
+    given = {"serial_pattern": args.serial_pattern, "serial_checksum": args.serial_checksum,
+             "review_at": getattr(args, "review_at", None), "takedown_at": getattr(args, "takedown_at", None)}
+    changes: dict[str, object] = {k: v for k, v in given.items() if v is not None}
+    if getattr(args, "genuine_from_reviews", None) is not None:
+        changes["genuine_from_reviews"] = args.genuine_from_reviews == "yes"
+    return changes
 
 
 def _reference_id(text: str) -> int:
@@ -116,19 +101,14 @@ def _print(obj: object) -> None:
 
 
 def cmd_brand_add(args: argparse.Namespace) -> int:
-    home = Home(args.home)
-    with home.write_lock(), home.sessions.begin() as session:
-        brand = add_brand(session, args.name, wordmarks=args.wordmark)
-        _apply_serial_arguments(brand, args)
-        session.flush()
-        _print(dataclasses.asdict(summarize(session, brand)))
+    catalog = Catalog(Home(args.home))
+    policy = catalog.create_brand(args.name, wordmarks=args.wordmark, **_policy_arguments(args))
+    _print(dataclasses.asdict(catalog.brand(policy.name)))
     return 0
 
 
 def cmd_brand_list(args: argparse.Namespace) -> int:
-    home = Home(args.home)
-    with home.sessions() as session:
-        summaries = list_brands(session)
+    summaries = Catalog(Home(args.home)).brands()
     if args.json:
         for summary in summaries:
             _print(dataclasses.asdict(summary))
@@ -149,28 +129,17 @@ def _policy(review_at: float | None, takedown_at: float | None) -> str:
 
 
 def cmd_brand_show(args: argparse.Namespace) -> int:
-    home = Home(args.home)
-    with home.sessions() as session:
-        _print(dataclasses.asdict(summarize(session, get_brand(session, args.name))))
+    _print(dataclasses.asdict(Catalog(Home(args.home)).brand(args.name)))
     return 0
 
 
 def cmd_brand_update(args: argparse.Namespace) -> int:
-    home = Home(args.home)
-    with home.write_lock(), home.sessions.begin() as session:
-        brand = get_brand(session, args.name)
-        if args.wordmark is not None:
-            brand.wordmarks = check_wordmarks(args.wordmark)
-        review = args.review_at if args.review_at is not None else brand.review_at
-        takedown = args.takedown_at if args.takedown_at is not None else brand.takedown_at
-        if review is not None and takedown is not None and review > takedown:
-            raise MarkguardError("--review-at must not exceed --takedown-at")
-        brand.review_at, brand.takedown_at = review, takedown
-        if args.genuine_from_reviews is not None:
-            brand.genuine_from_reviews = args.genuine_from_reviews == "yes"
-        _apply_serial_arguments(brand, args)
-        session.flush()
-        _print(dataclasses.asdict(summarize(session, brand)))
+    catalog = Catalog(Home(args.home))
+    changes = _policy_arguments(args)
+    if args.wordmark is not None:
+        changes["wordmarks"] = args.wordmark
+    policy = catalog.update_policy(args.name, **changes)
+    _print(dataclasses.asdict(catalog.brand(policy.name)))
     return 0
 
 
@@ -179,8 +148,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     from markguard.serving.registry import ensure_default_model
 
     home = Home(args.home)
-    with home.sessions() as session:
-        get_brand(session, args.brand)
+    Catalog(home).policy(args.brand)  # an unknown brand fails before any image is read
     inputs = collect_inputs(args.paths)
     artifact = ensure_default_model(home)
     model = artifact.load_embedder()
@@ -213,33 +181,13 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_reference_list(args: argparse.Namespace) -> int:
-    from markguard.serving.enroll import public_label
-
-    home = Home(args.home)
-    with home.sessions() as session:
-        brand = get_brand(session, args.brand)
-        for ref in session.scalars(select(Reference).where(Reference.brand_id == brand.id).order_by(Reference.id)):
-            _print(
-                {
-                    "id": ref.id,
-                    "brand": brand.name,
-                    "product": ref.product.name if ref.product else None,
-                    "kind": str(ref.kind),
-                    "sha256": ref.sha256,
-                    "width": ref.width,
-                    "height": ref.height,
-                    "source": public_label(ref.source),
-                }
-            )
+    for ref in Catalog(Home(args.home)).references(args.brand):
+        _print({k: v for k, v in dataclasses.asdict(ref).items() if k != "created_at"})
     return 0
 
 
 def cmd_reference_delete(args: argparse.Namespace) -> int:
-    from markguard.serving.references import delete_references
-
-    home = Home(args.home)
-    deleted = delete_references(home, brand=args.brand, ids=args.ids)
-    _print({"deleted": deleted})
+    _print({"deleted": Catalog(Home(args.home)).delete_references(args.brand, args.ids)})
     return 0
 
 

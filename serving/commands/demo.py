@@ -65,7 +65,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(
             f"\nmarkguard demo: {len(iconic)} products enrolled with model {artifact.tag}\n"
             f"API key (shown once): {key}\n"
-            f"Try:\n  curl -s -X POST {args.url}/score -H 'Authorization: Bearer {key}' \\\n"
+            f"Try:\n  curl -s -X POST {args.url}/v1/score -H 'Authorization: Bearer {key}' \\\n"
             f"       -F image=@{photo} -F brand=Arla\n",
             file=sys.stderr,
         )

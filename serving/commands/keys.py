@@ -31,10 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from markguard.serving.keys import Role, create_key
+    from markguard.serving.catalog import Catalog
+    from markguard.serving.keys import Role
     from markguard.serving.state.home import Home
 
-    key, principal = create_key(Home(args.home), role=Role(args.role), brand=args.brand, label=args.label)
+    key, principal = Catalog(Home(args.home)).create_key(role=Role(args.role), brand=args.brand, label=args.label)
     print(json.dumps({"key": key, "key_id": principal.key_id, "role": principal.role.value, "brand": principal.brand_name}))
     return 0
 
@@ -47,9 +48,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    from markguard.serving.keys import revoke_key
+    from markguard.serving.catalog import Catalog
     from markguard.serving.state.home import Home
 
-    revoke_key(Home(args.home), args.key_id)
+    Catalog(Home(args.home)).revoke_key(args.key_id)
     print(json.dumps({"revoked": args.key_id}))
     return 0

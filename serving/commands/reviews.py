@@ -1,5 +1,5 @@
 """`markguard review add LISTING counterfeit|genuine` and `markguard review list`: moderators' labels
-from the command line, the same as `POST /reviews` and `GET /reviews` (see `serving.reviews`)."""
+from the command line, the same as `POST /v1/reviews` and `GET /v1/reviews` (see `serving.reviews`)."""
 
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise MarkguardError("no image paths given (stdin was empty)")
     if len(images) >= _MANY:
         print(f"markguard: hint: scoring {len(images)} photos; for many photos or repeated runs, `markguard serve` "
-              "keeps the model and index loaded (POST /score_batch)", file=sys.stderr)
+              "keeps the model and index loaded (POST /v1/score_batch)", file=sys.stderr)
     engine = ScoringEngine(Home(args.home), ocr=not args.no_ocr)
     failed = 0
     for start in range(0, len(images), _CHUNK):

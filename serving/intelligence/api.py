@@ -23,6 +23,7 @@ from markguard.serving.keys import Principal, Role
 from markguard.serving.limits import ApiError
 from markguard.serving.routes.deps import MAX_ID, errors, require
 from markguard.serving.routes.deps import backend as _home
+from markguard.serving.routes.schemas import ReportOut, RingDetailOut, RingsOut
 from markguard.vision.errors import NotFound
 
 __all__ = ["router"]
@@ -47,16 +48,16 @@ def _time(value: str | None, name: str) -> dt.datetime | None:
 
 
 @router.get("/rings", summary="Live rings, best first (investigator; brand keys: rings selling their brand)",
-            responses=errors(404, 422))
+            response_model=RingsOut, responses=errors(404, 422))
 async def get_rings(request: Request, brand: str | None = None, since: str | None = None,
-                    principal: Principal = _rings_reader) -> dict[str, Any]:
+                    principal: Principal = _rings_reader) -> Any:
     from markguard.serving.brands import get_brand
     from markguard.serving.intelligence.rings import list_rings
 
     home = _home(request).home
     start = _time(since, "since")
 
-    def work() -> dict[str, Any]:
+    def work() -> Any:
         with home.sessions() as session:
             brand_id = None
             if brand is not None:
@@ -71,13 +72,14 @@ async def get_rings(request: Request, brand: str | None = None, since: str | Non
     return await run_in_threadpool(work)
 
 
-@router.get("/rings/{ring_id}", summary="One ring: sellers, listings and evidence edges", responses=errors(404, 422))
-async def get_ring(request: Request, ring_id: Annotated[int, PathParam(ge=1, le=MAX_ID)], principal: Principal = _rings_reader) -> dict[str, Any]:
+@router.get("/rings/{ring_id}", summary="One ring: sellers, listings and evidence edges", response_model=RingDetailOut,
+            responses=errors(404, 422))
+async def get_ring(request: Request, ring_id: Annotated[int, PathParam(ge=1, le=MAX_ID)], principal: Principal = _rings_reader) -> Any:
     from markguard.serving.intelligence.rings import ring_detail
 
     home = _home(request).home
 
-    def work() -> dict[str, Any]:
+    def work() -> Any:
         with home.sessions() as session:
             try:
                 return ring_detail(session, ring_id, visible_to=_scope(principal))
@@ -115,9 +117,9 @@ async def export_ring(request: Request, ring_id: Annotated[int, PathParam(ge=1, 
 
 
 @router.get("/reports", summary="Transparency report figures for a period (admin; brand keys: their brand)",
-            responses=errors(422))
+            response_model=ReportOut, responses=errors(422))
 async def get_report(request: Request, start: str = Query(alias="from"), end: str = Query(alias="to"),
-                     principal: Principal = _reporter) -> dict[str, Any]:
+                     principal: Principal = _reporter) -> Any:
     from markguard.serving.intelligence.reports import build_report
 
     home = _home(request).home
@@ -125,7 +127,7 @@ async def get_report(request: Request, start: str = Query(alias="from"), end: st
     if t0 is None or t1 is None or t1 <= t0:
         raise ApiError(422, "`to` must come after `from`")
 
-    def work() -> dict[str, Any]:
+    def work() -> Any:
         with home.sessions() as session:
             return build_report(session, start=t0, end=t1, brand_id=_scope(principal))
 

@@ -101,7 +101,7 @@ _WHY = {400: "Bad request (a URL given instead of a file, an unparsable body)",
         415: "Not multipart, or a file in a format not accepted", 422: "Invalid field or unreadable image",
         429: "Rate limit exceeded (see `Retry-After`)", 500: "Internal error (logged with the request id)",
         503: "Not ready or overloaded (see `Retry-After`)"}
-_ALWAYS = (401, 403, 429, 500, 503)
+_ALWAYS = (401, 403, 413, 429, 500, 503)  # 413: the body cap holds on every route
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -10,18 +10,16 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from markguard.serving.brands import get_brand
 from markguard.serving.budget import upload_budget
-from markguard.serving.enroll import InputImage, collect_inputs, enroll, public_label
+from markguard.serving.catalog import Catalog
+from markguard.serving.enroll import InputImage, collect_inputs, enroll
 from markguard.serving.limits import ApiError
-from markguard.serving.references import delete_references
 from markguard.serving.routes.deps import MAX_ID, BrandKey, backend, brand_of, errors
 from markguard.serving.routes.schemas import DeletedOut, ReferencesOut, SerialsOut, UploadOut
 from markguard.serving.routes.scoring import MAX_BATCH_IMAGES, Multipart
-from markguard.serving.state.schema import Reference, ReferenceKind
+from markguard.serving.state.schema import ReferenceKind
 from markguard.vision.archive import is_zip
 from markguard.vision.decode import MAX_BYTES, sniff_format
 from markguard.vision.errors import InvalidImage, MarkguardError, NotFound, UnsupportedFormat
@@ -37,14 +35,9 @@ async def list_references(request: Request, brand: str, principal: BrandKey, lim
                           after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0) -> Any:
     """Oldest first; keyset pages: pass the last `id` seen as `after`."""
     name = brand_of(request, principal, brand)
-    with backend(request).home.sessions() as session:
-        row = get_brand(session, name)
-        refs = session.scalars(select(Reference).where(Reference.brand_id == row.id, Reference.id > after)
-                               .order_by(Reference.id).limit(limit)).all()
-        return {"brand": name, "references": [
-            {"id": r.id, "product": r.product.name if r.product else None, "kind": r.kind.value,
-             "sha256": r.sha256, "width": r.width, "height": r.height, "source": public_label(r.source),
-             "created_at": r.created_at.isoformat()} for r in refs]}
+    refs = await run_in_threadpool(Catalog(backend(request).home).references, name, after=after, limit=limit)
+    return {"brand": name, "references": [
+        {k: v for k, v in dataclasses.asdict(r).items() if k != "brand"} for r in refs]}
 
 
 @router.post("/brands/{brand}/references", status_code=201, response_model=UploadOut,
@@ -74,7 +67,7 @@ async def delete_reference(request: Request, brand: str,
                            reference_id: Annotated[int, PathParam(ge=1, le=MAX_ID)], principal: BrandKey) -> Any:
     name = brand_of(request, principal, brand)
     try:
-        deleted = await run_in_threadpool(delete_references, backend(request).home, brand=name, ids=[reference_id])
+        deleted = await run_in_threadpool(Catalog(backend(request).home).delete_references, name, [reference_id])
     except NotFound:
         raise ApiError(404, f"brand {name!r} has no reference {reference_id}") from None
     return {"brand": name, "deleted": deleted}

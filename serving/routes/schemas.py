@@ -7,7 +7,7 @@ gives the CLI, the API and batch scans.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -248,3 +248,109 @@ class KeyOut(_Out):
     role: Role
     brand: str | None
 
+
+
+# -- scans ----------------------------------------------------------------------------------------------
+class ScanStartedOut(_Out):
+    id: str
+    state: str
+    feed: str
+
+
+class ScanOut(BaseModel):
+    """A scan's progress (`progress.json` of its folder); a finished scan adds `summary`, a failed one `error`."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    feed: str
+    state: str = Field(description="starting, running, finished, failed or interrupted")
+    rows_total: int | None = None
+    rows_done: int | None = None
+    photos_per_second: float | None = None
+    error: int | str | None = Field(None, description="rows that failed so far (a count); a failed scan: why")
+    summary: dict[str, Any] | None = None
+
+
+# -- intelligence ---------------------------------------------------------------------------------------
+class RingOut(_Out):
+    id: int
+    score: float
+    sellers: int
+    listings: int
+    brands: list[str] = Field(description="a brand key sees only its own brand's name")
+    brands_hit: int
+    flagged_share: float
+    first_seen: str
+    last_seen: str
+
+
+class RingsOut(_Out):
+    rings: list[RingOut]
+
+
+class RingListingOut(_Out):
+    row: int
+    listing_id: str | None
+    seller_id: str | None
+    brand: str | None
+    risk: float | None
+    decision: str | None
+    title: str | None
+    image_sha256: str | None
+    model: str | None
+    scored_at: str
+
+
+class EdgeExampleOut(_Out):
+    listings: list[int] = Field(description="the two listings' catalog rows")
+    detail: Any = None
+
+
+class EdgeOut(_Out):
+    sellers: list[str]
+    kind: str
+    weight: float
+    count: int
+    examples: list[EdgeExampleOut]
+    first_seen: str
+    last_seen: str
+
+
+class RingDetailOut(RingOut):
+    members: list[str]
+    listings_shown: list[RingListingOut]
+    listings_hidden: int = Field(description="other brands' listings, counted only (brand keys)")
+    edges: list[EdgeOut]
+
+
+class TimeToDecisionOut(_Out):
+    listings: int
+    median: float | None
+    p90: float | None
+
+
+class ReviewCountsOut(_Out):
+    confirmed: int
+    overturned: int
+
+
+class RingCountsOut(_Out):
+    found: int
+    sizes: list[int]
+
+
+class ReportOut(_Out):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    from_: str = Field(alias="from")
+    to: str
+    brand: str | None
+    listings_scanned: int
+    decisions: dict[str, int]
+    decisions_by_brand: dict[str, dict[str, int]]
+    decisions_by_week: dict[str, dict[str, int]]
+    takedowns: int
+    reviews: ReviewCountsOut
+    time_to_decision_s: TimeToDecisionOut
+    rings: RingCountsOut
+    references_added: dict[str, dict[str, int]]
+    model_versions: dict[str, int]

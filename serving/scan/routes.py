@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from markguard.serving.keys import Principal, Role
 from markguard.serving.limits import ApiError
 from markguard.serving.routes.deps import backend, errors, require
+from markguard.serving.routes.schemas import ScanOut, ScanStartedOut
 from markguard.serving.scan.feed import FEED_SUFFIXES
 from markguard.vision.atomic import atomic_write_bytes
 
@@ -47,8 +48,8 @@ def home_of(request: Request) -> Any:
 
 
 @router.post("/scans", status_code=202, summary="Scan a feed file from the home's feeds folder",
-             responses=errors(400, 404, 409, 422))
-def start_scan(request: Request, body: ScanIn, principal: Principal = as_platform) -> dict[str, Any]:
+             response_model=ScanStartedOut, responses=errors(400, 404, 409, 422))
+def start_scan(request: Request, body: ScanIn, principal: Principal = as_platform) -> Any:
     """JSON `{"feed": "2026-12-03.jsonl", "engine": "local", "ocr": true, "rescore": false}`; the feed
     and its images must lie under HOME/feeds/. Returns the scan's id; poll `GET /scans/{id}`."""
     home = home_of(request)
@@ -79,8 +80,8 @@ def start_scan(request: Request, body: ScanIn, principal: Principal = as_platfor
                                                 stdin=subprocess.DEVNULL, start_new_session=True)
     return {"id": scan_id, "state": "starting", "feed": body.feed}
 
-@router.get("/scans/{scan_id}", summary="A scan's progress", responses=errors(404))
-def show_scan(request: Request, scan_id: str, _: Principal = as_platform) -> dict[str, Any]:
+@router.get("/scans/{scan_id}", summary="A scan's progress", response_model=ScanOut, responses=errors(404))
+def show_scan(request: Request, scan_id: str, _: Principal = as_platform) -> Any:
     """`state` (starting, running, finished, failed), rows done of `rows_total`, counts so far,
     photos/s; a finished scan adds its summary."""
     home = home_of(request)

@@ -221,7 +221,8 @@ def test_brands_create_and_policy(client, api_home):
                                                             "serial_pattern": "[A-Z]{2}[0-9]{6}"})
     assert r.status_code == 200, r.text
     assert r.json()["review_at"] == 0.4 and r.json()["wordmarks"] == ["Oatly", "OATLY!"]
-    assert call(client, "PATCH", "/v1/brands/Oatly", oatly, json={"review_at": 0.95}).status_code == 422
+    r = call(client, "PATCH", "/v1/brands/Oatly", oatly, json={"review_at": 0.95})
+    assert r.status_code == 422 and r.json()["detail"] == "review_at must not exceed takedown_at"  # as the CLI says
     assert call(client, "PATCH", "/v1/brands/Oatly", oatly, json={"serial_pattern": "[unclosed"}).status_code == 422
     assert call(client, "PATCH", "/v1/brands/Oatly", oatly, json={"serial_checksum": "rot13"}).status_code == 422
     assert call(client, "PATCH", "/v1/brands/Oatly", oatly, json={"review_at": 2}).status_code == 422
@@ -312,6 +313,7 @@ def test_score_batch_fails_only_the_bad_photo_and_names_it(client, api_home):
     ("GET", "/nowhere/at/all", 404, "not_found"),
     ("GET", "/v1/score", 405, "method_not_allowed"),
     ("DELETE", "/v1/keys", 405, "method_not_allowed"),
+    ("GET", "/v1/brands/", 404, "not_found"),  # no redirect to a slashless path
 ])
 def test_unknown_routes_and_wrong_methods_are_problems(client, method, path, status, code):
     r = client.request(method, path)

@@ -233,6 +233,6 @@ def test_brand_names_and_policy(home_dir: Path, capsys) -> None:
     code, (shown,), _ = run(capsys, "brand", "update", "GOD MORGON", "--review-at", "0.3", "--takedown-at", "0.9")
     assert shown["name"] == "God Morgon" and shown["review_at"] == 0.3
     code, _, err = run(capsys, "brand", "update", "God Morgon", "--review-at", "0.95")
-    _assert_one_line_error(code, err, "review-at")
+    _assert_one_line_error(code, err, "review_at must not exceed takedown_at")  # the catalog service's rule
     code, _, err = run(capsys, "brand", "add", "../etc")
     _assert_one_line_error(code, err, "invalid brand name")
