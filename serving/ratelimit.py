@@ -62,7 +62,8 @@ class SqlStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWindow)
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
         self.url = uri
         self.engine = self._engine(uri)
-        _META.create_all(self.engine, checkfirst=True)
+        with self.engine.begin() as conn:  # IF NOT EXISTS: every worker of the home runs this at start-up
+            conn.execute(self._CREATE)
 
     @staticmethod
     def _engine(uri: str) -> Engine:
@@ -74,9 +75,9 @@ class SqlStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWindow)
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
             cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA busy_timeout=10000")
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=OFF")
-            cursor.execute("PRAGMA busy_timeout=10000")
             cursor.close()
 
         return engine
@@ -94,6 +95,8 @@ class SqlStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWindow)
         'expires_at = CASE WHEN markguard_rate_limits.expires_at <= :now THEN :expires '
         'ELSE markguard_rate_limits.expires_at END '
         'RETURNING "count"')
+    _CREATE = text('CREATE TABLE IF NOT EXISTS markguard_rate_limits ("key" VARCHAR(300) NOT NULL PRIMARY KEY, '
+                   '"count" INTEGER NOT NULL, expires_at FLOAT NOT NULL)')
     _DECR = text('UPDATE markguard_rate_limits SET "count" = "count" - :amount WHERE "key" = :key')
     _GET = text('SELECT "key", "count", expires_at FROM markguard_rate_limits '
                 'WHERE "key" IN (:a, :b) AND expires_at > :now')

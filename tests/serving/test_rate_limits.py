@@ -31,12 +31,13 @@ def test_two_processes_share_one_budget(tmp_path: Path, database_url: str | None
     url = storage_url_for_home(str(tmp_path), database_url)
     assert url == database_url if database_url else url.endswith("ratelimit.sqlite")
     start = time.time() + 3.0  # both processes imported and connected, then they race
-    procs = [subprocess.Popen([sys.executable, "-c", _TAKER, url, str(start), "8"], stdout=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([sys.executable, "-c", _TAKER, url, str(start), "8"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     results = []
     for p in procs:
-        out, _ = p.communicate(timeout=120)
-        assert p.returncode == 0
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
         results.append(json.loads(out))
     allowed = [sum(r) for r in results]
     # 16 requests against one budget of 10: exactly 10 pass (per-process counters would pass all 16)
