@@ -44,3 +44,14 @@ def test_bad_admin_key_setting_names_the_variable_not_the_value(monkeypatch) -> 
     settings = get_settings()
     assert settings.admin_key is not None and masked(settings)["admin_key"] == "***"
     assert "sss" not in repr(settings)
+
+
+def test_key_generate_prints_a_fresh_valid_key(capsys) -> None:
+    from markguard.serving.bootstrap import parse_key
+    from markguard.serving.cli import main
+
+    keys = []
+    for _ in range(2):
+        assert main(["key", "generate"]) == 0
+        keys.append(capsys.readouterr().out.strip())
+    assert keys[0] != keys[1] and all(parse_key(k) for k in keys)
