@@ -8,10 +8,11 @@ a plain-text 404 or 405 from a router outside the API (BentoML's own) becomes a 
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
+import math
 import re
-import threading
 import time
 import uuid
 from typing import Any
@@ -22,7 +23,8 @@ from markguard.serving.problems import code_of_status, send_problem
 from markguard.serving.settings import get_settings
 from markguard.vision.errors import MarkguardError
 
-__all__ = ["ApiError", "RateLimiter", "GuardMiddleware", "JsonFormatter", "configure_logging", "request_id_of"]
+__all__ = ["ApiError", "RateLimiter", "GuardMiddleware", "JsonFormatter", "configure_logging", "request_id_of",
+           "note_request"]
 
 MAX_BODY = get_settings().max_body  # bytes per request
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -43,28 +45,64 @@ class ApiError(MarkguardError):
 
 
 class RateLimiter:
-    """Token bucket per key: `rate` requests/s sustained, `burst` at once.
+    """Per-key rate limit: `burst` requests per window of `burst / rate` seconds (at least 1 s), so `rate`
+    requests/s sustained; `limits`' sliding-window-counter strategy.
 
-    Per worker process: with N workers a key gets up to N× the rate. That bounds a runaway client per
-    machine without a shared store on the request path.
+    With `storage_url` (the service: `ratelimit.storage_url_for_home`) the counters are shared by every
+    worker process of the home, so N workers still give a key one budget; without, they are this
+    process's (tests, one-process apps). Each `take` notes the key's quota on the request being served,
+    and `GuardMiddleware` answers it as `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
     """
 
-    def __init__(self, *, rate: float, burst: int) -> None:
+    def __init__(self, *, rate: float, burst: int, storage_url: str | None = None) -> None:
+        from limits import RateLimitItemPerSecond
+        from limits.storage import MemoryStorage
+        from limits.strategies import SlidingWindowCounterRateLimiter
+
+        from markguard.serving.ratelimit import SqlStorage
+
         self.rate, self.burst = rate, burst
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
+        self.window = max(1, round(burst / rate))
+        self.item = RateLimitItemPerSecond(burst, self.window)
+        self.storage = SqlStorage(storage_url) if storage_url else MemoryStorage()
+        self._strategy = SlidingWindowCounterRateLimiter(self.storage)
 
     def take(self, key: str) -> float:
-        """0 when allowed, else the seconds until a token is free."""
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(key, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-            if tokens >= 1.0:
-                self._buckets[key] = (tokens - 1.0, now)
-                return 0.0
-            self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / self.rate
+        """0 when allowed, else the seconds until the key may send again."""
+        allowed = self._strategy.hit(self.item, key)
+        stats = self._strategy.get_window_stats(self.item, key)
+        reset = max(0.0, stats.reset_time - time.time())
+        note_request(key_id=key, quota=(self.burst, stats.remaining, reset, self.window))
+        return 0.0 if allowed else max(reset, 0.001)
+
+
+# -- the request being served: its id and what the access-log line and the RateLimit-* headers carry ---
+_CURRENT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("markguard_request", default=None)
+
+
+def note_request(**fields: Any) -> None:
+    """Add fields (`key_id`, `brand`, ...) to the access-log line of the request being served; brands
+    (names or score results' `{"name": ...}`) are logged as their distinct names. No-op outside a request."""
+    current = _CURRENT.get()
+    if current is None:
+        return
+    for name, value in fields.items():
+        if name == "brand":  # a name, a result's {"name": ...}, or a list of them
+            values = value if isinstance(value, list | tuple | set) else [value]
+            names = {str(v.get("name") if isinstance(v, dict) else v) for v in values}
+            value = ",".join(sorted(n for n in names if n and n != "None")) or None
+        if value is not None:
+            current[name] = value
+
+
+def _trace_id() -> str | None:
+    """The OpenTelemetry trace id BentoML opened for this request (32 hex), if any."""
+    try:
+        from opentelemetry import trace
+    except ImportError:  # pragma: no cover - BentoML depends on it
+        return None
+    trace_id = trace.get_current_span().get_span_context().trace_id
+    return f"{trace_id:032x}" if trace_id else None
 
 
 def request_id_of(scope: dict[str, Any]) -> str:
@@ -74,7 +112,7 @@ def request_id_of(scope: dict[str, Any]) -> str:
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
-               "msg": record.getMessage()}
+               "pid": record.process, "msg": record.getMessage()}
         out.update(getattr(record, "fields", {}))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
@@ -99,19 +137,34 @@ class _BodyTooLarge(HTTPException):
 
 
 class GuardMiddleware:
-    """Request id, body cap (413), catch-all JSON 500 and one JSON access-log line per request."""
+    """Request id, body cap (413), catch-all problem+json 500, `RateLimit-*` headers and the one JSON
+    access-log line of each request.
+
+    The request's one id is the client's valid `X-Request-Id`, else the OpenTelemetry trace id BentoML
+    opened for it (so the embedder's spans share it), else a random one; it is answered as
+    `X-Request-Id` and logged as `trace_id`, with the key id and the brand(s) the request concerned
+    (`note_request`). BentoML's own access log is off (service.py), so each request logs exactly one line.
+    """
 
     def __init__(self, app: Any, *, max_body: int = MAX_BODY) -> None:
         self.app = app
         self.max_body = max_body
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or _CURRENT.get() is not None:  # not HTTP, or inside an outer guard
             await self.app(scope, receive, send)
             return
+        current: dict[str, Any] = {}
+        token = _CURRENT.set(current)
+        try:
+            await self._guard(scope, receive, send, current)
+        finally:
+            _CURRENT.reset(token)
+
+    async def _guard(self, scope: dict[str, Any], receive: Any, send: Any, current: dict[str, Any]) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         given = headers.get("x-request-id", "")
-        rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
+        rid = given if _REQUEST_ID.match(given) else (_trace_id() or uuid.uuid4().hex)
         scope.setdefault("state", {})["request_id"] = rid
         started = time.perf_counter()
         status = {"code": 500, "sent": False}
@@ -130,15 +183,24 @@ class GuardMiddleware:
                     detail = "no such route" if message["status"] == 404 else "method not allowed on this route"
                     await send_problem(send, message["status"], detail, request_id=rid, headers={**extra, **allow})
                     return
-                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
+                added = [(b"x-request-id", rid.encode())]
+                if "quota" in current:
+                    limit, remaining, reset, window = current["quota"]
+                    added += [(b"ratelimit-limit", str(limit).encode()),
+                              (b"ratelimit-remaining", str(remaining).encode()),
+                              (b"ratelimit-reset", str(math.ceil(reset)).encode()),
+                              (b"ratelimit-policy", f"{limit};w={window}".encode())]
+                message = {**message, "headers": [*message.get("headers", []), *added]}
             if not replaced:
                 await send(message)
 
         def done(note: str = "") -> None:
-            log.info("request", extra={"fields": {
-                "request_id": rid, "method": scope.get("method"), "path": scope.get("path"),
-                "status": status["code"], "ms": round((time.perf_counter() - started) * 1000, 1),
-                **({"note": note} if note else {})}})
+            fields = {"trace_id": rid, "method": scope.get("method"), "path": scope.get("path"),
+                      "status": status["code"], "ms": round((time.perf_counter() - started) * 1000, 1),
+                      "key_id": current.get("key_id"), "brand": current.get("brand")}
+            if note:
+                fields["note"] = note
+            log.info("request", extra={"fields": fields})
 
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
@@ -166,7 +228,7 @@ class GuardMiddleware:
                 await send_problem(send, 413, f"request body larger than {self.max_body} bytes", request_id=rid,
                                    headers=extra)
         except Exception:  # noqa: BLE001 - the last line of defence: log it, never show it
-            log.exception("unhandled error", extra={"fields": {"request_id": rid, "path": scope.get("path")}})
+            log.exception("unhandled error", extra={"fields": {"trace_id": rid, "path": scope.get("path")}})
             if not status["sent"]:
                 status["code"] = 500
                 await send_problem(send, 500, "internal error", request_id=rid, headers=extra)

@@ -10,6 +10,12 @@ Two services in one deployment:
   and its index page is never reached (`/` redirects to `/docs`): see `serving/routes/docs.py`. `MARKGUARD_BATCHING=0` runs them in the worker instead, one per
   request (the naive baseline of `markguard bench serve`).
 
+The model comes from the BentoML model store: the service declares `MODEL_TAG` (`MARKGUARD_MODEL`, else
+the home's promoted model, else the shipped default; inside a Bento, the model it pins) as a
+`bentoml.models.BentoModel`, so `bentoml build` lists it and the Bento carries it; each process installs
+it into the home (SHA-256 checked, registered, promoted: `registry.install_stored_model`) before loading.
+`MARKGUARD_ADMIN_KEY` creates the first admin key at start-up (`serving.bootstrap`).
+
 Each worker loads everything in `__init__`, and `__is_ready__` checks it (model, index, and the OCR
 reader when on), so BentoML's `/readyz` answers 200 only once all is loaded.
 
@@ -39,6 +45,8 @@ from markguard.serving.api import Backend, build_app, local_embed
 from markguard.serving.lifecycle import die_with_parent
 from markguard.serving.limits import GuardMiddleware, RateLimiter, configure_logging, log
 from markguard.serving.metrics import RouteMetrics
+from markguard.serving.ratelimit import storage_url_for_home
+from markguard.serving.registry import served_model_tag
 from markguard.serving.routes.docs import HideBentoPages
 from markguard.serving.settings import get_settings
 
@@ -52,6 +60,10 @@ _CORES = os.cpu_count() or 1
 # embedder processes: one per core up to 4 (each holds its own torch and model, ~0.7 GB), then more threads each
 EMBED_WORKERS = SETTINGS.embed_workers or min(_CORES, 4)
 EMBED_THREADS = SETTINGS.embed_threads or SETTINGS.threads or max(1, _CORES // EMBED_WORKERS)
+# the model this service serves, from the BentoML model store (saved there first if missing; see above)
+MODEL_TAG = SETTINGS.model or served_model_tag(SETTINGS.home, database_url=SETTINGS.database_url)
+# BentoML's access log would log each request a second time, under another id: GuardMiddleware's one line
+_NO_ACCESS_LOG = {"access": {"enabled": False}}
 
 
 def _set_threads(n: int) -> None:
@@ -70,16 +82,27 @@ def _home():
     return Home(SETTINGS.home)
 
 
-@bentoml.service(name="markguard-embedder", workers=EMBED_WORKERS, traffic={"timeout": 120})
+def _install(home, stored) -> None:  # type: ignore[no-untyped-def]
+    """The declared model (a BentoML stored model) as the home's promoted model, hashes checked."""
+    from markguard.serving.registry import install_stored_model
+
+    install_stored_model(home, stored.path, expected_sha256=stored.info.metadata.get("weights_sha256"))
+
+
+@bentoml.service(name="markguard-embedder", workers=EMBED_WORKERS, traffic={"timeout": 120}, logging=_NO_ACCESS_LOG)
 class Embedder:
     """The model behind adaptive batching: (N, S, S, 3) uint8 crops → (N, dim) unit vectors."""
 
+    stored_model = bentoml.models.BentoModel(MODEL_TAG)
+
     def __init__(self) -> None:
-        from markguard.serving.registry import ensure_default_model
+        from markguard.serving.registry import promoted_artifact
 
         die_with_parent()  # no orphan when BentoML's process manager is killed (serving.lifecycle)
         _set_threads(EMBED_THREADS)
-        artifact = ensure_default_model(_home())
+        home = _home()
+        _install(home, self.stored_model)
+        artifact = promoted_artifact(home)
         self.model = artifact.load_embedder(device="cpu", fuse=True)
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=MAX_LATENCY_MS)
@@ -94,15 +117,24 @@ class Embedder:
             return self.model(preprocess(list(crops), self.model.config)).float().numpy()
 
 
+def _bootstrap_admin(home, key: str) -> None:  # type: ignore[no-untyped-def]
+    from markguard.serving.bootstrap import bootstrap_admin_key, parse_key
+
+    outcome = bootstrap_admin_key(home, key)
+    log.info("admin key bootstrap", extra={"fields": {"key_id": parse_key(key)[0], "outcome": outcome}})
+
+
 api_app = build_app()
 
 
 # BentoML's HTTP metrics label by raw path (series without bound on a public route): ours, by route
 # template, and our `/metrics` replace them (markguard.serving.metrics)
-@bentoml.service(name="markguard", workers=WORKERS, traffic={"timeout": 120}, metrics={"enabled": False})
+@bentoml.service(name="markguard", workers=WORKERS, traffic={"timeout": 120}, metrics={"enabled": False},
+                 logging=_NO_ACCESS_LOG)
 @bentoml.asgi_app(api_app, path="/")
 class Markguard:
     embedder = bentoml.depends(Embedder)
+    stored_model = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
         from markguard.serving.engine import ScoringEngine
@@ -114,7 +146,11 @@ class Markguard:
         # the naive baseline runs its forward passes here, one per request, side by side in threads
         _set_threads(SETTINGS.worker_threads or SETTINGS.threads or 1)
         self.ocr_on = SETTINGS.ocr
-        engine = ScoringEngine(_home(), ocr=self.ocr_on, on_ocr_seconds=OCR_SECONDS.observe)
+        home = _home()
+        _install(home, self.stored_model)
+        if SETTINGS.admin_key is not None:
+            _bootstrap_admin(home, SETTINGS.admin_key.get_secret_value())
+        engine = ScoringEngine(home, ocr=self.ocr_on, on_ocr_seconds=OCR_SECONDS.observe)
         self.engine = engine
         INDEX_SIZE.set(engine.index_size)
         if naive:
@@ -126,7 +162,9 @@ class Markguard:
                 except aiohttp.ClientConnectionError:  # a keep-alive connection the embedder had closed
                     return await self.embedder.to_async.embed(crops)  # idempotent: retry once
 
-        limiter = RateLimiter(rate=SETTINGS.rate, burst=SETTINGS.burst)  # requests/s per key, per worker
+        # one budget per key for every worker of the home (a SQLite file in it, or the PostgreSQL catalog)
+        limiter = RateLimiter(rate=SETTINGS.rate, burst=SETTINGS.burst,
+                              storage_url=storage_url_for_home(str(home.root), SETTINGS.database_url))
         api_app.state.backend = Backend(engine=engine, embed=embed, limiter=limiter)
         log.info("worker ready", extra={"fields": {"model": engine.model_tag, "ocr": self.ocr_on,
                                                    "index_size": engine.index_size, "batching": not naive}})

@@ -12,14 +12,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from markguard.vision.errors import MarkguardError
 
 __all__ = ["Settings", "get_settings", "masked", "SECRET_FIELDS"]
 
-SECRET_FIELDS = frozenset({"database_url"})
+SECRET_FIELDS = frozenset({"database_url", "admin_key"})
 
 
 def _default_data() -> Path:
@@ -43,6 +43,12 @@ class Settings(BaseSettings):
         description="data root holding grocery-packages/ and clothing/ (datasets, demo, benchmarks)")
 
     # -- the service ---------------------------------------------------------------------------
+    model: str | None = Field(
+        None, description="BentoML model tag the service serves (markguard:VERSION); unset: the home's promoted "
+        "model, inside a Bento the model it pins")
+    admin_key: SecretStr | None = Field(
+        None, description="an admin API key (mg_<16 hex>_<secret of 32+ characters>) created at start-up if the "
+        "catalog lacks it: the first admin without a shell; stored hashed, never logged")
     workers: int = Field(1, ge=1, le=64, description="scoring worker processes")
     embed_workers: int | None = Field(
         None, ge=1, le=64, description="embedder processes behind adaptive batching; unset: one per core, at most 4")
@@ -55,7 +61,7 @@ class Settings(BaseSettings):
     max_latency_ms: int = Field(60000, ge=1, description="how long a batch may wait to fill, in ms")
     batching: bool = Field(True, description="0: each request runs its own forward pass in its worker (baseline)")
     ocr: bool = Field(True, description="0: no text reading (no wordmark or serial evidence)")
-    rate: float = Field(50.0, gt=0, description="requests/s per API key, per worker")
+    rate: float = Field(50.0, gt=0, description="requests/s per API key, shared by every worker of the home")
     burst: int = Field(100, ge=1, description="requests an API key may send at once")
     max_body: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body, in bytes")
     stop_timeout: float = Field(30.0, gt=0, le=3600, description="seconds `serve` waits after SIGTERM before it "
@@ -72,6 +78,16 @@ class Settings(BaseSettings):
         if value.startswith("postgres:"):  # the libpq spelling; SQLAlchemy wants postgresql
             value = "postgresql" + value[len("postgres"):]
         return value
+
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        from markguard.serving.bootstrap import parse_key
+
+        parse_key(value.get_secret_value().strip())  # ValueError, without echoing the key
+        return SecretStr(value.get_secret_value().strip())
 
 
 def get_settings() -> Settings:
@@ -92,7 +108,9 @@ def masked(settings: Settings) -> dict[str, Any]:
     """The settings as plain values, with passwords and other secrets replaced by `***`."""
     values: dict[str, Any] = {}
     for name, value in settings.model_dump().items():
-        if name in SECRET_FIELDS and value:
+        if name == "admin_key" and value:
+            values[name] = "***"
+        elif name in SECRET_FIELDS and value:
             values[name] = _mask_url(value)
         elif isinstance(value, Path):
             values[name] = str(value)

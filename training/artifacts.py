@@ -4,7 +4,6 @@ and a copy in the BentoML model store with labels and metrics metadata."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -40,22 +39,16 @@ def _store(bentoml_home: Path):  # type: ignore[no-untyped-def]
     return ModelStore(path)
 
 
-def register_bentoml(artifact: ModelArtifact, *, name: str, bentoml_home: Path) -> str:
-    """Copy the artifact into the BentoML model store at `bentoml_home` as `name:version` (the
-    version is the artifact tag without the `name-` prefix); returns the BentoML tag."""
-    import bentoml
+def register_bentoml(artifact: ModelArtifact, *, bentoml_home: Path) -> str:
+    """Save the artifact into the BentoML model store at `bentoml_home` under the tag the service and a
+    Bento declare it by (`markguard:<version>`, `serving.registry.store_model`), with labels and its
+    metrics as metadata; returns the BentoML tag."""
+    from markguard.serving.registry import store_model
 
-    version = artifact.tag[len(name) + 1 :] if artifact.tag.startswith(name + "-") else artifact.tag
-    tag = bentoml.Tag(name, version)
     metrics = artifact.card.get("metrics", {})
     flat = {f"{s}.{k}": v for s, m in metrics.items() for k, v in m.items() if isinstance(v, int | float)}
-    labels = {"project": "markguard", "kind": "embedder", "architecture": artifact.embedder.architecture,
-              "head": artifact.embedder.head}
-    with bentoml.models.create(tag, labels=labels, metadata={"markguard_tag": artifact.tag, **flat},
-                               _model_store=_store(bentoml_home)) as model:
-        for f in artifact.path.iterdir():
-            shutil.copy2(f, Path(model.path) / f.name)
-    return str(model.tag)
+    labels = {"kind": "embedder", "head": artifact.embedder.head}
+    return store_model(artifact, store=_store(bentoml_home), labels=labels, metadata=flat)
 
 
 def resolve_model(ref: str, *, home: Path | None = None, bentoml_home: Path | None = None) -> ModelArtifact:

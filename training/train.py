@@ -496,7 +496,7 @@ def finish(*, split: SplitEmbedder, config: dict[str, Any], run_dir: Path, eval_
         import os
 
         home = args.bentoml_home or (Path(os.environ["BENTOML_HOME"]) if "BENTOML_HOME" in os.environ else run_dir / "bentoml")
-        print(f"markguard train: BentoML model {register_bentoml(artifact, name=config['tag_prefix'], bentoml_home=home)}"
+        print(f"markguard train: BentoML model {register_bentoml(artifact, bentoml_home=home)}"
               f" in {home}")
     print(f"markguard train: artifact {artifact.path} (tag {tag}) in {seconds['total'] / 60:.1f} min")
     for n, m in card["metrics"].items():

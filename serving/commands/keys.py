@@ -1,4 +1,4 @@
-"""`markguard key create|revoke`: API keys for the HTTP service."""
+"""`markguard key create|revoke|generate`: API keys for the HTTP service."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--label", default="", help="a note for whoever lists keys later")
     add_home_argument(p)
     p.set_defaults(func=cmd_create)
+    p = sub.add_parser("generate", help="print a new key for MARKGUARD_ADMIN_KEY (stores nothing: the service "
+                       "creates it as the first admin key at start-up)")
+    p.set_defaults(func=cmd_generate)
     p = sub.add_parser("revoke", help="revoke a key by its id (the part after mg_)")
     p.add_argument("key_id")
     add_home_argument(p)
@@ -34,6 +37,13 @@ def cmd_create(args: argparse.Namespace) -> int:
 
     key, principal = Catalog(Home(args.home)).create_key(role=Role(args.role), brand=args.brand, label=args.label)
     print(json.dumps({"key": key, "key_id": principal.key_id, "role": principal.role.value, "brand": principal.brand_name}))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from markguard.serving.bootstrap import generate_key
+
+    print(generate_key())
     return 0
 
 

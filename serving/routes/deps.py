@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from markguard.serving.brands import get_brand
 from markguard.serving.engine import ScoringEngine
 from markguard.serving.keys import Principal, Role, authorize
-from markguard.serving.limits import ApiError, RateLimiter
+from markguard.serving.limits import ApiError, RateLimiter, note_request
 from markguard.serving.problems import PROBLEM_JSON, Problem
 from markguard.vision.errors import NotFound
 
@@ -90,6 +90,7 @@ def brand_of(request: Request, principal: Principal, name: str) -> str:
             raise ApiError(404, f"unknown brand {name!r}") from None
         if principal.role is Role.BRAND and row.id != principal.brand_id:
             raise ApiError(404, f"unknown brand {name!r}")
+        note_request(brand=row.name)  # the access-log line names it
         return row.name
 
 

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from markguard.serving.budget import OVER_BUDGET, score_budget
 from markguard.serving.engine import ScoreRequest
-from markguard.serving.limits import ApiError, log, request_id_of
+from markguard.serving.limits import ApiError, log, note_request, request_id_of
 from markguard.serving.metrics import DECISIONS, INDEX_SIZE, LISTINGS_SCORED
 from markguard.serving.problems import problem_body
 from markguard.serving.redact import public_message
@@ -136,6 +136,7 @@ async def score_photos(b: Backend, requests: list[ScoreRequest | MarkguardError]
         LISTINGS_SCORED.labels(route=route).inc()
         DECISIONS.labels(decision=result.decision.value).inc()
         out.append(result.to_dict())
+    note_request(brand=[r.get("brand") for r in out if isinstance(r, dict)])  # the access-log line names them
     INDEX_SIZE.set(b.engine.index_size)
     return out
 

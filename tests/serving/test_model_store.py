@@ -1,0 +1,74 @@
+"""The BentoML model store as the way a model reaches the service: promotion saves it there, the service
+declares it by tag, and installing it into a home checks every weight file's SHA-256."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+SHIPPED = Path(__file__).resolve().parents[2] / "serving" / "default_model"
+
+
+def _other(tmp_path: Path, tag: str) -> Path:
+    other = tmp_path / tag
+    shutil.copytree(SHIPPED, other)
+    card = json.loads((other / "card.json").read_text())
+    card["tag"] = tag
+    (other / "card.json").write_text(json.dumps(card))
+    return other
+
+
+def test_promotion_stores_the_model_and_the_service_declares_it(tmp_path: Path, monkeypatch) -> None:
+    import bentoml
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    from markguard.serving.registry import (
+        bento_model_tag,
+        ensure_default_model,
+        home_model_store,
+        install_stored_model,
+        promoted_artifact,
+        register_artifact,
+        served_model_tag,
+    )
+    from markguard.serving.state.home import Home
+    from markguard.vision.errors import IntegrityError
+
+    monkeypatch.delenv("BENTOML_HOME", raising=False)
+    home = Home(tmp_path / "home")
+    shipped = ensure_default_model(home)
+    other = register_artifact(home, _other(tmp_path, "markguard-other-7"), promote_it=True)
+    store = home_model_store(home)  # HOME/bentoml: what `markguard serve` points BentoML at
+    assert {str(m.tag) for m in store.list("markguard")} == {bento_model_tag(shipped.tag), "markguard:other-7"}
+
+    # the service declares the home's promoted model, read from BentoML's current store
+    original = BentoMLContainer.model_store.get()
+    BentoMLContainer.model_store.set(ModelStore(tmp_path / "home" / "bentoml" / "models"))
+    try:
+        assert served_model_tag(home.root) == "markguard:other-7"
+        assert served_model_tag(tmp_path / "no-home") == bento_model_tag(shipped.tag)  # the shipped default
+        assert not (tmp_path / "no-home").exists()
+        stored = bentoml.models.get("markguard:other-7")
+    finally:
+        BentoMLContainer.model_store.set(original)
+
+    fresh = Home(tmp_path / "fresh")
+    assert install_stored_model(fresh, stored.path, expected_sha256=stored.info.metadata["weights_sha256"]).tag == \
+        other.tag
+    assert promoted_artifact(fresh).tag == other.tag
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(stored.path, tampered)
+    raw = bytearray((tampered / "weights.safetensors").read_bytes())
+    raw[-1] ^= 1
+    (tampered / "weights.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match="SHA-256"):
+        install_stored_model(Home(tmp_path / "fresh2"), tampered)
+    with pytest.raises(IntegrityError, match="model store recorded"):
+        install_stored_model(Home(tmp_path / "fresh3"), stored.path, expected_sha256="0" * 64)
+    home.close()
+    fresh.close()
