@@ -28,6 +28,7 @@ from starlette.datastructures import UploadFile
 from markguard.serving.brands import add_brand, check_serial_pattern, check_wordmarks, get_brand, summarize
 from markguard.serving.budget import RequestBudgets, score_budget, upload_budget
 from markguard.serving.caps import CAPS
+from markguard.serving.console import build_console
 from markguard.serving.engine import ScoreRequest, ScoringEngine
 from markguard.serving.enroll import InputImage, collect_inputs, enroll, public_label
 from markguard.serving.intelligence.api import router as intelligence_router
@@ -160,6 +161,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
 
     app.add_exception_handler(RequestValidationError, _invalid)
     app.include_router(intelligence_router)
+    app.mount("/console", build_console(app))  # the web console (markguard.serving.console)
 
     def be(request: Request) -> Backend:
         b = request.app.state.backend
