@@ -39,6 +39,7 @@ from markguard.serving.metrics import DECISIONS, INDEX_SIZE, LISTINGS_SCORED, in
 from markguard.serving.redact import public_message
 from markguard.serving.references import delete_references
 from markguard.serving.reviews import MAX_REVIEWS_PAGE, list_reviews, record_review
+from markguard.serving.routes.listings import router as listings_router
 from markguard.serving.scan.routes import scans_router
 from markguard.serving.state.schema import Reference, ReferenceKind
 from markguard.vision.archive import is_zip
@@ -161,6 +162,7 @@ def build_app(backend: Backend | None = None) -> FastAPI:
 
     app.add_exception_handler(RequestValidationError, _invalid)
     app.include_router(intelligence_router)
+    app.include_router(listings_router)
     app.mount("/console", build_console(app))  # the web console (markguard.serving.console)
 
     def be(request: Request) -> Backend:

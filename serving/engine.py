@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from markguard.serving.brands import get_brand, get_product
 from markguard.serving.indexing import reconcile
+from markguard.serving.listings import stored_result
 from markguard.serving.registry import ensure_default_model
 from markguard.serving.serials import record_serials, serial_records, serials_to_record
 from markguard.serving.state.home import Home
@@ -250,9 +251,9 @@ class ScoringEngine:
         """The listing row, its serials and its photo: a review can make it a reference later."""
         request, photo_hash = plan.request, plan.photo_hash
         self.home.put_blob(request.data)  # content-addressed: idempotent, written before the row names it
-        summary = {"risk": result.risk, "decision": result.decision.value}
-        if request.title is not None:
-            summary["title"] = request.title
+        # the full result, with what drawing its evidence needs (serving.listings.stored_result)
+        summary = stored_result(result.to_dict(), regions=plan.regions,
+                                size=(plan.image.shape[1], plan.image.shape[0]))
         with self._write, self.home.sessions() as session:
             brand_id = session.scalar(select(Brand.id).where(Brand.name == result.brand.name)) \
                 if result.brand.name is not None else None

@@ -1,5 +1,5 @@
 """The scan's one catalog writer: records scored listings exactly as `/score` does (the listing row
-with its perceptual hash and decision summary, and its serials), one transaction per chunk."""
+with its perceptual hash and full result, and its serials), one transaction per chunk."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from markguard.serving.brands import get_brand
+from markguard.serving.listings import stored_result
 from markguard.serving.serials import record_serials
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Listing
@@ -32,9 +33,7 @@ def record_chunk(home: Home, outcomes: list[dict[str, Any]]) -> int:
             name = score["brand"]["name"]  # the brand judged: claimed, or the best-matching one
             if name is not None and name not in brand_ids:
                 brand_ids[name] = get_brand(session, name).id
-            summary = {"risk": score["risk"], "decision": score["decision"]}
-            if (score["claimed"] or {}).get("title") is not None:
-                summary["title"] = score["claimed"]["title"]
+            summary = stored_result(score)  # the full result, as `/score` keeps it
             row = Listing(listing_id=out["listing_id"], seller_id=out["seller_id"],
                           brand_id=brand_ids.get(name), image_sha256=out["sha256"], phash=out["phash"],
                           risk=score["risk"], decision=score["decision"], model_tag=score["model"], result=summary)

@@ -161,7 +161,9 @@ class Listing(Base):
     """A scored listing photo, kept so later listings see photo and serial reuse."""
 
     __tablename__ = "listings"
-    __table_args__ = (Index("ix_listings_phash", "phash"),)
+    # risk/id and brand/id: the review queue's keyset orders (migration 0006)
+    __table_args__ = (Index("ix_listings_phash", "phash"), Index("ix_listings_risk_id", "risk", "id"),
+                      Index("ix_listings_brand_id_id", "brand_id", "id"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     listing_id: Mapped[str | None] = mapped_column(String(200), index=True)
