@@ -35,17 +35,28 @@ from markguard.serving.console.sessions import (
 )
 from markguard.serving.keys import Principal, Role, authenticate
 from markguard.serving.limits import ApiError
+from markguard.serving.listings import (
+    ListingFilters,
+    ListingPage,
+    claim_listing,
+    evidence_png,
+    list_listings,
+    listing_detail,
+    listing_photo,
+    reference_photo,
+    release_claim,
+)
 from markguard.serving.redact import public_message
 from markguard.serving.settings import get_settings
 from markguard.serving.state.schema import ReferenceKind
-from markguard.vision.decode import sniff_format
-from markguard.vision.errors import MarkguardError, NotFound
+from markguard.vision.errors import Conflict, MarkguardError, NotFound
 
 __all__ = ["build_console"]
 
 HERE = Path(__file__).parent
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'")
+_PRIVATE = {"Cache-Control": "private, no-store"}
 FILE_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox"
 _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                           undefined=jinja2.StrictUndefined)
@@ -237,30 +248,45 @@ def build_console(parent: FastAPI) -> FastAPI:
     async def queue_page(request: Request) -> HTMLResponse:
         w = who(request, Role.MODERATOR)
         f = _queue_filter(request)
-
-        def work() -> list[dict[str, Any]]:
-            with home().sessions() as session:
-                return queries.queue(session, f, brand_id=w.scope)
-
-        items = await run_in_threadpool(work)
-        return render(request, "queue.html", w, items=items, f=f, here=_local(str(request.url.path) + (
-            "?" + request.url.query if request.url.query else "")))
+        filters = ListingFilters(decision=None if f.decision == "any" else f.decision, brand=f.brand,
+                                 min_risk=f.min_risk, max_risk=f.max_risk, seller=f.seller,
+                                 reviewed={"no": False, "yes": True}.get(f.reviewed),
+                                 unclaimed_for=w.principal.key_id)  # others' claimed listings stay out
+        cursor = request.query_params.get("cursor") or None
+        try:
+            page = await run_in_threadpool(lambda: list_listings(home(), filters, order=f.order, cursor=cursor,
+                                                                 limit=50, visible_to=w.scope))
+        except NotFound:  # an unknown brand in the filter: an empty queue, not an error page
+            page = ListingPage([], None)
+        here = _local(str(request.url.path) + ("?" + request.url.query if request.url.query else ""))
+        more = None
+        if page.next:
+            more = _with_params(here or "/console/queue", cursor=page.next)
+        return render(request, "queue.html", w, items=page.listings, f=f, here=here, more=more)
 
     @app.get("/listings/{row_id}")
     async def listing_page(request: Request, row_id: int) -> HTMLResponse:
         w = who(request, Role.MODERATOR, Role.INVESTIGATOR, Role.BRAND)
-        from markguard.serving.reviews import list_reviews
 
-        def work() -> tuple[dict[str, Any], list[Any]]:
-            with home().sessions() as session:
-                page = queries.listing_page(session, _id(row_id), brand_id=w.scope)
-            history = list_reviews(home(), listing_id=page["listing_id"], brand_id=w.scope, limit=100) \
-                if page["listing_id"] else []
-            return page, history
+        def work() -> tuple[dict[str, Any], str | None]:
+            detail = listing_detail(home(), _id(row_id), visible_to=w.scope)
+            if w.scope is not None:  # the stored matches may name other brands' references: not theirs to see
+                result = dict(detail["result"])
+                result["matches"] = [m for m in result.get("matches") or [] if m.get("brand") == w.principal.brand_name]
+                result.pop("duplicates", None)
+                detail = {**detail, "result": result}
+            held_by_other = None
+            if w.can(Role.MODERATOR):  # opening a listing claims it, so two moderators do not review it
+                try:
+                    claim_listing(home(), detail["id"], key_id=w.principal.key_id)
+                except Conflict as exc:
+                    held_by_other = public_message(str(exc))
+            return detail, held_by_other
 
-        page, history = await run_in_threadpool(work)
-        back = _local(request.query_params.get("back", "")) or "/console/queue"
-        return render(request, "listing.html", w, item=page, history=history, back=back)
+        detail, held = await run_in_threadpool(work)
+        back = _local(request.query_params.get("back", "")) or ("/console/queue" if w.can(Role.MODERATOR)
+                                                               else "/console/")
+        return render(request, "listing.html", w, item=detail, held=held, back=back)
 
     @app.post("/listings/{row_id}/review")
     async def review(request: Request, row_id: int) -> Response:
@@ -274,15 +300,19 @@ def build_console(parent: FastAPI) -> FastAPI:
         b = backend()
 
         def work() -> str:
-            with b.home.sessions() as session:
-                row = queries.listing_row(session, _id(row_id), brand_id=w.scope)
-                if not row.listing_id:
-                    raise PageError(409, "this listing has no listing id; it cannot be reviewed")
-                listing_id = row.listing_id
+            detail = listing_detail(b.home, _id(row_id), visible_to=w.scope)
+            if not detail["listing_id"]:
+                raise PageError(409, "this listing has no listing id; it cannot be reviewed")
+            key_id = w.principal.key_id
+            try:  # held by another moderator: 409
+                claim_listing(b.home, detail["id"], key_id=key_id)
+            except Conflict as exc:
+                raise PageError(409, public_message(str(exc))) from None
             # exactly what `POST /reviews` does
-            record_review(b.home, b.engine.artifact, b.engine.model, listing_id=listing_id,
-                          label=ReferenceKind(label), reviewer_key_id=w.principal.key_id, note=note[:2000])
-            return listing_id
+            record_review(b.home, b.engine.artifact, b.engine.model, listing_id=detail["listing_id"],
+                          label=ReferenceKind(label), reviewer_key_id=key_id, note=note[:2000])
+            release_claim(b.home, detail["id"], key_id=key_id)
+            return detail["listing_id"]
 
         listing_id = await run_in_threadpool(work)
         target = _local(form.get("next") or "") or f"/console/listings/{row_id}"
@@ -292,37 +322,21 @@ def build_console(parent: FastAPI) -> FastAPI:
     async def listing_image(request: Request, row_id: int) -> Response:
         w = who(request, Role.MODERATOR, Role.INVESTIGATOR, Role.BRAND)
 
-        def work() -> bytes:
-            with home().sessions() as session:
-                sha = queries.listing_row(session, _id(row_id), brand_id=w.scope).image_sha256
-            return _blob(home(), sha)
-
-        return _image(await run_in_threadpool(work))
+        data, media = await run_in_threadpool(lambda: listing_photo(home(), _id(row_id), visible_to=w.scope))
+        return Response(data, media_type=media, headers=_PRIVATE)
 
     @app.get("/listings/{row_id}/evidence.png")
     async def listing_evidence(request: Request, row_id: int) -> Response:
         w = who(request, Role.MODERATOR, Role.INVESTIGATOR, Role.BRAND)
-        from markguard.serving.console.evidence import evidence_png
-
-        def work() -> bytes:
-            with home().sessions() as session:
-                row = queries.listing_row(session, _id(row_id), brand_id=w.scope)
-                sha, result = row.image_sha256, row.result or {}
-            return evidence_png(_blob(home(), sha), result)
-
-        return Response(await run_in_threadpool(work), media_type="image/png",
-                        headers={"Cache-Control": "private, max-age=300"})
+        data = await run_in_threadpool(lambda: evidence_png(home(), _id(row_id), visible_to=w.scope))
+        return Response(data, media_type="image/png", headers=_PRIVATE)
 
     @app.get("/references/{reference_id}/image")
     async def reference_image(request: Request, reference_id: int) -> Response:
         w = who(request, Role.MODERATOR, Role.INVESTIGATOR, Role.BRAND)
 
-        def work() -> bytes:
-            with home().sessions() as session:
-                sha = queries.reference_row(session, _id(reference_id), brand_id=w.scope).sha256
-            return _blob(home(), sha)
-
-        return _image(await run_in_threadpool(work))
+        data, media = await run_in_threadpool(lambda: reference_photo(home(), _id(reference_id), visible_to=w.scope))
+        return Response(data, media_type=media, headers=_PRIVATE)
 
     # -- brand view ---------------------------------------------------------------------------------
     def brand_of(session: Any, w: Who, name: str) -> Any:
@@ -360,7 +374,8 @@ def build_console(parent: FastAPI) -> FastAPI:
                 return {"name": row.name, "review_at": row.review_at, "takedown_at": row.takedown_at,
                         "genuine_from_reviews": bool(row.genuine_from_reviews),
                         "serial_pattern": row.serial_pattern, "gallery": queries.brand_gallery(session, row),
-                        "listings": queries.brand_listings(session, row)}
+                        "listings": list_listings(home(), ListingFilters(brand=row.name), limit=100,
+                                                  visible_to=w.scope).listings}
 
         return render(request, "brand.html", w, brand=await run_in_threadpool(work))
 
@@ -533,9 +548,7 @@ def _local(target: str) -> str:
 
 
 def _with_msg(target: str, msg: str) -> str:
-    parts = urllib.parse.urlsplit(target)
-    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "msg"] + [("msg", msg)]
-    return urllib.parse.urlunsplit(("", "", parts.path, urllib.parse.urlencode(query), ""))
+    return _with_params(target, msg=msg)
 
 
 def _risk(value: Any, name: str) -> float | None:
@@ -559,25 +572,33 @@ def _date(value: str | None, default: dt.date) -> dt.date:
         raise PageError(422, "dates are YYYY-MM-DD") from None
 
 
-def _queue_filter(request: Request) -> queries.QueueFilter:
+DECISIONS = ("review", "takedown", "pass", "any")
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueFilter:
+    order: str = "newest"  # newest | riskiest
+    decision: str = "review"  # review | takedown | pass | any
+    reviewed: str = "no"  # no | yes | any
+    brand: str | None = None
+    seller: str | None = None
+    min_risk: float | None = None
+    max_risk: float | None = None
+
+
+def _queue_filter(request: Request) -> QueueFilter:
     q = request.query_params
-    order = q.get("order") if q.get("order") in queries.ORDERS else "newest"
-    decision = q.get("decision") if q.get("decision") in ("flagged", "review", "takedown", "pass", "any") else "flagged"
+    order = q.get("order") if q.get("order") in ("newest", "riskiest") else "newest"
+    decision = q.get("decision") if q.get("decision") in DECISIONS else "review"
     reviewed = q.get("reviewed") if q.get("reviewed") in ("no", "yes", "any") else "no"
-    return queries.QueueFilter(order=order, decision=decision, reviewed=reviewed,
+    return QueueFilter(order=order, decision=decision, reviewed=reviewed,
                                brand=(q.get("brand") or None) and q.get("brand")[:200],
                                seller=(q.get("seller") or None) and q.get("seller")[:200],
                                min_risk=_risk(q.get("min_risk"), "min_risk"),
                                max_risk=_risk(q.get("max_risk"), "max_risk"))
 
 
-def _blob(home: Any, sha: str) -> bytes:
-    try:
-        return home.get_blob(sha)
-    except FileNotFoundError:
-        raise PageError(404, "the photo was not kept") from None
-
-
-def _image(data: bytes) -> Response:
-    kind = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}[sniff_format(data).value]
-    return Response(data, media_type=kind, headers={"Cache-Control": "private, max-age=300"})
+def _with_params(target: str, **params: str) -> str:
+    parts = urllib.parse.urlsplit(target)
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k not in params and k != "msg"]
+    return urllib.parse.urlunsplit(("", "", parts.path, urllib.parse.urlencode([*query, *params.items()]), ""))

@@ -97,7 +97,7 @@ def console(api_home, grocery: Path, tmp_path_factory: pytest.TempPathFactory) -
     with real_server(root, base / "serve.log", env=env) as (url, _proc):
         admin = {"Authorization": f"Bearer {keys['admin']}"}
         for brand in ("Oatly", "Arla"):  # every listing of these brands waits for a moderator
-            r = httpx.patch(f"{url}/brands/{brand}", headers=admin, json={"review_at": 0.0}, timeout=30)
+            r = httpx.patch(f"{url}/brands/{brand}", headers=admin, json={"review_at": 0.0, "takedown_at": 1.0}, timeout=30)
             assert r.status_code == 200, r.text
         photos = {}
         for i, photo in enumerate(queue_photos, 1):
@@ -107,7 +107,7 @@ def console(api_home, grocery: Path, tmp_path_factory: pytest.TempPathFactory) -
         arla = api_home.photos[2]
         for lid, seller in (("a-1", "ring-a"), ("a-2", "ring-b")):
             photos[lid] = arla
-            _score(url, keys["platform"], arla, brand="Arla", listing_id=lid, seller_id=seller, title="Arla milk")
+            _score(url, keys["platform"], arla, brand="Arla", listing_id=lid, seller_id=seller, title="Arla organic whole milk, fresh from the farm")
         home = Home(root)
         update_rings(home)
         with home.sessions() as session:

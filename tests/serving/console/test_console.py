@@ -62,7 +62,7 @@ def test_pages_send_a_strict_content_security_policy(console):
 
 def test_moderator_clears_twenty_flagged_listings_with_the_keyboard(pages, console):
     page = pages.signed_in("moderator")
-    page.goto(console.url + "/console/queue?brand=Oatly&order=risk")
+    page.goto(console.url + "/console/queue?brand=Oatly&order=riskiest")
     rows = page.locator("#queue tbody tr")
     assert rows.count() == 20
     risks = [float(x.strip("%")) for x in page.locator("#queue tbody td:nth-child(5)").all_inner_texts()]
@@ -100,13 +100,13 @@ def test_listing_view_and_a_review_changes_the_next_score(pages, console):
     page = pages.signed_in("moderator")
     page.goto(console.url + "/console/queue?brand=Arla")
     with page.expect_navigation():
-        page.click("#queue a[href*='/console/listings/%d?']" % console.rows["a-1"])
-    assert page.locator("h1").inner_text() == "Listing a-1"
+        page.click(f"#queue a[href*='/console/listings/{console.rows['a-2']}?']")
+    assert page.locator("h1").inner_text() == "Listing a-2"
     for img in page.locator("main img").all():  # the evidence photo and each reference shown
         assert page.evaluate("(i) => i.complete && i.naturalWidth > 0", img.element_handle()), img.get_attribute("src")
     assert page.locator(".refs img").count() >= 1
     assert page.locator("#signals tbody tr").count() >= 3
-    assert page.locator("#earlier").inner_text().count("a-2") == 1  # the same photo, posted by another seller
+    assert page.locator("#earlier").inner_text().count("a-1") == 1  # the same photo, posted by another seller
     assert page.locator("#no-history").is_visible()
     pages.check(page)
     page.screenshot(path=str(console.shots / "listing.png"), full_page=True)
@@ -116,14 +116,15 @@ def test_listing_view_and_a_review_changes_the_next_score(pages, console):
     with page.expect_navigation():
         page.keyboard.press("c")
     assert "reviewed counterfeit" in page.locator(".flash").inner_text()
-    [review] = _reviews(console, "a-1")
+    [review] = _reviews(console, "a-2")
     assert review.label == "counterfeit" and review.note == "box print is blurred, wrong font"
-    page.goto(f"{console.url}/console/listings/{console.rows['a-1']}")
+    page.goto(f"{console.url}/console/listings/{console.rows['a-2']}")
+    assert page.locator("#reviewed").inner_text() == "counterfeit"
     history = page.locator("#history").inner_text()
     assert "counterfeit" in history and "wrong font" in history
     # the next score of the photo meets the moderator's known fake
     after = httpx.post(console.url + "/score", headers={"Authorization": f"Bearer {console.keys['platform']}"},
-                       files={"image": ("a.jpg", console.photos["a-1"].read_bytes(), "image/jpeg")},
+                       files={"image": ("a.jpg", console.photos["a-2"].read_bytes(), "image/jpeg")},
                        data={"brand": "Arla", "listing_id": "a-3", "seller_id": "ring-c"}, timeout=120).json()
     top = after["matches"][0]
     assert top["reference_id"] == review.reference_id and top["kind"] == "counterfeit"
@@ -234,7 +235,7 @@ def test_investigator_rings_and_admin_pages_are_accessible(pages, console):
     assert zipfile.ZipFile(io.BytesIO(data)).namelist()
     admin = pages.signed_in("admin")
     for path in ("/console/brands", "/console/brands/Arla", "/console/reports", "/console/rings",
-                 f"/console/listings/{console.rows['a-2']}", "/console/queue?decision=any&reviewed=any",
+                 f"/console/listings/{console.rows['a-1']}", "/console/queue?decision=any&reviewed=any",
                  "/console/nope"):
         admin.goto(console.url + path)
         pages.check(admin)
