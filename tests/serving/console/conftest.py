@@ -67,10 +67,15 @@ def _score(url: str, key: str, photo: Path, **fields: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def console(api_home, grocery: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+def chromium() -> Path:
+    _require_browser()
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def console(chromium, api_home, grocery: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     """A copy of the API home behind a real server: 20 flagged Oatly listings for the queue, Arla listings
     (one photo posted by two sellers: a ring), and an investigator key."""
-    _require_browser()
     from sqlalchemy import select
 
     from markguard.serving.intelligence.rings import update_rings
@@ -117,11 +122,11 @@ def console(api_home, grocery: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="module")
-def browser(console: Console) -> Iterator[Any]:
+def browser(chromium: Path, console: Console) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        b = p.chromium.launch(executable_path=str(chromium), headless=True, args=ARGS)
         yield b
         b.close()
 
