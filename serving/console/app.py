@@ -504,11 +504,7 @@ def build_console(parent: FastAPI) -> FastAPI:
         w = who(request, Role.BRAND)  # admins, and brand keys for their own brand (as GET /reports)
         from markguard.serving.intelligence.reports import build_report
 
-        today = dt.datetime.now(dt.UTC).date()
-        start = _date(request.query_params.get("from"), today - dt.timedelta(days=30))
-        end = _date(request.query_params.get("to"), today + dt.timedelta(days=1))
-        if end <= start:
-            raise PageError(422, "`to` must come after `from`")
+        start, end = _period(request)
 
         def work() -> dict[str, Any]:
             with home().sessions() as session:
@@ -516,7 +512,34 @@ def build_console(parent: FastAPI) -> FastAPI:
                                     end=dt.datetime.combine(end, dt.time(), dt.UTC), brand_id=w.scope)
 
         report = await run_in_threadpool(work)
-        return render(request, "reports.html", w, report=report, start=start.isoformat(), end=end.isoformat())
+        period = urllib.parse.urlencode({"from": start.isoformat(), "to": end.isoformat()})
+        return render(request, "reports.html", w, report=report, start=start.isoformat(), end=end.isoformat(),
+                      period=period, charts=CHARTS)
+
+    @app.get("/reports/chart-{n}.png")
+    async def report_chart(request: Request, n: int) -> Response:
+        """The transparency report's charts (serving.intelligence.reports), as the CLI writes them."""
+        w = who(request, Role.BRAND)
+        from markguard.serving.intelligence.reports import _charts, build_report
+
+        if not 0 <= n < len(CHARTS):
+            raise PageError(404, "not found")
+        start, end = _period(request)
+
+        def work() -> bytes:
+            import matplotlib.pyplot as plt
+
+            with home().sessions() as session:
+                figures = build_report(session, start=dt.datetime.combine(start, dt.time(), dt.UTC),
+                                       end=dt.datetime.combine(end, dt.time(), dt.UTC), brand_id=w.scope)
+            charts = _charts(figures)
+            buf = io.BytesIO()
+            charts[n].savefig(buf, format="png", metadata={"Software": None})
+            for fig in charts:
+                plt.close(fig)
+            return buf.getvalue()
+
+        return Response(await run_in_threadpool(work), media_type="image/png", headers=_PRIVATE)
 
     return app
 
@@ -561,6 +584,18 @@ def _risk(value: Any, name: str) -> float | None:
     if not 0.0 <= number <= 1.0:
         raise PageError(422, f"{name} must be a number between 0 and 1")
     return number
+
+
+CHARTS = ("Decisions by week", "Listings flagged by brand", "Rings found, sellers per ring")
+
+
+def _period(request: Request) -> tuple[dt.date, dt.date]:
+    today = dt.datetime.now(dt.UTC).date()
+    start = _date(request.query_params.get("from"), today - dt.timedelta(days=30))
+    end = _date(request.query_params.get("to"), today + dt.timedelta(days=1))
+    if end <= start:
+        raise PageError(422, "`to` must come after `from`")
+    return start, end
 
 
 def _date(value: str | None, default: dt.date) -> dt.date:

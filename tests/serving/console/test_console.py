@@ -109,7 +109,7 @@ def test_listing_view_and_a_review_changes_the_next_score(pages, console):
     assert page.locator("#earlier").inner_text().count("a-1") == 1  # the same photo, posted by another seller
     assert page.locator("#no-history").is_visible()
     pages.check(page)
-    page.screenshot(path=str(console.shots / "listing.png"), full_page=True)
+    page.screenshot(path=str(console.shots / "listing.png"))
     risk_before = page.locator("#risk").inner_text()
     page.fill("#note", "box print is blurred, wrong font")
     page.locator("#note").blur()
@@ -239,4 +239,9 @@ def test_investigator_rings_and_admin_pages_are_accessible(pages, console):
                  "/console/nope"):
         admin.goto(console.url + path)
         pages.check(admin)
+        if path == "/console/reports":  # the report's charts, drawn by serving.intelligence.reports
+            charts = admin.locator("img.chart")
+            assert charts.count() == 3
+            for img in charts.all():
+                assert img.evaluate("i => i.complete && i.naturalWidth > 0"), img.get_attribute("src")
     pages.assert_local()
