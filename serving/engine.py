@@ -251,9 +251,7 @@ class ScoringEngine:
         """The listing row, its serials and its photo: a review can make it a reference later."""
         request, photo_hash = plan.request, plan.photo_hash
         self.home.put_blob(request.data)  # content-addressed: idempotent, written before the row names it
-        # the full result, with what drawing its evidence needs (serving.listings.stored_result)
-        summary = stored_result(result.to_dict(), regions=plan.regions,
-                                size=(plan.image.shape[1], plan.image.shape[0]))
+        summary = stored_result(result.to_dict())  # the full result, with serial boxes (serving.listings)
         with self._write, self.home.sessions() as session:
             brand_id = session.scalar(select(Brand.id).where(Brand.name == result.brand.name)) \
                 if result.brand.name is not None else None

@@ -7,7 +7,7 @@ routes (`serving.routes.listings`) are thin. `visible_to` is a brand id for a br
 - `list_listings`: filters (decision, brand, risk range, reviewed, seller, time, unclaimed), newest or
   riskiest first, keyset pages: `next` is an opaque cursor holding the last row's sort key, never an
   offset, so a page costs the same however deep it is and rows scored meanwhile do not shift it.
-- `listing_detail`: the stored result, the reviews of the listing, earlier listings of the same photo
+- `listing_detail`: the stored result (`stored_result`), the reviews of the listing, earlier listings of the same photo
   (same bytes or the same perceptual hash) or of a serial it showed.
 - `listing_photo`, `reference_photo`: the kept bytes and their media type; `evidence_png`: the photo
   with matched regions, OCR lines and serial reads drawn and labelled (OpenCV).
@@ -24,6 +24,7 @@ import dataclasses
 import datetime as dt
 import difflib
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -76,12 +77,11 @@ class ReviewClaim(Base):
 
 
 # -- what a listing stores ---------------------------------------------------------------------------
-def stored_result(score: dict[str, Any], *, regions: Sequence[Any] = (), size: tuple[int, int] | None = None,
-                  ) -> dict[str, Any]:
-    """The score JSON as a listing keeps it: everything `/score` answered except the caller's file name,
-    plus what drawing the evidence needs and the answer leaves out: each serial's box (the OCR line it
-    was read from) and the candidate regions (`vision.regions.Region`) with the photo's size."""
-    out = {k: v for k, v in score.items() if k != "image"}
+def stored_result(score: dict[str, Any]) -> dict[str, Any]:
+    """The score JSON as a listing keeps it, the same whichever way it was scored (API, CLI or scan):
+    everything `/score` answered except the caller's file name (`image`) and the time it took, plus
+    what drawing the evidence needs and the answer leaves out: each serial's OCR line and its box."""
+    out = {k: v for k, v in score.items() if k not in ("image", "elapsed_ms")}
     title = (score.get("claimed") or {}).get("title")
     if title is not None:
         out["title"] = title  # where the intelligence code reads it
@@ -93,11 +93,6 @@ def stored_result(score: dict[str, Any], *, regions: Sequence[Any] = (), size: t
             line = _serial_line(serial, lines)
             serials.append({**serial, "line": line, "box": lines[line]["box"] if line is not None else None})
         out["ocr"] = {**ocr, "serials": serials}
-    if regions:
-        out["regions"] = [{"box": [int(v) for v in r.box], "source": str(r.source.value), "score": round(float(r.score), 4)}
-                          for r in regions]
-    if size is not None:
-        out["size"] = [int(size[0]), int(size[1])]  # width, height of the decoded (upright) photo
     return out
 
 
@@ -159,8 +154,10 @@ def _decode_cursor(order: str, cursor: str) -> list[Any]:
         key = data["k"]
         ok = data["o"] == order and isinstance(key, list) and len(key) == (1 if order == "newest" else 2)
         ok = ok and isinstance(key[-1], int) and not isinstance(key[-1], bool) and 0 <= key[-1] <= MAX_ID
-        ok = ok and (order == "newest" or (isinstance(key[0], int | float) and not isinstance(key[0], bool)))
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        if ok and order == "riskiest":
+            ok = isinstance(key[0], int | float) and not isinstance(key[0], bool) and math.isfinite(key[0])
+            key = [float(key[0]), key[1]]
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError):
         ok = False
     if not ok:
         raise MarkguardError("cursor: not a cursor of this listing order (pass `next` back unchanged)")

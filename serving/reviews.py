@@ -9,7 +9,9 @@ brand's references, so the next score of that photo sees the moderator's word:
 - `genuine`: a known fake an earlier review made of the photo is removed and, when the brand allows
   (`genuine_from_reviews`), the photo becomes a genuine reference.
 
-Every review is kept, with who made it, when, the reference it added and the one it removed.
+Every review is kept, with who made it, when, the reference it added and the one it removed. A listing
+another moderator has claimed (`serving.listings`) cannot be reviewed until the claim ends; a review
+ends its reviewer's own claim.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from sqlalchemy import ForeignKey, Integer, String, select
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import ForeignKey, Integer, String, delete, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from markguard.serving.enroll import InputImage, enroll
 from markguard.serving.references import delete_references
@@ -96,6 +98,7 @@ def record_review(
             raise NotFound(f"no scored listing {listing_id!r}")
         brand = session.get(Brand, listing.brand_id) if listing.brand_id is not None else None
         row_id, sha = listing.id, listing.image_sha256
+        _check_claim(session, row_id, reviewer_key_id, listing_id)
         if brand is None and label is ReferenceKind.COUNTERFEIT:
             raise Conflict("the listing matched no brand: it cannot become a known-fake reference")
         # the references earlier reviews made of this photo for this brand, still in the catalog
@@ -123,7 +126,25 @@ def record_review(
                         reference_id=reference_id, removed_reference_id=removed)
         session.add(review)
         session.flush()
+        _release_own_claim(session, row_id, reviewer_key_id)  # the work it held the listing for is done
         return _report(review, listing_id, brand_name)
+
+
+def _check_claim(session: Session, row_id: int, reviewer_key_id: str, listing_id: str) -> None:
+    """Another moderator's running claim on the listing (serving.listings) refuses the review: 409."""
+    from markguard.serving.listings import ReviewClaim
+
+    claim = session.get(ReviewClaim, row_id)
+    if claim is not None and claim.key_id != reviewer_key_id and claim.expires_at > _now():
+        raise Conflict(f"listing {listing_id!r} is claimed by another moderator until "
+                       f"{claim.expires_at.isoformat()}")
+
+
+def _release_own_claim(session: Session, row_id: int, reviewer_key_id: str) -> None:
+    from markguard.serving.listings import ReviewClaim
+
+    session.execute(delete(ReviewClaim).where(ReviewClaim.listing_row_id == row_id,
+                                              ReviewClaim.key_id == reviewer_key_id))
 
 
 def _existing(home: Home, brand: str, sha: str, kind: ReferenceKind) -> int | None:

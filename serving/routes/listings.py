@@ -127,7 +127,7 @@ async def get_listings(
 
 @router.get("/listings/{listing}", summary="One listing: its stored result, reviews and earlier listings")
 async def get_listing(request: Request, listing: RowId, principal: Principal = _reader) -> dict[str, Any]:
-    """`result` is the score JSON as stored when it was scored (with serial boxes and candidate regions);
+    """`result` is the score JSON as stored when it was scored (with each serial's OCR line and box);
     `earlier` names earlier listings of the same photo or of a serial it showed."""
     home = _backend(request).home
     return await _call(lambda: listing_detail(home, listing, visible_to=_scope(principal)))
