@@ -44,7 +44,6 @@ from markguard.serving.listings import (
     listing_detail,
     listing_photo,
     reference_photo,
-    release_claim,
 )
 from markguard.serving.redact import public_message
 from markguard.serving.settings import get_settings
@@ -303,15 +302,9 @@ def build_console(parent: FastAPI) -> FastAPI:
             detail = listing_detail(b.home, _id(row_id), visible_to=w.scope)
             if not detail["listing_id"]:
                 raise PageError(409, "this listing has no listing id; it cannot be reviewed")
-            key_id = w.principal.key_id
-            try:  # held by another moderator: 409
-                claim_listing(b.home, detail["id"], key_id=key_id)
-            except Conflict as exc:
-                raise PageError(409, public_message(str(exc))) from None
-            # exactly what `POST /reviews` does
+            # exactly what `POST /reviews` does: another moderator's claim refuses it (409), ours ends
             record_review(b.home, b.engine.artifact, b.engine.model, listing_id=detail["listing_id"],
-                          label=ReferenceKind(label), reviewer_key_id=key_id, note=note[:2000])
-            release_claim(b.home, detail["id"], key_id=key_id)
+                          label=ReferenceKind(label), reviewer_key_id=w.principal.key_id, note=note[:2000])
             return detail["listing_id"]
 
         listing_id = await run_in_threadpool(work)
