@@ -51,7 +51,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
 class Console:
     url: str  # the server's base URL
     root: Path  # its home
-    keys: dict[str, str]  # admin, platform, moderator, investigator, oatly, arla
+    keys: dict[str, str]  # admin, platform, moderator, moderator2, investigator, oatly, arla
     rows: dict[str, int]  # listing id → catalog row id
     references: dict[str, list[int]]
     photos: dict[str, Path]  # listing id → the photo scored
@@ -91,6 +91,7 @@ def console(chromium, api_home, grocery: Path, tmp_path_factory: pytest.TempPath
     keys = dict(api_home.keys)
     home = Home(root)
     keys["investigator"] = create_key(home, role=Role.INVESTIGATOR)[0]
+    keys["moderator2"] = create_key(home, role=Role.MODERATOR, label="a second moderator")[0]
     home.close()
     train = sorted((grocery / "train").rglob("*.jpg"))
     others = [p for p in train if not p.name.startswith(("Oatly-", "Arla-"))]

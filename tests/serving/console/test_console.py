@@ -132,6 +132,25 @@ def test_listing_view_and_a_review_changes_the_next_score(pages, console):
     pages.assert_local()
 
 
+def test_a_listing_one_moderator_opened_is_held_from_another(pages, console):
+    row = console.rows["a-1"]
+    first = pages.signed_in("moderator")
+    first.goto(f"{console.url}/console/listings/{row}")
+    assert first.locator("#review-form").count() == 1 and first.locator("#held").count() == 0
+    second = pages.signed_in("moderator2")
+    second.goto(console.url + "/console/queue?brand=Arla&decision=any")
+    assert f"/console/listings/{row}?" not in second.content()  # left out of the other moderator's queue
+    second.goto(f"{console.url}/console/listings/{row}")
+    assert "claimed by another moderator" in second.locator("#held").inner_text()
+    assert second.locator("#review-form").count() == 0
+    pages.check(second)
+    token = second.locator("input[name=csrf]").first.get_attribute("value")
+    r = second.request.post(f"{console.url}/console/listings/{row}/review", form={"label": "genuine", "csrf": token},
+                            max_redirects=0)
+    assert r.status == 409
+    assert _reviews(console, "a-1") == []
+
+
 def test_brand_uploads_a_zip_of_references_and_deletes_one(pages, console, grocery):
     page = pages.signed_in("oatly")
     photos = sorted((grocery / "iconic").rglob("*.jpg"))
