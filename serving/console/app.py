@@ -378,7 +378,10 @@ def build_console(parent: FastAPI) -> FastAPI:
     @app.post("/brands/{name}/references")
     async def upload(request: Request, name: str) -> Response:
         w, form = await posted(request, Role.BRAND)
-        from markguard.serving.api import _inputs
+        try:  # the API's own reading of uploads (images, zip archives through the safe reader, budgets)
+            from markguard.serving.routes.references import _inputs
+        except ImportError:  # before the API's routers moved to serving/routes/
+            from markguard.serving.api import _inputs
         from markguard.serving.enroll import enroll
 
         with home().sessions() as session:
