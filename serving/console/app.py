@@ -250,6 +250,7 @@ def build_console(parent: FastAPI) -> FastAPI:
         filters = ListingFilters(decision=None if f.decision == "any" else f.decision, brand=f.brand,
                                  min_risk=f.min_risk, max_risk=f.max_risk, seller=f.seller,
                                  reviewed={"no": False, "yes": True}.get(f.reviewed),
+                                 since=_day(f.since), until=_day(f.until, after=True),
                                  unclaimed_for=w.principal.key_id)  # others' claimed listings stay out
         cursor = request.query_params.get("cursor") or None
         try:
@@ -594,7 +595,7 @@ def _period(request: Request) -> tuple[dt.date, dt.date]:
     return start, end
 
 
-def _date(value: str | None, default: dt.date) -> dt.date:
+def _date(value: str | None, default: dt.date | None) -> dt.date | None:
     if not value:
         return default
     try:
@@ -615,6 +616,14 @@ class QueueFilter:
     seller: str | None = None
     min_risk: float | None = None
     max_risk: float | None = None
+    since: dt.date | None = None  # scored on or after this day (UTC)
+    until: dt.date | None = None  # scored on or before this day
+
+
+def _day(day: dt.date | None, *, after: bool = False) -> dt.datetime | None:
+    if day is None:
+        return None
+    return dt.datetime.combine(day + dt.timedelta(days=1) if after else day, dt.time(), dt.UTC)
 
 
 def _queue_filter(request: Request) -> QueueFilter:
@@ -626,7 +635,8 @@ def _queue_filter(request: Request) -> QueueFilter:
                                brand=(q.get("brand") or None) and q.get("brand")[:200],
                                seller=(q.get("seller") or None) and q.get("seller")[:200],
                                min_risk=_risk(q.get("min_risk"), "min_risk"),
-                               max_risk=_risk(q.get("max_risk"), "max_risk"))
+                               max_risk=_risk(q.get("max_risk"), "max_risk"),
+                               since=_date(q.get("since"), None), until=_date(q.get("until"), None))
 
 
 def _with_params(target: str, **params: str) -> str:

@@ -258,6 +258,12 @@ def test_investigator_rings_and_admin_pages_are_accessible(pages, console):
                  "/console/nope"):
         admin.goto(console.url + path)
         pages.check(admin)
+        if path.startswith("/console/queue"):  # the time filter: nothing scored in 2000, all of it since then
+            assert admin.locator("#queue tbody tr").count() >= 20
+            admin.goto(console.url + path + "&since=2000-01-01&until=2000-12-31")
+            assert admin.locator("#empty").is_visible()
+            admin.goto(console.url + path + "&since=2000-01-01")
+            assert admin.locator("#queue tbody tr").count() >= 20
         if path == "/console/reports":  # the report's charts, drawn by serving.intelligence.reports
             charts = admin.locator("img.chart")
             assert charts.count() == 3
