@@ -1,1 +1,1 @@
-"""The HTTP API's routers, one module per area (mounted by `serving.api.build_app`)."""
+"""The HTTP API's routers, one module per resource; `markguard.serving.api.build_app` mounts each under `/v1`."""
