@@ -116,10 +116,32 @@ def console(chromium, api_home, grocery: Path, tmp_path_factory: pytest.TempPath
             _score(url, keys["platform"], arla, brand="Arla", listing_id=lid, seller_id=seller, title="Arla organic whole milk, fresh from the farm")
         home = Home(root)
         update_rings(home)
+        _add_read_listing(home)
         with home.sessions() as session:
             rows = {lid: rid for rid, lid in session.execute(select(Listing.id, Listing.listing_id))}
         home.close()
         yield Console(url, root, keys, rows, api_home.references, photos, shots)
+
+
+def _add_read_listing(home: Any) -> None:
+    """`o-1`: q-01's photo and stored result, with text and a serial read as OCR would have them (the
+    server above runs without OCR, which costs seconds a photo on two cores), recorded as a pass."""
+    from sqlalchemy import select
+
+    from markguard.serving.listings import stored_result
+    from markguard.serving.state.schema import Listing
+
+    with home.sessions.begin() as session:
+        q = session.scalar(select(Listing).where(Listing.listing_id == "q-01"))
+        result = dict(q.result)
+        result["ocr"] = {"lines": [{"text": "OATLY", "confidence": 0.97, "box": [12, 14, 160, 52]},
+                                   {"text": "SN 7350047180017", "confidence": 0.88, "box": [12, 70, 220, 96]}],
+                         "wordmarks": [],
+                         "serials": [{"text": "7350047180017", "normalized": "7350047180017", "format_ok": True,
+                                      "checksum_ok": False, "registered": False, "seen_in_listings": 2}]}
+        result = stored_result({**result, "decision": "pass"})
+        session.add(Listing(listing_id="o-1", seller_id="shop-ocr", brand_id=q.brand_id, image_sha256=q.image_sha256,
+                            phash=q.phash, risk=q.risk, decision="pass", model_tag=q.model_tag, result=result))
 
 
 @pytest.fixture(scope="module")

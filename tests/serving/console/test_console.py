@@ -132,6 +132,17 @@ def test_listing_view_and_a_review_changes_the_next_score(pages, console):
     pages.assert_local()
 
 
+def test_listing_view_shows_text_and_serial_checks(pages, console):
+    page = pages.signed_in("moderator")
+    page.goto(f"{console.url}/console/listings/{console.rows['o-1']}")
+    assert page.locator("#ocr-lines li").all_inner_texts()[0].startswith("OATLY")
+    cells = page.locator("#serials tbody td").all_inner_texts()
+    assert cells == ["7350047180017", "7350047180017", "True", "False", "False", "2"]
+    assert page.locator("#evidence").evaluate("i => i.complete && i.naturalWidth > 0")
+    assert "q-01" in page.locator("#earlier").inner_text()  # the same photo, scored before
+    pages.check(page)
+
+
 def test_a_listing_one_moderator_opened_is_held_from_another(pages, console):
     row = console.rows["a-1"]
     first = pages.signed_in("moderator")
