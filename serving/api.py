@@ -13,6 +13,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 
 from markguard.serving.budget import RequestBudgets
+from markguard.serving.console import build_console
 from markguard.serving.intelligence.api import router as intelligence_router
 from markguard.serving.metrics import install_metrics
 from markguard.serving.routes import brands, docs, keys, references, reviews, scoring
@@ -53,4 +54,5 @@ def build_app(backend: Backend | None = None) -> FastAPI:
     mount(app, scans_router)
     mount(app, intelligence_router)
     app.include_router(docs.router)  # `/docs.json`, `/docs`, `/`
+    app.mount("/console", build_console(app))  # the web console (markguard.serving.console)
     return app

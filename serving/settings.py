@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     rate: float = Field(50.0, gt=0, description="requests/s per API key, shared by every worker of the home")
     burst: int = Field(100, ge=1, description="requests an API key may send at once")
     max_body: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body, in bytes")
+    console_secure_cookie: bool = Field(True, description="the console's session cookie is Secure (HTTPS only); "
+                                        "0 for a console on plain-HTTP loopback")
+    console_session_minutes: int = Field(480, ge=1, le=7 * 24 * 60, description="console sign-in lifetime, in minutes")
     stop_timeout: float = Field(30.0, gt=0, le=3600, description="seconds `serve` waits after SIGTERM before it "
                                 "kills every process it started")
 

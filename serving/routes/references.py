@@ -24,7 +24,7 @@ from markguard.vision.archive import is_zip
 from markguard.vision.decode import MAX_BYTES, sniff_format
 from markguard.vision.errors import InvalidImage, MarkguardError, NotFound, UnsupportedFormat
 
-__all__ = ["router"]
+__all__ = ["read_uploads", "router"]
 
 router = APIRouter(tags=["references"], form_limits={"max_files": MAX_BATCH_IMAGES, "max_fields": 64})
 
@@ -53,7 +53,7 @@ async def upload_references(
 ) -> Any:
     """All-or-nothing: one unreadable image refuses the upload. `counterfeit` enrolls known fakes."""
     name = brand_of(request, principal, brand)
-    inputs = await _inputs(files)
+    inputs = await read_uploads(files)
     b = backend(request)
     report = await run_in_threadpool(
         enroll, b.home, b.engine.artifact, b.engine.model, brand=name, inputs=inputs, product=product or None,
@@ -95,7 +95,7 @@ async def import_brand_serials(
     return dataclasses.asdict(report)
 
 
-async def _inputs(files: list[UploadFile]) -> list[InputImage]:
+async def read_uploads(files: list[UploadFile]) -> list[InputImage]:
     """Uploaded images and zip archives → image bytes (archives expanded by the safe zip reader)."""
     out: list[InputImage] = []
     budget = upload_budget()  # pixels and inflated bytes, charged from headers before anything is decoded

@@ -1,0 +1,88 @@
+"""Console sign-in: an API key exchanged for a signed, expiring session token, and CSRF tokens.
+
+The cookie never holds the key. It holds `v1.<key id>.<expiry>.<nonce>.<signature>`, signed with a key
+derived from the home's secret (`Home.secret`), so every worker and a restarted server accept it. Each
+request checks the signature and the expiry, then the API key row again: a revoked key ends its
+sessions at once. The CSRF token of a session is a keyed hash of its nonce; before sign-in, the sign-in
+form's token is bound to a random cookie of its own (double submit).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+
+from sqlalchemy import select
+
+from markguard.serving.keys import Principal, Role
+from markguard.serving.state.home import Home
+from markguard.serving.state.schema import ApiKey, Brand
+
+__all__ = ["Session", "issue", "verify", "csrf_for", "login_csrf", "principal_of", "COOKIE", "PRE_COOKIE"]
+
+COOKIE = "mg_console"
+PRE_COOKIE = "mg_console_pre"  # the sign-in form's double-submit value
+_VERSION = "v1"
+
+
+def _signing_key(home: Home) -> bytes:
+    return hmac.new(home.secret(), b"markguard console session v1", hashlib.sha256).digest()
+
+
+def _mac(home: Home, text: str) -> str:
+    digest = hmac.new(_signing_key(home), text.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+class Session:
+    """A verified session: whose key, until when, and its CSRF token."""
+
+    def __init__(self, key_id: str, expires: int, nonce: str, csrf: str) -> None:
+        self.key_id, self.expires, self.nonce, self.csrf = key_id, expires, nonce, csrf
+
+
+def issue(home: Home, key_id: str, *, minutes: int) -> str:
+    """A new session token for `key_id`, valid `minutes` from now."""
+    body = f"{_VERSION}.{key_id}.{int(time.time()) + minutes * 60}.{secrets.token_urlsafe(16)}"
+    return f"{body}.{_mac(home, body)}"
+
+
+def verify(home: Home, token: str | None) -> Session | None:
+    """The session of a cookie value, or None when it is malformed, forged or expired."""
+    if not token or len(token) > 300:
+        return None
+    parts = token.split(".")
+    if len(parts) != 5 or parts[0] != _VERSION or not parts[2].isdigit():
+        return None
+    body, signature = ".".join(parts[:4]), parts[4]
+    if not hmac.compare_digest(_mac(home, body), signature):
+        return None
+    expires = int(parts[2])
+    if expires < time.time():
+        return None
+    return Session(parts[1], expires, parts[3], csrf_for(home, parts[3]))
+
+
+def csrf_for(home: Home, nonce: str) -> str:
+    return _mac(home, f"csrf.{nonce}")
+
+
+def login_csrf(home: Home, pre: str) -> str:
+    return _mac(home, f"login.{pre}")
+
+
+def same(a: str | None, b: str | None) -> bool:
+    return bool(a) and bool(b) and hmac.compare_digest(str(a), str(b))
+
+
+def principal_of(home: Home, key_id: str) -> Principal | None:
+    """The key's principal, or None when the key is unknown or revoked."""
+    with home.sessions() as session:
+        row = session.scalar(select(ApiKey).where(ApiKey.key_id == key_id))
+        if row is None or row.revoked_at is not None:
+            return None
+        brand_name = session.get(Brand, row.brand_id).name if row.brand_id is not None else None
+        return Principal(row.key_id, Role(row.role), row.brand_id, brand_name)
