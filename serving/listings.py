@@ -290,8 +290,11 @@ def listing_detail(home: Home, row_id: int, *, visible_to: int | None = None,
                 select(ListingSerial.listing_row_id).where(ListingSerial.serial_hmac.in_(hmacs))))
             .order_by(Listing.id.desc()).limit(MAX_RELATED)))
         earlier = {"same_photo": _summaries(session, photo, now=now), "same_serial": _summaries(session, serial, now=now)}
-    return {**summary, "image_sha256": row.image_sha256, "result": row.result or {}, "reviews": reviews,
-            "earlier": earlier}
+    result = dict(row.result or {})
+    if visible_to is not None:  # the stored result may name other brands' references and listings: not theirs
+        result["matches"] = [m for m in result.get("matches") or [] if m.get("brand") == brand]
+        result.pop("duplicates", None)
+    return {**summary, "image_sha256": row.image_sha256, "result": result, "reviews": reviews, "earlier": earlier}
 
 
 def _media(data: bytes) -> str:

@@ -270,11 +270,6 @@ def build_console(parent: FastAPI) -> FastAPI:
 
         def work() -> tuple[dict[str, Any], str | None]:
             detail = listing_detail(home(), _id(row_id), visible_to=w.scope)
-            if w.scope is not None:  # the stored matches may name other brands' references: not theirs to see
-                result = dict(detail["result"])
-                result["matches"] = [m for m in result.get("matches") or [] if m.get("brand") == w.principal.brand_name]
-                result.pop("duplicates", None)
-                detail = {**detail, "result": result}
             held_by_other = None
             if w.can(Role.MODERATOR):  # opening a listing claims it, so two moderators do not review it
                 try:

@@ -251,6 +251,11 @@ def test_brand_keys_see_only_their_brand(client, lhome, scored, api_home):
     assert oatly_ids <= seen and arla_row not in seen
     assert all(x["brand"] == "Oatly" for x in call(client, "GET", "/v1/listings", keys["oatly"]).json()["listings"])
     assert call(client, "GET", "/v1/listings", keys["oatly"], params={"brand": "Arla"}).status_code == 404
+    # the stored result may name other brands' references (matches) and listings (duplicates): a brand's view drops them
+    full = call(client, "GET", f"/v1/listings/{oatly_row}", keys["moderator"]).json()["result"]
+    mine = call(client, "GET", f"/v1/listings/{oatly_row}", keys["oatly"]).json()["result"]
+    assert {m["brand"] for m in mine["matches"]} <= {"Oatly"} and "duplicates" not in mine
+    assert [m for m in full["matches"] if m["brand"] == "Oatly"] == mine["matches"]
     # everyone else who may read: all brands; the platform key may not browse; brands may not claim
     for role in ("moderator", "investigator", "admin"):
         assert arla_row in pages(client, keys[role])[0] and oatly_row in pages(client, keys[role])[0]
