@@ -59,9 +59,22 @@ def openapi_of(app: FastAPI) -> dict[str, Any]:
                 ref = (operation.get("requestBody", {}).get("content", {}).get("multipart/form-data", {})
                        .get("schema", {}).get("$ref", ""))
                 if ref:
-                    schemas[ref.rsplit("/", 1)[-1]]["additionalProperties"] = False
+                    body = schemas[ref.rsplit("/", 1)[-1]]
+                    body["additionalProperties"] = False
+                    _one_or_many(body)
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+def _one_or_many(body: dict[str, Any]) -> None:
+    """A multipart text field that may repeat (`brand` of a batch) sent once is one string on the wire,
+    not distinguishable from a one-item array: say that it may be either."""
+    for prop in body.get("properties", {}).values():
+        for i, option in enumerate(prop.get("anyOf", [])):
+            items = option.get("items", {}) if option.get("type") == "array" else {}
+            if items.get("type") == "string" and items.get("format") != "binary":
+                prop["anyOf"].insert(i, dict(items))
+                break
 
 
 def _mark_binary(node: Any) -> None:

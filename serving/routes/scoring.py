@@ -183,6 +183,11 @@ async def score_batch(
     with its `listing_id`. A problem of the whole request (auth, body cap, overload) answers as usual."""
     if len(images) > MAX_BATCH_IMAGES:
         raise ApiError(413, f"at most {MAX_BATCH_IMAGES} images per batch")
+    for name, values in (("brand", brand), ("product", product), ("listing_id", listing_id),
+                         ("seller_id", seller_id), ("title", title)):
+        if values and len(values) not in (1, len(images)):  # which photo would a third of five values claim?
+            raise ApiError(422, f"{name}: give it once (for every photo) or once per photo ({len(images)}), "
+                                f"not {len(values)} times")
     b = backend(request)
     requests: list[ScoreRequest | MarkguardError] = []
     for i, upload in enumerate(images):
