@@ -90,18 +90,20 @@ class OcrGate:
     The gated path plans a photo without OCR (regions from the mark detector and saliency), embeds and
     judges it, and reads its text only when (1) the judged brand has serial rules (a serial pattern or
     check digit: serial evidence needs the photo's text wherever it is), or (2) no brand is judged, or
-    (3) the risk without OCR lies in `band`, where a wordmark reading can move the decision. Outside
-    the band the embedding and geometry evidence is decisive and OCR is skipped. The read, where it
-    runs, is today's (the whole photo, the same policy and budget), so its evidence is unchanged;
-    what differs is that its text boxes no longer add embedding regions (measured in `bench scan`).
+    (3) the risk without OCR lies in the contested band, from `below` under the brand's review threshold
+    to `above` over its takedown threshold, where a wordmark reading can move the decision. Outside the
+    band the embedding and geometry evidence is decisive and OCR is skipped. The read, where it runs,
+    is today's (the whole photo, the same policy and budget), so its evidence is unchanged; what
+    differs is that its text boxes no longer add embedding regions (measured in `bench scan`).
     """
 
-    band: tuple[float, float] = (0.70, 0.90)
+    below: float = 0.10
+    above: float = 0.02
 
-    def needs_ocr(self, brand: BrandProfile | None, risk_without: float) -> bool:
+    def needs_ocr(self, brand: BrandProfile | None, risk_without: float, policy: Policy) -> bool:
         if brand is None or brand.serial_pattern or (brand.serial_checksum not in (None, "none")):
             return True
-        return self.band[0] <= risk_without <= self.band[1]
+        return policy.review_at - self.below <= risk_without <= policy.takedown_at + self.above
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,7 +304,7 @@ class Scorer:
         if plan.ocr_deferred and self.ocr is not None and self.ocr_gate is not None:
             with _Stage(cpu, "fusion", self.stage_cpu):
                 risk_without, _ = self.fusion.risk(compute_signals(evidence))
-            if self.ocr_gate.needs_ocr(brand, risk_without):
+            if self.ocr_gate.needs_ocr(brand, risk_without, self._policy(brand)):
                 with _Stage(cpu, "ocr", self.stage_cpu):
                     plan.ocr_lines, plan.ocr_seconds = self._read_text(request, plan.image)
         if plan.ocr_lines is not None:

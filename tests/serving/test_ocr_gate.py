@@ -16,6 +16,7 @@ from markguard.serving.enroll import collect_inputs, enroll
 from markguard.serving.registry import ensure_default_model
 from markguard.serving.state.home import Home
 from markguard.vision.pipeline import BrandProfile, OcrGate
+from markguard.vision.scoring import Policy
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +25,7 @@ def home(tmp_path_factory: pytest.TempPathFactory, grocery: Path) -> tuple[Home,
     with home.sessions.begin() as session:
         valio = add_brand(session, "Valio", wordmarks=["VALIO"])
         valio.serial_pattern, valio.serial_checksum = r"VL\d{8}", "luhn"
+        valio.review_at, valio.takedown_at = 0.2, 0.9  # a strict brand: what OCR adds turns pass into review
         add_brand(session, "Arla")
     artifact = ensure_default_model(home)
     model = artifact.load_embedder()
@@ -47,13 +49,14 @@ def _label(photo: Path, text: str, serial: str) -> bytes:
 
 
 def test_the_gate_reads_serial_brands_and_the_contested_band_only() -> None:
-    gate = OcrGate(band=(0.7, 0.9))
+    gate, policy = OcrGate(below=0.1, above=0.02), Policy(review_at=0.8, takedown_at=0.88)
     plain = BrandProfile(id=1, name="Arla")
-    assert gate.needs_ocr(BrandProfile(id=2, name="Valio", serial_pattern=r"VL\d{8}"), 0.01)
-    assert gate.needs_ocr(BrandProfile(id=2, name="Valio", serial_checksum="luhn"), 0.99)
-    assert gate.needs_ocr(None, 0.01)  # an unclaimed photo: its text may name the brand
-    assert gate.needs_ocr(plain, 0.8)
-    assert not gate.needs_ocr(plain, 0.2) and not gate.needs_ocr(plain, 0.95)
+    assert gate.needs_ocr(BrandProfile(id=2, name="Valio", serial_pattern=r"VL\d{8}"), 0.01, policy)
+    assert gate.needs_ocr(BrandProfile(id=2, name="Valio", serial_checksum="luhn"), 0.99, policy)
+    assert gate.needs_ocr(None, 0.01, policy)  # an unclaimed photo: its text may name the brand
+    assert gate.needs_ocr(plain, 0.7, policy) and gate.needs_ocr(plain, 0.9, policy)
+    assert not gate.needs_ocr(plain, 0.69, policy) and not gate.needs_ocr(plain, 0.91, policy)
+    assert gate.needs_ocr(plain, 0.3, Policy(review_at=0.35, takedown_at=0.6))  # the brand's own thresholds
 
 
 def test_ocr_is_skipped_where_the_embedding_is_decisive(home) -> None:
