@@ -16,13 +16,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from sqlalchemy import select
 
 from markguard.serving.brands import get_brand, get_product
 from markguard.serving.indexing import reconcile
-from markguard.serving.listings import stored_result
+from markguard.serving.listings import record_listing
 from markguard.serving.registry import ensure_default_model
-from markguard.serving.serials import record_serials, serial_records, serials_to_record
+from markguard.serving.serials import serial_records
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Brand, Listing, Product, Reference
 from markguard.vision.decode import decode_image
@@ -33,7 +34,8 @@ from markguard.vision.geometry import LocalFeatures, extract_features
 from markguard.vision.index import ReferenceIndex
 from markguard.vision.ocr import OcrEngine, shared_ocr_engine
 from markguard.vision.phash import hamming_many, phash
-from markguard.vision.pipeline import BrandProfile, ListingClaim, ScorePlan, Scorer, ScoreRequest
+from markguard.vision.pipeline import BrandProfile, ListingClaim, OcrGate, ScorePlan, Scorer, ScoreRequest
+from markguard.vision.runtime import RUNTIMES, onnx_forward
 from markguard.vision.scoring import Fusion, ScoreResult
 
 __all__ = ["ScoringEngine", "ScoreRequest", "ScorePlan", "ListingClaim", "CatalogEvidence"]
@@ -174,21 +176,35 @@ class CatalogEvidence:
 
 
 class ScoringEngine:
-    """`ocr=False` skips reading text (faster; the `ocr` part of results stays empty).
+    """`ocr=False` skips reading text (faster; the `ocr` part of results stays empty); `ocr_gate` reads
+    it only where it can matter (`vision.pipeline.OcrGate`), else every photo is read.
 
+    `runtime="onnx"` runs the embedder and the mark detector on ONNX Runtime where it is installed and
+    equal to eager PyTorch within 1e-3 (`vision.runtime`), else on PyTorch; `self.runtime` says which.
     `on_ocr_seconds`, when given, is called with the seconds of every OCR read (not of cached photos).
     """
 
     def __init__(self, home: Home, *, device: str = "cpu", ocr: bool = True, ocr_budget_ms: float = 3000.0,
-                 on_ocr_seconds: Callable[[float], None] | None = None) -> None:
+                 on_ocr_seconds: Callable[[float], None] | None = None, ocr_gate: OcrGate | None = None,
+                 runtime: str = "torch") -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
         self.home = home
         self.artifact = ensure_default_model(home)
         self.model = self.artifact.load_embedder(device=device, fuse=True)
+        self._forward = None
+        if runtime == "onnx" and device == "cpu":
+            size = self.model.config.input_size
+            self._forward = onnx_forward(self.model, torch.rand(2, 3, size, size) * 2 - 1, outputs=("vectors",))
+        detector = self.artifact.load_detector(device=device)
+        if detector is not None and device == "cpu":
+            detector.use_runtime(runtime)
+        self.runtime = "onnx" if self._forward is not None else "torch"
         self.source = CatalogEvidence(home)
         self.scorer = Scorer(self.artifact, index=reconcile(home, self.artifact, self.model), source=self.source,
-                             embed=self.embed, detector=self.artifact.load_detector(device=device),
+                             embed=self.embed, detector=detector,
                              ocr=shared_ocr_engine() if ocr else None, ocr_budget_ms=ocr_budget_ms,
-                             on_ocr_seconds=on_ocr_seconds)
+                             on_ocr_seconds=on_ocr_seconds, ocr_gate=ocr_gate if ocr else None)
         self._write = threading.Lock()
 
     @property
@@ -227,7 +243,7 @@ class ScoringEngine:
         return self.scorer.plan(request)
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        return embed_images(self.model, crops)
+        return embed_images(self.model, crops, forward=self._forward)
 
     def finish(self, plan: ScorePlan, vectors: np.ndarray, *, record: bool = True) -> ScoreResult:
         """Judge a planned photo, then (unless `record=False`) record the listing and keep its photo."""
@@ -249,21 +265,12 @@ class ScoringEngine:
     # -- recording ---------------------------------------------------------------------------------
     def record(self, plan: ScorePlan, result: ScoreResult) -> Listing:
         """The listing row, its serials and its photo: a review can make it a reference later."""
-        request, photo_hash = plan.request, plan.photo_hash
+        request = plan.request
         self.home.put_blob(request.data)  # content-addressed: idempotent, written before the row names it
-        summary = stored_result(result.to_dict())  # the full result, with serial boxes (serving.listings)
         with self._write, self.home.sessions() as session:
-            brand_id = session.scalar(select(Brand.id).where(Brand.name == result.brand.name)) \
-                if result.brand.name is not None else None
-            row = Listing(listing_id=request.listing, seller_id=request.seller, brand_id=brand_id,
-                          image_sha256=request.sha256, phash=photo_hash, risk=result.risk,
-                          decision=result.decision.value, model_tag=result.model, result=summary)
-            session.add(row)
-            session.flush()
-            serials = serials_to_record(result.ocr)
-            if serials:
-                record_serials(session, self.home, listing_row_id=row.id, brand_id=brand_id,
-                               normalized_serials=serials)
+            row = record_listing(session, self.home, result.to_dict(), listing_id=request.listing,
+                                 seller_id=request.seller, sha256=request.sha256, photo_hash=plan.photo_hash,
+                                 brand_id=result.brand_id)
             session.commit()
             session.refresh(row)
             session.expunge(row)

@@ -25,7 +25,7 @@ import datetime as dt
 import difflib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -36,6 +36,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from markguard.serving.brands import get_brand
 from markguard.serving.reviews import Review
+from markguard.serving.serials import record_serials
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Base, BigId, Brand, Listing, ListingSerial, Reference, UtcDateTime
 from markguard.vision.decode import decode_image, sniff_format
@@ -45,7 +46,7 @@ from markguard.vision.text import serial_key
 __all__ = [
     "ReviewClaim", "ListingFilters", "ListingPage", "Order", "CLAIM_TTL", "MAX_PAGE", "MAX_ID",
     "list_listings", "listing_detail", "listing_photo", "reference_photo", "evidence_png",
-    "claim_listing", "release_claim", "stored_result",
+    "claim_listing", "release_claim", "stored_result", "record_listing", "serials_of",
 ]
 
 MAX_PAGE = 200  # listings per page
@@ -94,6 +95,29 @@ def stored_result(score: dict[str, Any]) -> dict[str, Any]:
             serials.append({**serial, "line": line, "box": lines[line]["box"] if line is not None else None})
         out["ocr"] = {**ocr, "serials": serials}
     return out
+
+
+def serials_of(score: Mapping[str, Any]) -> list[str]:
+    """The serials of a score JSON worth remembering: those the brand's pattern does not reject (as
+    `serving.serials.serials_to_record` on the evidence)."""
+    return [s["normalized"] for s in (score.get("ocr") or {}).get("serials", []) if s["format_ok"] is not False]
+
+
+def record_listing(session: Session, home: Home, score: dict[str, Any], *, listing_id: str | None,
+                   seller_id: str | None, sha256: str, photo_hash: int | None, brand_id: int | None) -> Listing:
+    """The one writer of `Listing` rows, for `/score` and the CLI (`ScoringEngine.record`) and for scans
+    (`serving.scan.record`): adds (and flushes) the listing row of one score JSON (`ScoreResult.to_dict()`)
+    with its `stored_result`, and its serials, in the caller's transaction. `brand_id` is the judged
+    brand's (the claimed one, or the best-matching one of an unclaimed photo), as the judge knew it."""
+    row = Listing(listing_id=listing_id, seller_id=seller_id, brand_id=brand_id, image_sha256=sha256,
+                  phash=photo_hash, risk=score["risk"], decision=score["decision"], model_tag=score["model"],
+                  result=stored_result(score))
+    session.add(row)
+    session.flush()
+    serials = serials_of(score)
+    if serials:
+        record_serials(session, home, listing_row_id=row.id, brand_id=brand_id, normalized_serials=serials)
+    return row
 
 
 def _serial_line(serial: dict[str, Any], lines: Sequence[dict[str, Any]]) -> int | None:

@@ -64,6 +64,7 @@ class MarkDetector(nn.Module):
     def __init__(self, config: DetectorConfig) -> None:
         super().__init__()
         self.config = config
+        self.runtime_forward = None  # `vision.runtime.onnx_forward` of this detector, set by `use_runtime`
         self.trunk = create_backbone(config.architecture).truncate(config.trunk_blocks)
         self.register_load_state_dict_pre_hook(_rename_legacy_trunk_keys)
         with torch.no_grad():
@@ -106,6 +107,17 @@ class MarkDetector(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(self.features(x))
 
+    def use_runtime(self, runtime: str, *, threads: int | None = None) -> str:
+        """Run `detect` on `runtime` ("onnx" or "torch"); returns the runtime in force (ONNX Runtime
+        only where installed and equal to eager PyTorch within `vision.runtime.TOLERANCE`)."""
+        from markguard.vision.runtime import onnx_forward
+
+        self.runtime_forward = None
+        if runtime == "onnx":
+            probe = torch.rand(2, 3, self.config.input_size, self.config.input_size) * 2 - 1
+            self.runtime_forward = onnx_forward(self, probe, outputs=("logits", "log_distances"), threads=threads)
+        return "onnx" if self.runtime_forward is not None else "torch"
+
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         return preprocess(images, self.config)
 
@@ -117,7 +129,8 @@ class MarkDetector(nn.Module):
         found: list[list[Detection]] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            logits, distances = self(self.preprocess(chunk).to(device))
+            batch = self.preprocess(chunk).to(device)
+            logits, distances = self(batch) if self.runtime_forward is None else self.runtime_forward(batch)
             found += self.decode(logits, distances, [image.shape[:2] for image in chunk])
         return found
 

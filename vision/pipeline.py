@@ -52,8 +52,8 @@ from markguard.vision.scoring import (
 from markguard.vision.signals import compute_signals
 from markguard.vision.text import SerialCandidate, match_wordmarks
 
-__all__ = ["Scorer", "ScoreRequest", "ScorePlan", "ListingClaim", "BrandProfile", "EvidenceSource",
-           "read_ocr_evidence", "judge_text", "TOP_MATCHES"]
+__all__ = ["Scorer", "ScoreRequest", "ScorePlan", "ListingClaim", "BrandProfile", "EvidenceSource", "OcrGate",
+           "read_ocr_evidence", "judge_text", "TOP_MATCHES", "STAGES"]
 
 TOP_MATCHES = 5
 _SEARCH_K = 20  # neighbours per region before merging
@@ -61,6 +61,49 @@ _RERANK = 5  # an unclaimed photo's nearest genuine references re-ranked by geom
 _OCR_CACHE = 256  # photos whose OCR lines are kept (keyed by content hash)
 
 Embed = Callable[[Sequence[np.ndarray]], np.ndarray]
+
+# Where a photo's CPU time goes (process CPU seconds, `Scorer.stage_cpu`); the scan's writer adds "record".
+STAGES = ("decode", "detect", "regions", "embed", "search", "geometry", "ocr", "fusion")
+
+
+class _Stage:
+    """Adds the process CPU seconds of a `with` block to `into[name]` (and to the scorer's totals)."""
+
+    __slots__ = ("into", "name", "total", "started")
+
+    def __init__(self, into: dict[str, float], name: str, total: dict[str, float]) -> None:
+        self.into, self.name, self.total = into, name, total
+
+    def __enter__(self) -> None:
+        self.started = time.process_time()
+
+    def __exit__(self, *exc: object) -> None:
+        spent = time.process_time() - self.started
+        self.into[self.name] = self.into.get(self.name, 0.0) + spent
+        self.total[self.name] = self.total.get(self.name, 0.0) + spent
+
+
+@dataclasses.dataclass(frozen=True)
+class OcrGate:
+    """When the gated path reads a photo's text: only where it can matter.
+
+    The gated path plans a photo without OCR (regions from the mark detector and saliency), embeds and
+    judges it, and reads its text only when (1) the judged brand has serial rules (a serial pattern or
+    check digit: serial evidence needs the photo's text wherever it is), or (2) no brand is judged, or
+    (3) the risk without OCR lies in the contested band, from `below` under the brand's review threshold
+    to `above` over its takedown threshold, where a wordmark reading can move the decision. Outside the
+    band the embedding and geometry evidence is decisive and OCR is skipped. The read, where it runs,
+    is today's (the whole photo, the same policy and budget), so its evidence is unchanged; what
+    differs is that its text boxes no longer add embedding regions (measured in `bench scan`).
+    """
+
+    below: float = 0.10
+    above: float = 0.02
+
+    def needs_ocr(self, brand: BrandProfile | None, risk_without: float, policy: Policy) -> bool:
+        if brand is None or brand.serial_pattern or (brand.serial_checksum not in (None, "none")):
+            return True
+        return policy.review_at - self.below <= risk_without <= policy.takedown_at + self.above
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,9 +190,11 @@ class ScorePlan:
     crops: list[np.ndarray]
     started: float
     photo_hash: int
-    ocr_lines: list[OcrLine] | None = None  # None: OCR is off
+    ocr_lines: list[OcrLine] | None = None  # None: OCR is off (or deferred to `judge` by the gate)
     ocr_seconds: float = 0.0  # time spent reading this photo's text (0 when OCR is off or cached)
     features: LocalFeatures | None = None  # the photo's local features, extracted when first needed
+    ocr_deferred: bool = False  # the gate decides in `judge` whether this photo's text is read
+    cpu: dict[str, float] = dataclasses.field(default_factory=dict)  # process CPU seconds by stage (STAGES)
 
     def query_features(self) -> LocalFeatures:
         if self.features is None:
@@ -181,11 +226,13 @@ class Scorer:
     """Scores photos against one model artifact, one reference index and one evidence source.
 
     `index` may be swapped between calls (a newer version saved by another process); `ocr=None`
-    skips reading text. `on_ocr_seconds` is called with the seconds of every fresh OCR read."""
+    skips reading text; with `ocr_gate`, text is read only where the gate says it can matter (see
+    `OcrGate`), else on every photo. `on_ocr_seconds` is called with the seconds of every fresh OCR
+    read. `stage_cpu` sums the process CPU seconds of every photo scored, by stage."""
 
     def __init__(self, artifact: ModelArtifact, *, index: ReferenceIndex, source: EvidenceSource, embed: Embed,
                  detector: MarkDetector | None = None, ocr: OcrEngine | None = None, ocr_budget_ms: float = 3000.0,
-                 on_ocr_seconds: Callable[[float], None] | None = None) -> None:
+                 on_ocr_seconds: Callable[[float], None] | None = None, ocr_gate: OcrGate | None = None) -> None:
         self.artifact = artifact
         self.index = index
         self.source = source
@@ -195,6 +242,9 @@ class Scorer:
         self.ocr = ocr
         self.ocr_budget_ms = ocr_budget_ms
         self.on_ocr_seconds = on_ocr_seconds
+        self.ocr_gate = ocr_gate
+        self.stage_cpu: dict[str, float] = {}
+        self.ocr_runs = [0, 0]  # photos whose text was read, photos scored (the gate's share)
         self.max_regions = artifact.max_regions
         self._ocr_cache: OrderedDict[str, list[OcrLine]] = OrderedDict()
         self._lock = threading.Lock()
@@ -207,21 +257,31 @@ class Scorer:
     def plan(self, request: ScoreRequest) -> ScorePlan:
         """Resolve the claim (unknown brand or product: NotFound), decode, read, propose regions, crop."""
         started = time.perf_counter()
-        brand, product_id = self.source.resolve(request.brand, request.product)
-        image = decode_image(request.data)
-        lines, ocr_seconds = self._read_text(request, image) if self.ocr is not None else (None, 0.0)
+        cpu: dict[str, float] = {}
+        with _Stage(cpu, "decode", self.stage_cpu):
+            brand, product_id = self.source.resolve(request.brand, request.product)
+            image = decode_image(request.data)
+        deferred = self.ocr is not None and self.ocr_gate is not None
+        with _Stage(cpu, "ocr", self.stage_cpu):
+            lines, ocr_seconds = self._read_text(request, image) if self.ocr is not None and not deferred \
+                else (None, 0.0)
         text_boxes = [line.box for line in lines or []]
-        mark_boxes = [d.box for d in self.detector.detect([image])[0]] if self.detector is not None else []
-        regions, crops = region_crops(image, max_regions=self.max_regions, mark_boxes=mark_boxes, text_boxes=text_boxes)
-        return ScorePlan(request, brand, product_id, image, regions, crops, started, phash(image).int64,
-                         ocr_lines=lines, ocr_seconds=ocr_seconds)
+        with _Stage(cpu, "detect", self.stage_cpu):
+            mark_boxes = [d.box for d in self.detector.detect([image])[0]] if self.detector is not None else []
+        with _Stage(cpu, "regions", self.stage_cpu):
+            regions, crops = region_crops(image, max_regions=self.max_regions, mark_boxes=mark_boxes,
+                                          text_boxes=text_boxes)
+            photo_hash = phash(image).int64
+        return ScorePlan(request, brand, product_id, image, regions, crops, started, photo_hash,
+                         ocr_lines=lines, ocr_seconds=ocr_seconds, ocr_deferred=deferred, cpu=cpu)
 
     def judge(self, plan: ScorePlan, vectors: np.ndarray) -> ScoreResult:
         """The result for a planned photo from its regions' vectors (one row per crop)."""
-        request, index = plan.request, self.index
+        request, index, cpu = plan.request, self.index, plan.cpu
         brand, product_id = plan.brand, plan.product_id
         if brand is None:  # no claim: judge the photo against the best-matching genuine reference
-            best = self._verified_best(plan, vectors)
+            with _Stage(cpu, "geometry", self.stage_cpu):
+                best = self._verified_best(plan, vectors)
             if best is not None:
                 brand_id, product_id, _ = index.metadata(best)
                 brand, product_id = self.source.brand(brand_id), (product_id if product_id >= 0 else None)
@@ -230,16 +290,38 @@ class Scorer:
         by_reference: dict[int, Any] = {}
         brand_best = None
         if brand is not None:
-            evidence.embedding = region_evidence(index, vectors, brand_id=brand.id, product_id=product_id)
+            with _Stage(cpu, "search", self.stage_cpu):
+                evidence.embedding = region_evidence(index, vectors, brand_id=brand.id, product_id=product_id)
             region = evidence.embedding.region
-            evidence.geometry, by_reference = claim_geometry(
-                index, vectors[region : region + 1], plan.query_features, self.source.reference_features,
-                brand_id=brand.id, product_id=product_id)
-            evidence.known_fake = self._known_fake(plan, vectors, brand=brand, product_id=product_id, shared=shared)
-            brand_best = self._nearest(vectors, brand_id=brand.id, kind="genuine")
+            with _Stage(cpu, "geometry", self.stage_cpu):
+                evidence.geometry, by_reference = claim_geometry(
+                    index, vectors[region : region + 1], plan.query_features, self.source.reference_features,
+                    brand_id=brand.id, product_id=product_id)
+            with _Stage(cpu, "search", self.stage_cpu):
+                evidence.known_fake = self._known_fake(plan, vectors, brand=brand, product_id=product_id,
+                                                       shared=shared)
+                brand_best = self._nearest(vectors, brand_id=brand.id, kind="genuine")
+        if plan.ocr_deferred and self.ocr is not None and self.ocr_gate is not None:
+            with _Stage(cpu, "fusion", self.stage_cpu):
+                risk_without, _ = self.fusion.risk(compute_signals(evidence))
+            if self.ocr_gate.needs_ocr(brand, risk_without, self._policy(brand)):
+                with _Stage(cpu, "ocr", self.stage_cpu):
+                    plan.ocr_lines, plan.ocr_seconds = self._read_text(request, plan.image)
         if plan.ocr_lines is not None:
-            evidence.ocr = read_ocr_evidence(self.ocr, plan.image, plan.ocr_lines, brand=brand, source=self.source,
-                                             seller=request.seller, listing=request.listing)
+            with _Stage(cpu, "ocr", self.stage_cpu):
+                evidence.ocr = read_ocr_evidence(self.ocr, plan.image, plan.ocr_lines, brand=brand,
+                                                 source=self.source, seller=request.seller, listing=request.listing)
+        with self._lock:
+            self.ocr_runs[0] += plan.ocr_lines is not None
+            self.ocr_runs[1] += 1
+        with _Stage(cpu, "fusion", self.stage_cpu):
+            return self._result(plan, vectors, evidence, brand=brand, product_id=product_id, brand_best=brand_best,
+                                shared=shared, by_reference=by_reference)
+
+    def _result(self, plan: ScorePlan, vectors: np.ndarray, evidence: ClaimEvidence, *, brand: BrandProfile | None,
+                product_id: int | None, brand_best: tuple[float, int] | None, shared: Sequence[int],
+                by_reference: dict[int, Any]) -> ScoreResult:
+        request, index = plan.request, self.index
         product_score = evidence.embedding.genuine_similarity if evidence.embedding and product_id is not None else None
         if brand is not None and product_id is None and brand_best is not None:  # name the brand's best product
             best_product = index.metadata(brand_best[1])[1]
@@ -261,12 +343,19 @@ class Scorer:
             duplicates=self.source.duplicates(plan.photo_hash, listing=request.listing),
             ocr=evidence.ocr or OcrEvidence(),
             image=request.label,
+            brand_id=brand.id if brand else None,
             elapsed_ms=round((time.perf_counter() - plan.started) * 1000, 2),
         )
 
     def embed_plans(self, plans: Sequence[ScorePlan]) -> list[np.ndarray]:
-        """Every region of every plan in one forward pass; one (regions, d) block per plan."""
+        """Every region of every plan in one forward pass; one (regions, d) block per plan (its CPU time
+        shared out by crops)."""
+        started = time.process_time()
         vectors = self.embed([c for p in plans for c in p.crops])
+        spent, crops = time.process_time() - started, sum(len(p.crops) for p in plans)
+        for p in plans:
+            p.cpu["embed"] = p.cpu.get("embed", 0.0) + spent * len(p.crops) / max(1, crops)
+        self.stage_cpu["embed"] = self.stage_cpu.get("embed", 0.0) + spent
         return np.split(vectors, np.cumsum([len(p.crops) for p in plans])[:-1]) if plans else []
 
     def score_many(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:

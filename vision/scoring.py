@@ -287,10 +287,12 @@ class ScoreResult:
     ocr: OcrEvidence = dataclasses.field(default_factory=OcrEvidence)
     duplicates: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     image: str | None = None
+    brand_id: int | None = dataclasses.field(default=None, compare=False)  # the judged brand's catalog id (not in the JSON)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"image": self.image} if self.image is not None else {}
         out.update(dataclasses.asdict(self))
+        del out["brand_id"]
         out["ocr"] = self.ocr.to_dict()
         out["decision"] = self.decision.value
         if self.image is None:

@@ -1,5 +1,11 @@
 """`markguard bench scan`: one feed of real grocery photos with true and false claims, scanned by each
-scan path in this process: photos/s, decision agreement with the first path and claim AUC.
+scan path in this process: photos/s, process CPU seconds by stage, decision agreement with the first
+path and claim AUC.
+
+The paths: `today` is the full path as it was (OCR on every photo, eager PyTorch, local engine); `local`
+is the cheaper full path (OCR where it can matter, `vision.pipeline.OcrGate`; ONNX Runtime,
+`vision.runtime`) on the local engine; `ray` is the same on the Ray engine. The last line:
+`speedup` (local over today, photos/s), `ray_vs_local`, and `auc_delta` (local's claim AUC − today's).
 
 The catalog: the grocery brands with each product's iconic image enrolled. The feed: val photos, then
 train photos (none of them enrolled), alternately claiming their own product (a genuine claim) and
@@ -28,11 +34,12 @@ __all__ = ["get_args_parser", "main", "PATHS", "build_feed"]
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="markguard bench scan", description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=Path(os.environ.get("MARKGUARD_SHARED_DATA", "../shared/data")))
-    p.add_argument("--photos", type=int, default=300, help="feed rows, one distinct photo each (default 300)")
+    p.add_argument("--photos", "--limit", type=int, default=300,
+                   help="feed rows, one distinct photo each (default 300; fewer for a quick run)")
     p.add_argument("--workers", type=int, default=0, help="scorers per engine (default: one per core)")
     p.add_argument("--chunk", type=int, default=16)
     p.add_argument("--no-ocr", action="store_true", help="skip reading text on every path")
-    p.add_argument("--paths", default="local,ray", help="which paths to run, first is the reference")
+    p.add_argument("--paths", default="today,local,ray", help="which paths to run, first is the reference")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/bench-scan.json"))
     return p
@@ -70,12 +77,12 @@ def build_feed(data: Path, feed: Path, *, photos: int, seed: int) -> tuple[list[
     return products, labels
 
 
-def _scan_path(engine: str) -> Callable[..., dict[str, Any]]:
+def _scan_path(engine: str, *, gated: bool = True, runtime: str = "onnx") -> Callable[..., dict[str, Any]]:
     def run(home: Path, feed: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
         from markguard.serving.scan import ScanSettings, run_scan
 
         settings = ScanSettings(home=str(home), feed=feed, ocr=not args.no_ocr, chunk=args.chunk,
-                                workers=args.workers)
+                                workers=args.workers, ocr_gate=gated, runtime=runtime)
         started = time.perf_counter()
         summary = run_scan(settings, out, engine=engine, progress=True)
         seconds = time.perf_counter() - started
@@ -84,14 +91,22 @@ def _scan_path(engine: str) -> Callable[..., dict[str, Any]]:
             row = json.loads(line)
             results[row["listing_id"]] = row
         scored = summary["by_status"].get("scored", 0)
+        cpu = summary["cpu_seconds"]
+        per_photo = {k: round(v / max(1, scored) * 1000, 1) for k, v in cpu.items() if k != "ocr_photos"}
         return {"results": results, "seconds": round(seconds, 2), "scored": scored,
-                "errors": summary["errors"], "photos_per_second": round(scored / seconds, 3)}
+                "errors": summary["errors"], "photos_per_second": round(scored / seconds, 3),
+                "cpu_ms_per_photo": per_photo, "ocr_share": round(cpu.get("ocr_photos", 0) / max(1, scored), 4),
+                "cpu_seconds_per_photo": round((cpu.get("worker", 0.0) + cpu.get("driver", 0.0)) / max(1, scored), 4)}
 
     return run
 
 
 # name → run(home, feed, out, args) -> {"results": {listing_id: row}, "seconds", "scored", "photos_per_second"}
-PATHS: dict[str, Callable[..., dict[str, Any]]] = {"local": _scan_path("local"), "ray": _scan_path("ray")}
+PATHS: dict[str, Callable[..., dict[str, Any]]] = {
+    "today": _scan_path("local", gated=False, runtime="torch"),
+    "local": _scan_path("local"),
+    "ray": _scan_path("ray"),
+}
 
 
 def _claim_auc(results: dict[str, dict], labels: dict[str, int]) -> float:
@@ -107,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     from markguard.serving.enroll import collect_inputs, enroll
     from markguard.serving.registry import ensure_default_model
     from markguard.serving.state.home import Home
+    from markguard.vision.pipeline import STAGES
 
     args = get_args_parser().parse_args(argv)
     names = [n.strip() for n in args.paths.split(",") if n.strip()]
@@ -148,15 +164,35 @@ def main(argv: list[str] | None = None) -> int:
                                                            for i in both])), 4) if both else None,
                 "max_risk_delta": round(max(risk_delta), 6) if risk_delta else None,
             }
-    print(f"{'path':10}{'photos/s':>10}{'seconds':>9}{'claim AUC':>11}{'agreement':>11}{'max Δrisk':>11}")
-    for name, row in report["paths"].items():
-        print(f"{name:10}{row['photos_per_second']:>10.3f}{row['seconds']:>9.1f}{row['claim_auc']:>11.4f}"
-              f"{row['decision_agreement']:>11.4f}{row['max_risk_delta']:>11.6f}")
-    ratios = {f"{name}_vs_{names[0]}": report["paths"][name]["photos_per_second"]
-              / report["paths"][names[0]]["photos_per_second"] for name in names[1:]}
+    paths = report["paths"]
+    print(f"{'path':8}{'photos/s':>10}{'seconds':>9}{'CPU s/photo':>13}{'OCR share':>11}{'claim AUC':>11}"
+          f"{'agreement':>11}{'max Δrisk':>11}")
+    for name, row in paths.items():
+        print(f"{name:8}{row['photos_per_second']:>10.3f}{row['seconds']:>9.1f}{row['cpu_seconds_per_photo']:>13.3f}"
+              f"{row['ocr_share']:>11.3f}{row['claim_auc']:>11.4f}{row['decision_agreement']:>11.4f}"
+              f"{row['max_risk_delta']:>11.6f}")
+    stages = [s for s in (*STAGES, "worker", "record", "driver") if any(s in r["cpu_ms_per_photo"] for r in paths.values())]
+    print("process CPU ms per photo, by stage (worker: the scorers in all; driver: the one writer)")
+    print(f"{'path':8}" + "".join(f"{s:>9}" for s in stages))
+    for name, row in paths.items():
+        print(f"{name:8}" + "".join(f"{row['cpu_ms_per_photo'].get(s, 0.0):>9.1f}" for s in stages))
+    ratios = {f"{name}_vs_{names[0]}": paths[name]["photos_per_second"] / paths[names[0]]["photos_per_second"]
+              for name in names[1:]}
     report["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
+    last = {}
+    if "today" in paths and "local" in paths:
+        last["speedup"] = paths["local"]["photos_per_second"] / paths["today"]["photos_per_second"]
+        report["cpu_speedup"] = round(paths["today"]["cpu_seconds_per_photo"]
+                                      / paths["local"]["cpu_seconds_per_photo"], 3)
+        print(f"CPU seconds per photo: today {paths['today']['cpu_seconds_per_photo']:.3f}, local "
+              f"{paths['local']['cpu_seconds_per_photo']:.3f} (cpu_speedup={report['cpu_speedup']:.3f})")
+    if "local" in paths and "ray" in paths:
+        last["ray_vs_local"] = paths["ray"]["photos_per_second"] / paths["local"]["photos_per_second"]
+    if "today" in paths and "local" in paths:
+        last["auc_delta"] = paths["local"]["claim_auc"] - paths["today"]["claim_auc"]
+    report["last"] = {k: round(v, 4) for k, v in last.items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"(wrote {args.out})")
-    print(" ".join(f"{k}={v:.3f}" for k, v in ratios.items()))
+    print(" ".join(f"{k}={v:.3f}" for k, v in (last or ratios).items()))
     return 0

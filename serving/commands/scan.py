@@ -28,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rescore", action="store_true",
                    help="score listings again even when the catalog holds them with the same photo and model")
     p.add_argument("--no-ocr", action="store_true", help="skip reading text (faster; no wordmark or serial evidence)")
+    p.add_argument("--ocr-every-photo", action="store_true",
+                   help="read every photo's text (default: only where it can matter, vision.pipeline.OcrGate)")
+    p.add_argument("--runtime", choices=("onnx", "torch"), default="onnx",
+                   help="the networks' runtime (default onnx: ONNX Runtime where installed and equal within 1e-3)")
     p.add_argument("--images-under", metavar="FOLDER",
                    help="refuse (per row) images that do not lie under FOLDER, symlinks resolved")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -45,7 +49,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
         raise MarkguardError("--ray-address needs --engine ray")
     settings = ScanSettings(home=str(args.home), feed=args.feed, ocr=not args.no_ocr, rescore=args.rescore,
                             chunk=args.chunk, workers=args.workers, ray_address=args.ray_address,
-                            image_root=str(args.images_under) if args.images_under else None)
+                            image_root=str(args.images_under) if args.images_under else None,
+                            ocr_gate=not args.ocr_every_photo, runtime=args.runtime)
     summary = run_scan(settings, args.out, engine=args.engine, progress=not args.quiet)
     print(json.dumps(summary))
     return 0

@@ -42,6 +42,8 @@ class ScanSettings:
     workers: int = 0  # scorers (0: one per core; -1: the local engine scores in this process)
     image_root: str | None = None  # images must lie under this folder (None: anywhere readable)
     ray_address: str | None = None
+    ocr_gate: bool = True  # read text only where it can matter (`vision.pipeline.OcrGate`); False: every photo
+    runtime: str = "onnx"  # the networks' runtime (`vision.runtime`: ONNX Runtime where installed and equal)
 
     @property
     def scorers(self) -> int:
@@ -55,7 +57,8 @@ class ScanSettings:
 
     def worker_kwargs(self, done: DoneMap) -> dict[str, Any]:
         return {"ocr": self.ocr, "feed_dir": str(self.feed.resolve().parent), "image_root": self.image_root,
-                "done": done, "rescore": self.rescore, "threads": self.threads}
+                "done": done, "rescore": self.rescore, "threads": self.threads, "ocr_gate": self.ocr_gate,
+                "runtime": self.runtime}
 
 
 # -- local: a process pool, one engine per process -----------------------------------------------------

@@ -1,5 +1,5 @@
-"""The scan's one catalog writer: records scored listings exactly as `/score` does (the listing row
-with its perceptual hash and full result, and its serials), one transaction per chunk."""
+"""The scan's one catalog writer: records scored listings with `/score`'s recorder
+(`serving.listings.record_listing`), one transaction per chunk."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from markguard.serving.brands import get_brand
-from markguard.serving.listings import stored_result
-from markguard.serving.serials import record_serials
+from markguard.serving.listings import record_listing
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Listing
 
@@ -22,25 +21,19 @@ def last_listing_row(home: Home) -> int:
 
 
 def record_chunk(home: Home, outcomes: list[dict[str, Any]]) -> int:
-    """Record every `scored` outcome in one transaction; returns how many."""
+    """Record every `scored` outcome in one transaction (`serving.listings.record_listing`, as `/score`
+    records); returns how many."""
     scored = [o for o in outcomes if o["status"] == "scored"]
     if not scored:
         return 0
     with home.sessions.begin() as session:
-        brand_ids: dict[str, int] = {}
+        by_name: dict[str, int] = {}
         for out in scored:
             score = out["score"]
-            name = score["brand"]["name"]  # the brand judged: claimed, or the best-matching one
-            if name is not None and name not in brand_ids:
-                brand_ids[name] = get_brand(session, name).id
-            summary = stored_result(score)  # the full result, as `/score` keeps it
-            row = Listing(listing_id=out["listing_id"], seller_id=out["seller_id"],
-                          brand_id=brand_ids.get(name), image_sha256=out["sha256"], phash=out["phash"],
-                          risk=score["risk"], decision=score["decision"], model_tag=score["model"], result=summary)
-            session.add(row)
-            session.flush()
-            serials = [s["normalized"] for s in score["ocr"]["serials"] if s["format_ok"] is not False]  # as `serials_to_record`
-            if serials:
-                record_serials(session, home, listing_row_id=row.id, brand_id=row.brand_id,
-                               normalized_serials=serials)
+            brand_id = out.get("brand_id")  # the judged brand's id, as the scorer knew it
+            name = score["brand"]["name"]
+            if brand_id is None and name is not None:  # a journal written before outcomes carried it
+                brand_id = by_name.setdefault(name, get_brand(session, name).id)
+            record_listing(session, home, score, listing_id=out["listing_id"], seller_id=out["seller_id"],
+                           sha256=out["sha256"], photo_hash=out["phash"], brand_id=brand_id)
     return len(scored)

@@ -47,15 +47,21 @@ def run_scan(settings: ScanSettings, out_dir: Path, *, engine: str = "local", pr
     state = {"state": "running", "rows_total": total, "rows_finished_before": len(done), "engine": engine}
     _write_json(out_dir / "progress.json", state)
     rows_done = 0
+    cpu: collections.Counter[str] = collections.Counter()  # process CPU seconds: scorers' stages, and this writer's
+    driver_started = time.process_time()
     bar = tqdm(total=total, unit="row", desc="scan", disable=not progress, dynamic_ncols=True)
     try:
         for outcomes in ENGINES[engine](settings, done):
+            for o in outcomes:
+                cpu.update(o.pop("cpu", None) or {})
             fresh = [o for o in outcomes if o["status"] != "done"]
             run["skipped"] += len(outcomes) - len(fresh)
             if fresh:
                 _mark_repeats(home, fresh, since=journal.start if settings.rescore else 0)
                 chunk = journal.pending(fresh, before=last_listing_row(home))
+                recording = time.process_time()
                 record_chunk(home, fresh)
+                cpu["record"] += time.process_time() - recording
                 journal.committed(chunk)
                 run.update(o["status"] for o in fresh)
             bar.update(len(outcomes))
@@ -74,9 +80,11 @@ def run_scan(settings: ScanSettings, out_dir: Path, *, engine: str = "local", pr
         bar.close()
         journal.close()
     seconds = time.perf_counter() - started
+    cpu["driver"] = time.process_time() - driver_started  # reading, recording, journaling (Ray's own not counted)
     summary = _write_results(journal, out_dir)
     summary.update(engine=engine, feed=str(settings.feed), seconds=round(seconds, 2),
                    this_run={k: run[k] for k in sorted(run)},
+                   cpu_seconds={k: round(v, 3) for k, v in sorted(cpu.items())},
                    photos_per_second=round(run["scored"] / seconds, 3) if seconds else 0.0)
     _write_json(out_dir / "summary.json", summary)
     state.update(state="finished", summary="summary.json")

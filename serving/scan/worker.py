@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,8 @@ class ScanWorker:
     """One scorer: a `ScoringEngine` (model and index loaded once) and the scan's fixed settings."""
 
     def __init__(self, home_root: str, *, ocr: bool, feed_dir: str, image_root: str | None = None,
-                 done: DoneMap | None = None, rescore: bool = False, threads: int | None = None) -> None:
+                 done: DoneMap | None = None, rescore: bool = False, threads: int | None = None,
+                 ocr_gate: bool = False, runtime: str = "torch") -> None:
         if threads:  # every library's own pool, or scorers sharing the cores oversubscribe them
             import cv2
             import faiss
@@ -85,6 +87,8 @@ class ScanWorker:
 
         self.home = Home(home_root)
         self.ocr = ocr
+        self.ocr_gate = ocr_gate
+        self.runtime = runtime
         self._engine = None  # loaded on the first row that needs scoring (a resume may need none)
         self.feed_dir = Path(feed_dir)
         self.image_root = Path(image_root).resolve() if image_root else None
@@ -95,12 +99,30 @@ class ScanWorker:
     def engine(self):  # noqa: ANN201 - a ScoringEngine, imported late
         if self._engine is None:
             from markguard.serving.engine import ScoringEngine
+            from markguard.vision.pipeline import OcrGate
 
-            self._engine = ScoringEngine(self.home, ocr=self.ocr)
+            self._engine = ScoringEngine(self.home, ocr=self.ocr, ocr_gate=OcrGate() if self.ocr_gate else None,
+                                         runtime=self.runtime)
         return self._engine
 
     def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One outcome per row, in order: `status` is scored, unchanged, done (finished earlier) or error."""
+        """One outcome per row, in order: `status` is scored, unchanged, done (finished earlier) or error.
+        The first outcome carries the chunk's process CPU seconds (`cpu`: by pipeline stage, `worker` in
+        all, and `ocr_photos`, the photos whose text was read)."""
+        started = time.process_time()
+        stages = dict(self._engine.scorer.stage_cpu) if self._engine is not None else {}
+        ocr_photos = self._engine.scorer.ocr_runs[0] if self._engine is not None else 0
+        outcomes = self._process(rows)
+        if outcomes:
+            cpu = {"worker": time.process_time() - started}
+            if self._engine is not None:
+                scorer = self._engine.scorer
+                cpu |= {k: v - stages.get(k, 0.0) for k, v in scorer.stage_cpu.items()}
+                cpu["ocr_photos"] = scorer.ocr_runs[0] - ocr_photos
+            outcomes[0]["cpu"] = cpu
+        return outcomes
+
+    def _process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from markguard.serving.engine import ScoreRequest
 
         outcomes: list[dict[str, Any]] = []
@@ -135,7 +157,7 @@ class ScanWorker:
             if isinstance(result, str):
                 out.update(error=result, phash=None)
                 continue
-            out.update(status="scored", score=result.to_dict())
+            out.update(status="scored", score=result.to_dict(), brand_id=result.brand_id)
             self.home.put_blob(request.data)  # kept, as `/score` keeps it, so a review can use the photo
         return outcomes
 

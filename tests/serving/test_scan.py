@@ -96,7 +96,8 @@ def test_bad_rows_are_reported_and_good_rows_scored_with_ocr(home, grocery, tmp_
     rows = good[:1] + bad[:2] + good[1:2] + bad[2:] + [{**good[2], "image": "relative.jpg"}]
     feed = _write_jsonl(tmp_path / "feed.jsonl", rows)
     out = tmp_path / "out"
-    assert main(["scan", str(feed), "--out", str(out), "--home", str(home), "--workers", "1", "--quiet"]) == 0
+    assert main(["scan", str(feed), "--out", str(out), "--home", str(home), "--workers", "1", "--quiet",
+                 "--ocr-every-photo"]) == 0
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(lines) == len(rows)
     results = {r["listing_id"]: r for r in lines}
@@ -111,6 +112,8 @@ def test_bad_rows_are_reported_and_good_rows_scored_with_ocr(home, grocery, tmp_
     assert results[None]["error"] == "missing listing_id"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["by_status"] == {"scored": 3, "error": 5} and summary["errors"] == 5
+    assert summary["cpu_seconds"]["ocr_photos"] == 3 and summary["cpu_seconds"]["ocr"] > 0  # every photo read
+    assert summary["cpu_seconds"]["embed"] > 0 and summary["cpu_seconds"]["record"] > 0
     assert sum(summary["by_decision"].values()) == 3 and summary["photos_per_second"] > 0
     import pyarrow.parquet as pq
 
@@ -136,7 +139,8 @@ def test_scan_records_a_listing_exactly_as_the_engine_does(api_home, grocery, tm
     direct = engine.score(ScoreRequest(Path(row["image"]).read_bytes(), brand=row["brand"], seller=row["seller_id"],
                                        listing=row["listing_id"], title=row["title"], label=row["image"]))
     feed = _write_jsonl(tmp_path / "feed.jsonl", [row])
-    summary = run_scan(ScanSettings(home=str(b), feed=feed, ocr=False, workers=-1), tmp_path / "out", progress=False)
+    summary = run_scan(ScanSettings(home=str(b), feed=feed, ocr=False, workers=-1, runtime="torch"), tmp_path / "out",
+                       progress=False)
     assert summary["by_status"] == {"scored": 1}
     scanned = _results(tmp_path / "out")[row["listing_id"]]
     assert scanned["risk"] == direct.risk and scanned["decision"] == direct.decision.value
