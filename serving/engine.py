@@ -137,23 +137,26 @@ class CatalogEvidence:
             ).all()
         return {int(r[0]): (r[1], r[2]) for r in rows}
 
-    def duplicates(self, photo_hash: int, *, listing: str | None) -> list[dict[str, Any]]:
+    def duplicates(self, photo_hash: int, *, listing: str | None) -> tuple[list[dict[str, Any]], int]:
         with self.home.sessions() as session:
             hashes, rows = self._load_hashes(session)
             if not hashes.size:
-                return []
+                return [], 0
             close = np.nonzero(hamming_many(photo_hash, hashes) <= _DUPLICATE_BITS)[0]
             candidates = sorted(rows[close].tolist(), reverse=True)  # newest first
+            if listing is not None and candidates:  # the same listing scored again is not reuse
+                itself = set(session.scalars(select(Listing.id).where(Listing.listing_id == listing)))
+                candidates = [c for c in candidates if c not in itself]
             found: list[Listing] = []
             for start in range(0, len(candidates), 500):  # a photo listed thousands of times stays a small answer
-                found += [row for row in session.scalars(select(Listing).where(
-                    Listing.id.in_(candidates[start : start + 500])).order_by(Listing.id.desc()))
-                    if listing is None or row.listing_id != listing]  # the same listing scored again is not reuse
+                found += session.scalars(select(Listing).where(Listing.id.in_(candidates[start : start + 500]))
+                                         .order_by(Listing.id.desc())).all()
                 if len(found) >= MAX_DUPLICATES:
                     break
-        return [{"listing_id": row.listing_id, "seller_id": row.seller_id,
-                 "distance": int(hamming_many(photo_hash, np.array([row.phash], np.int64))[0]),
-                 "scored_at": row.scored_at.isoformat()} for row in sorted(found[:MAX_DUPLICATES], key=lambda r: r.id)]
+        shown = [{"listing_id": row.listing_id, "seller_id": row.seller_id,
+                  "distance": int(hamming_many(photo_hash, np.array([row.phash], np.int64))[0]),
+                  "scored_at": row.scored_at.isoformat()} for row in sorted(found[:MAX_DUPLICATES], key=lambda r: r.id)]
+        return shown, len(candidates)
 
     def shared_known_fakes(self, brand: BrandProfile) -> list[int]:
         from markguard.serving.intelligence.sharing import shared_known_fakes

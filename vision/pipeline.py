@@ -128,8 +128,9 @@ class EvidenceSource(Protocol):
     def reference_names(self, reference_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
         """(brand, product or None) of each reference id."""
 
-    def duplicates(self, photo_hash: int, *, listing: str | None) -> list[dict[str, Any]]:
-        """Earlier listings that showed the same photo, or a near copy, under another listing id."""
+    def duplicates(self, photo_hash: int, *, listing: str | None) -> tuple[list[dict[str, Any]], int]:
+        """(the newest earlier listings that showed the same photo, or a near copy, under another listing
+        id, at most a capped number; how many there are in all)."""
 
     def shared_known_fakes(self, brand: BrandProfile) -> Sequence[int]:
         """Reference ids of the known fakes other brands share with the alliance (evidence for `brand` too)."""
@@ -246,6 +247,7 @@ class Scorer:
             if best_product >= 0:
                 product_id, product_score = best_product, brand_best[0]
         risk, signals = self.fusion.risk(compute_signals(evidence))
+        duplicates, duplicates_total = self.source.duplicates(plan.photo_hash, listing=request.listing)
         claimed = (Claim(brand=request.brand, product=request.product) if request.title is None else
                    ListingClaim(brand=request.brand, product=request.product, title=request.title))
         return ScoreResult(
@@ -258,7 +260,8 @@ class Scorer:
             signals=signals,
             model=self.model_tag,
             provisional=self.fusion.provisional,
-            duplicates=self.source.duplicates(plan.photo_hash, listing=request.listing),
+            duplicates=duplicates,
+            duplicates_total=duplicates_total,
             ocr=evidence.ocr or OcrEvidence(),
             image=request.label,
             elapsed_ms=round((time.perf_counter() - plan.started) * 1000, 2),

@@ -285,7 +285,8 @@ class ScoreResult:
     provisional: bool
     elapsed_ms: float = 0.0
     ocr: OcrEvidence = dataclasses.field(default_factory=OcrEvidence)
-    duplicates: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    duplicates: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # the newest, capped
+    duplicates_total: int = 0  # every earlier listing of the photo, however many `duplicates` shows
     image: str | None = None
 
     def to_dict(self) -> dict[str, Any]:

@@ -88,6 +88,27 @@ def test_photo_reuse_across_listings(engine: ScoringEngine, grocery: Path) -> No
     assert other.duplicates == []
 
 
+def test_duplicates_are_capped_but_counted_in_full(engine: ScoringEngine, grocery: Path) -> None:
+    from markguard.serving.engine import MAX_DUPLICATES
+    from markguard.vision.decode import decode_image
+    from markguard.vision.phash import phash
+
+    data = _val(grocery, MILK, 3)
+    value = phash(decode_image(data)).int64
+    with engine.home.sessions.begin() as session:
+        for i in range(MAX_DUPLICATES + 15):
+            session.add(Listing(listing_id=f"DUP-{i}", seller_id="s", image_sha256="0" * 64, phash=value ^ (1 << i % 8),
+                                risk=0.5, decision="review", model_tag="m"))
+        for _ in range(2):  # the listing being scored, seen before: not reuse, not counted
+            session.add(Listing(listing_id="DUP-self", seller_id="s", image_sha256="0" * 64, phash=value, risk=0.5,
+                                decision="review", model_tag="m"))
+    result = engine.score(ScoreRequest(data, listing="DUP-self", seller="s"), record=False)
+    assert result.duplicates_total == MAX_DUPLICATES + 15
+    assert [d["listing_id"] for d in result.duplicates] == [f"DUP-{i}" for i in range(15, MAX_DUPLICATES + 15)]
+    out = result.to_dict()
+    assert out["duplicates_total"] == MAX_DUPLICATES + 15 and len(out["duplicates"]) == MAX_DUPLICATES
+
+
 def test_brand_only_claim_names_the_best_product(engine: ScoringEngine, grocery: Path) -> None:
     result = engine.score(ScoreRequest(_val(grocery, MILK), brand="arla"), record=False)
     assert result.brand.name == "Arla" and result.product.name in ("Arla-Standard-Milk", "Arla-Ecological-Medium-Fat-Milk")
