@@ -57,11 +57,14 @@ class _Lru(OrderedDict):
         self.lock = threading.Lock()
 
     def get_or(self, key: Any, make: Callable[[], Any]) -> Any:
+        """The cached value, else `make()`'s, kept unless None (a miss that may not last)."""
         with self.lock:
             if key in self:
                 self.move_to_end(key)
                 return self[key]
         value = make()
+        if value is None:
+            return None
         with self.lock:
             self[key] = value
             if len(self) > self.size:
@@ -113,19 +116,21 @@ class CatalogEvidence:
         with self.home.sessions() as session:
             return session.scalar(select(Reference.sha256).where(Reference.id == reference_id))
 
-    def reference_features(self, reference_id: int) -> LocalFeatures:
-        return self._features.get_or(reference_id, lambda: extract_features(
-            decode_image(self.home.get_blob(self._reference_sha(reference_id)))))
+    def reference_features(self, reference_id: int) -> LocalFeatures | None:
+        return self._features.get_or(reference_id, lambda: self._reference_photo(reference_id, extract_features))
+
+    def _reference_photo(self, reference_id: int, compute: Callable[[np.ndarray], Any]) -> Any:
+        """`compute` of the reference's decoded photo; None when the reference, or its blob, is gone (a
+        delete committed after the index was read: the index still holds its vector)."""
+        sha = self._reference_sha(reference_id)
+        try:
+            return compute(decode_image(self.home.get_blob(sha))) if sha else None
+        except FileNotFoundError:
+            return None
 
     def reference_hash(self, reference_id: int) -> int | None:
-        def make() -> int | None:
-            sha = self._reference_sha(reference_id)
-            try:
-                return phash(decode_image(self.home.get_blob(sha))).int64 if sha else None
-            except FileNotFoundError:
-                return None
-
-        return self._hashes_of_refs.get_or(reference_id, make)
+        return self._hashes_of_refs.get_or(reference_id,
+                                           lambda: self._reference_photo(reference_id, lambda im: phash(im).int64))
 
     def reference_names(self, reference_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
         if not reference_ids:
