@@ -60,11 +60,14 @@ class _Lru(OrderedDict):
         self.lock = threading.Lock()
 
     def get_or(self, key: Any, make: Callable[[], Any]) -> Any:
+        """The cached value, else `make()`'s, kept unless None (a miss that may not last)."""
         with self.lock:
             if key in self:
                 self.move_to_end(key)
                 return self[key]
         value = make()
+        if value is None:
+            return None
         with self.lock:
             self[key] = value
             if len(self) > self.size:
@@ -116,19 +119,21 @@ class CatalogEvidence:
         with self.home.sessions() as session:
             return session.scalar(select(Reference.sha256).where(Reference.id == reference_id))
 
-    def reference_features(self, reference_id: int) -> LocalFeatures:
-        return self._features.get_or(reference_id, lambda: extract_features(
-            decode_image(self.home.get_blob(self._reference_sha(reference_id)))))
+    def reference_features(self, reference_id: int) -> LocalFeatures | None:
+        return self._features.get_or(reference_id, lambda: self._reference_photo(reference_id, extract_features))
+
+    def _reference_photo(self, reference_id: int, compute: Callable[[np.ndarray], Any]) -> Any:
+        """`compute` of the reference's decoded photo; None when the reference, or its blob, is gone (a
+        delete committed after the index was read: the index still holds its vector)."""
+        sha = self._reference_sha(reference_id)
+        try:
+            return compute(decode_image(self.home.get_blob(sha))) if sha else None
+        except FileNotFoundError:
+            return None
 
     def reference_hash(self, reference_id: int) -> int | None:
-        def make() -> int | None:
-            sha = self._reference_sha(reference_id)
-            try:
-                return phash(decode_image(self.home.get_blob(sha))).int64 if sha else None
-            except FileNotFoundError:
-                return None
-
-        return self._hashes_of_refs.get_or(reference_id, make)
+        return self._hashes_of_refs.get_or(reference_id,
+                                           lambda: self._reference_photo(reference_id, lambda im: phash(im).int64))
 
     def reference_names(self, reference_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
         if not reference_ids:
@@ -140,23 +145,26 @@ class CatalogEvidence:
             ).all()
         return {int(r[0]): (r[1], r[2]) for r in rows}
 
-    def duplicates(self, photo_hash: int, *, listing: str | None) -> list[dict[str, Any]]:
+    def duplicates(self, photo_hash: int, *, listing: str | None) -> tuple[list[dict[str, Any]], int]:
         with self.home.sessions() as session:
             hashes, rows = self._load_hashes(session)
             if not hashes.size:
-                return []
+                return [], 0
             close = np.nonzero(hamming_many(photo_hash, hashes) <= _DUPLICATE_BITS)[0]
             candidates = sorted(rows[close].tolist(), reverse=True)  # newest first
+            if listing is not None and candidates:  # the same listing scored again is not reuse
+                itself = set(session.scalars(select(Listing.id).where(Listing.listing_id == listing)))
+                candidates = [c for c in candidates if c not in itself]
             found: list[Listing] = []
             for start in range(0, len(candidates), 500):  # a photo listed thousands of times stays a small answer
-                found += [row for row in session.scalars(select(Listing).where(
-                    Listing.id.in_(candidates[start : start + 500])).order_by(Listing.id.desc()))
-                    if listing is None or row.listing_id != listing]  # the same listing scored again is not reuse
+                found += session.scalars(select(Listing).where(Listing.id.in_(candidates[start : start + 500]))
+                                         .order_by(Listing.id.desc())).all()
                 if len(found) >= MAX_DUPLICATES:
                     break
-        return [{"listing_id": row.listing_id, "seller_id": row.seller_id,
-                 "distance": int(hamming_many(photo_hash, np.array([row.phash], np.int64))[0]),
-                 "scored_at": row.scored_at.isoformat()} for row in sorted(found[:MAX_DUPLICATES], key=lambda r: r.id)]
+        shown = [{"listing_id": row.listing_id, "seller_id": row.seller_id,
+                  "distance": int(hamming_many(photo_hash, np.array([row.phash], np.int64))[0]),
+                  "scored_at": row.scored_at.isoformat()} for row in sorted(found[:MAX_DUPLICATES], key=lambda r: r.id)]
+        return shown, len(candidates)
 
     def shared_known_fakes(self, brand: BrandProfile) -> list[int]:
         from markguard.serving.intelligence.sharing import shared_known_fakes

@@ -7,12 +7,17 @@ review's known fake) changes the catalog and commits first, then updates the ind
 (a writer killed between its commit and its index save, a save that failed on a full disk, a model
 promoted) rebuilds the index from the catalog (`reconcile` → `sync_index`), at start-up and on every
 refresh: no index serves a vector the catalog lacks, and a committed reference is never left out.
+
+This module owns the home's index folders (`index/<model tag>/`): it alone reads, writes and walks
+them (`index_dirs`), and collects the versions no manifest names any more (`sweep_index_versions`,
+for `markguard home sweep`). The file format is `vision.index`'s.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,9 +32,10 @@ from markguard.vision.artifact import ModelArtifact
 from markguard.vision.decode import decode_image
 from markguard.vision.embed import Embedder, embed_images
 from markguard.vision.errors import IntegrityError, MarkguardError
-from markguard.vision.index import KIND_CODES, ReferenceIndex, read_manifest
+from markguard.vision.index import KIND_CODES, ReferenceIndex, read_manifest, version_files
 
-__all__ = ["load_or_new", "sync_index", "add_references", "catalog_state", "reconcile", "commit_then_index"]
+__all__ = ["load_or_new", "sync_index", "add_references", "catalog_state", "reconcile", "commit_then_index",
+           "index_dirs", "sweep_index_versions"]
 
 log = logging.getLogger("markguard.serving")
 LOCK_WAIT_S = 10.0  # seconds a reader waits for a writer before repairing its index in memory only
@@ -164,7 +170,7 @@ def commit_then_index(
             after = catalog_state(other)
         target = home.index_dir(artifact.tag) if artifact is not None and added else None
         doomed = np.array([*removed, *added_ids], dtype=np.int64)  # added: ids a crash may have left behind
-        for directory in _index_dirs(home, target):
+        for directory in sorted({*index_dirs(home), *([target] if target is not None else [])}):
             exists = read_manifest(directory) is not None
             if not exists and directory != target:
                 continue
@@ -186,11 +192,38 @@ def commit_then_index(
 _EMPTY = [0, 0, 0, None]
 
 
-def _index_dirs(home: Home, target: Path | None) -> list[Path]:
-    found = {d for d in (home.root / "index").iterdir() if d.is_dir() and not d.name.startswith(".")}
-    if target is not None:
-        found.add(target)
-    return sorted(found)
+def index_dirs(home: Home) -> list[Path]:
+    """Every model's index folder in `home` (saved or not yet), in name order."""
+    root = home.root / "index"
+    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")) if root.is_dir() else []
+
+
+def sweep_index_versions(home: Home, *, older_than: float) -> tuple[int, int]:
+    """Remove index version files that no manifest names (one version back is kept for readers still
+    loading it) and whose change time is before `older_than` (a Unix time): (files, bytes) removed.
+    A folder whose manifest cannot be read is left to `reconcile`."""
+    files = freed = 0
+    for directory in index_dirs(home):
+        try:
+            manifest = read_manifest(directory)
+        except Exception:  # noqa: BLE001 - an unreadable manifest: leave the folder to reconcile
+            continue
+        if manifest is None:
+            continue
+        keep = {int(manifest["version"]), int(manifest["version"]) - 1}
+        for version, path in version_files(directory):
+            if version in keep:
+                continue
+            try:
+                stat = path.stat()
+                if stat.st_mtime >= older_than:
+                    continue
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            files += 1
+            freed += stat.st_size
+    return files, freed
 
 
 def _with_blobs(home: Home, refs: list[Reference]) -> list[Reference]:

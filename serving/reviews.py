@@ -101,11 +101,29 @@ def record_review(
         _check_claim(session, row_id, reviewer_key_id, listing_id)
         if brand is None and label is ReferenceKind.COUNTERFEIT:
             raise Conflict("the listing matched no brand: it cannot become a known-fake reference")
-        # the references earlier reviews made of this photo for this brand, still in the catalog
-        made = session.scalars(select(Reference).join(Review, Review.reference_id == Reference.id).where(
-            Review.image_sha256 == sha, Reference.brand_id == (brand.id if brand else -1))).all()
-        made = {r.kind: r.id for r in made}
         brand_name, learn_genuine = (brand.name, bool(brand.genuine_from_reviews)) if brand else (None, False)
+    # reviews of one photo (this listing's, or another listing's of the same photo) take turns: each
+    # reads what earlier reviews made of it and moves it, so two at once would act on the same reading
+    # (both deleting one reference: a 404 for the second; or the later label left without its reference)
+    with home.photo_lock(sha):
+        return _apply_review(home, artifact, model, listing_id=listing_id, row_id=row_id, sha=sha, label=label,
+                             brand_id=brand.id if brand else None, brand_name=brand_name,
+                             learn_genuine=learn_genuine, reviewer_key_id=reviewer_key_id, note=note)
+
+
+def _made_by_reviews(home: Home, sha: str, brand_id: int | None) -> dict[str, int]:
+    """The references earlier reviews made of this photo for this brand, still in the catalog, by kind."""
+    with home.sessions() as session:
+        made = session.scalars(select(Reference).join(Review, Review.reference_id == Reference.id).where(
+            Review.image_sha256 == sha, Reference.brand_id == (brand_id if brand_id is not None else -1))).all()
+        return {r.kind: r.id for r in made}
+
+
+def _apply_review(home: Home, artifact: ModelArtifact, model: Embedder, *, listing_id: str, row_id: int, sha: str,
+                  label: ReferenceKind, brand_id: int | None, brand_name: str | None, learn_genuine: bool,
+                  reviewer_key_id: str, note: str) -> ReviewReport:
+    """The review's reference moves and its row, under the photo's lock."""
+    made = _made_by_reviews(home, sha, brand_id)
     wanted = label if label is ReferenceKind.COUNTERFEIT or learn_genuine else None
     removed = None
     unwanted = [kind for kind in made if kind != wanted]
@@ -121,7 +139,7 @@ def record_review(
                         inputs=[InputImage(f"listing:{listing_id}", data)])
         reference_id = report.added[0] if report.added else _existing(home, brand_name, sha, wanted)
     with home.sessions.begin() as session:
-        review = Review(listing_row_id=row_id, brand_id=brand.id if brand else None, label=label.value,
+        review = Review(listing_row_id=row_id, brand_id=brand_id, label=label.value,
                         image_sha256=sha, reviewer_key_id=reviewer_key_id, note=note[:2000],
                         reference_id=reference_id, removed_reference_id=removed)
         session.add(review)

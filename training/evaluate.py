@@ -105,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
     print(format_report(eval_set.name, metrics))
     result = {"model": artifact.tag, "manifest": str(args.manifest), "split": args.split, "metrics": json_metrics(metrics)}
     (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    plot_roc(metrics.get("_roc", {}), out / "roc.png", title=f"{artifact.tag}: claim verification")
+    for curve, value in plot_roc(metrics.get("_roc", {}), out / "roc.png",
+                                 title=f"{artifact.tag}: claim verification").items():
+        print(f"roc.png: {curve}: AUC {value:.4f}")
     plot_per_brand(metrics["per_brand"], out / "per_brand.png", title="recall@1 per brand")
     print(f"wrote {out / 'metrics.json'}, {out / 'roc.png'}, {out / 'per_brand.png'}")
     return 0 if np.isfinite(metrics["recall_at_1"]) else 1

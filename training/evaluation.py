@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from markguard.training.data import EvalSet, Item
-from markguard.training.metrics import map_at_r, recall_at_k, roc_auc, roc_curve, tpr_at_fpr
+from markguard.training.metrics import RocInput, map_at_r, recall_at_k, roc_auc, tpr_at_fpr
 from markguard.vision.detect import MarkDetector
 from markguard.vision.evidence import ClaimEvidence
 from markguard.vision.geometry import LocalFeatures
@@ -255,8 +255,7 @@ def evaluate_embeddings(
         out["claim_tpr_at_fpr_1pct"] = blocks[primary]["tpr_at_fpr_1pct"]
         out["claim_tpr_at_fpr_5pct"] = blocks[primary]["tpr_at_fpr_5pct"]
         mask = (kinds == "true") | (kinds == primary)
-        fpr, tpr, _ = roc_curve(scores[mask], kinds[mask] == "true")
-        out["_roc"] = {f"best genuine similarity (true vs {primary} claims)": (fpr.tolist(), tpr.tolist())}
+        out["_roc"] = {f"best genuine similarity (true vs {primary} claims)": RocInput(scores[mask], kinds[mask] == "true")}
     if fusion is not None:
         out.update(_fusion_metrics(eval_set, claims, fusion, out))
     return out
@@ -318,8 +317,8 @@ def _fusion_metrics(eval_set: EvalSet, claims: ClaimSet, fusion: Fusion, out: di
         "genuine_to_review_or_takedown": float((decisions[~y] != "pass").mean()) if (~y).any() else float("nan"),
         "not_genuine_flagged": float((decisions[y] != "pass").mean()) if y.any() else float("nan"),
     }
-    fpr, tpr, _ = roc_curve(risks, y)
-    out.setdefault("_roc", {})["fusion risk (all claims, positive = not genuine)"] = (fpr.tolist(), tpr.tolist())
+    out.setdefault("_roc", {})["fusion risk (all claims, positive = not genuine)"] = RocInput(
+        risks, y, {"review": fusion.policy.review_at, "takedown": fusion.policy.takedown_at})
     # counterfeits: flagged (review or takedown) when claiming the brand they imitate, by transform and strength
     by_transform: dict[str, list[bool]] = defaultdict(list)
     by_strength: dict[str, list[bool]] = defaultdict(list)

@@ -8,9 +8,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+
 import numpy as np
 
-__all__ = ["recall_at_k", "map_at_r", "roc_auc", "roc_curve", "tpr_at_fpr"]
+__all__ = ["RocInput", "recall_at_k", "map_at_r", "roc_auc", "roc_curve", "tpr_at_fpr"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RocInput:
+    """One curve's raw material: scores, which are positive, and thresholds to mark on it (name → score;
+    a point is `score >= threshold`, as a decision policy applies it)."""
+
+    scores: np.ndarray
+    positive: np.ndarray
+    operating_points: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
 def recall_at_k(similarity: np.ndarray, query_labels: np.ndarray, ref_labels: np.ndarray, k: int) -> float:

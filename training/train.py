@@ -489,8 +489,9 @@ def finish(*, split: SplitEmbedder, config: dict[str, Any], run_dir: Path, eval_
     (run_dir / "metrics_final.json").write_text(json.dumps(card["metrics"], indent=2, sort_keys=True) + "\n")
     plot_loss(history, run_dir / "loss.png")
     for n, m in metrics.items():
-        curves = dict(m.get("_roc", {}))
-        plot_roc(curves, run_dir / f"roc_{n}.png", title=f"{n}: claim verification")
+        for curve, value in plot_roc(m.get("_roc", {}), run_dir / f"roc_{n}.png",
+                                     title=f"{n}: claim verification").items():
+            print(f"roc_{n}.png: {curve}: AUC {value:.4f}")
         plot_per_brand(m["per_brand"], run_dir / f"per_brand_{n}.png", title=f"{n}: recall@1 per brand")
     if not args.no_bentoml:
         import os

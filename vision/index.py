@@ -25,7 +25,7 @@ import numpy as np
 from markguard.vision.atomic import atomic_write_bytes
 from markguard.vision.errors import IntegrityError
 
-__all__ = ["ReferenceIndex", "SearchResult", "KIND_CODES"]
+__all__ = ["ReferenceIndex", "SearchResult", "KIND_CODES", "read_manifest", "version_files"]
 
 KIND_CODES = {"genuine": 0, "counterfeit": 1}
 _MANIFEST = "manifest.json"
@@ -271,15 +271,20 @@ def _empty(n: int, k: int) -> SearchResult:
     return SearchResult(similarities=np.full((n, k), -np.inf, np.float32), ids=np.full((n, k), -1, np.int64))
 
 
+def version_files(directory: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """(version, path) of every saved index version's file in `directory` (`index-N.faiss`, `meta-N.npz`),
+    another writer's temporary files left out. The one place that knows how versions are named."""
+    found = []
+    for path in Path(directory).iterdir():
+        if path.name.startswith("."):
+            continue  # another writer's file in flight (`.*.tmp`); never a version
+        kind, _, number = path.name.split(".", 1)[0].partition("-")
+        if kind in ("index", "meta") and number.isdigit():
+            found.append((int(number), path))
+    return sorted(found)
+
+
 def _remove_old_versions(directory: Path, *, keep: set[int]) -> None:
-    for path in directory.iterdir():
-        stem = path.name.split(".", 1)[0]
-        if path.name.startswith(".") and path.name.endswith(".tmp"):
-            continue  # another writer's file in flight; never ours to remove
-        if "-" in stem and stem.split("-", 1)[0] in ("index", "meta"):
-            try:
-                version = int(stem.split("-", 1)[1])
-            except ValueError:
-                continue
-            if version not in keep:
-                path.unlink(missing_ok=True)
+    for version, path in version_files(directory):
+        if version not in keep:
+            path.unlink(missing_ok=True)

@@ -163,7 +163,8 @@ class EvidenceSource(Protocol):
 
     def product_name(self, product_id: int) -> str | None: ...
 
-    def reference_features(self, reference_id: int) -> LocalFeatures: ...
+    def reference_features(self, reference_id: int) -> LocalFeatures | None:
+        """The reference's local features; None when it left the catalog after the index was read."""
 
     def reference_hash(self, reference_id: int) -> int | None:
         """The perceptual hash of a reference's photo (None: unknown)."""
@@ -171,8 +172,9 @@ class EvidenceSource(Protocol):
     def reference_names(self, reference_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
         """(brand, product or None) of each reference id."""
 
-    def duplicates(self, photo_hash: int, *, listing: str | None) -> list[dict[str, Any]]:
-        """Earlier listings that showed the same photo, or a near copy, under another listing id."""
+    def duplicates(self, photo_hash: int, *, listing: str | None) -> tuple[list[dict[str, Any]], int]:
+        """(the newest earlier listings that showed the same photo, or a near copy, under another listing
+        id, at most a capped number; how many there are in all)."""
 
     def shared_known_fakes(self, brand: BrandProfile) -> Sequence[int]:
         """Reference ids of the known fakes other brands share with the alliance (evidence for `brand` too)."""
@@ -328,6 +330,7 @@ class Scorer:
             if best_product >= 0:
                 product_id, product_score = best_product, brand_best[0]
         risk, signals = self.fusion.risk(compute_signals(evidence))
+        duplicates, duplicates_total = self.source.duplicates(plan.photo_hash, listing=request.listing)
         claimed = (Claim(brand=request.brand, product=request.product) if request.title is None else
                    ListingClaim(brand=request.brand, product=request.product, title=request.title))
         return ScoreResult(
@@ -340,7 +343,8 @@ class Scorer:
             signals=signals,
             model=self.model_tag,
             provisional=self.fusion.provisional,
-            duplicates=self.source.duplicates(plan.photo_hash, listing=request.listing),
+            duplicates=duplicates,
+            duplicates_total=duplicates_total,
             ocr=evidence.ocr or OcrEvidence(),
             image=request.label,
             brand_id=brand.id if brand else None,
@@ -409,13 +413,11 @@ class Scorer:
             for sim, ref_id in zip(sims, ids, strict=True):
                 if ref_id >= 0 and float(sim) > best.get(int(ref_id), (-np.inf, 0))[0]:
                     best[int(ref_id)] = (float(sim), region)
-        kept = []
-        for ref_id in sorted(best, key=lambda i: -best[i][0]):
-            if self.index.metadata(ref_id)[2] == KIND_CODES["genuine"] or ref_id in fakes:
-                kept.append(ref_id)
-            if len(kept) == TOP_MATCHES:
-                break
-        names = self.source.reference_names(kept)
+        shown = [i for i in sorted(best, key=lambda i: -best[i][0])
+                 if self.index.metadata(i)[2] == KIND_CODES["genuine"] or i in fakes]
+        # a reference deleted since the index was read has a vector but no name: it is not shown
+        names = self.source.reference_names(shown)
+        kept = [i for i in shown if i in names][:TOP_MATCHES]
         out = []
         for ref_id in kept:
             sim, region = best[ref_id]
@@ -442,8 +444,11 @@ class Scorer:
             return None
         candidates = sorted(best_sim, key=lambda i: -best_sim[i])[:_RERANK]
         query = plan.query_features()
-        inliers = {i: match_features(query, self.source.reference_features(i)).inliers for i in candidates}
-        return max(candidates, key=lambda i: (inliers[i], best_sim[i]))
+        features = {i: self.source.reference_features(i) for i in candidates}
+        inliers = {i: match_features(query, f).inliers for i, f in features.items() if f is not None}
+        if not inliers:  # every candidate left the catalog since the index was read
+            return None
+        return max(inliers, key=lambda i: (inliers[i], best_sim[i]))
 
     def _nearest(self, vectors: np.ndarray, **filters: Any) -> tuple[float, int] | None:
         """(similarity, reference id) of the nearest reference to any region, among those filtered."""

@@ -132,7 +132,7 @@ def claim_geometry(
     index: ReferenceIndex,
     vector: np.ndarray,
     query_features: Callable[[], LocalFeatures],
-    reference_features: Callable[[int], LocalFeatures],
+    reference_features: Callable[[int], LocalFeatures | None],
     *,
     brand_id: int,
     product_id: int | None,
@@ -142,14 +142,18 @@ def claim_geometry(
     references nearest to `vector` (the region that spoke for it). Training and serving both call this.
     Features are fetched through the callables, only when the claim has references to check.
     Returns the best-agreeing match (most inliers; None when the claim has no reference) and each
-    checked reference id's match."""
+    checked reference id's match. A reference whose features are None (gone from the catalog since the
+    index was read) is not checked."""
     hits = index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k, brand_id=brand_id,
                         product_id=product_id, kind="genuine")
     ref_ids = [int(i) for i in hits.ids[0] if i >= 0]
     if not ref_ids:
         return None, {}
+    features = {i: reference_features(i) for i in ref_ids}
+    if all(f is None for f in features.values()):
+        return None, {}
     query = query_features()
-    found = {i: match_features(query, reference_features(i)) for i in ref_ids}
+    found = {i: match_features(query, f) for i, f in features.items() if f is not None}
     return max(found.values(), key=lambda m: m.inliers), found
 
 
@@ -285,7 +289,8 @@ class ScoreResult:
     provisional: bool
     elapsed_ms: float = 0.0
     ocr: OcrEvidence = dataclasses.field(default_factory=OcrEvidence)
-    duplicates: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    duplicates: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # the newest, capped
+    duplicates_total: int = 0  # every earlier listing of the photo, however many `duplicates` shows
     image: str | None = None
     brand_id: int | None = dataclasses.field(default=None, compare=False)  # the judged brand's catalog id (not in the JSON)
 

@@ -35,6 +35,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--without-model", action="store_true",
                    help="ablation: record listings without scoring (every decision `pass`, no vectors or known-fake "
                         "matches), to measure the network step alone at full size in seconds")
+    p.add_argument("--limit", type=int, default=None,
+                   help="only the feed's first N listings (it is in time order: the marketplace up to the N-th "
+                        "listing), judged against the truth of the sellers they show; a home holding exactly "
+                        "those N scored listings is reused")
     p.add_argument("--out", type=Path, default=Path("runs/bench-rings.json"))
     return p
 
@@ -102,13 +106,21 @@ def main(argv: list[str] | None = None) -> int:
         build_marketplace(feed, source=source, opts=MarketplaceOptions(seed=args.seed))
         figures["build_s"] = round(time.perf_counter() - t0, 1)
     rows = read_feed(feed / "feed.jsonl")
+    if args.limit is not None:
+        if args.limit < 1:
+            raise SystemExit("--limit must be at least 1")
+        rows = rows[: args.limit]
+        figures["limit"] = args.limit
     truth = json.loads((feed / "truth.json").read_text(encoding="utf-8"))
+    seen = {r["seller_id"] for r in rows}
     home_dir = args.home or Path(tempfile.mkdtemp(prefix="markguard-bench-rings-"))
     existing = 0
     if (home_dir / "catalog.sqlite").exists() or os.environ.get("MARKGUARD_DATABASE_URL"):
         home = Home(home_dir)
         with home.sessions() as session:
             existing = session.scalar(select(func.count()).select_from(Listing)) or 0
+    if existing > len(rows) and args.limit is not None:
+        raise SystemExit(f"{home_dir} holds {existing} listings, more than --limit {len(rows)}")
     if existing >= len(rows):
         home = Home(home_dir)
         print(f"reusing {existing} scored listings in {home_dir}", file=sys.stderr)
@@ -138,13 +150,14 @@ def main(argv: list[str] | None = None) -> int:
                                                .where(Ring.dissolved_at.is_(None))):
             groups.setdefault(ring_id, set()).add(seller)
     predicted = list(groups.values())
-    planted = [set(r["sellers"]) for r in truth["rings"]]
+    sellers = {s: role for s, role in truth["sellers"].items() if s in seen}  # all of them without --limit
+    planted = [g for g in (set(r["sellers"]) & seen for r in truth["rings"]) if g]
     precision, recall = pairwise(predicted, planted)
-    honest = [s for s, role in truth["sellers"].items() if role in ("honest", "reseller")]
+    honest = [s for s, role in sellers.items() if role in ("honest", "reseller")]
     in_rings = set().union(*predicted) if predicted else set()
     honest_in = sum(1 for s in honest if s in in_rings)
-    lone_in = sum(1 for s, role in truth["sellers"].items() if role == "lone_counterfeiter" and s in in_rings)
-    figures.update(listings=len(rows), sellers=len(truth["sellers"]), planted_rings=len(planted),
+    lone_in = sum(1 for s, role in sellers.items() if role == "lone_counterfeiter" and s in in_rings)
+    figures.update(listings=len(rows), sellers=len(sellers), planted_rings=len(planted),
                    rings_found=len(predicted), listing_edges=update.edges,
                    precision=round(precision, 4), recall=round(recall, 4),
                    honest_sellers=len(honest), honest_in_rings=round(honest_in / max(1, len(honest)), 4),

@@ -93,8 +93,21 @@ class Home:
                 yield True
 
     @contextlib.contextmanager
-    def _file_lock(self, timeout_s: float | None = None) -> Iterator[bool]:
-        with os.fdopen(os.open(self.root / "write.lock", os.O_RDWR | os.O_CREAT, _FILE_MODE), "r+b") as fh:
+    def photo_lock(self, sha256: str) -> Iterator[None]:
+        """Serialise the writers of one photo's references across threads, processes and (on PostgreSQL)
+        hosts: a review reads which references earlier reviews made of the photo, then moves them, and
+        two reviews at once must not both act on what they read. Taken before `write_lock`, never inside
+        it. One of 256 stripes by the photo's hash, so the lock files stay few."""
+        stripe = int(self.blob_path(sha256).name[:2], 16)
+        folder = self.root / "locks"
+        folder.mkdir(mode=_DIR_MODE, exist_ok=True)
+        with self._file_lock(None, folder / f"photo-{stripe:02x}.lock"), advisory_lock(self.engine, PHOTO_LOCK + stripe):
+            yield
+
+    @contextlib.contextmanager
+    def _file_lock(self, timeout_s: float | None = None, path: Path | None = None) -> Iterator[bool]:
+        path = self.root / "write.lock" if path is None else path
+        with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, _FILE_MODE), "r+b") as fh:
             held = _flock(fh.fileno(), timeout_s)
             try:
                 yield held
@@ -158,6 +171,7 @@ def _flock(fd: int, timeout_s: float | None) -> bool:
 
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
+PHOTO_LOCK = 0x6D67_7068_6F74_6F00  # "mgphoto", + one of 256 stripes: PostgreSQL advisory keys of photo_lock
 
 
 def _private(path: Path, mode: int) -> None:

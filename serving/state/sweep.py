@@ -17,9 +17,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from markguard.serving.indexing import sweep_index_versions
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Listing, Reference
-from markguard.vision.index import read_manifest
 
 __all__ = ["SweepReport", "sweep", "drop_unreferenced_blobs", "MIN_AGE_S"]
 
@@ -42,8 +42,8 @@ def sweep(home: Home, *, min_age_s: float = MIN_AGE_S) -> SweepReport:
         if path.is_file() and _older(path, cutoff):
             report.bytes_freed += _unlink(path)
             report.tmp_files += 1
-    for directory in sorted((home.root / "index").iterdir()):
-        _sweep_index(directory, cutoff, report)
+    report.index_files, freed = sweep_index_versions(home, older_than=cutoff)
+    report.bytes_freed += freed
     with home.write_lock():
         blobs = {p.name: p for p in (home.root / "blobs").glob("??/*") if p.is_file() and not p.name.startswith(".")}
         used = _used(home, blobs)
@@ -52,25 +52,6 @@ def sweep(home: Home, *, min_age_s: float = MIN_AGE_S) -> SweepReport:
                 report.bytes_freed += _unlink(path)
                 report.blobs += 1
     return report
-
-
-def _sweep_index(directory: Path, cutoff: float, report: SweepReport) -> None:
-    """Index version files that the manifest no longer names (kept one version back for readers)."""
-    if not directory.is_dir():
-        return
-    try:
-        manifest = read_manifest(directory)
-    except Exception:  # noqa: BLE001 - an unreadable manifest: leave the folder to reconcile
-        return
-    if manifest is None:
-        return
-    keep = {int(manifest["version"]), int(manifest["version"]) - 1}
-    for path in directory.iterdir():
-        stem = path.name.split(".", 1)[0]
-        kind, _, number = stem.partition("-")
-        if kind in ("index", "meta") and number.isdigit() and int(number) not in keep and _older(path, cutoff):
-            report.bytes_freed += _unlink(path)
-            report.index_files += 1
 
 
 def drop_unreferenced_blobs(home: Home, shas: Iterable[str]) -> int:

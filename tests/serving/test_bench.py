@@ -29,3 +29,30 @@ def test_bench_scoring_small(tmp_path: Path, grocery: Path) -> None:
     result = json.loads(out.read_text())
     assert set(result["results"]) == {"a_imagenet_global", "b_sift_ransac", "c_markguard"}
     assert result["small_marks"]["photos"] == 3
+
+
+def test_bench_rings_limit_judges_the_first_listings_and_reuses_their_home(tmp_path: Path, grocery: Path,
+                                                                            capsys) -> None:
+    from markguard.datasets.marketplace import MarketplaceOptions, build_marketplace
+
+    feed, home = tmp_path / "feed", tmp_path / "home"
+    build_marketplace(feed, source=grocery, opts=MarketplaceOptions(
+        seed=3, honest_sellers=6, resellers=2, lone_counterfeiters=2, rings=2, ring_sellers=(3, 3),
+        listings_per_seller=(4, 5)))
+    rows = [json.loads(line) for line in (feed / "feed.jsonl").read_text().splitlines()]
+    truth = json.loads((feed / "truth.json").read_text())
+    n = len(rows) // 2
+    seen = {r["seller_id"] for r in rows[:n]}
+    args = ["bench", "rings", "--feed", str(feed), "--home", str(home), "--without-model", "--limit", str(n)]
+    assert main([*args, "--out", str(tmp_path / "a.json")]) == 0
+    first = json.loads((tmp_path / "a.json").read_text())
+    assert (first["listings"], first["sellers"], first["limit"]) == (n, len(seen), n)
+    assert first["planted_rings"] == sum(1 for r in truth["rings"] if set(r["sellers"]) & seen)
+    assert capsys.readouterr().out.splitlines()[-1].startswith("precision=")
+    assert main([*args, "--out", str(tmp_path / "b.json")]) == 0  # the home holds exactly those: reused
+    assert "reusing" in capsys.readouterr().err
+    second = json.loads((tmp_path / "b.json").read_text())
+    assert {k: second[k] for k in ("precision", "recall", "honest_in_rings")} == \
+        {k: first[k] for k in ("precision", "recall", "honest_in_rings")}
+    with pytest.raises(SystemExit, match="more than --limit"):
+        main([*args[:-1], str(n - 1), "--out", str(tmp_path / "c.json")])

@@ -236,3 +236,64 @@ def test_enroll_review_and_delete_keep_catalog_and_index_in_step(home: Home, gro
     with pytest.raises(MarkguardError, match="no reference"):
         delete_references(home, brand="Arla", ids=[report.added[0]])
     assert load_or_new(home, artifact).ids.tolist() == [review.reference_id]
+
+
+def test_a_genuine_and_a_counterfeit_review_at_once_take_turns(home: Home, grocery: Path, monkeypatch) -> None:
+    """Two moderators label one listing at the same moment, one genuine, one counterfeit, after an earlier
+    counterfeit review. Each review reads what earlier reviews made of the photo and moves it; held at the
+    point right after that reading until the other arrives (or 3 s pass), they would both act on one
+    reading. Under the photo's lock they never overlap: both succeed (no 404 "has no reference"), and the
+    photo ends as the later review says, with exactly its reference."""
+    import threading
+
+    from markguard.serving import reviews
+    from markguard.serving.registry import ensure_default_model
+    from markguard.serving.state.schema import Reference, ReferenceKind
+
+    artifact = ensure_default_model(home)
+    model = artifact.load_embedder(fuse=True)
+    photo = sorted((grocery / "val" / "Packages" / "Milk" / "Arla-Standard-Milk").glob("*.jpg"))[0].read_bytes()
+    with home.sessions.begin() as session:
+        arla = add_brand(session, "Arla")
+        arla.genuine_from_reviews = True
+        session.add(Listing(listing_id="L-1", brand_id=arla.id, image_sha256=home.put_blob(photo), risk=0.9,
+                            decision="takedown", model_tag=artifact.tag))
+    first = reviews.record_review(home, artifact, model, listing_id="L-1", label=ReferenceKind.COUNTERFEIT,
+                                  reviewer_key_id="a" * 16)
+    assert first.reference_id is not None
+
+    barrier, overlapped = threading.Barrier(2, timeout=3.0), []
+    read = reviews._made_by_reviews
+
+    def read_then_wait(*args):  # noqa: ANN202
+        made = read(*args)
+        try:
+            barrier.wait()
+            overlapped.append(True)
+        except threading.BrokenBarrierError:
+            pass
+        return made
+
+    monkeypatch.setattr(reviews, "_made_by_reviews", read_then_wait)
+    results, errors = {}, []
+
+    def review(label: ReferenceKind) -> None:
+        try:
+            results[label] = reviews.record_review(home, artifact, model, listing_id="L-1", label=label,
+                                                   reviewer_key_id=label.value[:16].ljust(16, "x"))
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=review, args=(k,)) for k in (ReferenceKind.GENUINE, ReferenceKind.COUNTERFEIT)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert errors == [] and len(results) == 2 and not overlapped
+    earlier, later = sorted(results.values(), key=lambda r: r.review_id)
+    with home.sessions() as session:
+        refs = dict(session.execute(select(Reference.id, Reference.kind).where(
+            Reference.sha256 == session.get(Listing, 1).image_sha256)).all())
+    assert refs == {later.reference_id: ReferenceKind(later.label)}  # the later word stands, with its reference
+    assert later.removed_reference_id == earlier.reference_id  # and it undid the earlier one's
+    assert earlier.removed_reference_id == first.reference_id or earlier.label == first.label

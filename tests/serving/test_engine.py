@@ -15,7 +15,7 @@ from markguard.serving.engine import ScoreRequest, ScoringEngine
 from markguard.serving.enroll import collect_inputs, enroll
 from markguard.serving.registry import ensure_default_model
 from markguard.serving.state.home import Home
-from markguard.serving.state.schema import Brand, Listing, Reference
+from markguard.serving.state.schema import Brand, Listing, Product, Reference
 from markguard.vision.errors import NotFound
 
 MILK, OTHER = "Milk/Arla-Standard-Milk", "Milk/Arla-Ecological-Medium-Fat-Milk"
@@ -86,6 +86,27 @@ def test_photo_reuse_across_listings(engine: ScoringEngine, grocery: Path) -> No
     assert [d["listing_id"] for d in same_listing.duplicates] == ["L-2"]  # itself is not reuse
     other = engine.score(ScoreRequest(_val(grocery, OTHER, 0), listing="L-3"), record=False)
     assert other.duplicates == []
+
+
+def test_duplicates_are_capped_but_counted_in_full(engine: ScoringEngine, grocery: Path) -> None:
+    from markguard.serving.engine import MAX_DUPLICATES
+    from markguard.vision.decode import decode_image
+    from markguard.vision.phash import phash
+
+    data = _val(grocery, MILK, 3)
+    value = phash(decode_image(data)).int64
+    with engine.home.sessions.begin() as session:
+        for i in range(MAX_DUPLICATES + 15):
+            session.add(Listing(listing_id=f"DUP-{i}", seller_id="s", image_sha256="0" * 64, phash=value ^ (1 << i % 8),
+                                risk=0.5, decision="review", model_tag="m"))
+        for _ in range(2):  # the listing being scored, seen before: not reuse, not counted
+            session.add(Listing(listing_id="DUP-self", seller_id="s", image_sha256="0" * 64, phash=value, risk=0.5,
+                                decision="review", model_tag="m"))
+    result = engine.score(ScoreRequest(data, listing="DUP-self", seller="s"), record=False)
+    assert result.duplicates_total == MAX_DUPLICATES + 15
+    assert [d["listing_id"] for d in result.duplicates] == [f"DUP-{i}" for i in range(15, MAX_DUPLICATES + 15)]
+    out = result.to_dict()
+    assert out["duplicates_total"] == MAX_DUPLICATES + 15 and len(out["duplicates"]) == MAX_DUPLICATES
 
 
 def test_brand_only_claim_names_the_best_product(engine: ScoringEngine, grocery: Path) -> None:
@@ -188,3 +209,42 @@ def test_a_swapped_mark_detector_is_refused(tmp_path: Path) -> None:
     (artifact.path / "detector.json").write_text(json.dumps(config))
     with pytest.raises(IntegrityError, match="detector"):
         promoted_artifact(home)
+
+
+def test_a_reference_deleted_between_refresh_and_judge_is_left_out(tmp_path: Path, grocery: Path) -> None:
+    """The race of one process: a delete commits after the engine's refresh and before its judge, so the
+    index it judges with still holds vectors whose catalog rows (and blobs) are gone. Forced in order,
+    no threads: such hits are left out of the answer, never a 500."""
+    from markguard.serving.references import delete_references
+
+    home = Home(tmp_path / "home")
+    artifact = ensure_default_model(home)
+    model = artifact.load_embedder()
+    with home.sessions.begin() as session:
+        add_brand(session, "Arla")
+    for product in (MILK, OTHER):
+        iconic = next((grocery / "iconic" / "Packages" / product).glob("*_Iconic.jpg"))
+        train = sorted((grocery / "train" / "Packages" / product).glob("*.jpg"))[:1]
+        enroll(home, artifact, model, brand="Arla", product=product.split("/")[1], inputs=collect_inputs([iconic, *train]))
+    engine = ScoringEngine(home, ocr=False)
+    with home.sessions() as session:
+        doomed = sorted(session.scalars(select(Reference.id).join(Product, Product.id == Reference.product_id)
+                                        .where(Product.name == MILK.split("/")[1])))
+    assert len(doomed) == 2
+    requests = [ScoreRequest(_val(grocery, MILK), brand="Arla", product=MILK.split("/")[1], listing="R-1"),
+                ScoreRequest(_val(grocery, MILK), brand="Arla", listing="R-2"),
+                ScoreRequest(_val(grocery, MILK), listing="R-3")]
+    before = [engine.score(r, record=False) for r in requests]
+    assert all({m.reference_id for m in b.matches} & set(doomed) for b in before)  # the doomed ones are evidence
+
+    fresh = ScoringEngine(home, ocr=False)  # no reference features cached: it reads them after the delete
+    engine.refresh()
+    plans = [(e, e.plan(r)) for e in (engine, fresh) for r in requests]
+    assert delete_references(home, brand="Arla", ids=doomed) == doomed  # commits between refresh and judge
+    assert set(doomed) <= {int(i) for i in engine.index.ids}  # the engine still holds their vectors
+    for e, plan in plans:
+        result = e.finish(plan, e.embed(plan.crops), record=False)
+        assert not {m.reference_id for m in result.matches} & set(doomed)
+        assert result.matches and all(m.product == OTHER.split("/")[1] for m in result.matches)
+    engine.refresh()  # and the next refresh drops them
+    assert not set(doomed) & {int(i) for i in engine.index.ids}

@@ -332,10 +332,12 @@ def test_duplicates_are_capped_at_the_newest(live: Live) -> None:
     from markguard.vision.phash import phash
 
     value = phash(decode_image(live.photos[1])).int64
+    earlier = live.score(1, listing_id="D-new")["duplicates_total"]  # other tests' listings of the photo
     with live.home.sessions.begin() as session:
         for i in range(cap + 15):
             session.add(Listing(listing_id=f"D-{i}", seller_id="s", image_sha256="0" * 64, phash=value, risk=0.5,
                                 decision="review", model_tag="m"))
-    dupes = live.score(1, listing_id="D-new")["duplicates"]
-    assert len(dupes) == cap
+    scored = live.score(1, listing_id="D-new")
+    dupes = scored["duplicates"]
+    assert len(dupes) == cap and scored["duplicates_total"] == earlier + cap + 15  # the cap hides no count
     assert dupes[-1]["listing_id"] == f"D-{cap + 14}" and "D-0" not in {d["listing_id"] for d in dupes}
