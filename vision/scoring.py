@@ -292,7 +292,7 @@ class ScoreResult:
     duplicates: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # the newest, capped
     duplicates_total: int = 0  # every earlier listing of the photo, however many `duplicates` shows
     image: str | None = None
-    brand_id: int | None = dataclasses.field(default=None, compare=False)  # the judged brand's catalog id (not in the JSON)
+    brand_id: int | None = dataclasses.field(default=None, compare=False, metadata={"json": False})  # the judged brand's catalog id (not in the JSON)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"image": self.image} if self.image is not None else {}

@@ -100,7 +100,8 @@ class ScoreOut(_Out):
     provisional: bool
     elapsed_ms: float
     ocr: OcrOut
-    duplicates: list[DuplicateOut]
+    duplicates: list[DuplicateOut] = Field(description="the newest earlier listings of this photo, at most 20")
+    duplicates_total: int = Field(0, description="every earlier listing of this photo, however many `duplicates` shows")
     image: str | None = Field(None, description="the photo's name as the caller gave it (CLI only)")
 
 
