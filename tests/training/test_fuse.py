@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from markguard.training.fuse import fused_embedder
-from markguard.vision.artifact import load_artifact
+from markguard.vision.artifact import load_artifact, write_artifact
 from markguard.vision.embed import EmbedderConfig
 
 SHIPPED = Path(__file__).resolve().parents[2] / "serving" / "default_model"
 
 
-def test_fused_embedding_is_the_weighted_concatenation(imagenet_embedder) -> None:
+def test_fused_embedding_is_the_weighted_concatenation(imagenet_embedder, tmp_path) -> None:
     shipped = load_artifact(SHIPPED)
     weight = 0.75
     fused = fused_embedder(shipped, pooled_weight=weight)
@@ -36,6 +36,12 @@ def test_fused_embedding_is_the_weighted_concatenation(imagenet_embedder) -> Non
     cos = float(out[0] @ out[1])
     parts = float(expected[0, :256] @ expected[1, :256]), float(expected[0, 256:] @ expected[1, 256:])
     assert cos == pytest.approx(sum(parts), abs=1e-5)
+    # it goes through the artifact path (checksummed weights, strict load) and loads as it was written
+    artifact = write_artifact(tmp_path / "fused", state_dict=fused.state_dict(), embedder=fused.config,
+                              fusion=shipped.fusion, card={"tag": "fused-test"})
+    with torch.no_grad():
+        assert torch.allclose(artifact.load_embedder()(x), out, atol=1e-6)
+        assert torch.allclose(artifact.load_embedder(fuse=True)(x), out, atol=1e-4)  # BatchNorm folded, as served
 
 
 def test_pooled_fields_belong_to_the_pooled_head(tmp_path) -> None:
