@@ -20,7 +20,7 @@ from markguard.training.fusion import OperatingPoint, fit_fusion, threshold_at_f
 from markguard.training.model import SplitEmbedder, embed_cached
 from markguard.vision.geometry import extract_features
 
-__all__ = ["Calibration", "calibrate", "stable_share"]
+__all__ = ["Calibration", "calibrate", "calibrate_vectors", "stable_share"]
 
 
 @dataclasses.dataclass
@@ -43,10 +43,17 @@ def calibrate(*, split: SplitEmbedder, config: dict[str, Any], run_dir: Path, ev
               eval_caches: dict[str, dict[str, torch.Tensor]], quiet: bool = False) -> Calibration:
     """Claims on every eval set with all their evidence; the fusion fitted on the calibration sets."""
     device = config["device"]
-    c = config["calibration"]
     vectors = {n: (embed_cached(split, eval_caches[n]["references"], device=device),
                    split_blocks(embed_cached(split, eval_caches[n]["queries"], device=device),
                                 eval_caches[n]["query_regions"].tolist())) for n in eval_sets}
+    return calibrate_vectors(vectors, config=config, run_dir=run_dir, eval_sets=eval_sets, quiet=quiet)
+
+
+def calibrate_vectors(vectors: dict[str, tuple[np.ndarray, list[np.ndarray]]], *, config: dict[str, Any],
+                      run_dir: Path, eval_sets: dict[str, EvalSet], quiet: bool = False) -> Calibration:
+    """`calibrate` on vectors already computed (per eval set: reference vectors and query region blocks,
+    as serving embeds them), for an embedder that was not trained by this run (`training.fuse`)."""
+    c = config["calibration"]
     claim_sets = {n: make_claims(es, *vectors[n], seed=config["seed"]) for n, es in eval_sets.items()}
     if c["geometry"]:
         for n, es in eval_sets.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Self
 
@@ -18,7 +19,9 @@ from torch import nn
 
 from markguard.vision.embed.backbone import Backbone, create_backbone
 
-__all__ = ["ArtifactConfig", "EmbedderConfig", "Embedder", "BackboneEmbedder"]
+__all__ = ["ArtifactConfig", "EmbedderConfig", "Embedder", "BackboneEmbedder", "HEADS"]
+
+HEADS = ("none", "linear", "linear+pooled")
 
 
 class ArtifactConfig:
@@ -63,14 +66,34 @@ class EmbedderConfig(ArtifactConfig):
     mean: tuple[float, float, float]  # per RGB channel, on [0, 1] pixels
     std: tuple[float, float, float]
     embedding_dim: int
-    head: str  # "none": pooled trunk features; "linear": a learned projection
+    head: str  # "none": pooled trunk features; "linear": a learned projection; "linear+pooled": see below
     weights_sha256: str
     weights_file: str = "weights.safetensors"
+    # head "linear+pooled" only: the learned projection, L2-normalised, beside the pooled features of a
+    # second copy of the trunk's stages from `pooled_split` on (its own weights: the ImageNet ones where
+    # the first copy was fine-tuned), L2-normalised and weighted by `pooled_weight`; the whole is unit
+    # norm, so cosine = (s_head + pooled_weight² · s_pooled) / (1 + pooled_weight²).
+    pooled_weight: float = 0.0
+    pooled_split: int = 0
 
     def __post_init__(self) -> None:
         self.check_input_and_weights_file()
-        if self.head not in ("none", "linear"):
+        if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}")
+        if self.head == "linear+pooled":
+            if not self.pooled_weight > 0:
+                raise ValueError("head 'linear+pooled' needs pooled_weight > 0")
+            if self.pooled_split < 0:
+                raise ValueError("pooled_split must be >= 0")
+        elif self.pooled_weight or self.pooled_split:
+            raise ValueError(f"pooled_weight and pooled_split belong to head 'linear+pooled', not {self.head!r}")
+
+    def to_json(self) -> str:
+        raw = dataclasses.asdict(self)
+        if self.head != "linear+pooled":  # embedder.json of the other heads stays as it always was
+            del raw["pooled_weight"], raw["pooled_split"]
+        raw["mean"], raw["std"] = list(self.mean), list(self.std)
+        return json.dumps(raw, indent=2, sort_keys=True) + "\n"
 
 
 class Embedder(nn.Module):
@@ -102,14 +125,27 @@ class Embedder(nn.Module):
 
 
 class BackboneEmbedder(Embedder):
-    """A registered trunk, global average pooling, an optional linear projection, L2 normalisation."""
+    """A registered trunk, global average pooling, an optional linear projection, L2 normalisation.
+
+    Head `linear+pooled` also keeps `pooled_tail`, a second copy of the trunk's stages from
+    `pooled_split` on and its `final` layers, run on the same prefix: the embedding is the projection's
+    unit vector and that copy's pooled unit vector times `pooled_weight`, normalised together (a
+    fine-tuned head beside the ImageNet features it was fine-tuned from, at a small extra cost)."""
 
     def __init__(self, config: EmbedderConfig) -> None:
         super().__init__(config)
         self.backbone: Backbone = create_backbone(config.architecture)
         feature_dim = self.backbone.feature_dim
+        self.pooled_tail: nn.ModuleList | None = None
         if config.head == "linear":
             self.head: nn.Module = nn.Linear(feature_dim, config.embedding_dim)
+        elif config.head == "linear+pooled":
+            if config.embedding_dim <= feature_dim:
+                raise ValueError(f"head 'linear+pooled' needs embedding_dim > {feature_dim} (projection + pooled)")
+            if config.pooled_split > len(self.backbone.stages):
+                raise ValueError(f"pooled_split {config.pooled_split} outside [0, {len(self.backbone.stages)}]")
+            self.head = nn.Linear(feature_dim, config.embedding_dim - feature_dim)
+            self.pooled_tail = nn.ModuleList(create_backbone(config.architecture).modules_from(config.pooled_split))
         elif config.embedding_dim == feature_dim:
             self.head = nn.Identity()
         else:
@@ -120,4 +156,13 @@ class BackboneEmbedder(Embedder):
         return self.backbone.forward_features(x).mean(dim=(2, 3))
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(self.pooled(x)), dim=1)
+        if self.pooled_tail is None:
+            return F.normalize(self.head(self.pooled(x)), dim=1)
+        split = self.config.pooled_split
+        f = self.backbone.forward_until(x, split)
+        projected = F.normalize(self.head(self.backbone.forward_from(f, split).mean(dim=(2, 3))), dim=1)
+        for module in self.pooled_tail:
+            f = module(f)
+        w = self.config.pooled_weight
+        pooled = F.normalize(f.mean(dim=(2, 3)), dim=1)
+        return torch.cat([projected, w * pooled], dim=1) / math.sqrt(1.0 + w * w)
