@@ -3,7 +3,8 @@
 `GuardMiddleware` wraps the whole service (BentoML's routes and the mounted API): it answers 413 from
 `Content-Length` before reading a byte, and again while the body streams in, so an oversized upload is
 never buffered; any exception becomes a problem+json 500 naming the request id, never a traceback; and
-a plain-text 404 or 405 from a router outside the API (BentoML's own) becomes a problem+json one.
+a plain-text 404 or 405 from a router outside the API (BentoML's own) becomes a problem+json one
+(the console's own HTML error pages are left as they are).
 """
 
 from __future__ import annotations
@@ -177,7 +178,8 @@ class GuardMiddleware:
             if message["type"] == "http.response.start":
                 status["code"], status["sent"] = message["status"], True
                 given = dict(message.get("headers", []))
-                if message["status"] in (404, 405) and b"json" not in given.get(b"content-type", b""):
+                kind = given.get(b"content-type", b"")
+                if message["status"] in (404, 405) and (not kind or kind.startswith(b"text/plain")):  # the console's HTML pages stay
                     replaced = True
                     allow = {"allow": given[b"allow"].decode("latin-1")} if b"allow" in given else {}
                     detail = "no such route" if message["status"] == 404 else "method not allowed on this route"

@@ -53,6 +53,9 @@ def storage_url_for_home(root: str, database_url: str | None) -> str:
     return f"sqlite:///{root}/ratelimit.sqlite"
 
 
+_CREATE_LOCK = 0x6D67726C  # "mgrl": the advisory lock that makes the table's creation one at a time
+
+
 class SqlStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWindow):
     """Counters in one SQL table; see the module docstring."""
 
@@ -63,6 +66,8 @@ class SqlStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWindow)
         self.url = uri
         self.engine = self._engine(uri)
         with self.engine.begin() as conn:  # IF NOT EXISTS: every worker of the home runs this at start-up
+            if conn.dialect.name == "postgresql":  # where two concurrent IF NOT EXISTS can still collide
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CREATE_LOCK})
             conn.execute(self._CREATE)
 
     @staticmethod

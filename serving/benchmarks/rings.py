@@ -124,6 +124,19 @@ def main(argv: list[str] | None = None) -> int:
     if existing >= len(rows):
         home = Home(home_dir)
         print(f"reusing {existing} scored listings in {home_dir}", file=sys.stderr)
+    elif existing and not args.without_model:  # an interrupted run: score the rest of the feed, in order
+        home = Home(home_dir)
+        with home.sessions() as session:
+            held = list(session.scalars(select(Listing.listing_id).order_by(Listing.id)))
+        if held != [r["listing_id"] for r in rows[:existing]]:
+            raise SystemExit(f"{home_dir} holds {existing} listings that are not the feed's first ones; "
+                             "use a fresh --home")
+        print(f"resuming after {existing} scored listings in {home_dir}", file=sys.stderr)
+        engine = ScoringEngine(home, ocr=False)
+        with tqdm(total=len(rows) - existing, desc="scoring", unit="listing", mininterval=30) as bar:
+            report = ingest_feed(engine, rows[existing:], chunk=args.chunk, progress=bar.update)
+        figures.update(mode="scored", resumed_after=existing, scoring_s=report.seconds,
+                       s_per_listing=round(report.seconds / (len(rows) - existing), 3), decisions=report.decisions)
     else:
         if existing:
             raise SystemExit(f"{home_dir} holds {existing} of {len(rows)} listings; use a fresh --home")

@@ -45,7 +45,8 @@ router = APIRouter(tags=["listings"])
 
 RowId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="the listing's catalog id (`id` in a page)")]
 _PRIVATE = {"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"}
-_IMAGE = {200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}},
+_BYTES = {"schema": {"type": "string", "format": "binary"}}
+_IMAGE = {200: {"content": {"image/jpeg": _BYTES, "image/png": _BYTES, "image/webp": _BYTES},
                 "description": "the stored bytes"}}
 
 
@@ -120,7 +121,7 @@ async def get_listing_image(request: Request, listing: RowId, principal: Princip
 
 
 @router.get("/listings/{listing}/evidence.png", summary="A listing's photo with its evidence drawn",
-            responses={200: {"content": {"image/png": {}}, "description": "PNG"}, **errors(404, 422)},
+            responses={200: {"content": {"image/png": _BYTES}, "description": "PNG"}, **errors(404, 422)},
             response_class=Response)
 async def get_listing_evidence(request: Request, listing: RowId, principal: Principal = _reader) -> Response:
     """Matched regions (green: a genuine reference; red: a known fake), OCR lines (blue) and serial

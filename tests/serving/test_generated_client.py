@@ -21,6 +21,9 @@ package_name_override: mgclient
 post_hooks: []
 content_type_overrides:
   application/zip: application/octet-stream
+  image/jpeg: application/octet-stream
+  image/png: application/octet-stream
+  image/webp: application/octet-stream
 """
 
 

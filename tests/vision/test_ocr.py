@@ -22,7 +22,7 @@ from markguard.vision.ocr import (
 from markguard.vision.text import WordmarkMatch, match_wordmarks
 
 FONTS = Path("/usr/share/fonts/truetype/dejavu")
-CLOTHING = Path(__file__).resolve().parents[2] / "shared" / "data" / "clothing"
+CLOTHING = Path(__file__).resolve().parents[3] / "shared" / "data" / "clothing"
 
 
 def _render(lines: list[tuple[str, str, int]], size: tuple[int, int] = (600, 220)) -> np.ndarray:
