@@ -7,7 +7,6 @@ Reports are for admins, or cut to the brand of a brand key.
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import tempfile
 import zipfile
@@ -21,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from markguard.serving.keys import Principal, Role
 from markguard.serving.limits import ApiError
-from markguard.serving.routes.deps import MAX_ID, errors, require
+from markguard.serving.routes.deps import MAX_ID, brand_scope, errors, iso_time, require
 from markguard.serving.routes.deps import backend as _home
 from markguard.serving.routes.schemas import ReportOut, RingDetailOut, RingsOut
 from markguard.vision.errors import NotFound
@@ -33,20 +32,6 @@ _rings_reader = require(Role.INVESTIGATOR, Role.BRAND)
 _reporter = require(Role.BRAND)
 
 
-def _scope(principal: Principal) -> int | None:
-    return principal.brand_id if principal.role is Role.BRAND else None
-
-
-def _time(value: str | None, name: str) -> dt.datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise ApiError(422, f"{name}: expected an ISO date or time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
 @router.get("/rings", summary="Live rings, best first (investigator; brand keys: rings selling their brand)",
             response_model=RingsOut, responses=errors(404, 422))
 async def get_rings(request: Request, brand: str | None = None, since: str | None = None,
@@ -55,7 +40,7 @@ async def get_rings(request: Request, brand: str | None = None, since: str | Non
     from markguard.serving.intelligence.rings import list_rings
 
     home = _home(request).home
-    start = _time(since, "since")
+    start = iso_time(since, "since")
 
     def work() -> Any:
         with home.sessions() as session:
@@ -65,9 +50,9 @@ async def get_rings(request: Request, brand: str | None = None, since: str | Non
                     brand_id = get_brand(session, brand).id
                 except NotFound:
                     raise ApiError(404, f"unknown brand {brand!r}") from None
-                if _scope(principal) is not None and brand_id != principal.brand_id:
+                if brand_scope(principal) is not None and brand_id != principal.brand_id:
                     raise ApiError(404, f"unknown brand {brand!r}")
-            return {"rings": list_rings(session, brand_id=brand_id, since=start, visible_to=_scope(principal))}
+            return {"rings": list_rings(session, brand_id=brand_id, since=start, visible_to=brand_scope(principal))}
 
     return await run_in_threadpool(work)
 
@@ -82,7 +67,7 @@ async def get_ring(request: Request, ring_id: Annotated[int, PathParam(ge=1, le=
     def work() -> Any:
         with home.sessions() as session:
             try:
-                return ring_detail(session, ring_id, visible_to=_scope(principal))
+                return ring_detail(session, ring_id, visible_to=brand_scope(principal))
             except NotFound:
                 raise ApiError(404, f"no ring {ring_id}") from None
 
@@ -101,7 +86,7 @@ async def export_ring(request: Request, ring_id: Annotated[int, PathParam(ge=1, 
             out = Path(tmp) / f"ring-{ring_id}"
             try:
                 export_case(home, ring_id, out, actor=principal.key_id, role=principal.role.value,
-                            visible_to=_scope(principal))
+                            visible_to=brand_scope(principal))
             except NotFound:
                 raise ApiError(404, f"no ring {ring_id}") from None
             buf = io.BytesIO()
@@ -123,12 +108,12 @@ async def get_report(request: Request, start: str = Query(alias="from"), end: st
     from markguard.serving.intelligence.reports import build_report
 
     home = _home(request).home
-    t0, t1 = _time(start, "from"), _time(end, "to")
+    t0, t1 = iso_time(start, "from"), iso_time(end, "to")
     if t0 is None or t1 is None or t1 <= t0:
         raise ApiError(422, "`to` must come after `from`")
 
     def work() -> Any:
         with home.sessions() as session:
-            return build_report(session, start=t0, end=t1, brand_id=_scope(principal))
+            return build_report(session, start=t0, end=t1, brand_id=brand_scope(principal))
 
     return await run_in_threadpool(work)

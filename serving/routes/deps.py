@@ -9,6 +9,7 @@ request body is validated. The schema shows it as an HTTP bearer scheme; the 401
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -24,7 +25,7 @@ from markguard.serving.limits import ApiError, RateLimiter, note_request
 from markguard.serving.problems import PROBLEM_JSON, Problem
 from markguard.vision.errors import NotFound
 
-__all__ = ["Backend", "Embed", "local_embed", "backend", "require", "brand_of", "errors", "MAX_ID", "Admin", "Platform",
+__all__ = ["brand_scope", "iso_time", "Backend", "Embed", "local_embed", "backend", "require", "brand_of", "errors", "MAX_ID", "Admin", "Platform",
            "BrandKey", "Moderator"]
 
 MAX_ID = 2**63 - 1  # catalog ids are signed 64-bit: a larger one is refused (422), never looked up
@@ -108,3 +109,19 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The documented error answers of a route: the given statuses and those every route may give."""
     return {s: {"model": Problem, "description": _WHY[s], "content": {PROBLEM_JSON: {}}}
             for s in sorted({*statuses, *_ALWAYS})}
+
+
+def brand_scope(principal: Principal) -> int | None:
+    """The brand id a caller is confined to (a brand key's), or None for roles that see every brand."""
+    return principal.brand_id if principal.role is Role.BRAND else None
+
+
+def iso_time(value: str | None, name: str) -> dt.datetime | None:
+    """A query parameter's ISO date or time (UTC when it names no zone); 422 when it is not one."""
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ApiError(422, f"{name}: expected an ISO date or time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)

@@ -14,7 +14,6 @@ Only moderators (and admins) claim listings. Photos are private: `Cache-Control:
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -23,7 +22,6 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from markguard.serving.keys import Principal, Role
-from markguard.serving.limits import ApiError
 from markguard.serving.listings import (
     DEFAULT_PAGE,
     MAX_ID,
@@ -37,7 +35,7 @@ from markguard.serving.listings import (
     reference_photo,
     release_claim,
 )
-from markguard.serving.routes.deps import backend, errors, require
+from markguard.serving.routes.deps import backend, brand_scope, errors, iso_time, require
 
 __all__ = ["router"]
 
@@ -52,20 +50,6 @@ _IMAGE = {200: {"content": {"image/jpeg": _BYTES, "image/png": _BYTES, "image/we
 
 _reader = require(Role.MODERATOR, Role.INVESTIGATOR, Role.BRAND)
 _moderator = require(Role.MODERATOR)
-
-
-def _scope(principal: Principal) -> int | None:
-    return principal.brand_id if principal.role is Role.BRAND else None
-
-
-def _time(value: str | None, name: str) -> dt.datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise ApiError(422, f"{name}: expected an ISO date or time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 async def _call(work: Any) -> Any:
@@ -95,11 +79,11 @@ async def get_listings(
     scored, whether it was reviewed (and the last label), and a running claim. Pass `next` back as
     `cursor` with the same filters and order for the following page; `next` is null on the last."""
     filters = ListingFilters(decision=decision, brand=brand, min_risk=min_risk, max_risk=max_risk,
-                             reviewed=reviewed, seller=seller, since=_time(since, "since"),
-                             until=_time(until, "until"), unclaimed_for=principal.key_id if unclaimed else None)
+                             reviewed=reviewed, seller=seller, since=iso_time(since, "since"),
+                             until=iso_time(until, "until"), unclaimed_for=principal.key_id if unclaimed else None)
     home = backend(request).home
     page = await _call(lambda: list_listings(home, filters, order=order, cursor=cursor, limit=limit,
-                                             visible_to=_scope(principal)))
+                                             visible_to=brand_scope(principal)))
     return dataclasses.asdict(page)
 
 
@@ -109,14 +93,14 @@ async def get_listing(request: Request, listing: RowId, principal: Principal = _
     """`result` is the score JSON as stored when it was scored (with each serial's OCR line and box);
     `earlier` names earlier listings of the same photo or of a serial it showed."""
     home = backend(request).home
-    return await _call(lambda: listing_detail(home, listing, visible_to=_scope(principal)))
+    return await _call(lambda: listing_detail(home, listing, visible_to=brand_scope(principal)))
 
 
 @router.get("/listings/{listing}/image", summary="A listing's photo, as uploaded", responses={**_IMAGE, **errors(404, 422)},
             response_class=Response)
 async def get_listing_image(request: Request, listing: RowId, principal: Principal = _reader) -> Response:
     home = backend(request).home
-    data, media = await _call(lambda: listing_photo(home, listing, visible_to=_scope(principal)))
+    data, media = await _call(lambda: listing_photo(home, listing, visible_to=brand_scope(principal)))
     return Response(data, media_type=media, headers=_PRIVATE)
 
 
@@ -127,7 +111,7 @@ async def get_listing_evidence(request: Request, listing: RowId, principal: Prin
     """Matched regions (green: a genuine reference; red: a known fake), OCR lines (blue) and serial
     reads (orange; magenta when invalid or unregistered), each labelled."""
     home = backend(request).home
-    data = await _call(lambda: evidence_png(home, listing, visible_to=_scope(principal)))
+    data = await _call(lambda: evidence_png(home, listing, visible_to=brand_scope(principal)))
     return Response(data, media_type="image/png", headers=_PRIVATE)
 
 
@@ -136,7 +120,7 @@ async def get_listing_evidence(request: Request, listing: RowId, principal: Prin
 async def get_reference_image(request: Request, reference: Annotated[int, PathParam(ge=1, le=MAX_ID)],
                               principal: Principal = _reader) -> Response:
     home = backend(request).home
-    data, media = await _call(lambda: reference_photo(home, reference, visible_to=_scope(principal)))
+    data, media = await _call(lambda: reference_photo(home, reference, visible_to=brand_scope(principal)))
     return Response(data, media_type=media, headers=_PRIVATE)
 
 

@@ -35,24 +35,32 @@ def real_server(home: Path, log: Path, *, env: dict[str, str] | None = None,
                 extra: tuple[str, ...] = ()) -> Iterator[tuple[str, subprocess.Popen]]:
     """Yield (base URL, the `markguard serve` process) once `/readyz` answers 200."""
     port = free_port()
+    environ = {**os.environ, "MARKGUARD_THREADS": "1", "MARKGUARD_EMBED_WORKERS": "1", **(env or {})}
+    command = [sys.executable, "-m", "markguard.serving.cli", "serve", "--home", str(home), "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1", *extra]
+    with serving_process(command, port, log, env=environ) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serving_process(command: list[str], port: int, log: Path, *, env: dict[str, str],
+                    cwd: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run `command` (a server on 127.0.0.1:`port`) in its own session; yield (base URL, process) once
+    `/readyz` answers 200; stop its whole group, and every worker it started, afterwards."""
     url = f"http://127.0.0.1:{port}"
     out = open(log, "wb")  # noqa: SIM115
-    environ = {**os.environ, "MARKGUARD_THREADS": "1", "MARKGUARD_EMBED_WORKERS": "1", **(env or {})}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "markguard.serving.cli", "serve", "--home", str(home), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1", *extra],
-        env=environ, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
     pids: set[int] = set()
     try:
         deadline = time.monotonic() + 300
         while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
+            assert proc.poll() is None, log.read_text(errors="replace")[-4000:]
             try:
                 if httpx.get(url + "/readyz", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
-            assert time.monotonic() < deadline, "server not ready"
+            assert time.monotonic() < deadline, "server not ready:\n" + log.read_text(errors="replace")[-4000:]
             time.sleep(0.5)
         pids = {p.pid for p in descendants(proc.pid)}
         yield url, proc

@@ -10,20 +10,17 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 import yaml
 
-from .real_server import descendants, free_port
+from .real_server import free_port, serving_process
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ["vision", "training", "serving", "datasets", "pyproject.toml", "README.md"]
@@ -56,38 +53,9 @@ def _build(tmp_path: Path) -> Path:
 @contextlib.contextmanager
 def _serve_bento(bento: Path, env: dict[str, str], log: Path):
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    out = open(log, "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", str(bento), "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True, cwd=bento)
-    pids: set[int] = set()
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, log.read_text()[-4000:]
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "Bento not ready:\n" + log.read_text()[-4000:]
-            time.sleep(0.5)
-        pids = {p.pid for p in descendants(proc.pid)}
+    command = [sys.executable, "-m", "bentoml", "serve", str(bento), "--host", "127.0.0.1", "--port", str(port)]
+    with serving_process(command, port, log, env=env, cwd=bento) as (url, _):
         yield url
-    finally:
-        pids |= {p.pid for p in descendants(proc.pid)}
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        for pid in pids:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                psutil.Process(pid).kill()
-        out.close()
 
 
 def _score_path(url: str) -> str:
