@@ -61,14 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     # A separate dest: a sub-command's own --home default would otherwise overwrite this one.
     parser.add_argument("--home", dest="global_home", type=Path, default=None, metavar="DIR", help=_HOME_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # a part not built yet; anything missing inside it is a real error
-                continue
-            raise
-        module.register(subparsers)
+    for name in COMMAND_MODULES:  # a listed module that is missing is a broken install: fail, never hide its commands
+        importlib.import_module(name).register(subparsers)
     return parser
 
 

@@ -172,3 +172,13 @@ def test_every_variable_is_named_in_settings_and_in_the_readme() -> None:
     assert "MARKGUARD_CAP_<NAME>" in readme
     table_rows = set(re.findall(r"^\| `(MARKGUARD_[A-Z_]+)` \|", readme, re.MULTILINE))
     assert fields <= table_rows, fields - table_rows
+
+
+def test_a_missing_command_module_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listed command module that cannot be imported is a broken install: the parser refuses to build
+    rather than quietly dropping its commands."""
+    from markguard.serving import cli
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "markguard.serving.commands.not_there"))
+    with pytest.raises(ModuleNotFoundError, match="not_there"):
+        cli.build_parser()
