@@ -21,17 +21,24 @@ from markguard.vision.errors import NotFound
 MILK, OTHER = "Milk/Arla-Standard-Milk", "Milk/Arla-Ecological-Medium-Fat-Milk"
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory, grocery: Path) -> ScoringEngine:
-    home = Home(tmp_path_factory.mktemp("engine-home"))
+def arla_home(path: Path, grocery: Path, *, train_photos: int) -> Home:
+    """A home with brand Arla and its two milks, each enrolled from its iconic photo and its first
+    `train_photos` train photos."""
+    home = Home(path)
     artifact = ensure_default_model(home)
     model = artifact.load_embedder()
     with home.sessions.begin() as session:
         add_brand(session, "Arla")
     for product in (MILK, OTHER):
         iconic = next((grocery / "iconic" / "Packages" / product).glob("*_Iconic.jpg"))
-        train = sorted((grocery / "train" / "Packages" / product).glob("*.jpg"))[:2]
+        train = sorted((grocery / "train" / "Packages" / product).glob("*.jpg"))[:train_photos]
         enroll(home, artifact, model, brand="Arla", product=product.split("/")[1], inputs=collect_inputs([iconic, *train]))
+    return home
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory, grocery: Path) -> ScoringEngine:
+    home = arla_home(tmp_path_factory.mktemp("engine-home"), grocery, train_photos=2)
     return ScoringEngine(home, ocr=False)  # OCR has its own engine test below
 
 
@@ -217,15 +224,7 @@ def test_a_reference_deleted_between_refresh_and_judge_is_left_out(tmp_path: Pat
     no threads: such hits are left out of the answer, never a 500."""
     from markguard.serving.references import delete_references
 
-    home = Home(tmp_path / "home")
-    artifact = ensure_default_model(home)
-    model = artifact.load_embedder()
-    with home.sessions.begin() as session:
-        add_brand(session, "Arla")
-    for product in (MILK, OTHER):
-        iconic = next((grocery / "iconic" / "Packages" / product).glob("*_Iconic.jpg"))
-        train = sorted((grocery / "train" / "Packages" / product).glob("*.jpg"))[:1]
-        enroll(home, artifact, model, brand="Arla", product=product.split("/")[1], inputs=collect_inputs([iconic, *train]))
+    home = arla_home(tmp_path / "home", grocery, train_photos=1)
     engine = ScoringEngine(home, ocr=False)
     with home.sessions() as session:
         doomed = sorted(session.scalars(select(Reference.id).join(Product, Product.id == Reference.product_id)
