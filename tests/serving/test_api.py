@@ -438,6 +438,25 @@ def test_score_models_mirror_the_score_result():
         assert set(model.model_fields) == in_json, model
 
 
+def test_catalog_models_mirror_the_catalog_dataclasses():
+    """The brand, reference and review response models are the catalog's dataclasses, field for field
+    (the policy's types too): a field added to `serving.catalog.Policy` without `PolicyOut`, or the
+    reverse, fails here."""
+    import dataclasses
+    import typing
+
+    from markguard.serving import brands, catalog, reviews
+    from markguard.serving.routes import schemas
+
+    assert {n: f.annotation for n, f in schemas.PolicyOut.model_fields.items()} == typing.get_type_hints(catalog.Policy)
+    pairs = [(schemas.PolicyOut, catalog.Policy, set()), (schemas.BrandSummaryOut, brands.BrandSummary, set()),
+             (schemas.ReviewOut, reviews.ReviewReport, set()),
+             (schemas.ReferenceOut, catalog.ReferenceInfo, {"brand"})]  # the listing names the brand once
+    for model, cls, left_out in pairs:
+        assert set(model.model_fields) == {f.name for f in dataclasses.fields(cls)} - left_out, model
+    assert set(schemas.BrandOut.model_fields) == {f.name for f in dataclasses.fields(catalog.Policy)} | {"summary"}
+
+
 def test_swagger_ui_is_served_offline_and_root_redirects(client):
     import re
 
