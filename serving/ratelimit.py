@@ -8,8 +8,10 @@ library's (`TimestampedSlidingWindow` keys, as its Redis and memcached storages 
 
 On SQLite the counters live in their own file in the home (`HOME/ratelimit.sqlite`, WAL,
 `synchronous=OFF`: a lost counter after a power cut is harmless), never in the catalog, so the request
-path does not queue behind catalog writers. On PostgreSQL they live in the catalog database, in the
-table `markguard_rate_limits` (not part of the catalog's migrations: created if missing, safe to drop).
+path does not queue behind catalog writers; the storage creates its table there. On PostgreSQL they
+live in the catalog database, in the table `markguard_rate_limits`, which the catalog's migration 0008
+creates (opening the `Home` migrates it, under the migration advisory lock, before a server builds its
+limiter); a database that lacks it is refused with a clear error. Counters only: safe to empty.
 """
 
 from __future__ import annotations
@@ -29,11 +31,14 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    inspect,
     select,
     text,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
+
+from markguard.vision.errors import MarkguardError
 
 __all__ = ["SqlStorage", "storage_url_for_home"]
 
@@ -53,9 +58,6 @@ def storage_url_for_home(root: str, database_url: str | None) -> str:
     return f"sqlite:///{root}/ratelimit.sqlite"
 
 
-_CREATE_LOCK = 0x6D67726C  # "mgrl": the advisory lock that makes the table's creation one at a time
-
-
 class SqlStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWindow):
     """Counters in one SQL table; see the module docstring."""
 
@@ -65,10 +67,12 @@ class SqlStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWindow)
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
         self.url = uri
         self.engine = self._engine(uri)
-        with self.engine.begin() as conn:  # IF NOT EXISTS: every worker of the home runs this at start-up
-            if conn.dialect.name == "postgresql":  # where two concurrent IF NOT EXISTS can still collide
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CREATE_LOCK})
-            conn.execute(self._CREATE)
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":  # the home's own counters file: every worker may create it
+                conn.execute(self._CREATE)
+            elif not inspect(conn).has_table(_TABLE.name):
+                raise MarkguardError(f"the catalog database {self.engine.url.render_as_string(hide_password=True)}"
+                                     f" has no {_TABLE.name} table: open the home first (its migrations make it)")
 
     @staticmethod
     def _engine(uri: str) -> Engine:

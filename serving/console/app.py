@@ -30,6 +30,7 @@ from markguard.serving.console.sessions import (
     issue,
     login_csrf,
     principal_of,
+    revoke,
     same,
     verify,
 )
@@ -236,7 +237,11 @@ def build_console(parent: FastAPI) -> FastAPI:
 
     @app.post("/logout")
     async def logout(request: Request) -> Response:
+        """Ends the session on the server too: a copy of its cookie is refused from now on."""
         await posted(request)
+        s = verify(home(), request.cookies.get(COOKIE))
+        if s is not None:
+            await run_in_threadpool(revoke, home(), s)
         response = RedirectResponse("/console/login", status_code=303)
         response.delete_cookie(COOKIE, path="/console", httponly=True, samesite="strict",
                                secure=get_settings().console_secure_cookie)

@@ -3,25 +3,31 @@
 The cookie never holds the key. It holds `v1.<key id>.<expiry>.<nonce>.<signature>`, signed with a key
 derived from the home's secret (`Home.secret`), so every worker and a restarted server accept it. Each
 request checks the signature and the expiry, then the API key row again: a revoked key ends its
-sessions at once. The CSRF token of a session is a keyed hash of its nonce; before sign-in, the sign-in
-form's token is bound to a random cookie of its own (double submit).
+sessions at once. Signing out revokes the session on the server (its nonce goes in
+`console_revoked_sessions` until the token would have expired), so a copy of the cookie taken before
+sign-out is refused too. The CSRF token of a session is a keyed hash of its nonce; before sign-in, the
+sign-in form's token is bound to a random cookie of its own (double submit).
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import secrets
 import time
 
-from sqlalchemy import select
+from sqlalchemy import String, delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, mapped_column
 
 from markguard.serving.keys import Principal, Role
 from markguard.serving.state.home import Home
-from markguard.serving.state.schema import ApiKey, Brand
+from markguard.serving.state.schema import ApiKey, Base, Brand, UtcDateTime
 
-__all__ = ["Session", "issue", "verify", "csrf_for", "login_csrf", "principal_of", "COOKIE", "PRE_COOKIE"]
+__all__ = ["Session", "issue", "verify", "revoke", "csrf_for", "login_csrf", "principal_of", "COOKIE",
+           "PRE_COOKIE"]
 
 COOKIE = "mg_console"
 PRE_COOKIE = "mg_console_pre"  # the sign-in form's double-submit value
@@ -35,6 +41,18 @@ def _signing_key(home: Home) -> bytes:
 def _mac(home: Home, text: str) -> str:
     digest = hmac.new(_signing_key(home), text.encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+class RevokedSession(Base):
+    """A signed-out session (migration 0007): its token is refused until it would have expired anyway,
+    when the row may go."""
+
+    __tablename__ = "console_revoked_sessions"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32))
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+    revoked_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 
 
 class Session:
@@ -63,7 +81,23 @@ def verify(home: Home, token: str | None) -> Session | None:
     expires = int(parts[2])
     if expires < time.time():
         return None
+    with home.sessions() as session:
+        if session.get(RevokedSession, parts[3]) is not None:  # signed out: no copy of the cookie works
+            return None
     return Session(parts[1], expires, parts[3], csrf_for(home, parts[3]))
+
+
+def revoke(home: Home, session: Session) -> None:
+    """Sign `session` out on the server (idempotent); rows of sessions that have expired anyway go."""
+    now = dt.datetime.now(dt.UTC)
+    try:
+        with home.sessions.begin() as db:
+            db.execute(delete(RevokedSession).where(RevokedSession.expires_at < now))
+            if db.get(RevokedSession, session.nonce) is None:
+                db.add(RevokedSession(nonce=session.nonce, key_id=session.key_id, revoked_at=now,
+                                      expires_at=dt.datetime.fromtimestamp(session.expires, dt.UTC)))
+    except IntegrityError:  # a second sign-out of the same session, at the same moment: it is revoked
+        pass
 
 
 def csrf_for(home: Home, nonce: str) -> str:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from starlette.responses import JSONResponse
 from starlette.testclient import TestClient
 
@@ -27,9 +28,11 @@ print(json.dumps([limiter.take("key-1") == 0.0 for _ in range(n)]))
 def test_two_processes_share_one_budget(tmp_path: Path, database_url: str | None) -> None:
     """On each catalog backend: a SQLite file in the home, or the home's PostgreSQL database."""
     from markguard.serving.ratelimit import storage_url_for_home
+    from markguard.serving.state.home import Home
 
     url = storage_url_for_home(str(tmp_path), database_url)
     assert url == database_url if database_url else url.endswith("ratelimit.sqlite")
+    Home(tmp_path / "home").close()  # as the service does: the catalog (and on PostgreSQL its counters' table) first
     start = time.time() + 3.0  # both processes imported and connected, then they race
     procs = [subprocess.Popen([sys.executable, "-c", _TAKER, url, str(start), "8"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
@@ -43,6 +46,41 @@ def test_two_processes_share_one_budget(tmp_path: Path, database_url: str | None
     # 16 requests against one budget of 10: exactly 10 pass (per-process counters would pass all 16)
     assert sum(allowed) == 10, allowed
     assert all(a >= 2 for a in allowed), allowed  # both processes drew from it
+
+
+def test_the_counters_table_is_the_catalog_migrations_on_postgresql_and_its_own_file_on_sqlite(
+        tmp_path: Path, database_url: str | None) -> None:
+    """PostgreSQL: migration 0008 makes `markguard_rate_limits` (a database that was never migrated is
+    refused with a clear error, not a failing first request); downgraded and upgraded again, it comes
+    back. SQLite: the counters live in the home's `ratelimit.sqlite`, never in the catalog."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from markguard.serving.ratelimit import SqlStorage, storage_url_for_home
+    from markguard.serving.state.catalog import alembic_config
+    from markguard.serving.state.home import Home
+    from markguard.vision.errors import MarkguardError
+
+    url = storage_url_for_home(str(tmp_path / "home"), database_url)
+    if database_url:
+        with pytest.raises(MarkguardError, match="no markguard_rate_limits table"):
+            SqlStorage(url)
+    home = Home(tmp_path / "home")
+    try:
+        storage = SqlStorage(url)
+        assert storage.incr("k", 60) == 1 and storage.incr("k", 60) == 2
+        in_catalog = inspect(home.engine).has_table("markguard_rate_limits")
+        assert in_catalog == bool(database_url)
+        if database_url:
+            config = alembic_config(home.engine)
+            for target in ("0007", "head"):
+                with home.engine.begin() as connection:
+                    config.attributes["connection"] = connection
+                    (command.downgrade if target == "0007" else command.upgrade)(config, target)
+                assert inspect(home.engine).has_table("markguard_rate_limits") == (target == "head")
+        storage.engine.dispose()
+    finally:
+        home.close()
 
 
 def _app(home, limiter):

@@ -49,3 +49,50 @@ def test_expired_tokens_and_revoked_keys_end_the_session(tmp_path, monkeypatch):
     assert principal_of(home, who.key_id) is None
     assert principal_of(home, "f" * 16) is None
     home.close()
+
+
+def test_sign_out_revokes_the_session_so_a_copied_cookie_is_refused(tmp_path, database_url):
+    """Through the real app (test client), on each catalog backend: sign in, copy the session cookie, sign
+    out; the copy no longer opens a page nor posts a form, while another session of the same key works."""
+    import re
+
+    from starlette.testclient import TestClient
+
+    from markguard.serving.api import Backend, build_app, local_embed
+    from markguard.serving.console.sessions import COOKIE
+    from markguard.serving.engine import ScoringEngine
+    from markguard.serving.limits import RateLimiter
+
+    home = Home(tmp_path / "home")
+    key, _ = create_key(home, role=Role.MODERATOR)
+    engine = ScoringEngine(home, ocr=False)
+    app = build_app(Backend(engine=engine, embed=local_embed(engine), limiter=RateLimiter(rate=1000.0, burst=1000)))
+
+    def sign_in(client: TestClient) -> str:
+        form = client.get("/console/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+        r = client.post("/console/login", data={"key": key, "csrf": csrf}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/console/queue", r.text[:500]
+        return client.cookies[COOKIE]
+
+    def queue(token: str) -> int:
+        with TestClient(app, base_url="https://testserver") as fresh:  # no cookie jar of its own: only the copy
+            return fresh.get("/console/queue", headers={"Cookie": f"{COOKIE}={token}"},
+                             follow_redirects=False).status_code
+
+    with TestClient(app, base_url="https://testserver") as browser, \
+            TestClient(app, base_url="https://testserver") as other:
+        token, other_token = sign_in(browser), sign_in(other)
+        assert queue(token) == 200
+        page = browser.get("/console/queue")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        r = browser.post("/console/logout", data={"csrf": csrf}, follow_redirects=False)
+        assert r.status_code == 303 and COOKIE not in browser.cookies
+        assert verify(home, token) is None
+        assert queue(token) == 303  # back to the sign-in form, although the token's signature and expiry are good
+        with TestClient(app, base_url="https://testserver") as thief:
+            r = thief.post("/console/logout", data={"csrf": csrf}, headers={"Cookie": f"{COOKIE}={token}"},
+                           follow_redirects=False)
+            assert r.status_code == 401
+        assert queue(other_token) == 200  # only the session that signed out ends
+    home.close()
