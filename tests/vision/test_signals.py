@@ -108,11 +108,11 @@ def test_serving_and_calibration_compute_the_same_signals(grocery: Path, tmp_pat
     served = ScoringEngine(home, ocr=False).score(ScoreRequest(iconic[0].read_bytes(), brand="Arla"), record=False)
     assert set(served.signals) == set(SIGNALS)
 
-    from markguard.datasets.manifest import ManifestRow
+    from markguard.datasets.manifest import Label, ManifestRow
 
     def item(brand: str, product: str, genuine: bool = True) -> Item:
         row = ManifestRow(image=f"{product}.jpg", brand=brand, product=product, split="val",
-                          label="genuine" if genuine else "counterfeit")
+                          label=Label.GENUINE if genuine else Label.COUNTERFEIT)  # `Item.genuine` tests identity
         return Item(path=tmp_path / row.image, row=row)
 
     refs = [item("A", "a1"), item("A", "a2"), item("B", "b1"), item("A", "a1", genuine=False)]
@@ -123,3 +123,100 @@ def test_serving_and_calibration_compute_the_same_signals(grocery: Path, tmp_pat
     claims = make_claims(EvalSet("tiny", refs, queries), vectors[: len(refs)], vectors[len(refs):])
     assert claims.values and all(set(v) == set(SIGNALS) for v in claims.values)
     assert any(v["known_fake_nearest"] is not None for v in claims.values)  # the known fake of A was seen
+
+
+# Signals that calibration data cannot show, each with why: they must stay out of what calibration computes
+# (else they belong in the fitted set) and keep their expert prior in the shipped fusion.
+CALIBRATION_CANNOT_SHOW = {
+    "known_fake_copy": "eval sets hold no copy of a known-fake reference photo: no photo hash is compared",
+}
+
+
+@pytest.fixture(scope="module")
+def both_sides(grocery: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict]]:
+    """One labelled photo (the brand's wordmark and a well-formed serial that is not registered, over a
+    real Valio photo) judged by serving (`ScoringEngine`, with OCR, a serial registry and the photo as
+    the brand's known fake) and by calibration (`make_claims` + `add_geometry` + `add_ocr` on an eval
+    set of the same photos): each side's signal values (the served ones; every calibration claim's)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from markguard.datasets.manifest import Label, ManifestRow
+    from markguard.datasets.serials import serial_format
+    from markguard.serving.brands import add_brand
+    from markguard.serving.engine import ScoreRequest, ScoringEngine
+    from markguard.serving.enroll import collect_inputs, enroll
+    from markguard.serving.registry import ensure_default_model
+    from markguard.serving.serials import import_serials
+    from markguard.serving.state.home import Home
+    from markguard.serving.state.schema import ReferenceKind
+    from markguard.training.data import EvalSet, Item, load_images
+    from markguard.training.evaluation import add_geometry, make_claims
+    from markguard.training.ocr_evidence import SERIAL_CHECKSUM, add_ocr
+    from markguard.vision.embed import embed_images
+    from markguard.vision.geometry import extract_features
+    from markguard.vision.ocr import shared_ocr_engine
+
+    tmp = tmp_path_factory.mktemp("signals")
+    fmt = serial_format("Valio")
+    rng = np.random.default_rng(7)
+    serial, registered = fmt.make(rng), fmt.make(rng)
+    iconic = next((grocery / "iconic" / "Packages").glob("*/Valio-*/*_Iconic.jpg"))
+    img = Image.open(iconic).convert("RGB").resize((600, 600))
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.truetype("DejaVuSans-Bold.ttf", 48)
+    draw.rectangle((40, 420, 560, 580), fill="white")
+    draw.text((60, 430), "VALIO", fill="black", font=font)
+    draw.text((60, 500), serial, fill="black", font=font)
+    labelled = tmp / "labelled.jpg"
+    img.save(labelled, "JPEG", quality=92)
+    genuine = sorted(p for p in (grocery / "train").rglob("Valio-*.jpg"))[:1] + [iconic]
+    rival = next((grocery / "iconic" / "Packages").glob("*/Arla-*/*_Iconic.jpg"))
+
+    home = Home(tmp / "home")
+    with home.sessions.begin() as session:
+        brand = add_brand(session, "Valio", wordmarks=["VALIO"])
+        brand.serial_pattern, brand.serial_checksum = fmt.pattern, SERIAL_CHECKSUM
+    artifact = ensure_default_model(home)
+    model = artifact.load_embedder()
+    enroll(home, artifact, model, brand="Valio", inputs=collect_inputs(genuine))
+    with home.sessions.begin() as session:
+        add_brand(session, "Arla")
+    enroll(home, artifact, model, brand="Arla", inputs=collect_inputs([rival]))  # a rival for `margin`
+    enroll(home, artifact, model, brand="Valio", inputs=collect_inputs([labelled]), kind=ReferenceKind.COUNTERFEIT)
+    (tmp / "serials.txt").write_text(registered + "\n")
+    import_serials(home, "Valio", tmp / "serials.txt", progress=False)
+    engine = ScoringEngine(home, ocr_budget_ms=60_000)
+    served = engine.score(ScoreRequest(labelled.read_bytes(), brand="Valio", seller="s-1"), record=False)
+    home.close()
+
+    def item(path: Path, *, brand: str = "Valio", genuine: bool = True, serial: str | None = None) -> Item:
+        row = ManifestRow(image=path.name, brand=brand, product=None, split="val", source="synth", serial=serial,
+                          label=Label.GENUINE if genuine else Label.COUNTERFEIT)
+        return Item(path=path, row=row)
+
+    refs = [*(item(p, serial=registered) for p in genuine), item(labelled, genuine=False), item(rival, brand="Arla")]
+    queries = [item(labelled, serial=serial)]
+    eval_set = EvalSet("signals", refs, queries)
+    ref_images, query_images = load_images(refs), load_images(queries)
+    ref_vectors, query_vectors = embed_images(model, ref_images), embed_images(model, query_images)
+    claims = make_claims(eval_set, ref_vectors, query_vectors)
+    add_geometry(claims, query_vectors, [extract_features(i) for i in query_images],
+                 [extract_features(i) for i in ref_images])
+    add_ocr(claims, eval_set, shared_ocr_engine(), cache=tmp / "ocr.json", progress=False)
+    return {n: s.value for n, s in served.signals.items()}, claims.values
+
+
+@pytest.mark.parametrize("name", sorted(SIGNALS))
+def test_a_signal_serving_computes_calibration_computes_too(name: str, both_sides: tuple[dict, list[dict]]) -> None:
+    """For each registered signal: served with value on a photo that shows its evidence, and valued in some
+    calibration claim of the same photos, or (the reverse) neither; a signal that calibration cannot
+    show is declared above, left unfitted and given its prior by the shipped fusion."""
+    served, calibration = both_sides
+    assert served[name] is not None, f"serving does not compute {name} on a photo showing all evidence"
+    in_calibration = any(values[name] is not None for values in calibration)
+    if name in CALIBRATION_CANNOT_SHOW:
+        assert not in_calibration, f"calibration now computes {name}: fit it, and drop it from CALIBRATION_CANNOT_SHOW"
+        shipped = json.loads(SHIPPED_FUSION.read_text())
+        assert name not in shipped["calibration"]["signals"] and shipped["priors"][name] == SIGNALS[name].prior
+    else:
+        assert in_calibration, f"serving computes {name} but calibration never does"
