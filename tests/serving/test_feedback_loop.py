@@ -79,20 +79,25 @@ def test_cli_counterfeit_review_takes_down_the_photo_and_its_copies_and_a_genuin
 
 
 @pytest.mark.sqlite_only  # the model's judgement, not the catalog's
-def test_brand_enrolled_known_fake_counts(catalog: Path, grocery: Path, tmp_path: Path,
+def test_brand_enrolled_known_fake_counts_until_the_brand_deletes_it(catalog: Path, grocery: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     fake = sorted((grocery / "train").rglob("Arla-*.jpg"))[0]
     copy = tmp_path / "copy.jpg"
     copy.write_bytes(_copy(fake, crop=0.02, quality=70))
     score = ("score", "--no-ocr", "--brand", "Arla")
-    [before] = _cli(capsys, *score, str(copy))
-    assert before["decision"] != "takedown"
-    _cli(capsys, "enroll", "Arla", "--kind", "counterfeit", str(fake))
+    [exact_before, before] = _cli(capsys, *score, str(fake), str(copy))
+    assert before["decision"] != "takedown" and exact_before["decision"] != "takedown"
+    [enrolled] = _cli(capsys, "enroll", "Arla", "--kind", "counterfeit", str(fake))
     [exact, near] = _cli(capsys, *score, str(fake), str(copy))
     assert exact["decision"] == near["decision"] == "takedown", (exact["signals"], near["signals"])
     # another brand's claim never shows Arla's known fakes as evidence
     [other] = _cli(capsys, "score", "--no-ocr", "--brand", "Oatly", str(copy))
     assert all(m["kind"] == "genuine" for m in other["matches"])
+    # the brand withdraws its known fake: the earlier decisions are back
+    _cli(capsys, "reference", "delete", "Arla", *map(str, enrolled["reference_ids"]))
+    [exact_after, after] = _cli(capsys, *score, str(fake), str(copy))
+    for was, now in ((exact_before, exact_after), (before, after)):
+        assert now["decision"] == was["decision"] and now["risk"] == pytest.approx(was["risk"], abs=1e-4)
 
 
 def test_alliance_shared_known_fakes_count_for_other_brands_until_revoked(
@@ -127,6 +132,7 @@ def test_http_review_loop_on_a_real_server(catalog: Path, grocery: Path, tmp_pat
                                            capsys: pytest.CaptureFixture[str]) -> None:
     [platform] = _cli(capsys, "key", "create", "--role", "platform")
     [moderator] = _cli(capsys, "key", "create", "--role", "moderator")
+    [oatly] = _cli(capsys, "key", "create", "--role", "brand", "--brand", "Oatly")
     with real_server(catalog, tmp_path / "serve.log", env={"MARKGUARD_OCR": "0"}) as (url, _):
         photo = sorted((grocery / "train").rglob("Oatly-*.jpg"))[1]
         copy = _copy(photo)
@@ -155,5 +161,23 @@ def test_http_review_loop_on_a_real_server(catalog: Path, grocery: Path, tmp_pat
         listed = httpx.get(url + "/v1/reviews", params={"listing_id": "H-1"}, timeout=30,
                            headers={"Authorization": f"Bearer {moderator['key']}"}).json()["reviews"]
         assert [r["label"] for r in listed] == ["counterfeit", "genuine"]
+        assert [r["reviewer"] for r in listed] == [moderator["key_id"]] * 2 and all(r["created_at"] for r in listed)
         assert httpx.get(url + "/v1/reviews", timeout=30,
                          headers={"Authorization": f"Bearer {platform['key']}"}).status_code == 403
+
+        # the same loop for a known fake the brand uploads itself, and then withdraws
+        fake = sorted((grocery / "train").rglob("Oatly-*.jpg"))[3]
+        fake_copy = _copy(fake, crop=0.02, quality=70)
+        brand_key = {"Authorization": f"Bearer {oatly['key']}"}
+        fake_before, copy_before = score(fake.read_bytes(), "B-1"), score(fake_copy, "B-2")
+        assert "takedown" not in (fake_before["decision"], copy_before["decision"])
+        r = httpx.post(url + "/v1/brands/Oatly/references", headers=brand_key, data={"kind": "counterfeit"},
+                       files={"files": ("fake.jpg", fake.read_bytes(), "image/jpeg")}, timeout=120)
+        assert r.status_code == 201, r.text
+        [known_fake] = r.json()["added"]
+        assert score(fake.read_bytes(), "B-3")["decision"] == score(fake_copy, "B-4")["decision"] == "takedown"
+        r = httpx.delete(f"{url}/v1/brands/Oatly/references/{known_fake}", headers=brand_key, timeout=60)
+        assert r.status_code == 200, r.text
+        for was, data, listing in ((fake_before, fake.read_bytes(), "B-5"), (copy_before, fake_copy, "B-6")):
+            now = score(data, listing)
+            assert now["decision"] == was["decision"] and now["risk"] == pytest.approx(was["risk"], abs=1e-4)
