@@ -238,6 +238,44 @@ def test_enroll_review_and_delete_keep_catalog_and_index_in_step(home: Home, gro
     assert load_or_new(home, artifact).ids.tolist() == [review.reference_id]
 
 
+def test_a_genuine_review_adds_a_genuine_reference_only_where_the_brand_allows(home: Home, grocery: Path) -> None:
+    """Item 5 of issue 15: a genuine review removes the counterfeit reference an earlier review made, and
+    adds the photo as a genuine reference only when the brand opted in (`genuine_from_reviews`)."""
+    from markguard.serving.registry import ensure_default_model
+    from markguard.serving.reviews import list_reviews, record_review
+    from markguard.serving.state.schema import Reference, ReferenceKind
+
+    artifact = ensure_default_model(home)
+    model = artifact.load_embedder(fuse=True)
+    photos = sorted((grocery / "val" / "Packages" / "Milk" / "Arla-Standard-Milk").glob("*.jpg"))[:2]
+    with home.sessions.begin() as session:
+        arla = add_brand(session, "Arla")
+        for i, photo in enumerate(photos):
+            session.add(Listing(listing_id=f"G-{i}", brand_id=arla.id, image_sha256=home.put_blob(photo.read_bytes()),
+                                risk=0.5, decision="review", model_tag=artifact.tag))
+
+    def kinds(listing: str) -> list[ReferenceKind]:
+        with home.sessions() as session:
+            sha = session.scalar(select(Listing.image_sha256).where(Listing.listing_id == listing))
+            return list(session.scalars(select(Reference.kind).where(Reference.sha256 == sha)))
+
+    for i, allowed in enumerate((False, True)):
+        with home.sessions.begin() as session:
+            get_brand(session, "Arla").genuine_from_reviews = allowed
+        fake = record_review(home, artifact, model, listing_id=f"G-{i}", label=ReferenceKind.COUNTERFEIT,
+                             reviewer_key_id="m" * 16)
+        assert kinds(f"G-{i}") == [ReferenceKind.COUNTERFEIT]
+        undo = record_review(home, artifact, model, listing_id=f"G-{i}", label=ReferenceKind.GENUINE,
+                             reviewer_key_id="n" * 16, note="brand confirmed")
+        assert undo.removed_reference_id == fake.reference_id
+        assert (undo.reference_id is not None) == allowed
+        assert kinds(f"G-{i}") == ([ReferenceKind.GENUINE] if allowed else [])
+        kept = list_reviews(home, listing_id=f"G-{i}", brand_id=None, after=0, limit=10)
+        assert [(r.label, r.reviewer, r.note) for r in kept] == [
+            ("counterfeit", "m" * 16, ""), ("genuine", "n" * 16, "brand confirmed")]
+        assert all(r.created_at for r in kept)
+
+
 def test_a_genuine_and_a_counterfeit_review_at_once_take_turns(home: Home, grocery: Path, monkeypatch) -> None:
     """Two moderators label one listing at the same moment, one genuine, one counterfeit, after an earlier
     counterfeit review. Each review reads what earlier reviews made of the photo and moves it; held at the
