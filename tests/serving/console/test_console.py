@@ -34,12 +34,18 @@ def test_sign_in_as_each_role_cookie_and_sign_out(pages, console):
         assert cookie["expires"] > 0  # expiring, not a browser-session cookie
         assert console.keys[role] not in cookie["value"] and console.keys[role].split("_")[2] not in cookie["value"]
         assert page.evaluate("document.cookie") == ""  # scripts cannot read it
-    # sign-out ends the session: the next page asks to sign in again
+    # sign-out ends the session: the next page asks to sign in again, and so does a copy of the cookie
+    # taken before (the server revoked the session, not only the browser its cookie)
+    copied = [c for c in page.context.cookies() if c["name"] == "mg_console"]
     with page.expect_navigation():
         page.click("#sign-out")
     assert page.url.endswith("/console/login")
     page.goto(console.url + "/console/rings")
     assert "/console/login" in page.url
+    thief = pages.new()
+    thief.context.add_cookies(copied)
+    thief.goto(console.url + "/console/rings")
+    assert "/console/login" in thief.url
     # wrong keys and platform keys get no session
     for key, error in (("mg_0123456789abcdef_nope", "not valid"), (console.keys["platform"], "no console")):
         page = pages.new()
