@@ -219,6 +219,7 @@ class ScorePlan:
     features: LocalFeatures | None = None  # the photo's local features, extracted when first needed
     ocr_deferred: bool = False  # the gate decides in `judge` whether this photo's text is read
     ocr_probed: bool = False  # the gate looked for a wordmark first (`OcrGate`, "probe")
+    mark_boxes: list[tuple[int, int, int, int]] = dataclasses.field(default_factory=list)  # the detector's
     cpu: dict[str, float] = dataclasses.field(default_factory=dict)  # process CPU seconds by stage (STAGES)
 
     def query_features(self) -> LocalFeatures:
@@ -298,7 +299,8 @@ class Scorer:
                                           text_boxes=text_boxes)
             photo_hash = phash(image).int64
         return ScorePlan(request, brand, product_id, image, regions, crops, started, photo_hash,
-                         ocr_lines=lines, ocr_seconds=ocr_seconds, ocr_deferred=deferred, cpu=cpu)
+                         ocr_lines=lines, ocr_seconds=ocr_seconds, ocr_deferred=deferred, cpu=cpu,
+                         mark_boxes=mark_boxes)
 
     def judge(self, plan: ScorePlan, vectors: np.ndarray) -> ScoreResult:
         """The result for a planned photo from its regions' vectors (one row per crop)."""
@@ -326,8 +328,17 @@ class Scorer:
                 evidence.known_fake = self._known_fake(plan, vectors, brand=brand, product_id=product_id,
                                                        shared=shared)
                 brand_best = self._nearest(vectors, brand_id=brand.id, kind="genuine")
-        if plan.ocr_deferred and self.ocr is not None and self.ocr_gate is not None:
-            self._gated_read(plan, evidence, brand)
+        if plan.ocr_deferred and self.ocr is not None and self.ocr_gate is not None and \
+                self._gated_read(plan, evidence, brand):
+            # read in full: judged again as the full path judges it, its text boxes among the regions
+            with _Stage(cpu, "regions", self.stage_cpu):
+                regions, crops = region_crops(plan.image, max_regions=self.max_regions, mark_boxes=plan.mark_boxes,
+                                              text_boxes=[line.box for line in plan.ocr_lines or []])
+            if [r.box for r in regions] != [r.box for r in plan.regions]:
+                again = dataclasses.replace(plan, regions=regions, crops=crops, ocr_deferred=False)
+                with _Stage(cpu, "embed", self.stage_cpu):
+                    vectors = self.embed(crops)
+                return self.judge(again, vectors)
         if plan.ocr_lines is not None:
             with _Stage(cpu, "ocr", self.stage_cpu):
                 evidence.ocr = read_ocr_evidence(self.ocr, plan.image, plan.ocr_lines, brand=brand,
@@ -388,13 +399,13 @@ class Scorer:
         return [self.judge(p, v) for p, v in zip(plans, self.embed_plans(plans), strict=True)]
 
     # -- internals ---------------------------------------------------------------------------------
-    def _gated_read(self, plan: ScorePlan, evidence: ClaimEvidence, brand: BrandProfile | None) -> None:
-        """Read the photo's text where the gate says it can matter (`OcrGate.action`)."""
+    def _gated_read(self, plan: ScorePlan, evidence: ClaimEvidence, brand: BrandProfile | None) -> bool:
+        """Read the photo's text where the gate says it can matter (`OcrGate.action`); True: read in full."""
         cpu = plan.cpu
         with _Stage(cpu, "fusion", self.stage_cpu):
             action = self.ocr_gate.action(brand, compute_signals(evidence), self.fusion, self._policy(brand))
         if action == "skip":
-            return
+            return False
         with _Stage(cpu, "ocr", self.stage_cpu):
             if action == "probe":
                 plan.ocr_probed = True
@@ -402,8 +413,9 @@ class Scorer:
                 hits = match_wordmarks([line.text for line in seen], brand=brand.name if brand else None,
                                        wordmarks={b: list(w) for b, w in self.source.wordmarks().items()})
                 if not hits:
-                    return
+                    return False
             plan.ocr_lines, plan.ocr_seconds = self._read_text(plan.request, plan.image)
+        return True
 
     def _read_text(self, request: ScoreRequest, image: np.ndarray) -> tuple[list[OcrLine], float]:
         """(OCR lines, seconds spent reading); the same photo scored again (another claim, a retry) is

@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
                 "decision_agreement": round(float(np.mean([reference[i]["decision"] == results[i]["decision"]
                                                            for i in both])), 4) if both else None,
                 "max_risk_delta": round(max(risk_delta), 6) if risk_delta else None,
+                "differing": {i: [reference[i]["decision"], results[i]["decision"], reference[i]["risk"],
+                                  results[i]["risk"], labels[i]]
+                              for i in both if reference[i]["decision"] != results[i]["decision"]},
             }
     paths = report["paths"]
     print(f"{'path':8}{'photos/s':>10}{'seconds':>9}{'CPU s/photo':>13}{'OCR share':>11}{'probed':>8}{'claim AUC':>11}"
