@@ -50,14 +50,21 @@ def onnx_forward(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Seque
     import onnxruntime as ort
 
     module = module.eval()
-    model = _exported(module, probe, outputs=outputs, spatial=spatial or {})
+    model, cached = _exported(module, probe, outputs=outputs, spatial=spatial or {})
     if model is None:
         return None
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, threads or torch.get_num_threads())
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - an unreadable graph: a damaged cache file is exported again
+        if cached is not None:
+            cached.unlink(missing_ok=True)
+            return onnx_forward(module, probe, outputs=outputs, threads=threads, spatial=spatial)
+        _log.warning("ONNX Runtime could not load the graph (%s); running eager PyTorch", exc)
+        return None
 
     def forward(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if not len(x):
@@ -87,9 +94,10 @@ def cache_dir() -> Path | None:
 
 
 def _exported(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Sequence[str],
-              spatial: Mapping[str, Sequence[int]]) -> bytes | None:
-    """The ONNX graph of `module`: exported once per weights, shapes and torch version, then read from
-    `cache_dir()` (each scorer of a scan would otherwise export it again: 1–5 CPU s a network)."""
+              spatial: Mapping[str, Sequence[int]]) -> tuple[bytes | None, Path | None]:
+    """(the ONNX graph of `module`, the cache file it was read from or None): exported once per weights,
+    shapes and torch version, then read from `cache_dir()` (each scorer of a scan would otherwise
+    export it again: 1–5 CPU s a network)."""
     axes = {name: {0: "n"} | {a: f"{name}_{a}" for a in spatial.get(name, ())} for name in ("x", *outputs)}
     key = hashlib.sha256(repr((type(module).__qualname__, tuple(probe.shape[1:]), tuple(outputs), axes,
                                torch.__version__, _OPSET)).encode())
@@ -99,7 +107,7 @@ def _exported(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Sequence
     folder = cache_dir()
     path = folder / f"{key.hexdigest()}.onnx" if folder is not None else None
     if path is not None and path.is_file():
-        return path.read_bytes()
+        return path.read_bytes(), path
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -108,7 +116,7 @@ def _exported(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Sequence
                               dynamic_axes=axes, opset_version=_OPSET, dynamo=False)
     except Exception as exc:  # noqa: BLE001 - any export failure means: stay on eager PyTorch
         _log.warning("ONNX export failed (%s); running eager PyTorch", exc)
-        return None
+        return None, None
     if path is not None:
         try:  # written whole, then renamed: a scorer never reads half a graph
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,4 +125,4 @@ def _exported(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Sequence
             os.replace(tmp, path)
         except OSError as exc:
             _log.warning("ONNX cache %s not written (%s)", path, exc)
-    return buffer.getvalue()
+    return buffer.getvalue(), None

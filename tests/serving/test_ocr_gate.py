@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from markguard.serving.brands import add_brand
+from markguard.serving.brands import add_brand, get_brand
 from markguard.serving.engine import ScoreRequest, ScoringEngine
 from markguard.serving.enroll import collect_inputs, enroll
 from markguard.serving.registry import ensure_default_model
@@ -114,22 +114,22 @@ def test_a_probe_that_reads_a_misspelt_wordmark_leads_to_the_full_read(home) -> 
     own shift, from fusion.json) crosses it: the gate probes, the probe sees the wordmark, the full read
     follows, and the decision is the full path's."""
     home, _, arla_photo = home
-    request = ScoreRequest(_label(arla_photo, "ARLA OATLLY", "fresh milk"), brand="Arla", product="Arla-Standard-Milk")
-    without = ScoringEngine(home, ocr=False).score(request, record=False)
+    with home.sessions.begin() as session:
+        add_brand(session, "Oatly", wordmarks=["OATLY"])
+    oatly = ScoreRequest(_label(arla_photo, "OATLLY", "fresh milk"), brand="Oatly")
+    without = ScoringEngine(home, ocr=False).score(oatly, record=False)
     fusion = ScoringEngine(home, ocr=False).fusion
     values = {name: signal.value for name, signal in without.signals.items()}
     with_miss = fusion.risk({**values, "wordmark_exact": 0.0, "wordmark_near_miss": 1.0,
                              "other_brand_wordmark": 0.0})[0]
     assert with_miss > without.risk
     with home.sessions.begin() as session:  # review between the two: only the misspelt reading reaches it
-        brand = add_brand(session, "Oatly", wordmarks=["OATLY"])
-        brand.review_at, brand.takedown_at = (without.risk + with_miss) / 2, 0.999
-    oatly = ScoreRequest(request.data, brand="Oatly")
-    plain = ScoringEngine(home, ocr=False).score(oatly, record=False)
+        brand = get_brand(session, "Oatly")
+        brand.review_at, brand.takedown_at = (without.risk + with_miss) / 2, max(0.999, with_miss)
     gated = ScoringEngine(home, ocr_gate=OcrGate(), ocr_budget_ms=60_000, runtime="onnx")
     result = gated.score(oatly, record=False)
     assert gated.scorer.ocr_runs[2] == 1  # probed
     full = ScoringEngine(home, ocr_budget_ms=60_000).score(oatly, record=False)
     assert any(w.match.value == "near_miss" for w in full.ocr.wordmarks)
-    assert gated.scorer.ocr_runs[0] == 1 and result.decision == full.decision and result.risk == full.risk
-    assert result.decision != plain.decision
+    assert gated.scorer.ocr_runs[0] == 1 and result.decision == full.decision and abs(result.risk - full.risk) < 1e-3
+    assert result.decision != without.decision
