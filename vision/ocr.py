@@ -115,6 +115,30 @@ class OcrEngine:
                 lines += self._read_area(image[y0:y1, x0:x1], (x0, y0), deadline, upscale=regions is not None)
         return _merge_rows(_dedupe(lines))
 
+    def probe(self, image: np.ndarray, *, scale: float = 0.6, max_boxes: int = 12) -> list[OcrLine]:
+        """A quick look for large text (a wordmark): the detector on the whole photo at `scale` of its
+        size (at most `detect_long_side`), its `max_boxes` largest boxes read at full resolution. About
+        a third of `read`'s cost at 0.6 on a 348 px photo; small print (serials) is lost."""
+        _check_image(image)
+        h, w = image.shape[:2]
+        det_scale = min(scale, self.policy.detect_long_side / max(h, w))
+        with self._lock:
+            quads = self._detect(_resize(image, det_scale))
+            if not quads:
+                return []
+            read_scale = min(1.0, self.policy.read_long_side / max(h, w))
+            grey = cv2.cvtColor(_resize(image, read_scale), cv2.COLOR_RGB2GRAY)
+            quads = sorted((q * (read_scale / det_scale) for q in quads), key=lambda q: -_area(q))[:max_boxes]
+            found = self._recognize(grey, quads, allowlist=None)
+        out = []
+        for quad, text, conf in found:
+            if text.strip():
+                pts = np.asarray(quad, dtype=np.float64) / read_scale
+                (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
+                out.append(OcrLine(text=text.strip(), confidence=float(conf),
+                                   box=_clip((int(x0), int(y0), int(np.ceil(x1)), int(np.ceil(y1))), w, h)))
+        return out
+
     def reread_serial(self, image: np.ndarray, box: Box, *, allowlist: str) -> OcrLine | None:
         """Read one box again as a single line whose characters come from `allowlist`."""
         _check_image(image)
@@ -373,6 +397,25 @@ class EasyOcrEngine(OcrEngine):
                 verbose=False,
             )
 
+    def use_runtime(self, runtime: str) -> str:
+        """Run CRAFT on `runtime` ("onnx" or "torch"; `vision.runtime`: ONNX Runtime only where installed
+        and equal to eager PyTorch within its tolerance, on a probe photo). The recogniser stays on
+        PyTorch. Returns the runtime in force."""
+        import torch
+
+        from markguard.vision.runtime import onnx_forward
+
+        net = getattr(self.reader.detector, "module", self.reader.detector)
+        self.reader.detector = net
+        if runtime != "onnx":
+            return "torch"
+        forward = onnx_forward(net, torch.rand(2, 3, 128, 128) * 4 - 2, outputs=("y", "feature"), threads=1,
+                               spatial={"x": (2, 3), "y": (1, 2), "feature": (2, 3)})
+        if forward is None:
+            return "torch"
+        self.reader.detector = _OnnxCraft(forward)
+        return "onnx"
+
     def _detect(self, rgb: np.ndarray) -> list[np.ndarray]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -403,6 +446,19 @@ class EasyOcrEngine(OcrEngine):
                 grey, horizontal_list=horizontal, free_list=free, allowlist=allowlist, detail=1, paragraph=False
             )
         return [(np.asarray(box, dtype=np.float32), str(text), float(conf)) for box, text, conf in found]
+
+
+class _OnnxCraft:
+    """Stands in for EasyOCR's CRAFT module: `net(x)` → (y, feature), computed by ONNX Runtime."""
+
+    def __init__(self, forward: Callable[..., tuple]) -> None:
+        self.forward = forward
+
+    def __call__(self, x: Any) -> tuple:
+        return self.forward(x.float())
+
+    def eval(self) -> _OnnxCraft:
+        return self
 
 
 def _is_upright(quad: np.ndarray) -> bool:

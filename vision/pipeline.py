@@ -53,7 +53,7 @@ from markguard.vision.signals import compute_signals
 from markguard.vision.text import SerialCandidate, match_wordmarks
 
 __all__ = ["Scorer", "ScoreRequest", "ScorePlan", "ListingClaim", "BrandProfile", "EvidenceSource", "OcrGate",
-           "read_ocr_evidence", "judge_text", "TOP_MATCHES", "STAGES"]
+           "read_ocr_evidence", "judge_text", "TOP_MATCHES", "STAGES", "WORDMARK_SIGNALS", "WORDMARK_OUTCOMES"]
 
 TOP_MATCHES = 5
 _SEARCH_K = 20  # neighbours per region before merging
@@ -83,27 +83,49 @@ class _Stage:
         self.total[self.name] = self.total.get(self.name, 0.0) + spent
 
 
+# The wordmark signals (`vision.signals`) and what one OCR read of a brand's photo can set them to:
+# (exact own, near-miss own, another brand's). "own": readings of the claimed brand's wordmark, spelt or
+# misspelt; "all" adds another brand's wordmark read exactly, alone or beside one of those.
+WORDMARK_SIGNALS = ("wordmark_exact", "wordmark_near_miss", "other_brand_wordmark")
+WORDMARK_OUTCOMES = {"own": ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),
+                     "all": ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (1.0, 0.0, 1.0), (0.0, 1.0, 1.0))}
+
+
 @dataclasses.dataclass(frozen=True)
 class OcrGate:
-    """When the gated path reads a photo's text: only where it can matter.
+    """When the gated path reads a photo's text: only where it can change the decision.
 
     The gated path plans a photo without OCR (regions from the mark detector and saliency), embeds and
-    judges it, and reads its text only when (1) the judged brand has serial rules (a serial pattern or
-    check digit: serial evidence needs the photo's text wherever it is), or (2) no brand is judged, or
-    (3) the risk without OCR lies in the contested band, from `below` under the brand's review threshold
-    to `above` over its takedown threshold, where a wordmark reading can move the decision. Outside the
-    band the embedding and geometry evidence is decisive and OCR is skipped. The read, where it runs,
-    is today's (the whole photo, the same policy and budget), so its evidence is unchanged; what
-    differs is that its text boxes no longer add embedding regions (measured in `bench scan`).
+    judges it, then (`action`):
+    - "read" (today's whole-photo read, its evidence unchanged) when the judged brand has serial rules
+      (serial evidence needs the photo's text wherever it is) or no brand is judged;
+    - "skip" when no wordmark outcome in `outcomes` (`WORDMARK_OUTCOMES`) moves the risk across the
+      brand's review or takedown threshold. The shifts come from the fusion in force (`fusion.json`'s
+      weights and priors, read at run time), so the test follows any recalibration;
+    - else "probe" (with `probe`; else "read"): a quick look for large text (`OcrEngine.probe`: the
+      detector at `probe_scale`, a few boxes read). Only a probe that reads a wordmark (any brand's,
+      spelt or misspelt) leads to the full read; otherwise the photo shows no wordmark OCR can read and
+      its OCR evidence stays empty.
+    What is skipped against reading every photo is measured in `bench scan` (decision agreement).
     """
 
-    below: float = 0.10
-    above: float = 0.02
+    outcomes: str = "own"
+    probe: bool = True
+    probe_scale: float = 0.6
 
-    def needs_ocr(self, brand: BrandProfile | None, risk_without: float, policy: Policy) -> bool:
+    def __post_init__(self) -> None:
+        if self.outcomes not in WORDMARK_OUTCOMES:
+            raise ValueError(f"outcomes: one of {', '.join(WORDMARK_OUTCOMES)}")
+
+    def action(self, brand: BrandProfile | None, values: Mapping[str, float | None], fusion: Fusion,
+               policy: Policy) -> str:
         if brand is None or brand.serial_pattern or (brand.serial_checksum not in (None, "none")):
-            return True
-        return policy.review_at - self.below <= risk_without <= policy.takedown_at + self.above
+            return "read"
+        now = policy.decide(fusion.risk(values)[0])
+        for outcome in WORDMARK_OUTCOMES[self.outcomes]:
+            if policy.decide(fusion.risk({**values, **dict(zip(WORDMARK_SIGNALS, outcome, strict=True))})[0]) != now:
+                return "probe" if self.probe else "read"
+        return "skip"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +218,8 @@ class ScorePlan:
     ocr_seconds: float = 0.0  # time spent reading this photo's text (0 when OCR is off or cached)
     features: LocalFeatures | None = None  # the photo's local features, extracted when first needed
     ocr_deferred: bool = False  # the gate decides in `judge` whether this photo's text is read
+    ocr_probed: bool = False  # the gate looked for a wordmark first (`OcrGate`, "probe")
+    mark_boxes: list[tuple[int, int, int, int]] = dataclasses.field(default_factory=list)  # the detector's
     cpu: dict[str, float] = dataclasses.field(default_factory=dict)  # process CPU seconds by stage (STAGES)
 
     def query_features(self) -> LocalFeatures:
@@ -246,7 +270,7 @@ class Scorer:
         self.on_ocr_seconds = on_ocr_seconds
         self.ocr_gate = ocr_gate
         self.stage_cpu: dict[str, float] = {}
-        self.ocr_runs = [0, 0]  # photos whose text was read, photos scored (the gate's share)
+        self.ocr_runs = [0, 0, 0]  # photos whose text was read, photos scored, photos probed (the gate's shares)
         self.max_regions = artifact.max_regions
         self._ocr_cache: OrderedDict[str, list[OcrLine]] = OrderedDict()
         self._lock = threading.Lock()
@@ -275,7 +299,8 @@ class Scorer:
                                           text_boxes=text_boxes)
             photo_hash = phash(image).int64
         return ScorePlan(request, brand, product_id, image, regions, crops, started, photo_hash,
-                         ocr_lines=lines, ocr_seconds=ocr_seconds, ocr_deferred=deferred, cpu=cpu)
+                         ocr_lines=lines, ocr_seconds=ocr_seconds, ocr_deferred=deferred, cpu=cpu,
+                         mark_boxes=mark_boxes)
 
     def judge(self, plan: ScorePlan, vectors: np.ndarray) -> ScoreResult:
         """The result for a planned photo from its regions' vectors (one row per crop)."""
@@ -303,12 +328,17 @@ class Scorer:
                 evidence.known_fake = self._known_fake(plan, vectors, brand=brand, product_id=product_id,
                                                        shared=shared)
                 brand_best = self._nearest(vectors, brand_id=brand.id, kind="genuine")
-        if plan.ocr_deferred and self.ocr is not None and self.ocr_gate is not None:
-            with _Stage(cpu, "fusion", self.stage_cpu):
-                risk_without, _ = self.fusion.risk(compute_signals(evidence))
-            if self.ocr_gate.needs_ocr(brand, risk_without, self._policy(brand)):
-                with _Stage(cpu, "ocr", self.stage_cpu):
-                    plan.ocr_lines, plan.ocr_seconds = self._read_text(request, plan.image)
+        if plan.ocr_deferred and self.ocr is not None and self.ocr_gate is not None and \
+                self._gated_read(plan, evidence, brand):
+            # read in full: judged again as the full path judges it, its text boxes among the regions
+            with _Stage(cpu, "regions", self.stage_cpu):
+                regions, crops = region_crops(plan.image, max_regions=self.max_regions, mark_boxes=plan.mark_boxes,
+                                              text_boxes=[line.box for line in plan.ocr_lines or []])
+            if [r.box for r in regions] != [r.box for r in plan.regions]:
+                again = dataclasses.replace(plan, regions=regions, crops=crops, ocr_deferred=False)
+                with _Stage(cpu, "embed", self.stage_cpu):
+                    vectors = self.embed(crops)
+                return self.judge(again, vectors)
         if plan.ocr_lines is not None:
             with _Stage(cpu, "ocr", self.stage_cpu):
                 evidence.ocr = read_ocr_evidence(self.ocr, plan.image, plan.ocr_lines, brand=brand,
@@ -316,6 +346,7 @@ class Scorer:
         with self._lock:
             self.ocr_runs[0] += plan.ocr_lines is not None
             self.ocr_runs[1] += 1
+            self.ocr_runs[2] += plan.ocr_probed
         with _Stage(cpu, "fusion", self.stage_cpu):
             return self._result(plan, vectors, evidence, brand=brand, product_id=product_id, brand_best=brand_best,
                                 shared=shared, by_reference=by_reference)
@@ -368,6 +399,24 @@ class Scorer:
         return [self.judge(p, v) for p, v in zip(plans, self.embed_plans(plans), strict=True)]
 
     # -- internals ---------------------------------------------------------------------------------
+    def _gated_read(self, plan: ScorePlan, evidence: ClaimEvidence, brand: BrandProfile | None) -> bool:
+        """Read the photo's text where the gate says it can matter (`OcrGate.action`); True: read in full."""
+        cpu = plan.cpu
+        with _Stage(cpu, "fusion", self.stage_cpu):
+            action = self.ocr_gate.action(brand, compute_signals(evidence), self.fusion, self._policy(brand))
+        if action == "skip":
+            return False
+        with _Stage(cpu, "ocr", self.stage_cpu):
+            if action == "probe":
+                plan.ocr_probed = True
+                seen = self.ocr.probe(plan.image, scale=self.ocr_gate.probe_scale)
+                hits = match_wordmarks([line.text for line in seen], brand=brand.name if brand else None,
+                                       wordmarks={b: list(w) for b, w in self.source.wordmarks().items()})
+                if not hits:
+                    return False
+            plan.ocr_lines, plan.ocr_seconds = self._read_text(plan.request, plan.image)
+        return True
+
     def _read_text(self, request: ScoreRequest, image: np.ndarray) -> tuple[list[OcrLine], float]:
         """(OCR lines, seconds spent reading); the same photo scored again (another claim, a retry) is
         read once, and its cached lines cost 0 seconds."""

@@ -40,6 +40,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=16)
     p.add_argument("--no-ocr", action="store_true", help="skip reading text on every path")
     p.add_argument("--paths", default="today,local,ray", help="which paths to run, first is the reference")
+    p.add_argument("--gate", choices=("own", "all"), default="own",
+                   help="the wordmark readings the OCR gate weighs on the cheaper paths (vision.pipeline.OcrGate)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/bench-scan.json"))
     return p
@@ -82,7 +84,7 @@ def _scan_path(engine: str, *, gated: bool = True, runtime: str = "onnx") -> Cal
         from markguard.serving.scan import ScanSettings, run_scan
 
         settings = ScanSettings(home=str(home), feed=feed, ocr=not args.no_ocr, chunk=args.chunk,
-                                workers=args.workers, ocr_gate=gated, runtime=runtime)
+                                workers=args.workers, ocr_gate=gated, runtime=runtime, gate_outcomes=args.gate)
         started = time.perf_counter()
         summary = run_scan(settings, out, engine=engine, progress=True)
         seconds = time.perf_counter() - started
@@ -92,10 +94,11 @@ def _scan_path(engine: str, *, gated: bool = True, runtime: str = "onnx") -> Cal
             results[row["listing_id"]] = row
         scored = summary["by_status"].get("scored", 0)
         cpu = summary["cpu_seconds"]
-        per_photo = {k: round(v / max(1, scored) * 1000, 1) for k, v in cpu.items() if k != "ocr_photos"}
+        per_photo = {k: round(v / max(1, scored) * 1000, 1) for k, v in cpu.items() if k not in ("ocr_photos", "ocr_probes")}
         return {"results": results, "seconds": round(seconds, 2), "scored": scored,
                 "errors": summary["errors"], "photos_per_second": round(scored / seconds, 3),
                 "cpu_ms_per_photo": per_photo, "ocr_share": round(cpu.get("ocr_photos", 0) / max(1, scored), 4),
+                "probe_share": round(cpu.get("ocr_probes", 0) / max(1, scored), 4),
                 "cpu_seconds_per_photo": round((cpu.get("worker", 0.0) + cpu.get("driver", 0.0)) / max(1, scored), 4)}
 
     return run
@@ -163,14 +166,17 @@ def main(argv: list[str] | None = None) -> int:
                 "decision_agreement": round(float(np.mean([reference[i]["decision"] == results[i]["decision"]
                                                            for i in both])), 4) if both else None,
                 "max_risk_delta": round(max(risk_delta), 6) if risk_delta else None,
+                "differing": {i: [reference[i]["decision"], results[i]["decision"], reference[i]["risk"],
+                                  results[i]["risk"], labels[i]]
+                              for i in both if reference[i]["decision"] != results[i]["decision"]},
             }
     paths = report["paths"]
-    print(f"{'path':8}{'photos/s':>10}{'seconds':>9}{'CPU s/photo':>13}{'OCR share':>11}{'claim AUC':>11}"
+    print(f"{'path':8}{'photos/s':>10}{'seconds':>9}{'CPU s/photo':>13}{'OCR share':>11}{'probed':>8}{'claim AUC':>11}"
           f"{'agreement':>11}{'max Δrisk':>11}")
     for name, row in paths.items():
         print(f"{name:8}{row['photos_per_second']:>10.3f}{row['seconds']:>9.1f}{row['cpu_seconds_per_photo']:>13.3f}"
-              f"{row['ocr_share']:>11.3f}{row['claim_auc']:>11.4f}{row['decision_agreement']:>11.4f}"
-              f"{row['max_risk_delta']:>11.6f}")
+              f"{row['ocr_share']:>11.3f}{row['probe_share']:>8.3f}{row['claim_auc']:>11.4f}"
+              f"{row['decision_agreement']:>11.4f}{row['max_risk_delta']:>11.6f}")
     stages = [s for s in (*STAGES, "worker", "record", "driver") if any(s in r["cpu_ms_per_photo"] for r in paths.values())]
     print("process CPU ms per photo, by stage (worker: the scorers in all; driver: the one writer)")
     print(f"{'path':8}" + "".join(f"{s:>9}" for s in stages))

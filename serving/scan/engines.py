@@ -44,6 +44,7 @@ class ScanSettings:
     ray_address: str | None = None
     ocr_gate: bool = True  # read text only where it can matter (`vision.pipeline.OcrGate`); False: every photo
     runtime: str = "onnx"  # the networks' runtime (`vision.runtime`: ONNX Runtime where installed and equal)
+    gate_outcomes: str = "own"  # the wordmark readings the gate weighs (`vision.pipeline.WORDMARK_OUTCOMES`)
 
     @property
     def scorers(self) -> int:
@@ -58,7 +59,7 @@ class ScanSettings:
     def worker_kwargs(self, done: DoneMap) -> dict[str, Any]:
         return {"ocr": self.ocr, "feed_dir": str(self.feed.resolve().parent), "image_root": self.image_root,
                 "done": done, "rescore": self.rescore, "threads": self.threads, "ocr_gate": self.ocr_gate,
-                "runtime": self.runtime}
+                "runtime": self.runtime, "gate_outcomes": self.gate_outcomes}
 
 
 # -- local: a process pool, one engine per process -----------------------------------------------------

@@ -74,7 +74,7 @@ class ScanWorker:
 
     def __init__(self, home_root: str, *, ocr: bool, feed_dir: str, image_root: str | None = None,
                  done: DoneMap | None = None, rescore: bool = False, threads: int | None = None,
-                 ocr_gate: bool = False, runtime: str = "torch") -> None:
+                 ocr_gate: bool = False, runtime: str = "torch", gate_outcomes: str = "own") -> None:
         if threads:  # every library's own pool, or scorers sharing the cores oversubscribe them
             import cv2
             import faiss
@@ -89,6 +89,7 @@ class ScanWorker:
         self.ocr = ocr
         self.ocr_gate = ocr_gate
         self.runtime = runtime
+        self.gate_outcomes = gate_outcomes
         self._engine = None  # loaded on the first row that needs scoring (a resume may need none)
         self.feed_dir = Path(feed_dir)
         self.image_root = Path(image_root).resolve() if image_root else None
@@ -101,7 +102,7 @@ class ScanWorker:
             from markguard.serving.engine import ScoringEngine
             from markguard.vision.pipeline import OcrGate
 
-            self._engine = ScoringEngine(self.home, ocr=self.ocr, ocr_gate=OcrGate() if self.ocr_gate else None,
+            self._engine = ScoringEngine(self.home, ocr=self.ocr, ocr_gate=OcrGate(outcomes=self.gate_outcomes) if self.ocr_gate else None,
                                          runtime=self.runtime)
         return self._engine
 
@@ -111,14 +112,15 @@ class ScanWorker:
         all, and `ocr_photos`, the photos whose text was read)."""
         started = time.process_time()
         stages = dict(self._engine.scorer.stage_cpu) if self._engine is not None else {}
-        ocr_photos = self._engine.scorer.ocr_runs[0] if self._engine is not None else 0
+        runs = list(self._engine.scorer.ocr_runs) if self._engine is not None else [0, 0, 0]
         outcomes = self._process(rows)
         if outcomes:
             cpu = {"worker": time.process_time() - started}
             if self._engine is not None:
                 scorer = self._engine.scorer
                 cpu |= {k: v - stages.get(k, 0.0) for k, v in scorer.stage_cpu.items()}
-                cpu["ocr_photos"] = scorer.ocr_runs[0] - ocr_photos
+                cpu["ocr_photos"] = scorer.ocr_runs[0] - runs[0]
+                cpu["ocr_probes"] = scorer.ocr_runs[2] - runs[2]
             outcomes[0]["cpu"] = cpu
         return outcomes
 

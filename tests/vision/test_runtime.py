@@ -54,3 +54,30 @@ def test_a_module_that_differs_stays_on_eager_pytorch() -> None:
             return x + torch.rand_like(x)
 
     assert onnx_forward(Noisy(), torch.zeros(2, 3, 8, 8), outputs=("y",)) is None
+
+
+def test_an_exported_graph_is_cached_and_a_damaged_cache_file_is_exported_again(
+        artifact, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MARKGUARD_ONNX_CACHE", str(tmp_path))
+    detector = artifact.load_detector()
+    probe = torch.rand(2, 3, 64, 64) * 2 - 1
+    first = onnx_forward(detector, probe, outputs=("logits", "log_distances"))
+    cached = list(tmp_path.glob("*.onnx"))
+    assert first is not None and len(cached) == 1
+    again = onnx_forward(detector, probe, outputs=("logits", "log_distances"))  # read from the cache
+    assert again is not None and np.allclose(again(probe)[0].numpy(), first(probe)[0].numpy(), atol=TOLERANCE)
+    whole = cached[0].read_bytes()
+    cached[0].write_bytes(whole[:1000])  # a truncated graph is exported again
+    mended = onnx_forward(detector, probe, outputs=("logits", "log_distances"))
+    assert mended is not None and np.allclose(mended(probe)[0].numpy(), first(probe)[0].numpy(), atol=TOLERANCE)
+    assert cached[0].stat().st_size == len(whole)  # the cache file is whole again
+
+
+def test_easyocr_craft_on_onnx_runtime_reads_the_same_lines(grocery: Path) -> None:
+    from markguard.vision.ocr import EasyOcrEngine
+
+    eager, fast = EasyOcrEngine(threads=1), EasyOcrEngine(threads=1)
+    assert fast.use_runtime("onnx") == "onnx"
+    for photo in _photos(grocery, 3):
+        assert [(line.text, line.box) for line in fast.read(photo, budget_ms=60_000)] == \
+            [(line.text, line.box) for line in eager.read(photo, budget_ms=60_000)]
