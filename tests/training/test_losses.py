@@ -92,3 +92,32 @@ def test_pair_batches_draw_same_brand_genuine_and_counterfeit_views() -> None:
                    if h == g)
     assert genuine.sum() == 4 and (~genuine).sum() == 3  # 2 genuine per brand; A has 1 fake view, B 2
     assert torch.equal(view, pairs.draw(pairs.epoch(1))[0])  # seeded per epoch
+
+
+def test_similarity_distillation_against_a_naive_loop_and_zero_when_geometry_matches() -> None:
+    from markguard.training.losses import similarity_distillation_loss
+
+    gen = torch.Generator().manual_seed(3)
+    student, teacher = torch.randn(6, 8, generator=gen), torch.randn(6, 20, generator=gen)
+    tau = 0.2
+    s = torch.nn.functional.normalize(student, dim=1)
+    t = torch.nn.functional.normalize(teacher, dim=1)
+    total = 0.0
+    for i in range(6):
+        others = [j for j in range(6) if j != i]
+        ls = torch.tensor([float(s[i] @ s[j]) / tau for j in others])
+        lt = torch.tensor([float(t[i] @ t[j]) / tau for j in others])
+        ps, pt = torch.softmax(ls, 0), torch.softmax(lt, 0)
+        total += float((pt * (pt.log() - ps.log())).sum())
+    got = similarity_distillation_loss(student, teacher, tau=tau)
+    assert math.isclose(float(got), total / 6, rel_tol=1e-4, abs_tol=1e-6)
+    # a rotation of the teacher (same cosines, other dimension) gives zero; scaling rows does not matter
+    q, _ = torch.linalg.qr(torch.randn(20, 20, generator=gen))
+    assert float(similarity_distillation_loss(3.0 * teacher @ q, teacher, tau=tau)) < 1e-5
+    # gradients reach the student only
+    student.requires_grad_(True)
+    teacher.requires_grad_(True)
+    similarity_distillation_loss(student, teacher, tau=tau).backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0 and teacher.grad is None
+    with pytest.raises(ValueError):
+        similarity_distillation_loss(student[:1], teacher[:1], tau=tau)
