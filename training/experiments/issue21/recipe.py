@@ -41,7 +41,10 @@ K_CACHE = 2
 SETS = {"grocery_cal": 0, "synth_val": 120, "grocery_val": 100, "grozi": 120}
 
 
-def load_sets():
+def load_sets(wait: float = 0.0):
+    deadline = time.time() + wait  # a recipe started while cache_eval.py still runs waits for its caches
+    while time.time() < deadline and not all((OUT / f"prefix_{n}_{m}_k{K_CACHE}.pt").is_file() for n, m in SETS.items()):
+        time.sleep(10)
     out = {}
     for name, maxq in SETS.items():
         path = OUT / f"prefix_{name}_{maxq}_k{K_CACHE}.pt"
@@ -110,19 +113,26 @@ def cmd_train(name, opts):
     bb = model.backbone
     stages = len(bb.stages)
     t0 = time.time()
-    with torch.no_grad():  # cached K_CACHE prefix -> this recipe's prefix; and the teacher (ImageNet pooled)
-        f2 = data["feats"]
-        feats, teacher = [], []
-        for i in range(0, len(f2), 256):
-            f = f2[i:i + 256].float()
-            teacher.append(F.normalize(bb.forward_from(f, stages - K_CACHE).mean(dim=(2, 3)), dim=1).half())
-            if o["k"] < 0:
-                feats.append(bb.forward_from(f, stages - K_CACHE).mean(dim=(2, 3)))
-            else:
-                for stage in bb.stages[stages - K_CACHE: split.split]:
-                    f = stage(f)
-                feats.append(f)
-        feats, teacher = torch.cat(feats), torch.cat(teacher)
+    derived = OUT / f"train_cache_{o['n_synth']}_k{o['k']}.pt"  # this recipe's prefix and the teacher, kept
+    if derived.is_file():
+        d = torch.load(derived, weights_only=True)
+        feats, teacher = d["feats"].float(), d["teacher"]
+    else:
+        with torch.no_grad():  # cached K_CACHE prefix -> this recipe's prefix; and the teacher (ImageNet pooled)
+            f2 = data["feats"]
+            feats, teacher = [], []
+            for i in range(0, len(f2), 256):
+                f = f2[i:i + 256].float()
+                pooled = bb.forward_from(f, stages - K_CACHE).mean(dim=(2, 3))
+                teacher.append(F.normalize(pooled, dim=1).half())
+                if o["k"] < 0:
+                    feats.append(pooled)
+                else:
+                    for stage in bb.stages[stages - K_CACHE: split.split]:
+                        f = stage(f)
+                    feats.append(f)
+            feats, teacher = torch.cat(feats), torch.cat(teacher)
+        torch.save({"feats": feats, "teacher": teacher}, derived)
     loss_fn = create_loss("arcface", num_classes=len(classes), embedding_dim=256, margin=o["margin"], scale=30.0,
                           seed=o["seed"])
     head_params = list(model.head.parameters()) + list(loss_fn.parameters())
@@ -139,7 +149,7 @@ def cmd_train(name, opts):
         return float(0.5 * (1 + np.cos(np.pi * min(1.0, (step - warm) / max(1, total - warm)))))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    sets = load_sets()
+    sets = None
     history = []
     gen = torch.Generator().manual_seed(o["seed"])
     print(name, o, f"{len(feats)} views, {len(classes)} classes, prep {time.time() - t0:.0f}s", flush=True)
@@ -160,7 +170,8 @@ def cmd_train(name, opts):
             loss.backward()
             optimizer.step()
             scheduler.step()
-            parts += [float(arc), float(dis), float(sp)]
+            parts += [float(arc.detach()), float(dis.detach()), float(sp.detach())]
+        sets = sets or load_sets(wait=900)
         res, vecs = score(model, sets)
         history.append({"epoch": epoch, "arc": parts[0] / steps, "distill": parts[1] / steps, "l2sp": parts[2] / steps,
                         "seconds": round(time.time() - t, 1), **res})
