@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MetricLoss", "ArcFaceLoss", "counterfeit_pair_loss", "create_loss"]
+__all__ = ["MetricLoss", "ArcFaceLoss", "counterfeit_pair_loss", "create_loss", "similarity_distillation_loss"]
 
 
 class MetricLoss(nn.Module):
@@ -88,3 +88,16 @@ def counterfeit_pair_loss(embeddings: torch.Tensor, groups: torch.Tensor, genuin
     pos = (cos * positive).sum(1) / positive.sum(1).clamp(min=1)
     neg = cos.masked_fill(~negative, -2.0).max(1).values
     return F.relu(neg - pos + margin)[anchors].mean()
+
+
+def similarity_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, *, tau: float) -> torch.Tensor:
+    """Keep a teacher's neighbourhoods: per row, KL(softmax(teacher cosines / tau) || softmax(student
+    cosines / tau)) over the batch's other rows, averaged over rows. `student` (N, D) and `teacher`
+    (N, E) are normalised here; N >= 2. Zero when the two cosine matrices agree off the diagonal."""
+    if len(student) != len(teacher) or len(student) < 2:
+        raise ValueError("student and teacher need the same N >= 2 rows")
+    s, t = F.normalize(student, dim=1), F.normalize(teacher.detach(), dim=1)
+    eye = torch.eye(len(s), dtype=torch.bool, device=s.device)
+    log_p_s = F.log_softmax((s @ s.T / tau).masked_fill(eye, -1e9), dim=1)
+    p_t = F.softmax((t @ t.T / tau).masked_fill(eye, -1e9), dim=1)
+    return (p_t * (torch.log(p_t.clamp_min(1e-12)) - log_p_s)).masked_fill(eye, 0.0).sum(1).mean()

@@ -8,6 +8,7 @@ marks lead the eval queries' regions, as in serving) → cached frozen prefix �
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import shutil
@@ -55,11 +56,12 @@ from markguard.training.evaluation import (
     query_region_crops,
     split_blocks,
 )
-from markguard.training.losses import counterfeit_pair_loss, create_loss
+from markguard.training.losses import counterfeit_pair_loss, create_loss, similarity_distillation_loss
 from markguard.training.model import SplitEmbedder, build_model, cache_prefix, embed_cached
 from markguard.training.plots import plot_loss, plot_per_brand, plot_roc
 from markguard.vision.artifact import write_artifact
 from markguard.vision.detect import MarkDetector, encode_boxes
+from markguard.vision.embed import get_backbone
 from markguard.vision.scoring import Fusion
 
 __all__ = ["get_args_parser", "main", "train_one_epoch", "evaluate"]
@@ -252,9 +254,12 @@ class PairBatches:
 def train_one_epoch(split: SplitEmbedder, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, feats: torch.Tensor, labels: torch.Tensor, *,
                     batch_size: int, epoch: int, generator: torch.Generator, device: str, quiet: bool,
-                    pairs: PairBatches | None = None, pair_weight: float = 0.0, pair_margin: float = 0.0) -> float:
+                    pairs: PairBatches | None = None, pair_weight: float = 0.0, pair_margin: float = 0.0,
+                    teacher: torch.Tensor | None = None, distill_weight: float = 0.0, distill_tau: float = 0.1) -> float:
     """One pass over the cached views in a seeded random order; with `pairs`, each step also adds
-    `pair_weight` × `counterfeit_pair_loss` on a batch of same-brand genuine and counterfeit views."""
+    `pair_weight` × `counterfeit_pair_loss` on a batch of same-brand genuine and counterfeit views; with
+    `teacher` (a vector per cached view), `distill_weight` × `similarity_distillation_loss` of the batch's
+    embeddings to the teacher's vectors of the same views."""
     split.train()
     loss_fn.train()
     order = torch.randperm(len(feats), generator=generator)
@@ -265,7 +270,10 @@ def train_one_epoch(split: SplitEmbedder, loss_fn: torch.nn.Module, optimizer: t
     for start in bar:
         idx = order[start : start + batch_size]
         x, y = feats[idx].to(device), labels[idx].to(device)
-        loss = loss_fn(split.suffix(x), y)
+        z = split.suffix(x)
+        loss = loss_fn(z, y)
+        if teacher is not None and distill_weight > 0 and len(idx) > 1:
+            loss = loss + distill_weight * similarity_distillation_loss(z, teacher[idx].to(device).float(), tau=distill_tau)
         if pairs is not None:
             view, group, genuine = pairs.draw(pair_rng)
             loss = loss + pair_weight * counterfeit_pair_loss(split.suffix(feats[view].to(device)), group.to(device),
@@ -302,6 +310,23 @@ def _baseline_embed(split: SplitEmbedder, device: str):  # type: ignore[no-untyp
         return F.normalize(split.pooled_suffix(f.to(device)), dim=1).float().cpu().numpy()
 
     return embed
+
+
+@torch.no_grad()
+def imagenet_teacher(split: SplitEmbedder, feats: torch.Tensor, *, device: str, batch_size: int = 256) -> torch.Tensor:
+    """Unit ImageNet pooled features (the frozen backbone's suffix, no head) of every cached view, float16 on
+    CPU: the teacher of `loss.distill_weight`. Taken from the backbone's pretrained weights, so call it
+    before training moves them (on --resume the ImageNet trunk is rebuilt for it)."""
+    entry_state = get_backbone(split.model.config.architecture).pretrained_state()
+    trunk = copy.deepcopy(split.model.backbone).cpu()
+    trunk.load_state_dict(entry_state, strict=True)
+    trunk.eval()
+    out = []
+    for start in range(0, len(feats), batch_size):
+        f = feats[start : start + batch_size].float()
+        pooled = f if split.trainable_blocks < 0 else trunk.forward_from(f, split.split).mean(dim=(2, 3))
+        out.append(F.normalize(pooled, dim=1).half())
+    return torch.cat(out) if out else torch.empty(0)
 
 
 def _short(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -436,6 +461,7 @@ def run(args: argparse.Namespace) -> int:
                          seed=config["seed"]) if lc.get("pair_weight", 0.0) > 0 else None)
     if pairs is not None and not pairs.groups:
         raise SystemExit("markguard train: loss.pair_weight needs brands with 2+ genuine and 1+ counterfeit training views")
+    teacher = imagenet_teacher(split, feats, device=device) if lc.get("distill_weight", 0.0) > 0 else None
     generator = torch.Generator().manual_seed(config["seed"])
     for _ in range(1, start_epoch):  # the same shuffles as an uninterrupted run
         torch.randperm(len(feats), generator=generator)
@@ -443,7 +469,9 @@ def run(args: argparse.Namespace) -> int:
         t = time.monotonic()
         loss = train_one_epoch(split, loss_fn, optimizer, scheduler, feats, labels, batch_size=o["batch_size"],
                                epoch=epoch, generator=generator, device=device, quiet=quiet, pairs=pairs,
-                               pair_weight=lc.get("pair_weight", 0.0), pair_margin=lc.get("pair_margin", 0.0))
+                               pair_weight=lc.get("pair_weight", 0.0), pair_margin=lc.get("pair_margin", 0.0),
+                               teacher=teacher, distill_weight=lc.get("distill_weight", 0.0),
+                               distill_tau=lc.get("distill_tau", 0.1))
         metrics = evaluate(embed, eval_sets, eval_caches, seed=config["seed"])
         history.append({"epoch": epoch, "train_loss": loss, "seconds": round(time.monotonic() - t, 2),
                         "lr": optimizer.param_groups[0]["lr"], "val": json_metrics(metrics)})

@@ -92,3 +92,79 @@ def test_pair_batches_draw_same_brand_genuine_and_counterfeit_views() -> None:
                    if h == g)
     assert genuine.sum() == 4 and (~genuine).sum() == 3  # 2 genuine per brand; A has 1 fake view, B 2
     assert torch.equal(view, pairs.draw(pairs.epoch(1))[0])  # seeded per epoch
+
+
+def test_similarity_distillation_against_a_naive_loop_and_zero_when_geometry_matches() -> None:
+    from markguard.training.losses import similarity_distillation_loss
+
+    gen = torch.Generator().manual_seed(3)
+    student, teacher = torch.randn(6, 8, generator=gen), torch.randn(6, 20, generator=gen)
+    tau = 0.2
+    s = torch.nn.functional.normalize(student, dim=1)
+    t = torch.nn.functional.normalize(teacher, dim=1)
+    total = 0.0
+    for i in range(6):
+        others = [j for j in range(6) if j != i]
+        ls = torch.tensor([float(s[i] @ s[j]) / tau for j in others])
+        lt = torch.tensor([float(t[i] @ t[j]) / tau for j in others])
+        ps, pt = torch.softmax(ls, 0), torch.softmax(lt, 0)
+        total += float((pt * (pt.log() - ps.log())).sum())
+    got = similarity_distillation_loss(student, teacher, tau=tau)
+    assert math.isclose(float(got), total / 6, rel_tol=1e-4, abs_tol=1e-6)
+    # a rotation of the teacher (same cosines, other dimension) gives zero; scaling rows does not matter
+    q, _ = torch.linalg.qr(torch.randn(20, 20, generator=gen))
+    assert float(similarity_distillation_loss(3.0 * teacher @ q, teacher, tau=tau)) < 1e-5
+    # gradients reach the student only
+    student.requires_grad_(True)
+    teacher.requires_grad_(True)
+    similarity_distillation_loss(student, teacher, tau=tau).backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0 and teacher.grad is None
+    with pytest.raises(ValueError):
+        similarity_distillation_loss(student[:1], teacher[:1], tau=tau)
+
+
+def test_distillation_in_train_one_epoch_keeps_the_imagenet_neighbourhoods() -> None:
+    """`loss.distill_weight`: the teacher is the pretrained trunk's pooled vector of each cached view, and an
+    epoch with the term leaves the embeddings' cosines closer to the teacher's than ArcFace alone does."""
+    import torch.nn.functional as F
+
+    from markguard.training.losses import create_loss, similarity_distillation_loss
+    from markguard.training.model import SplitEmbedder, build_model
+    from markguard.training.train import imagenet_teacher, train_one_epoch
+
+    trainable_blocks = -1  # the projection on cached pooled features: the teacher is the cached vector itself
+    gen = torch.Generator().manual_seed(0)
+    shape = (1280,) if trainable_blocks < 0 else (320, 2, 2)
+    centres = torch.rand((6, *shape), generator=gen) * 4  # 6 clusters the labels cut across
+    feats = (centres[torch.arange(48) % 6] + torch.rand((48, *shape), generator=gen)).relu()
+    labels = torch.randint(0, 4, (48,), generator=gen)
+
+    def run(weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        model = build_model(architecture="efficientnet_lite0", input_size=224, embedding_dim=16, seed=0)
+        split = SplitEmbedder(model, trainable_blocks=trainable_blocks)
+        teacher = imagenet_teacher(split, feats, device="cpu")
+        loss_fn = create_loss("arcface", num_classes=4, embedding_dim=16, margin=0.2, scale=30.0)
+        params = split.trainable_parameters() + list(loss_fn.parameters())
+        optimizer = torch.optim.Adam(params, lr=3e-3)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        for epoch in range(1, 4):
+            train_one_epoch(split, loss_fn, optimizer, scheduler, feats, labels, batch_size=16, epoch=epoch,
+                            generator=torch.Generator().manual_seed(epoch), device="cpu", quiet=True,
+                            teacher=teacher, distill_weight=weight, distill_tau=0.1)
+        split.eval()
+        with torch.no_grad():
+            return split.suffix(feats), teacher.float()
+
+    plain, teacher = run(0.0)
+    kept, _ = run(20.0)
+    ref = split_free = F.normalize(feats.flatten(1) if trainable_blocks < 0 else feats, dim=1)
+    if trainable_blocks < 0:  # a frozen pooled cache: the teacher is the cached vector itself
+        assert torch.allclose(teacher, ref, atol=1e-2) and split_free is ref
+    mask = ~torch.eye(48, dtype=torch.bool)
+
+    def agreement(z: torch.Tensor) -> float:
+        return float(torch.corrcoef(torch.stack([(z @ z.T)[mask], (teacher @ teacher.T)[mask]]))[0, 1])
+
+    assert agreement(kept) > agreement(plain) + 0.02
+    assert float(similarity_distillation_loss(kept, teacher, tau=0.1)) < float(similarity_distillation_loss(plain, teacher, tau=0.1))
