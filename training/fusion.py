@@ -26,9 +26,11 @@ from sklearn.linear_model import LogisticRegression
 from markguard.vision.scoring import Fusion
 from markguard.vision.signals import expert_priors, signal_directions, signal_names
 
-__all__ = ["MIN_OBSERVATIONS", "OperatingPoint", "fit_fusion", "threshold_at_fpr"]
+__all__ = ["MIN_OBSERVATIONS", "THRESHOLDS_NOTE", "OperatingPoint", "fit_fusion", "threshold_at_fpr"]
 
 MIN_OBSERVATIONS = 20  # claims of each class (genuine, not genuine) in which a signal was read, to fit it
+THRESHOLDS_NOTE = ("review_at and takedown_at were chosen on the risk of exactly this fusion: the fitted weights "
+                   "and the priors of every signal not fitted (vision.signals)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +135,6 @@ def fit_fusion(
     spec["takedown_at"] = points[0].threshold
     spec["review_at"] = min(points[1].threshold, points[0].threshold)
     spec["calibration"] = {"claims": int(len(y)), "not_genuine": int(y.sum()), "signals": names,
-                           "left_out": left_out}
+                           "left_out": left_out, "thresholds": THRESHOLDS_NOTE}
     Fusion(spec)  # validates the thresholds
     return spec, points
