@@ -62,7 +62,7 @@ def calibrate_vectors(vectors: dict[str, tuple[np.ndarray, list[np.ndarray]]], *
     as serving embeds them), for an embedder that was not trained by this run (`training.fuse`)."""
     c = config["calibration"]
     claim_sets = {n: make_claims(es, *vectors[n], seed=config["seed"],
-                                 photos=_photo_evidence(es, geometry=bool(c["geometry"]), desc=n))
+                                 photos=_photo_evidence(es, geometry=bool(c["geometry"]), desc=n, quiet=quiet))
                   for n, es in eval_sets.items()}
     calibrate_on = [n for n in c["sets"] if n in claim_sets] or sorted(claim_sets)
     ocr_on = [n for n in c["ocr_sets"] if n in calibrate_on]
@@ -95,12 +95,12 @@ def _add_ocr(claim_sets: dict[str, ClaimSet], eval_sets: dict[str, EvalSet], nam
         add_ocr(claims, es, engine, cache=cache, queries=set(chosen), progress=not quiet)
 
 
-def _photo_evidence(es: EvalSet, *, geometry: bool, desc: str) -> PhotoEvidence:
+def _photo_evidence(es: EvalSet, *, geometry: bool, desc: str, quiet: bool = False) -> PhotoEvidence:
     """Every photo's perceptual hash and (with `geometry`) SIFT features, as serving computes them."""
     out: dict[str, list] = {}
     for part, items in (("query", es.queries), ("reference", es.references)):
         images = tqdm(load_images(items), desc=f"hashes{' and local features' if geometry else ''}: {desc} {part}",
-                      unit="photo", leave=False)
+                      unit="photo", leave=False, disable=quiet or None)
         pairs = [(phash(image).int64, extract_features(image) if geometry else None) for image in images]
         out[f"{part}_hashes"] = [h for h, _ in pairs]
         out[f"{part}_features"] = [f for _, f in pairs] if geometry else None

@@ -7,10 +7,12 @@ exactly as `vision.scoring.Fusion` treats a missing signal at serving time.
 
 A signal is left out of the fit, and its expert prior (`vision.signals`, written into the spec's
 `priors`, 0 for none) then applies at serving and to the thresholds, when the
-calibration data cannot speak for it: it never varies; it is read only in some claims (OCR) and in
-fewer than `min_observations` of either class; or its fitted weight points against
-the registry's direction (the most contrary one is dropped and the rest refitted, until
-all agree). `calibration.left_out` in the spec says which and why.
+calibration data cannot speak for it: it never varies, or it is read only in some claims (OCR) and in
+fewer than `min_observations` of either class. A signal the data speaks against, whose fitted weight
+points against the registry's direction (the most contrary one is dropped and the rest refitted, until
+all agree), weighs 0: its prior is not applied either, since the thresholds are chosen with every weight
+and a prior the data contradicts would lift the genuine claims it fires on (e.g. `known_fake_nearest`
+firing on as many genuine claims as counterfeit ones). `calibration.left_out` in the spec says which and why.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from sklearn.linear_model import LogisticRegression
 from markguard.vision.scoring import Fusion
 from markguard.vision.signals import expert_priors, signal_directions, signal_names
 
-__all__ = ["MIN_OBSERVATIONS", "THRESHOLDS_NOTE", "OperatingPoint", "fit_fusion", "threshold_at_fpr"]
+__all__ = ["CONTRARY", "MIN_OBSERVATIONS", "THRESHOLDS_NOTE", "OperatingPoint", "fit_fusion", "threshold_at_fpr"]
 
 MIN_OBSERVATIONS = 20  # claims of each class (genuine, not genuine) in which a signal was read, to fit it
+CONTRARY = "fitted against its direction: weighs 0 (its prior is not applied where the data speaks against it)"
 THRESHOLDS_NOTE = ("review_at and takedown_at were chosen on the risk of exactly this fusion: the fitted weights "
                    "and the priors of every signal not fitted (vision.signals)")
 
@@ -109,7 +112,7 @@ def fit_fusion(
         worst, k = max(contrary)
         if worst <= 0 or len(names) == 1:  # the last signal stays: a fusion needs one (tiny runs only)
             break
-        left_out[names[k]] = "fitted against its direction"
+        left_out[names[k]] = CONTRARY
         names, mean, scale, z = names[:k] + names[k + 1:], np.delete(mean, k), np.delete(scale, k), np.delete(z, k, axis=1)
     spec: dict[str, Any] = {
         "kind": "logistic",
@@ -123,7 +126,8 @@ def fit_fusion(
         "takedown_at": 0.5,
         # every registered signal not fitted keeps its expert prior, and the thresholds below are chosen
         # with exactly this fusion, priors included
-        "priors": expert_priors(n for n in registered if n not in names),
+        "priors": {n: 0.0 if left_out.get(n) == CONTRARY else w
+                   for n, w in expert_priors(n for n in registered if n not in names).items()},
     }
     fusion = Fusion(spec)
     risks = np.array([fusion.risk(row)[0] for row in values])

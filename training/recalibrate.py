@@ -33,7 +33,7 @@ from markguard.training.card import calibration_fields, combined_hash, model_has
 from markguard.training.config import apply_override, load_config
 from markguard.training.data import EvalSet, Item, load_images
 from markguard.training.evaluation import evaluate_embeddings
-from markguard.vision.artifact import ModelArtifact, write_artifact
+from markguard.vision.artifact import ModelArtifact, load_artifact
 from markguard.vision.embed.run import embed_images
 from markguard.vision.index import ReferenceIndex
 from markguard.vision.pipeline import BrandProfile, Scorer, ScoreRequest
@@ -105,6 +105,20 @@ def _config(artifact: ModelArtifact, overrides: Sequence[str]) -> dict[str, Any]
     return config
 
 
+def _write_recalibrated(artifact: ModelArtifact, dest: Path, *, fusion: dict[str, Any],
+                        card: dict[str, Any]) -> ModelArtifact:
+    """A copy of `artifact` (weights and detector byte for byte) with a new fusion and card, replacing `dest`."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(artifact.path, tmp)
+    for name, content in (("fusion.json", fusion), ("card.json", card)):
+        (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+    load_artifact(tmp).load_detector()  # checks the copied weights against their pinned SHA-256
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return load_artifact(dest)
+
+
 def run(args: argparse.Namespace) -> int:
     from markguard.training.train import _load_data
 
@@ -138,10 +152,7 @@ def run(args: argparse.Namespace) -> int:
                     "eval_sets": {n: {"references": len(e.references), "queries": len(e.queries)}
                                   for n, e in eval_sets.items()}}
     card["git_commit"] = git_commit()
-    if (run_dir / "artifact").exists():
-        shutil.rmtree(run_dir / "artifact")
-    written = write_artifact(run_dir / "artifact", state_dict=model.state_dict(), embedder=artifact.embedder,
-                             fusion=cal.spec, card=card, detector=detector)
+    written = _write_recalibrated(artifact, run_dir / "artifact", fusion=cal.spec, card=card)
     (run_dir / "metrics.json").write_text(json.dumps(card["metrics"], indent=2, sort_keys=True) + "\n")
     spec = cal.spec
     print(f"markguard calibrate: {artifact.tag} -> {tag} in {(time.monotonic() - started) / 60:.1f} min; fusion "
