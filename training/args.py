@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["add_train_arguments", "add_evaluate_arguments"]
+__all__ = ["add_train_arguments", "add_evaluate_arguments", "add_calibrate_arguments"]
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,3 +34,14 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0, help="seed of the negative claims drawn per photo")
     p.add_argument("--quiet", action="store_true")
+
+
+def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="artifact folder, or a tag in the markguard home or BentoML store")
+    p.add_argument("--out", type=Path, required=True,
+                   help="run folder (its cached vectors and OCR reads are reused; the new model is OUT/artifact)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value of the model's card, e.g. --set calibration.ocr_photos=50")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")

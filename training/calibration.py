@@ -1,26 +1,33 @@
-"""Fusion calibration for a trained embedder: claims on the held-out eval sets, judged with the
-pipeline's evidence (embedding, known fakes, geometry, OCR) and the registry's signals, fitted into the
-`fusion.json` spec with its review and takedown thresholds (`training.fusion.fit_fusion`)."""
+"""Fusion calibration for a trained embedder: claims on the held-out eval sets, judged by the
+pipeline's own judging step (`vision.pipeline.judge_claim`: embedding, geometry, known fakes and copies
+of them; OCR through `judge_text`) into the registry's signals, fitted into the `fusion.json` spec
+with its review and takedown thresholds (`training.fusion.fit_fusion`, priors included).
+
+Known fakes are in the data, so their weights are learned: `add_known_fake_copies` enrols a few
+counterfeit photos of each brand whole, as a counterfeit review does, and adds copies of them
+(re-encoded, resized, cropped by a few percent) as claims of the brand they imitate."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from markguard.datasets.build import save_jpeg
 from markguard.training.data import EvalSet, Item, load_images
-from markguard.training.evaluation import ClaimSet, add_geometry, make_claims, split_blocks
+from markguard.training.evaluation import ClaimSet, PhotoEvidence, make_claims, split_blocks
 from markguard.training.fusion import OperatingPoint, fit_fusion, threshold_at_fpr
 from markguard.training.model import SplitEmbedder, embed_cached
 from markguard.vision.geometry import extract_features
+from markguard.vision.phash import phash
 
-__all__ = ["Calibration", "calibrate", "calibrate_vectors", "stable_share"]
+__all__ = ["Calibration", "calibrate", "calibrate_vectors", "stable_share", "add_known_fake_copies", "with_known_fake_copies", "COPY_VIEWS"]
 
 
 @dataclasses.dataclass
@@ -54,11 +61,9 @@ def calibrate_vectors(vectors: dict[str, tuple[np.ndarray, list[np.ndarray]]], *
     """`calibrate` on vectors already computed (per eval set: reference vectors and query region blocks,
     as serving embeds them), for an embedder that was not trained by this run (`training.fuse`)."""
     c = config["calibration"]
-    claim_sets = {n: make_claims(es, *vectors[n], seed=config["seed"]) for n, es in eval_sets.items()}
-    if c["geometry"]:
-        for n, es in eval_sets.items():
-            add_geometry(claim_sets[n], vectors[n][1], _local_features(es.queries, f"{n} queries"),
-                         _local_features(es.references, f"{n} references"))
+    claim_sets = {n: make_claims(es, *vectors[n], seed=config["seed"],
+                                 photos=_photo_evidence(es, geometry=bool(c["geometry"]), desc=n, quiet=quiet))
+                  for n, es in eval_sets.items()}
     calibrate_on = [n for n in c["sets"] if n in claim_sets] or sorted(claim_sets)
     ocr_on = [n for n in c["ocr_sets"] if n in calibrate_on]
     if ocr_on and c["ocr_photos"]:
@@ -90,7 +95,56 @@ def _add_ocr(claim_sets: dict[str, ClaimSet], eval_sets: dict[str, EvalSet], nam
         add_ocr(claims, es, engine, cache=cache, queries=set(chosen), progress=not quiet)
 
 
-def _local_features(items: Sequence[Item], desc: str) -> list:
-    """SIFT features of each photo, as serving's geometry check extracts them."""
-    return [extract_features(image) for image in tqdm(load_images(items), desc=f"local features: {desc}",
-                                                      unit="photo", leave=False)]
+def _photo_evidence(es: EvalSet, *, geometry: bool, desc: str, quiet: bool = False) -> PhotoEvidence:
+    """Every photo's perceptual hash and (with `geometry`) SIFT features, as serving computes them."""
+    out: dict[str, list] = {}
+    for part, items in (("query", es.queries), ("reference", es.references)):
+        images = tqdm(load_images(items), desc=f"hashes{' and local features' if geometry else ''}: {desc} {part}",
+                      unit="photo", leave=False, disable=quiet or None)
+        pairs = [(phash(image).int64, extract_features(image) if geometry else None) for image in images]
+        out[f"{part}_hashes"] = [h for h, _ in pairs]
+        out[f"{part}_features"] = [f for _, f in pairs] if geometry else None
+    return PhotoEvidence(**out)
+
+
+# copies of an enrolled known fake, as a counterfeiter re-posts it: (name, scale, crop share per side, JPEG quality)
+COPY_VIEWS = (("reencoded", 1.0, 0.0, 75), ("resized", 0.9, 0.0, 85), ("cropped", 0.9, 0.03, 80))
+
+
+def add_known_fake_copies(es: EvalSet, out: Path, *, per_brand: int) -> EvalSet:
+    """`es` with known fakes that were photographed more than once: for each brand, its first `per_brand`
+    counterfeit query photos (by a hash of the file name) move to the references whole (a known fake, as a
+    counterfeit review enrols the listing photo), and copies of each (`COPY_VIEWS`, written under `out`)
+    join the queries as claims of the brand they imitate. Genuine queries stay, judged against them too."""
+    chosen: dict[str, list[Item]] = {}
+    for item in sorted((q for q in es.queries if not q.genuine), key=lambda q: stable_share(q.row.image)):
+        if len(chosen.setdefault(item.brand, [])) < per_brand:
+            chosen[item.brand].append(item)
+    enrolled = [i for items in chosen.values() for i in items]
+    if not enrolled:
+        return es
+    copies = []
+    for item, image in zip(enrolled, load_images(enrolled), strict=True):
+        for name, scale, crop, quality in COPY_VIEWS:
+            rel = f"{Path(item.row.image).with_suffix('').as_posix().replace('/', '_')}_{name}.jpg"
+            h, w = image.shape[:2]
+            dy, dx = round(h * crop), round(w * crop)
+            view = cv2.resize(image[dy : h - dy, dx : w - dx], (max(1, round((w - 2 * dx) * scale)),
+                                                                 max(1, round((h - 2 * dy) * scale))),
+                              interpolation=cv2.INTER_AREA) if scale != 1.0 or crop else image
+            if not (out / rel).is_file():
+                save_jpeg(out / rel, view, quality=quality)
+            copies.append(Item(path=out / rel, row=dataclasses.replace(item.row, image=rel, boxes=(),
+                                                                       transform="known_fake_copy")))
+    moved = {id(i) for i in enrolled}
+    return dataclasses.replace(es, references=[*es.references, *enrolled],
+                               queries=[q for q in es.queries if id(q) not in moved] + copies)
+
+
+def with_known_fake_copies(eval_sets: dict[str, EvalSet], config: dict[str, Any], run_dir: Path) -> dict[str, EvalSet]:
+    """The calibration sets with `calibration.known_fakes_per_brand` known fakes per brand and their copies
+    (`add_known_fake_copies`, written under `run_dir/known_fakes/`); reported sets unchanged."""
+    c = config["calibration"]
+    per_brand = int(c.get("known_fakes_per_brand", 0))
+    return {n: add_known_fake_copies(es, run_dir / "known_fakes" / n, per_brand=per_brand)
+            if per_brand and n in c["sets"] else es for n, es in eval_sets.items()}

@@ -14,7 +14,7 @@ from markguard.training.artifacts import git_commit, json_metrics
 from markguard.training.calibration import Calibration
 from markguard.training.data import EvalSet
 
-__all__ = ["model_card", "model_hash", "state_hash", "combined_hash", "argv_of"]
+__all__ = ["model_card", "calibration_fields", "model_hash", "state_hash", "combined_hash", "argv_of"]
 
 
 def state_hash(state: dict[str, torch.Tensor]) -> str:
@@ -65,7 +65,6 @@ def model_card(*, tag: str, config: dict[str, Any], command: str, calibration: C
                detector_report: dict[str, Any] | None) -> dict[str, Any]:
     """`card.json`: the tag, how the model was made (config, command, data hashes, commit, time) and what
     it scored on every eval set, with the calibrated operating points."""
-    c, cal = config["calibration"], calibration
     card = {
         "tag": tag,
         "description": ("EfficientNet-Lite0 (ImageNet) + linear head, fine-tuned with ArcFace where each "
@@ -81,17 +80,35 @@ def model_card(*, tag: str, config: dict[str, Any], command: str, calibration: C
         "git_commit": git_commit(),
         "training": {"seconds": seconds, "feature_cache_reused": cache_reused, "device": config["device"],
                      "epochs": config["optim"]["epochs"], "torch": torch.__version__, "threads": config["threads"]},
-        "metrics": {n: json_metrics(m) for n, m in metrics.items()},
         "baseline_metrics": {"model": "imagenet-lite0 pooled (no head)", **baseline},
-        "operating_points": [p.__dict__ for p in cal.points] + [{"name": "match", "threshold": cal.match_threshold,
-                                                                  "false_match_target": c["match_false_rate"],
-                                                                  "meaning": "best similarity an unclaimed photo needs to name a brand"}],
-        "calibration_data": cal.calibrate_on,
-        "calibration_ocr": {"sets": cal.ocr_on, "photos_per_set": c["ocr_photos"]},
-        "held_out_data": sorted(set(eval_sets) - set(cal.calibrate_on)),
+        **calibration_fields(config=config, calibration=calibration, metrics=metrics, eval_sets=eval_sets),
     }
     if detector_report is not None:
         card["description"] += (" Regions: a learned mark detector (FCOS head on the frozen ImageNet Lite0 trunk at "
                                 "stride 16, trained on the training photos' mark boxes) leads the proposals.")
         card["detector"] = detector_report
     return card
+
+
+def calibration_fields(*, config: dict[str, Any], calibration: Calibration, metrics: dict[str, dict[str, Any]],
+                       eval_sets: dict[str, EvalSet]) -> dict[str, Any]:
+    """The card's figures of a calibration (`markguard train` and `markguard calibrate` write the same):
+    metrics with the fitted fusion, operating points, which sets calibrated it and which are held out."""
+    c, cal = config["calibration"], calibration
+    return {
+        "metrics": {n: json_metrics(m) for n, m in metrics.items()},
+        "operating_points": [p.__dict__ for p in cal.points] + [{"name": "match", "threshold": cal.match_threshold,
+                                                                  "false_match_target": c["match_false_rate"],
+                                                                  "meaning": "best similarity an unclaimed photo needs to name a brand"}],
+        "calibration_data": cal.calibrate_on,
+        "calibration_ocr": {"sets": cal.ocr_on, "photos_per_set": c["ocr_photos"]},
+        "calibration_known_fakes": {"per_brand": c.get("known_fakes_per_brand", 0),
+                                    "copy_claims": sum(k == "known_fake_copy" for n in cal.calibrate_on
+                                                       for k in _transforms(cal, eval_sets, n))},
+        "held_out_data": sorted(set(eval_sets) - set(cal.calibrate_on)),
+    }
+
+
+def _transforms(cal: Calibration, eval_sets: dict[str, EvalSet], name: str) -> list[str | None]:
+    queries = eval_sets[name].queries
+    return [queries[int(q)].row.transform for q in cal.claim_sets[name].query]

@@ -23,7 +23,7 @@ from markguard.training.args import add_evaluate_arguments
 from markguard.training.artifacts import json_metrics, resolve_model
 from markguard.training.data import EvalSet, load_images, make_eval_set, read_items
 from markguard.training.evaluation import (
-    add_geometry,
+    PhotoEvidence,
     evaluate_embeddings,
     make_claims,
     query_region_crops,
@@ -57,12 +57,12 @@ def evaluate_artifact(artifact: ModelArtifact, eval_set: EvalSet, *, device: str
     crops, counts = query_region_crops(load_images(eval_set.queries), max_regions=max_regions, detector=detector)
     queries = split_blocks(embed_images(model, crops, batch_size=batch_size, progress=progress), counts)
     fusion = Fusion(artifact.fusion) if use_fusion else None
-    claims = make_claims(eval_set, refs, queries, seed=seed)
     if geometry is None:
         geometry = fusion is not None and "log_inliers" in fusion.spec.get("signals", {})
-    if geometry:
-        add_geometry(claims, queries, [extract_features(i) for i in load_images(eval_set.queries)],
-                     [extract_features(i) for i in load_images(eval_set.references)])
+    photos = PhotoEvidence(query_features=[extract_features(i) for i in load_images(eval_set.queries)],
+                           reference_features=[extract_features(i) for i in load_images(eval_set.references)]) \
+        if geometry else PhotoEvidence()
+    claims = make_claims(eval_set, refs, queries, seed=seed, photos=photos)
     return evaluate_embeddings(eval_set, refs, queries, fusion=fusion, seed=seed, claims=claims)
 
 

@@ -1,13 +1,13 @@
 """Evaluating an embedder on an eval set: retrieval, claim verification, per brand, per counterfeit
-transform and strength. Claims are judged with the pipeline's own evidence functions
-(`vision.scoring.region_evidence`, `known_fake_evidence`, `claim_geometry`) against an in-memory
-`ReferenceIndex`, and their signals are the registry's (`vision.signals.compute_signals`), the very
-ones serving computes, so calibration has no train/serve skew.
+transform and strength. Claims are judged by the pipeline's own judging step
+(`vision.pipeline.judge_claim`: embedding, geometry, known fakes and copies of them) against an
+in-memory `ReferenceIndex`, and their signals are the registry's (`vision.signals.compute_signals`),
+the very ones serving computes, so calibration has no train/serve skew.
 
 A query is one vector (its full photo) or, as serving sees it, a block of region vectors — the full
 photo first, then the crops `vision.regions.propose_regions` finds — of which the region most similar
-to the claim speaks for the photo. Geometry evidence is added to the claims by `add_geometry`, from
-the photos' local features, and OCR evidence by `training.ocr_evidence.add_ocr`.
+to the claim speaks for the photo. Geometry and known-fake copy evidence come from the photos' local
+features and hashes (`PhotoEvidence`); OCR evidence is added by `training.ocr_evidence.add_ocr`.
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ from markguard.vision.detect import MarkDetector
 from markguard.vision.evidence import ClaimEvidence
 from markguard.vision.geometry import LocalFeatures
 from markguard.vision.index import KIND_CODES, ReferenceIndex
+from markguard.vision.pipeline import judge_claim
 from markguard.vision.regions import iou, propose_regions, region_crops
-from markguard.vision.scoring import Fusion, claim_geometry, known_fake_evidence, region_evidence
+from markguard.vision.scoring import Fusion
 from markguard.vision.signals import compute_signals
 
 __all__ = ["ClaimSet", "QueryVectors", "as_regions", "query_region_crops", "split_blocks", "build_index", "make_claims",
-           "add_geometry", "evaluate_embeddings", "bootstrap_intervals", "proposal_coverage", "STRENGTH_BINS"]
+           "PhotoEvidence", "evaluate_embeddings", "bootstrap_intervals", "proposal_coverage", "STRENGTH_BINS"]
 
 QueryVectors = np.ndarray | Sequence[np.ndarray]  # (Q, d) full photos, or per query (regions, d), full photo first
 
@@ -91,9 +92,22 @@ def build_index(refs: Sequence[Item], vectors: np.ndarray, ids: _Ids) -> Referen
     return index
 
 
-def make_claims(eval_set: EvalSet, ref_vectors: np.ndarray, query_vectors: QueryVectors, *, seed: int = 0) -> ClaimSet:
+@dataclasses.dataclass(frozen=True)
+class PhotoEvidence:
+    """What a claim's photo evidence needs beyond vectors, per eval-set photo: local features (geometry)
+    and perceptual hashes (copies of known fakes). A missing part is evidence not gathered."""
+
+    query_features: Sequence[LocalFeatures] | None = None
+    reference_features: Sequence[LocalFeatures] | None = None
+    query_hashes: Sequence[int] | None = None
+    reference_hashes: Sequence[int] | None = None
+
+
+def make_claims(eval_set: EvalSet, ref_vectors: np.ndarray, query_vectors: QueryVectors, *, seed: int = 0,
+                photos: PhotoEvidence = PhotoEvidence()) -> ClaimSet:
     """Each genuine photo claims its own product (genuine), another product of its brand and another
-    brand (not genuine); each counterfeit photo claims the brand it imitates (not genuine)."""
+    brand (not genuine); each counterfeit photo claims the brand it imitates (not genuine). Every claim
+    is judged by the pipeline's `judge_claim`, as serving judges it."""
     regions = as_regions(query_vectors)
     ids = _Ids([*eval_set.references, *eval_set.queries])
     index = build_index(eval_set.references, ref_vectors, ids)
@@ -112,11 +126,16 @@ def make_claims(eval_set: EvalSet, ref_vectors: np.ndarray, query_vectors: Query
         if other:
             claims.append((q, "other_brand", *other[int(rng.integers(len(other)))]))
     evidence, brand_ids, product_ids = [], [], []
+    reference_features = photos.reference_features.__getitem__ if photos.reference_features is not None else None
+    reference_hash = photos.reference_hashes.__getitem__ if photos.reference_hashes is not None else (lambda i: None)
     for q, _, brand, product in claims:
         brand_id, product_id = ids.brands.get(brand, -2), ids.product(brand, product)
-        evidence.append(ClaimEvidence(
-            brand=brand, embedding=region_evidence(index, regions[q], brand_id=brand_id, product_id=product_id),
-            known_fake=known_fake_evidence(index, regions[q], brand_id=brand_id, product_id=product_id)))
+        found, _ = judge_claim(
+            index, regions[q], brand=brand, brand_id=brand_id, product_id=product_id,
+            query_features=(lambda q=q: photos.query_features[q]) if photos.query_features is not None else None,
+            reference_features=reference_features, reference_hash=reference_hash,
+            photo_hash=photos.query_hashes[q] if photos.query_hashes is not None else None)
+        evidence.append(found)
         brand_ids.append(brand_id)
         product_ids.append(product_id)
     return ClaimSet(
@@ -174,19 +193,6 @@ def _detected_marks(images: Sequence[np.ndarray], detector: MarkDetector | None)
 def split_blocks(vectors: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
     """Stacked region vectors split into one (regions, d) block per query."""
     return np.split(vectors, np.cumsum(counts)[:-1]) if len(counts) else []
-
-
-def add_geometry(claims: ClaimSet, query_vectors: QueryVectors, query_features: Sequence[LocalFeatures],
-                 reference_features: Sequence[LocalFeatures]) -> None:
-    """Add the geometry evidence serving gathers to every claim, in place: shape agreement between the
-    photo and the claim's genuine references nearest to the region that spoke for it."""
-    regions = as_regions(query_vectors)
-    for c, evidence in enumerate(claims.evidence):
-        q, region = int(claims.query[c]), int(claims.region[c])
-        evidence.geometry, _ = claim_geometry(claims.index, regions[q][region : region + 1], lambda q=q: query_features[q],
-                                              reference_features.__getitem__, brand_id=int(claims.brand_id[c]),
-                                              product_id=claims.product_id[c])
-        claims.refresh(c)
 
 
 def _similarity_scores(claims: ClaimSet) -> np.ndarray:

@@ -7,10 +7,14 @@ exactly as `vision.scoring.Fusion` treats a missing signal at serving time.
 
 A signal is left out of the fit, and its expert prior (`vision.signals`, written into the spec's
 `priors`, 0 for none) then applies at serving and to the thresholds, when the
-calibration data cannot speak for it: it never varies; it is read only in some claims (OCR) and in
-fewer than `min_observations` of either class; or its fitted weight points against
-the registry's direction (the most contrary one is dropped and the rest refitted, until
-all agree). `calibration.left_out` in the spec says which and why.
+calibration data cannot speak for it: it never varies, or it is read only in some claims (OCR) and in
+fewer than `min_observations` of either class; or its fitted weight points against the registry's
+direction (the most contrary one is dropped and the rest refitted, until all agree). Such a contrary
+signal keeps its prior only while the prior does not cost detection (not-genuine claims at or above the
+threshold that sends `review_fpr` of genuine ones there) on the calibration claims; otherwise it weighs
+0, since the thresholds are chosen with every weight and a prior the data contradicts lifts the genuine
+claims it fires on (e.g. `known_fake_nearest` firing on as many genuine claims as counterfeit ones).
+`calibration.left_out` in the spec says which and why.
 """
 
 from __future__ import annotations
@@ -26,9 +30,14 @@ from sklearn.linear_model import LogisticRegression
 from markguard.vision.scoring import Fusion
 from markguard.vision.signals import expert_priors, signal_directions, signal_names
 
-__all__ = ["MIN_OBSERVATIONS", "OperatingPoint", "fit_fusion", "threshold_at_fpr"]
+__all__ = ["CONTRARY", "CONTRARY_DROPPED", "MIN_OBSERVATIONS", "THRESHOLDS_NOTE", "OperatingPoint", "fit_fusion", "threshold_at_fpr"]
 
 MIN_OBSERVATIONS = 20  # claims of each class (genuine, not genuine) in which a signal was read, to fit it
+CONTRARY = "fitted against its direction"
+CONTRARY_DROPPED = ("fitted against its direction, and its prior costs detection at the review false-positive rate "
+                    "on the calibration claims: weighs 0")
+THRESHOLDS_NOTE = ("review_at and takedown_at were chosen on the risk of exactly this fusion: the fitted weights "
+                   "and the priors of every signal not fitted (vision.signals)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +70,15 @@ def _matrix(values: Sequence[Mapping[str, float | None]], names: Sequence[str]) 
             if v is not None and math.isfinite(v):
                 x[i, j] = v
     return x
+
+
+def _detection(spec: dict[str, Any], values: Sequence[Mapping[str, float | None]], y: np.ndarray, fpr: float, *,
+               drop: str | None = None) -> float:
+    """Share of not-genuine claims at or above the threshold that sends `fpr` of genuine claims there, with
+    the spec's fusion (and the prior of `drop` at 0)."""
+    fusion = Fusion({**spec, "priors": {**spec["priors"], **({drop: 0.0} if drop else {})}})
+    risks = np.array([fusion.risk(row)[0] for row in values])
+    return float((risks[y] >= threshold_at_fpr(risks[~y], fpr)).mean())
 
 
 def fit_fusion(
@@ -107,7 +125,7 @@ def fit_fusion(
         worst, k = max(contrary)
         if worst <= 0 or len(names) == 1:  # the last signal stays: a fusion needs one (tiny runs only)
             break
-        left_out[names[k]] = "fitted against its direction"
+        left_out[names[k]] = CONTRARY
         names, mean, scale, z = names[:k] + names[k + 1:], np.delete(mean, k), np.delete(scale, k), np.delete(z, k, axis=1)
     spec: dict[str, Any] = {
         "kind": "logistic",
@@ -123,8 +141,12 @@ def fit_fusion(
         # with exactly this fusion, priors included
         "priors": expert_priors(n for n in registered if n not in names),
     }
-    fusion = Fusion(spec)
-    risks = np.array([fusion.risk(row)[0] for row in values])
+    for name in [n for n, why in left_out.items() if why == CONTRARY]:  # a prior the data speaks against
+        if spec["priors"].get(name, 0.0) and _detection(spec, values, y, review_fpr, drop=name) > \
+                _detection(spec, values, y, review_fpr):
+            spec["priors"][name] = 0.0
+            left_out[name] = CONTRARY_DROPPED
+    risks = np.array([Fusion(spec).risk(row)[0] for row in values])
     points = []
     for name, target in (("takedown", takedown_fpr), ("review", review_fpr)):
         t = threshold_at_fpr(risks[~y], target)
@@ -133,6 +155,6 @@ def fit_fusion(
     spec["takedown_at"] = points[0].threshold
     spec["review_at"] = min(points[1].threshold, points[0].threshold)
     spec["calibration"] = {"claims": int(len(y)), "not_genuine": int(y.sum()), "signals": names,
-                           "left_out": left_out}
+                           "left_out": left_out, "thresholds": THRESHOLDS_NOTE}
     Fusion(spec)  # validates the thresholds
     return spec, points

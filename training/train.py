@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from markguard.training.args import add_train_arguments
 from markguard.training.artifacts import json_metrics, register_bentoml
-from markguard.training.calibration import calibrate, stable_share
+from markguard.training.calibration import calibrate, stable_share, with_known_fake_copies
 from markguard.training.card import argv_of, model_card, model_hash, state_hash
 from markguard.training.config import load_config
 from markguard.training.data import (
@@ -382,6 +382,7 @@ def run(args: argparse.Namespace) -> int:
     quiet = bool(args.quiet)
 
     items, eval_sets, hashes = _load_data(config)
+    eval_sets = with_known_fake_copies(eval_sets, config, run_dir)
     per_transform = config["loss"].get("counterfeit_classes", "transform") == "transform"  # checked by load_config
     classes = sorted({class_key(i.row, per_transform=per_transform) for i in items})
     class_of = {c: k for k, c in enumerate(classes)}

@@ -18,6 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,12 +28,11 @@ from markguard.vision.decode import decode_image
 from markguard.vision.detect import MarkDetector
 from markguard.vision.evidence import (
     ClaimEvidence,
-    KnownFakeEvidence,
     OcrEvidence,
     SerialEvidence,
     SerialRecord,
 )
-from markguard.vision.geometry import LocalFeatures, extract_features, match_features
+from markguard.vision.geometry import GeometryMatch, LocalFeatures, extract_features, match_features
 from markguard.vision.index import KIND_CODES, ReferenceIndex
 from markguard.vision.ocr import OcrEngine, OcrLine
 from markguard.vision.phash import hamming, phash
@@ -53,7 +53,8 @@ from markguard.vision.signals import compute_signals
 from markguard.vision.text import SerialCandidate, match_wordmarks
 
 __all__ = ["Scorer", "ScoreRequest", "ScorePlan", "ListingClaim", "BrandProfile", "EvidenceSource", "OcrGate",
-           "read_ocr_evidence", "judge_text", "TOP_MATCHES", "STAGES", "WORDMARK_SIGNALS", "WORDMARK_OUTCOMES"]
+           "read_ocr_evidence", "judge_text", "judge_claim", "TOP_MATCHES", "STAGES", "WORDMARK_SIGNALS",
+           "WORDMARK_OUTCOMES"]
 
 TOP_MATCHES = 5
 _SEARCH_K = 20  # neighbours per region before merging
@@ -248,6 +249,39 @@ def judge_text(lines: Sequence[OcrLine], candidates: Sequence[SerialCandidate], 
                        serials=tuple(SerialEvidence.of(c, r) for c, r in zip(candidates, records, strict=True)))
 
 
+def judge_claim(index: ReferenceIndex, vectors: np.ndarray, *, brand: str, brand_id: int, product_id: int | None,
+                query_features: Callable[[], LocalFeatures] | None,
+                reference_features: Callable[[int], LocalFeatures | None], photo_hash: int | None,
+                reference_hash: Callable[[int], int | None], shared: Sequence[int] = (),
+                stage: Callable[[str], AbstractContextManager[Any]] = lambda name: nullcontext(),
+                ) -> tuple[ClaimEvidence, dict[int, GeometryMatch]]:
+    """The evidence of one claim from its photo's region vectors (one row per crop), as `Scorer.judge`
+    gathers it and calibration (`training.evaluation.make_claims`) fits it: the region most similar to
+    the claim, shape agreement with the claim's nearest genuine references (skipped when
+    `query_features` is None), and the nearest known fake with the photo's hash distance to it.
+    Returns the evidence and each geometry-checked reference's match. `stage(name)` times each step."""
+    evidence = ClaimEvidence(brand=brand)
+    by_reference: dict[int, GeometryMatch] = {}
+    with stage("search"):
+        evidence.embedding = region_evidence(index, vectors, brand_id=brand_id, product_id=product_id)
+    if query_features is not None:
+        region = evidence.embedding.region
+        with stage("geometry"):
+            evidence.geometry, by_reference = claim_geometry(index, vectors[region : region + 1], query_features,
+                                                             reference_features, brand_id=brand_id,
+                                                             product_id=product_id)
+    with stage("search"):
+        found = known_fake_evidence(index, vectors, brand_id=brand_id, product_id=product_id, shared=shared)
+        if found is not None and found.reference_id is not None and photo_hash is not None:
+            # the photo's hash against the known fakes nearest to any region
+            hits = index.search(vectors, _RERANK, allowed_ids=known_fake_ids(index, brand_id=brand_id, shared=shared))
+            hashes = [reference_hash(i) for i in sorted({int(i) for i in hits.ids.ravel() if i >= 0})]
+            distances = [hamming(photo_hash, h) for h in hashes if h is not None]
+            found = dataclasses.replace(found, copy_distance=min(distances) if distances else None)
+        evidence.known_fake = found
+    return evidence, by_reference
+
+
 class Scorer:
     """Scores photos against one model artifact, one reference index and one evidence source.
 
@@ -312,21 +346,15 @@ class Scorer:
             if best is not None:
                 brand_id, product_id, _ = index.metadata(best)
                 brand, product_id = self.source.brand(brand_id), (product_id if product_id >= 0 else None)
-        evidence = ClaimEvidence(brand=brand.name if brand else None)
         shared = self.source.shared_known_fakes(brand) if brand is not None else ()
-        by_reference: dict[int, Any] = {}
-        brand_best = None
+        evidence, by_reference, brand_best = ClaimEvidence(brand=None), {}, None
         if brand is not None:
+            evidence, by_reference = judge_claim(
+                index, vectors, brand=brand.name, brand_id=brand.id, product_id=product_id,
+                query_features=plan.query_features, reference_features=self.source.reference_features,
+                photo_hash=plan.photo_hash, reference_hash=self.source.reference_hash, shared=shared,
+                stage=lambda name: _Stage(cpu, name, self.stage_cpu))
             with _Stage(cpu, "search", self.stage_cpu):
-                evidence.embedding = region_evidence(index, vectors, brand_id=brand.id, product_id=product_id)
-            region = evidence.embedding.region
-            with _Stage(cpu, "geometry", self.stage_cpu):
-                evidence.geometry, by_reference = claim_geometry(
-                    index, vectors[region : region + 1], plan.query_features, self.source.reference_features,
-                    brand_id=brand.id, product_id=product_id)
-            with _Stage(cpu, "search", self.stage_cpu):
-                evidence.known_fake = self._known_fake(plan, vectors, brand=brand, product_id=product_id,
-                                                       shared=shared)
                 brand_best = self._nearest(vectors, brand_id=brand.id, kind="genuine")
         if plan.ocr_deferred and self.ocr is not None and self.ocr_gate is not None and \
                 self._gated_read(plan, evidence, brand):
@@ -435,18 +463,6 @@ class Scorer:
             if len(self._ocr_cache) > _OCR_CACHE:
                 self._ocr_cache.popitem(last=False)
         return lines, seconds
-
-    def _known_fake(self, plan: ScorePlan, vectors: np.ndarray, *, brand: BrandProfile, product_id: int | None,
-                    shared: Sequence[int]) -> KnownFakeEvidence | None:
-        found = known_fake_evidence(self.index, vectors, brand_id=brand.id, product_id=product_id, shared=shared)
-        if found is None or found.reference_id is None:
-            return found
-        # the photo's hash against the known fakes nearest to any region
-        hits = self.index.search(vectors, _RERANK, allowed_ids=known_fake_ids(self.index, brand_id=brand.id,
-                                                                              shared=shared))
-        nearest = {int(i) for i in hits.ids.ravel() if i >= 0}
-        distances = [hamming(plan.photo_hash, h) for h in map(self.source.reference_hash, sorted(nearest)) if h is not None]
-        return dataclasses.replace(found, copy_distance=min(distances) if distances else None)
 
     def _matches(self, plan: ScorePlan, vectors: np.ndarray, *, brand: BrandProfile | None, shared: Sequence[int],
                  inliers: Mapping[int, Any]) -> list[Match]:

@@ -12,7 +12,7 @@ import pytest
 from markguard.datasets.manifest import Box, Label, ManifestRow
 from markguard.training.data import EvalSet, Item, augment, mark_box, mark_view
 from markguard.training.evaluation import (
-    add_geometry,
+    PhotoEvidence,
     bootstrap_intervals,
     evaluate_embeddings,
     make_claims,
@@ -153,8 +153,8 @@ def test_geometry_signals_see_the_same_package(grocery: Path) -> None:
     ref_features = [extract_features(i) for i in images]
     query_features = [extract_features(images[0]), extract_features(images[1])]
     queries = np.stack([_unit(1, 0.1, 0), _unit(0.1, 1, 0)])
-    claims = make_claims(es, refs, queries)
-    add_geometry(claims, queries, query_features, ref_features)
+    claims = make_claims(es, refs, queries, photos=PhotoEvidence(query_features=query_features,
+                                                                 reference_features=ref_features))
     by_kind = {(int(q), k): v for q, k, v in zip(claims.query, claims.kind, claims.values, strict=True)}
     assert by_kind[(0, "true")]["log_inliers"] > np.log1p(30)  # the same photo: many inliers
     assert by_kind[(0, "other_brand")]["log_inliers"] < np.log1p(15)

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from markguard.training.fusion import fit_fusion, threshold_at_fpr
+from markguard.training.fusion import (
+    CONTRARY_DROPPED,
+    THRESHOLDS_NOTE,
+    fit_fusion,
+    threshold_at_fpr,
+)
 from markguard.vision.scoring import Fusion
 
 
@@ -73,15 +78,32 @@ def test_signals_the_data_cannot_speak_for_keep_their_priors() -> None:
         v["serial_invalid"] = float(bad) if i < 15 else None  # read on 15 photos only: perfectly separating, but too few
     spec, _ = fit_fusion(values, y, match_threshold=0.5)
     left_out = spec["calibration"]["left_out"]
-    assert left_out["wordmark_near_miss"] == "fitted against its direction"
+    assert left_out["wordmark_near_miss"] == CONTRARY_DROPPED  # fires on genuine claims: its prior would cost
     assert "fewer than" in left_out["serial_invalid"]
     assert "wordmark_near_miss" not in spec["signals"] and "serial_invalid" not in spec["signals"]
     assert spec["signals"]["genuine_similarity"]["weight"] < 0
-    # a signal left out keeps its expert prior in the spec (and the thresholds were chosen with it), so a
-    # near miss raises the risk
-    assert spec["priors"]["wordmark_near_miss"] == 2.5 and spec["priors"]["serial_invalid"] == 2.5
+    # a signal too sparse to fit keeps its expert prior in the spec (and the thresholds were chosen with it),
+    # so an invalid serial raises the risk; one the data speaks against weighs nothing
+    assert spec["priors"]["serial_invalid"] == 2.5 and spec["priors"]["wordmark_near_miss"] == 0.0
     assert set(spec["priors"]).isdisjoint(spec["signals"])
     fusion = Fusion(spec)
     plain = {"genuine_similarity": 0.6, "margin": 0.1, "counterfeit_similarity": None}
-    assert fusion.risk({**plain, "wordmark_near_miss": 1.0})[0] > fusion.risk({**plain, "wordmark_near_miss": 0.0})[0]
+    assert fusion.risk({**plain, "wordmark_near_miss": 1.0})[0] == fusion.risk({**plain, "wordmark_near_miss": 0.0})[0]
     assert fusion.risk({**plain, "serial_invalid": 1.0})[0] > fusion.risk(plain)[0]
+
+
+def test_thresholds_are_chosen_with_the_priors_serving_applies() -> None:
+    """A prior that fires on some genuine claims (a serial misread on 15 photos, too few to fit) lifts their
+    risk; the thresholds are chosen on that risk, so the target false-positive rates hold for the fusion served."""
+    values, y = _toy(600, seed=6)
+    for v in [v for v, bad in zip(values, y, strict=True) if not bad][:15]:
+        v["serial_invalid"] = 1.0
+    spec, points = fit_fusion(values, y, match_threshold=0.5, takedown_fpr=0.01, review_fpr=0.05)
+    assert spec["priors"]["serial_invalid"] > 0 and "serial_invalid" not in spec["signals"]
+    assert spec["calibration"]["thresholds"] == THRESHOLDS_NOTE
+    served = np.array([Fusion(spec).risk(v)[0] for v in values])
+    assert (served[~y] >= spec["takedown_at"]).mean() <= 0.01 and (served[~y] >= spec["review_at"]).mean() <= 0.05
+    fitted_only = Fusion({**spec, "priors": dict.fromkeys(spec["priors"], 0.0)})
+    alone = np.array([fitted_only.risk(v)[0] for v in values])
+    assert threshold_at_fpr(alone[~y], 0.01) < spec["takedown_at"]  # without the priors it would have been lower
+    assert points[0].threshold == spec["takedown_at"]

@@ -79,14 +79,19 @@ def test_known_fake_signals() -> None:
     assert values(similarity=None, genuine_similarity=0.6)["known_fake_nearest"] is None
 
 
-def test_expert_priors_move_a_decision_as_documented() -> None:
-    """The known-fake priors lift a well-matched, genuine-looking claim (log-odds about -3.5) past the shipped
-    review threshold, and a copy of a known fake past takedown."""
-    shipped = Fusion(json.loads(SHIPPED_FUSION.read_text()))
-    review, takedown = (np.log(t / (1 - t)) for t in (shipped.policy.review_at, shipped.policy.takedown_at))
-    priors = expert_priors()
-    assert -3.5 + priors["known_fake_nearest"] >= review
-    assert -3.5 + priors["known_fake_nearest"] + priors["known_fake_copy"] >= takedown
+def test_a_copy_of_a_known_fake_moves_a_shipped_decision_to_takedown() -> None:
+    """A well-matched, genuine-looking claim (log-odds about -3.5 before any known-fake evidence) reaches the
+    shipped takedown threshold once its photo is a copy of a known fake of the brand, whether the shipped
+    fusion fitted `known_fake_copy` (on calibration copies of enrolled known fakes) or keeps its prior."""
+    spec = json.loads(SHIPPED_FUSION.read_text())
+    shipped = Fusion(spec)
+    takedown = np.log(shipped.policy.takedown_at / (1 - shipped.policy.takedown_at))
+    fitted = spec["signals"].get("known_fake_copy")
+    lift = fitted["weight"] * (1 - fitted["mean"]) / fitted["scale"] if fitted else spec["priors"]["known_fake_copy"]
+    nearest = spec["priors"].get("known_fake_nearest", 0.0)  # 0 when the calibration data spoke against it
+    assert -3.5 + nearest + lift >= takedown
+    assert shipped.policy.review_at < shipped.policy.takedown_at
+    assert expert_priors()["known_fake_copy"] >= expert_priors()["known_fake_nearest"] > 0  # the documented priors
 
 
 def test_serving_and_calibration_compute_the_same_signals(grocery: Path, tmp_path: Path) -> None:

@@ -1,0 +1,170 @@
+"""`markguard calibrate`: recalibrate an existing model artifact's fusion without retraining it.
+
+The calibration sets are those `markguard train` selects (`training.train._load_data`, with the known
+fakes and their copies of `calibration.with_known_fake_copies`). Their photos go through the pipeline
+(`vision.pipeline.Scorer.plan` and `embed_plans`: decode, the artifact's mark detector, regions, the
+artifact's embedder), then `calibration.calibrate_vectors` judges and fits them exactly as a training
+run does. The new artifact has the same weights and detector, the new `fusion.json`, and a card with the
+new figures, `derived_from` the old tag; its tag ends in `card.model_hash`.
+
+Run folder: `vectors_<set>.npz` (region vectors and photo hashes, keyed by the artifact's weights and
+the set's photos), `ocr_cache.json`, `known_fakes/` (the copies), `metrics.json`, `artifact/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from markguard.training.artifacts import git_commit, resolve_model
+from markguard.training.calibration import calibrate_vectors, with_known_fake_copies
+from markguard.training.card import calibration_fields, combined_hash, model_hash
+from markguard.training.config import apply_override, load_config
+from markguard.training.data import EvalSet, Item, load_images
+from markguard.training.evaluation import evaluate_embeddings
+from markguard.vision.artifact import ModelArtifact, load_artifact
+from markguard.vision.embed.run import embed_images
+from markguard.vision.index import ReferenceIndex
+from markguard.vision.pipeline import BrandProfile, Scorer, ScoreRequest
+from markguard.vision.scoring import Fusion
+
+__all__ = ["run", "pipeline_vectors"]
+
+_PLANS_PER_PASS = 16  # photos planned and embedded together
+
+
+class _Unclaimed:
+    """The pipeline's evidence source for planning photos with no claim (planning needs nothing else)."""
+
+    def resolve(self, brand: str | None, product: str | None) -> tuple[BrandProfile | None, int | None]:
+        return None, None
+
+
+def pipeline_vectors(artifact: ModelArtifact, es: EvalSet, *, cache: Path, batch_size: int = 32,
+                     progress: bool = True) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(reference vectors, one region block per query) of an eval set as the
+    pipeline computes them: queries planned (detector, regions) and embedded by `Scorer`, references
+    embedded whole as enrolment does; cached in `cache`, keyed by the weights and the photos."""
+    key = hashlib.sha256(json.dumps([artifact.embedder.weights_sha256,
+                                     artifact.detector.weights_sha256 if artifact.detector else None,
+                                     artifact.max_regions,
+                                     [(str(i.path), i.crop) for i in [*es.references, *es.queries]]]).encode()).hexdigest()
+    if cache.is_file():
+        with np.load(cache) as saved:
+            if str(saved["key"]) == key:
+                counts = saved["counts"].tolist()
+                return saved["references"], np.split(saved["queries"], np.cumsum(counts)[:-1])
+    model = artifact.load_embedder()
+
+    def embed(crops: Sequence[np.ndarray]) -> np.ndarray:
+        return embed_images(model, crops, batch_size=batch_size)
+
+    scorer = Scorer(artifact, index=ReferenceIndex(artifact.embedder.embedding_dim), source=_Unclaimed(),  # type: ignore[arg-type]
+                    embed=embed, detector=artifact.load_detector())
+    references = embed_images(model, load_images(es.references), batch_size=batch_size, progress=progress)
+    blocks: list[np.ndarray] = []
+    bar = tqdm(total=len(es.queries), desc=f"pipeline: {es.name}", unit="photo", disable=not progress, leave=False)
+    for start in range(0, len(es.queries), _PLANS_PER_PASS):
+        plans = [scorer.plan(ScoreRequest(_photo_bytes(item))) for item in es.queries[start : start + _PLANS_PER_PASS]]
+        blocks += scorer.embed_plans(plans)
+        bar.update(len(plans))
+    bar.close()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, key=key, references=references, queries=np.concatenate(blocks),
+             counts=np.array([len(b) for b in blocks]))
+    return references, blocks
+
+
+def _photo_bytes(item: Item) -> bytes:
+    if item.crop is not None:
+        raise ValueError(f"{item.path}: a query photo is scored whole, not cropped")
+    return item.path.read_bytes()
+
+
+def _config(artifact: ModelArtifact, overrides: Sequence[str]) -> dict[str, Any]:
+    """Today's defaults under the model's own config (its data and calibration options)."""
+    config = load_config()
+    for section, values in artifact.card.get("config", {}).items():
+        if isinstance(values, dict) and isinstance(config.get(section), dict):
+            config[section].update({k: v for k, v in values.items() if k in config[section]})
+        elif section in config and not isinstance(config[section], dict):
+            config[section] = values
+    for assignment in overrides:
+        apply_override(config, assignment)
+    return config
+
+
+def _write_recalibrated(artifact: ModelArtifact, dest: Path, *, fusion: dict[str, Any],
+                        card: dict[str, Any]) -> ModelArtifact:
+    """A copy of `artifact` (weights and detector byte for byte) with a new fusion and card, replacing `dest`."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(artifact.path, tmp)
+    for name, content in (("fusion.json", fusion), ("card.json", card)):
+        (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+    load_artifact(tmp).load_detector()  # checks the copied weights against their pinned SHA-256
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return load_artifact(dest)
+
+
+def run(args: argparse.Namespace) -> int:
+    from markguard.training.train import _load_data
+
+    started = time.monotonic()
+    torch.set_num_threads(args.threads)
+    artifact = resolve_model(args.model)
+    config = _config(artifact, args.overrides)
+    run_dir = Path(args.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _, eval_sets, hashes = _load_data(config)
+    eval_sets = with_known_fake_copies(eval_sets, config, run_dir)
+    vectors = {n: pipeline_vectors(artifact, es, cache=run_dir / f"vectors_{n}.npz", batch_size=args.batch_size,
+                                   progress=not args.quiet) for n, es in eval_sets.items()}
+    cal = calibrate_vectors(vectors, config=config, run_dir=run_dir, eval_sets=eval_sets, quiet=args.quiet)
+    fusion = Fusion(cal.spec)
+    metrics = {n: evaluate_embeddings(es, *cal.vectors[n], fusion=fusion, claims=cal.claim_sets[n])
+               for n, es in eval_sets.items()}
+    model, detector = artifact.load_embedder(), artifact.load_detector()
+    sha8 = model_hash(model.state_dict(), detector=detector.state_dict() if detector is not None else None,
+                      fusion=cal.spec)
+    tag = f"{config['tag_prefix']}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{sha8}"
+    fields = calibration_fields(config=config, calibration=cal, metrics=metrics, eval_sets=eval_sets)
+    card = {**artifact.card, **fields, "tag": tag, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": f"markguard calibrate --model {args.model} --out {args.out}"
+                       + "".join(f" --set {s}" for s in args.overrides),
+            "config": config,
+            "derived_from": {"tag": artifact.tag, "change": "fusion recalibrated (`markguard calibrate`) with every "
+                             "weight it applies, priors included, on calibration data holding known fakes and copies "
+                             "of them; weights and detector unchanged"}}
+    card["data"] = {**artifact.card.get("data", {}), "manifests_sha256": hashes, "manifest_hash": combined_hash(hashes),
+                    "eval_sets": {n: {"references": len(e.references), "queries": len(e.queries)}
+                                  for n, e in eval_sets.items()}}
+    card["git_commit"] = git_commit()
+    written = _write_recalibrated(artifact, run_dir / "artifact", fusion=cal.spec, card=card)
+    (run_dir / "metrics.json").write_text(json.dumps(card["metrics"], indent=2, sort_keys=True) + "\n")
+    spec = cal.spec
+    print(f"markguard calibrate: {artifact.tag} -> {tag} in {(time.monotonic() - started) / 60:.1f} min; fusion "
+          f"calibrated on {cal.calibrate_on} ({spec['calibration']['claims']} claims)",
+          json.dumps({k: spec[k] for k in ("review_at", "takedown_at", "match_threshold")}))
+    print(f"  fitted: {spec['calibration']['signals']}; left out: {spec['calibration']['left_out']}")
+    for p in cal.points:
+        print(f"  {p.name}: threshold {p.threshold:.4f}, genuine claims at or above {p.fpr:.3f}, "
+              f"not genuine {p.tpr:.3f}")
+    for n, m in card["metrics"].items():
+        print(f"  {n}: " + ", ".join(f"{k}={m[k]:.3f}" for k in ("recall_at_1", "claim_auc", "risk_auc",
+                                                               "risk_tpr_at_fpr_5pct", "genuine_to_takedown",
+                                                               "not_genuine_flagged") if k in m))
+    print(f"markguard calibrate: artifact {written.path}")
+    return 0
