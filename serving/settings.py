@@ -58,6 +58,8 @@ class Settings(BaseSettings):
         None, ge=1, le=256, description="threads per scoring worker; unset: MARKGUARD_THREADS, else 1")
     threads: int | None = Field(None, ge=1, le=256, description="fallback for both thread counts above")
     max_batch: int = Field(4, ge=1, le=4096, description="crops per embedder forward pass (raise it on a GPU)")
+    onnx_cache: Path | None = Field(
+        None, description="folder of ONNX graphs exported for ONNX Runtime, shared by processes (read by vision/runtime.py); unset: ~/.cache/markguard/onnx, empty: none")
     max_latency_ms: int = Field(60000, ge=1, description="how long a batch may wait to fill, in ms")
     batching: bool = Field(True, description="0: each request runs its own forward pass in its worker (baseline)")
     ocr: bool = Field(True, description="0: no text reading (no wordmark or serial evidence)")

@@ -132,16 +132,14 @@ def test_serving_and_calibration_compute_the_same_signals(grocery: Path, tmp_pat
 
 # Signals that calibration data cannot show, each with why: they must stay out of what calibration computes
 # (else they belong in the fitted set) and keep their expert prior in the shipped fusion.
-CALIBRATION_CANNOT_SHOW = {
-    "known_fake_copy": "eval sets hold no copy of a known-fake reference photo: no photo hash is compared",
-}
+CALIBRATION_CANNOT_SHOW: dict[str, str] = {}  # known_fake_copy left it once calibration compared photo hashes
 
 
 @pytest.fixture(scope="module")
 def both_sides(grocery: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict]]:
     """One labelled photo (the brand's wordmark and a well-formed serial that is not registered, over a
     real Valio photo) judged by serving (`ScoringEngine`, with OCR, a serial registry and the photo as
-    the brand's known fake) and by calibration (`make_claims` + `add_geometry` + `add_ocr` on an eval
+    the brand's known fake) and by calibration (`make_claims` with the photos' features and hashes + `add_ocr` on an eval
     set of the same photos): each side's signal values (the served ones; every calibration claim's)."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -155,11 +153,12 @@ def both_sides(grocery: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     from markguard.serving.state.home import Home
     from markguard.serving.state.schema import ReferenceKind
     from markguard.training.data import EvalSet, Item, load_images
-    from markguard.training.evaluation import add_geometry, make_claims
+    from markguard.training.evaluation import PhotoEvidence, make_claims
     from markguard.training.ocr_evidence import SERIAL_CHECKSUM, add_ocr
     from markguard.vision.embed import embed_images
     from markguard.vision.geometry import extract_features
     from markguard.vision.ocr import shared_ocr_engine
+    from markguard.vision.phash import phash
 
     tmp = tmp_path_factory.mktemp("signals")
     fmt = serial_format("Valio")
@@ -204,9 +203,11 @@ def both_sides(grocery: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     eval_set = EvalSet("signals", refs, queries)
     ref_images, query_images = load_images(refs), load_images(queries)
     ref_vectors, query_vectors = embed_images(model, ref_images), embed_images(model, query_images)
-    claims = make_claims(eval_set, ref_vectors, query_vectors)
-    add_geometry(claims, query_vectors, [extract_features(i) for i in query_images],
-                 [extract_features(i) for i in ref_images])
+    photos = PhotoEvidence(query_features=[extract_features(i) for i in query_images],
+                           reference_features=[extract_features(i) for i in ref_images],
+                           query_hashes=[phash(i).int64 for i in query_images],
+                           reference_hashes=[phash(i).int64 for i in ref_images])
+    claims = make_claims(eval_set, ref_vectors, query_vectors, photos=photos)
     add_ocr(claims, eval_set, shared_ocr_engine(), cache=tmp / "ocr.json", progress=False)
     return {n: s.value for n, s in served.signals.items()}, claims.values
 
