@@ -22,7 +22,7 @@ from tqdm import tqdm
 from markguard.datasets.build import save_jpeg
 from markguard.training.data import EvalSet, Item, load_images
 from markguard.training.evaluation import ClaimSet, PhotoEvidence, make_claims, split_blocks
-from markguard.training.fusion import OperatingPoint, fit_fusion, threshold_at_fpr
+from markguard.training.fusion import PRIOR_COST_MARGIN, OperatingPoint, fit_fusion, threshold_at_fpr
 from markguard.training.model import SplitEmbedder, embed_cached
 from markguard.vision.geometry import extract_features
 from markguard.vision.phash import phash
@@ -75,8 +75,12 @@ def calibrate_vectors(vectors: dict[str, tuple[np.ndarray, list[np.ndarray]]], *
                            for v, k in zip(claim_sets[n].values, claim_sets[n].kind, strict=True)
                            if k == "other_brand" and v["genuine_similarity"] is not None])
     match_threshold = threshold_at_fpr(other_sims, c["match_false_rate"]) if other_sims.size else 0.5
+    # the base signals are fitted on the claims without known-fake copies, the known-fake signals after them
+    copies = np.array([eval_sets[n].queries[q].row.transform == "known_fake_copy" for n in calibrate_on
+                       for q in claim_sets[n].query])
     spec, points = fit_fusion(values, not_genuine, match_threshold=match_threshold, takedown_fpr=c["takedown_fpr"],
-                              review_fpr=c["review_fpr"], C=c["C"])
+                              review_fpr=c["review_fpr"], C=c["C"], base_claims=~copies if copies.any() else None,
+                              prior_cost_margin=float(c.get("prior_cost_margin", PRIOR_COST_MARGIN)))
     spec["max_regions"] = int(config["eval"]["max_regions"])
     return Calibration(spec, points, match_threshold, calibrate_on, ocr_on, claim_sets, vectors)
 

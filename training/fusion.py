@@ -36,6 +36,8 @@ MIN_OBSERVATIONS = 20  # claims of each class (genuine, not genuine) in which a 
 CONTRARY = "fitted against its direction"
 CONTRARY_DROPPED = ("fitted against its direction, and its prior costs detection at the review false-positive rate "
                     "on the calibration claims: weighs 0")
+PRIOR_COST_MARGIN = 0.02  # detection (share of not-genuine claims) a contrary prior must cost before it weighs 0
+KNOWN_FAKE_SIGNALS = ("known_fake_nearest", "known_fake_copy")
 THRESHOLDS_NOTE = ("review_at and takedown_at were chosen on the risk of exactly this fusion: the fitted weights "
                    "and the priors of every signal not fitted (vision.signals)")
 
@@ -81,38 +83,10 @@ def _detection(spec: dict[str, Any], values: Sequence[Mapping[str, float | None]
     return float((risks[y] >= threshold_at_fpr(risks[~y], fpr)).mean())
 
 
-def fit_fusion(
-    values: Sequence[Mapping[str, float | None]],
-    not_genuine: np.ndarray,
-    *,
-    match_threshold: float,
-    takedown_fpr: float = 0.01,
-    review_fpr: float = 0.05,
-    C: float = 1.0,
-    names_to_fit: Sequence[str] | None = None,
-    directions: Mapping[str, int] | None = None,
-    min_observations: int = MIN_OBSERVATIONS,
-) -> tuple[dict[str, Any], list[OperatingPoint]]:
-    """Fit the logistic fusion; returns the `fusion.json` spec and its operating points."""
-    directions = signal_directions() if directions is None else directions
-    y = np.asarray(not_genuine, dtype=bool)
-    if y.all() or not y.any():
-        raise ValueError("calibration needs both genuine and not-genuine claims")
-    if not 0 < takedown_fpr <= review_fpr < 1:
-        raise ValueError("need 0 < takedown_fpr <= review_fpr < 1")
-    seen = {k for row in values for k, v in row.items() if v is not None}
-    registered = signal_names()
-    names = [n for n in (names_to_fit or [*registered, *sorted(seen - set(registered))]) if n in seen]
-    x = _matrix(values, names)
-    left_out: dict[str, str] = {}
-    for j, name in enumerate(names):
-        read = ~np.isnan(x[:, j])
-        if np.nanstd(x[:, j]) <= 1e-8:
-            left_out[name] = "never varies"
-        elif not read.all() and min(read[y].sum(), read[~y].sum()) < min_observations:  # a sparse signal (OCR)
-            left_out[name] = f"read in fewer than {min_observations} claims of a class"
-    keep = [j for j, n in enumerate(names) if n not in left_out]
-    names, x = [names[j] for j in keep], x[:, keep]
+def _fit_logistic(x: np.ndarray, y: np.ndarray, names: list[str], directions: Mapping[str, int], C: float,
+                  left_out: dict[str, str]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, float]:
+    """The balanced logistic fit over standardized signals, dropping the most contrary signal and refitting
+    until every weight agrees with its registry direction; (names, mean, scale, weights, bias)."""
     mean = np.nanmean(x, axis=0)
     scale = np.nanstd(x, axis=0)
     z = np.nan_to_num((x - mean) / scale, nan=0.0)
@@ -127,25 +101,112 @@ def fit_fusion(
             break
         left_out[names[k]] = CONTRARY
         names, mean, scale, z = names[:k] + names[k + 1:], np.delete(mean, k), np.delete(scale, k), np.delete(z, k, axis=1)
+    return names, mean, scale, clf.coef_[0].copy(), float(clf.intercept_[0])
+
+
+def _fit_on_offset(z: np.ndarray, y: np.ndarray, offset: np.ndarray, C: float) -> np.ndarray:
+    """Weights of a balanced, L2-penalized (as scikit-learn's `C`) logistic regression without intercept on
+    standardized signals `z`, with a fixed logit `offset` per claim (the base fusion, held as it is)."""
+    from scipy.optimize import minimize
+
+    sw = np.where(y, len(y) / (2 * y.sum()), len(y) / (2 * (~y).sum()))
+    t = np.where(y, 1.0, -1.0)
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        m = t * (offset + z @ w)
+        p = 1.0 / (1.0 + np.exp(np.clip(m, -60, 60)))  # sigmoid(-m)
+        return float(C * (sw * np.logaddexp(0.0, -m)).sum() + 0.5 * w @ w), -C * z.T @ (sw * t * p) + w
+
+    return minimize(loss, np.zeros(z.shape[1]), jac=True, method="L-BFGS-B").x
+
+
+def fit_fusion(
+    values: Sequence[Mapping[str, float | None]],
+    not_genuine: np.ndarray,
+    *,
+    match_threshold: float,
+    takedown_fpr: float = 0.01,
+    review_fpr: float = 0.05,
+    C: float = 1.0,
+    names_to_fit: Sequence[str] | None = None,
+    directions: Mapping[str, int] | None = None,
+    min_observations: int = MIN_OBSERVATIONS,
+    base_claims: np.ndarray | None = None,
+    staged: Sequence[str] = KNOWN_FAKE_SIGNALS,
+    prior_cost_margin: float = PRIOR_COST_MARGIN,
+) -> tuple[dict[str, Any], list[OperatingPoint]]:
+    """Fit the logistic fusion; returns the `fusion.json` spec and its operating points."""
+    directions = signal_directions() if directions is None else directions
+    y = np.asarray(not_genuine, dtype=bool)
+    if y.all() or not y.any():
+        raise ValueError("calibration needs both genuine and not-genuine claims")
+    if not 0 < takedown_fpr <= review_fpr < 1:
+        raise ValueError("need 0 < takedown_fpr <= review_fpr < 1")
+    seen = {k for row in values for k, v in row.items() if v is not None}
+    registered = signal_names()
+    names = [n for n in (names_to_fit or [*registered, *sorted(seen - set(registered))]) if n in seen]
+    base = np.ones(len(y), dtype=bool) if base_claims is None else np.asarray(base_claims, dtype=bool)
+    if base_claims is not None and (y[base].all() or not y[base].any()):
+        raise ValueError("the base claims need both genuine and not-genuine claims")
+    later = [n for n in names if n in staged] if base_claims is not None else []
+    left_out: dict[str, str] = {}
+
+    def fittable(cols: list[str], rows: np.ndarray) -> tuple[list[str], np.ndarray]:
+        x = _matrix([values[i] for i in np.flatnonzero(rows)], cols)
+        yy = y[rows]
+        for j, name in enumerate(cols):
+            read = ~np.isnan(x[:, j])
+            if np.nanstd(x[:, j]) <= 1e-8:
+                left_out[name] = "never varies"
+            elif not read.all() and min(read[yy].sum(), read[~yy].sum()) < min_observations:  # sparse (OCR)
+                left_out[name] = f"read in fewer than {min_observations} claims of a class"
+        keep = [j for j, n in enumerate(cols) if n not in left_out]
+        return [cols[j] for j in keep], x[:, keep]
+
+    # stage 1: every signal but the staged ones, on the base claims
+    names, x = fittable([n for n in names if n not in later], base)
+    names, mean, scale, weights, bias = _fit_logistic(x, y[base], names, directions, C, left_out)
     spec: dict[str, Any] = {
         "kind": "logistic",
-        "bias": float(clf.intercept_[0]),
-        "signals": {
-            name: {"weight": float(w), "mean": float(m), "scale": float(s)}
-            for name, w, m, s in zip(names, clf.coef_[0], mean, scale, strict=True)
-        },
+        "bias": bias,
+        "signals": {name: {"weight": float(w), "mean": float(m), "scale": float(s)}
+                    for name, w, m, s in zip(names, weights, mean, scale, strict=True)},
         "match_threshold": float(match_threshold),
         "review_at": 0.5,
         "takedown_at": 0.5,
-        # every registered signal not fitted keeps its expert prior, and the thresholds below are chosen
-        # with exactly this fusion, priors included
-        "priors": expert_priors(n for n in registered if n not in names),
     }
+    if later:
+        # stage 2: the staged signals on every claim, with the base fusion (its weights and the priors of the
+        # base signals not fitted) held fixed as an offset
+        spec["priors"] = {**expert_priors(n for n in registered if n not in names and n not in later),
+                          **dict.fromkeys(later, 0.0)}
+        offset = np.array([Fusion(spec).risk(row)[0] for row in values]).clip(1e-6, 1 - 1e-6)
+        offset = np.log(offset / (1 - offset))
+        later, x2 = fittable(later, np.ones(len(y), dtype=bool))
+        mean2, scale2 = np.nanmean(x2, axis=0), np.nanstd(x2, axis=0)
+        while later:
+            z2 = np.nan_to_num((x2 - mean2) / scale2, nan=0.0)
+            w2 = _fit_on_offset(z2, y, offset, C)
+            worst, k = max((-directions.get(n, 0) * w, k) for k, (n, w) in enumerate(zip(later, w2, strict=True)))
+            if worst <= 0:
+                break
+            left_out[later[k]] = CONTRARY
+            later, mean2, scale2, x2 = later[:k] + later[k + 1:], np.delete(mean2, k), np.delete(scale2, k), \
+                np.delete(x2, k, axis=1)
+        for name, w, m, s in zip(later, w2 if later else [], mean2, scale2, strict=True):
+            spec["signals"][name] = {"weight": float(w), "mean": float(m), "scale": float(s)}
+        names = [*names, *later]
+    # every registered signal not fitted keeps its expert prior, and the thresholds below are chosen with
+    # exactly this fusion, priors included
+    spec["priors"] = expert_priors(n for n in registered if n not in names)
+    prior_cost: dict[str, dict[str, float]] = {}
     for name in [n for n, why in left_out.items() if why == CONTRARY]:  # a prior the data speaks against
-        if spec["priors"].get(name, 0.0) and _detection(spec, values, y, review_fpr, drop=name) > \
-                _detection(spec, values, y, review_fpr):
-            spec["priors"][name] = 0.0
-            left_out[name] = CONTRARY_DROPPED
+        if spec["priors"].get(name, 0.0):
+            kept, dropped = _detection(spec, values, y, review_fpr), _detection(spec, values, y, review_fpr, drop=name)
+            prior_cost[name] = {"detection_with_prior": round(kept, 4), "detection_at_0": round(dropped, 4)}
+            if dropped > kept + prior_cost_margin:
+                spec["priors"][name] = 0.0
+                left_out[name] = CONTRARY_DROPPED
     risks = np.array([Fusion(spec).risk(row)[0] for row in values])
     points = []
     for name, target in (("takedown", takedown_fpr), ("review", review_fpr)):
@@ -156,5 +217,9 @@ def fit_fusion(
     spec["review_at"] = min(points[1].threshold, points[0].threshold)
     spec["calibration"] = {"claims": int(len(y)), "not_genuine": int(y.sum()), "signals": names,
                            "left_out": left_out, "thresholds": THRESHOLDS_NOTE}
+    if prior_cost:
+        spec["calibration"]["contrary_priors"] = prior_cost
+    if base_claims is not None:
+        spec["calibration"]["base_claims"] = int(base.sum())
     Fusion(spec)  # validates the thresholds
     return spec, points

@@ -92,12 +92,11 @@ def test_ocr_is_skipped_where_the_embedding_is_decisive(home) -> None:
 
 
 def test_ocr_runs_where_it_changes_the_decision(home) -> None:
-    """A serial brand's photo labelled with another brand's wordmark and a serial failing its check digit:
-    the gate must read it, and the reading turns the decision the embedding alone would give. (A misspelt
-    wordmark no longer does: the shipped calibration found its prior costs detection, and weighs it 0.)"""
+    """A serial brand's photo with a misspelt wordmark and a serial failing its check digit: the gate
+    must read it, and the reading turns the decision the embedding alone would give."""
     home, valio_photo, _ = home
     reads: list[float] = []
-    request = ScoreRequest(_label(valio_photo, "ARLA", "VL12345675"), brand="Valio")
+    request = ScoreRequest(_label(valio_photo, "VALJO", "VL12345675"), brand="Valio")
     gated = ScoringEngine(home, ocr_gate=OcrGate(), ocr_budget_ms=60_000, on_ocr_seconds=reads.append,
                           runtime="onnx")
     result = gated.score(request, record=False)

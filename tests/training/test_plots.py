@@ -21,7 +21,7 @@ def test_roc_plot_writes_the_file_and_reports_sklearns_auc(tmp_path: Path) -> No
               "similarity": RocInput(similarity, positive),
               "one class only": RocInput(similarity[:5], np.ones(5, bool))}
     path = tmp_path / "roc.png"
-    aucs = plot_roc(curves, path, title="markguard-lite0-20261203-162149-9e75f01a: claim verification " * 2)
+    aucs = plot_roc(curves, path, title="markguard-lite0-20261203-091205-f51fd1e6: claim verification " * 2)
     assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 10_000
     assert aucs["fusion risk"] == roc_auc_score(positive, risk) and aucs["similarity"] == roc_auc_score(positive, similarity)
     assert math.isclose(aucs["fusion risk"], roc_auc(risk, positive), abs_tol=1e-12)  # the metrics module agrees
