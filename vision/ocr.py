@@ -130,14 +130,8 @@ class OcrEngine:
             grey = cv2.cvtColor(_resize(image, read_scale), cv2.COLOR_RGB2GRAY)
             quads = sorted((q * (read_scale / det_scale) for q in quads), key=lambda q: -_area(q))[:max_boxes]
             found = self._recognize(grey, quads, allowlist=None)
-        out = []
-        for quad, text, conf in found:
-            if text.strip():
-                pts = np.asarray(quad, dtype=np.float64) / read_scale
-                (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
-                out.append(OcrLine(text=text.strip(), confidence=float(conf),
-                                   box=_clip((int(x0), int(y0), int(np.ceil(x1)), int(np.ceil(y1))), w, h)))
-        return out
+        return [_line(quad, text, conf, read_scale=read_scale, offset=(0, 0), size=(w, h))
+                for quad, text, conf in found if text.strip()]
 
     def reread_serial(self, image: np.ndarray, box: Box, *, allowlist: str) -> OcrLine | None:
         """Read one box again as a single line whose characters come from `allowlist`."""
@@ -217,19 +211,19 @@ class OcrEngine:
             if start and time.perf_counter() > deadline:
                 break
             for quad, text, conf in self._recognize(grey, quads[start : start + policy.batch], allowlist=None):
-                text = text.strip()
-                if not text:
-                    continue
-                pts = np.asarray(quad, dtype=np.float64) / read_scale
-                x0, y0 = pts.min(axis=0)
-                x1, y1 = pts.max(axis=0)
-                box = _clip(
-                    (int(x0) + offset[0], int(y0) + offset[1], int(np.ceil(x1)) + offset[0], int(np.ceil(y1)) + offset[1]),
-                    offset[0] + cw,
-                    offset[1] + ch,
-                )
-                out.append(OcrLine(text=text, confidence=float(conf), box=box))
+                if text.strip():
+                    out.append(_line(quad, text, conf, read_scale=read_scale, offset=offset, size=(cw, ch)))
         return out
+
+
+def _line(quad: np.ndarray, text: str, conf: float, *, read_scale: float, offset: tuple[int, int],
+          size: tuple[int, int]) -> OcrLine:
+    """A recognised box (`quad` at `read_scale` of an area at `offset` of `size` (w, h) in the photo) as
+    an `OcrLine` in photo pixels, clipped to the area."""
+    pts = np.asarray(quad, dtype=np.float64) / read_scale
+    (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
+    box = (int(x0) + offset[0], int(y0) + offset[1], int(np.ceil(x1)) + offset[0], int(np.ceil(y1)) + offset[1])
+    return OcrLine(text=text.strip(), confidence=float(conf), box=_clip(box, offset[0] + size[0], offset[1] + size[1]))
 
 
 def _rank(c: SerialCandidate) -> tuple[bool, bool, int]:
