@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from typing import Any
 
 from sqlalchemy import String, delete, select
 from sqlalchemy.exc import IntegrityError
@@ -26,7 +27,7 @@ from markguard.serving.keys import Principal, Role
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import ApiKey, Base, Brand, UtcDateTime
 
-__all__ = ["Session", "issue", "verify", "revoke", "csrf_for", "login_csrf", "principal_of", "COOKIE",
+__all__ = ["Session", "issue", "verify", "revoke", "purge_expired", "csrf_for", "login_csrf", "principal_of", "COOKIE",
            "PRE_COOKIE"]
 
 COOKIE = "mg_console"
@@ -92,12 +93,22 @@ def revoke(home: Home, session: Session) -> None:
     now = dt.datetime.now(dt.UTC)
     try:
         with home.sessions.begin() as db:
-            db.execute(delete(RevokedSession).where(RevokedSession.expires_at < now))
+            _purge(db, now)
             if db.get(RevokedSession, session.nonce) is None:
                 db.add(RevokedSession(nonce=session.nonce, key_id=session.key_id, revoked_at=now,
                                       expires_at=dt.datetime.fromtimestamp(session.expires, dt.UTC)))
     except IntegrityError:  # a second sign-out of the same session, at the same moment: it is revoked
         pass
+
+
+def purge_expired(home: Home) -> int:
+    """Forget signed-out sessions whose tokens have expired anyway (`home sweep`); returns how many."""
+    with home.sessions.begin() as db:
+        return _purge(db, dt.datetime.now(dt.UTC))
+
+
+def _purge(db: Any, now: dt.datetime) -> int:
+    return db.execute(delete(RevokedSession).where(RevokedSession.expires_at < now)).rowcount or 0
 
 
 def csrf_for(home: Home, nonce: str) -> str:

@@ -4,7 +4,8 @@ A writer killed mid-write leaves `.*.tmp` files (`vision.atomic`), blobs written
 commit that never came, and index versions no manifest names. `sweep` removes them once they are older
 than `min_age_s`, so a write in flight (whose files are young) is never touched; blobs are judged under
 the home's write lock, against the references and the scored listings (a review may enroll a
-listing's photo), so a writer cannot commit a row naming a blob while it goes.
+listing's photo), so a writer cannot commit a row naming a blob while it goes. Signed-out console
+sessions are forgotten once their tokens have expired anyway.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class SweepReport:
     tmp_files: int = 0
     blobs: int = 0
     index_files: int = 0
+    revoked_sessions: int = 0
     bytes_freed: int = 0
 
 
@@ -51,6 +53,9 @@ def sweep(home: Home, *, min_age_s: float = MIN_AGE_S) -> SweepReport:
             if name not in used and _older(path, cutoff):
                 report.bytes_freed += _unlink(path)
                 report.blobs += 1
+    from markguard.serving.console.sessions import purge_expired  # the console's table, not the state's
+
+    report.revoked_sessions = purge_expired(home)
     return report
 
 

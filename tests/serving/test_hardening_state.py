@@ -102,6 +102,9 @@ def test_home_is_private(tmp_path: Path) -> None:
 
 # -- the sweeper (finding 6) ----------------------------------------------------------------------------
 def test_sweep_collects_old_debris_and_nothing_in_flight(home: Home, capsys) -> None:
+    import datetime as dt
+
+    from markguard.serving.console.sessions import RevokedSession
     from markguard.serving.state.sweep import sweep
     from markguard.vision.index import ReferenceIndex
 
@@ -120,8 +123,15 @@ def test_sweep_collects_old_debris_and_nothing_in_flight(home: Home, capsys) -> 
     stray.write_bytes(b"x")
     for path in (home.blob_path(orphan), home.blob_path(listed), stale_tmp, stray):
         os.utime(path, (old, old))
+    now = dt.datetime.now(dt.UTC)
+    with home.sessions.begin() as session:  # signed out: one token has expired since, one still would work
+        for nonce, hours in (("expired", -1), ("live", 1)):
+            session.add(RevokedSession(nonce=nonce, key_id="k", revoked_at=now,
+                                       expires_at=now + dt.timedelta(hours=hours)))
     report = sweep(home, min_age_s=3600)
-    assert (report.tmp_files, report.blobs, report.index_files) == (1, 1, 1)
+    assert (report.tmp_files, report.blobs, report.index_files, report.revoked_sessions) == (1, 1, 1, 1)
+    with home.sessions() as session:
+        assert session.scalars(select(RevokedSession.nonce)).all() == ["live"]
     assert not home.blob_path(orphan).exists() and not stale_tmp.exists() and not stray.exists()
     assert home.blob_path(young).exists() and home.blob_path(listed).exists() and fresh_tmp.exists()
     assert ReferenceIndex.load(home.index_dir("m")).version == 3
