@@ -19,7 +19,10 @@ claims it fires on (e.g. `known_fake_nearest` firing on as many genuine claims a
 With `groups` (the calibration set of each claim), `balance_groups` weighs every set alike in both fits
 (a set of 140 grocery claims is not outvoted by 1,000 synthetic ones), and `thresholds_per_group`
 chooses each threshold as the highest of the sets' own (so no set sends more than the target share of
-its genuine claims there, rather than the pooled claims alone).
+its genuine claims there, rather than the pooled claims alone). A signal in `takedown_floor` (the copy of
+a known fake) whose fitted weight would not take every claim it fires on past takedown is raised to the
+uncentered weight (a prior, log-odds per unit) that takes a claim at the lowest risk the fusion gives
+(1e-6) past takedown, whatever the rest says; `calibration.floors` records the fitted and the raised weight.
 """
 
 from __future__ import annotations
@@ -164,6 +167,7 @@ def fit_fusion(
     groups: Sequence[str] | None = None,
     balance_groups: bool = False,
     thresholds_per_group: bool = False,
+    takedown_floor: Sequence[str] = (),
 ) -> tuple[dict[str, Any], list[OperatingPoint]]:
     """Fit the logistic fusion; returns the `fusion.json` spec and its operating points."""
     directions = signal_directions() if directions is None else directions
@@ -242,12 +246,37 @@ def fit_fusion(
             if dropped > kept + prior_cost_margin:
                 spec["priors"][name] = 0.0
                 left_out[name] = CONTRARY_DROPPED
-    risks = np.array([Fusion(spec).risk(row)[0] for row in values])
-    points = []
-    for name, target in (("takedown", takedown_fpr), ("review", review_fpr)):
-        t = _threshold(risks, y, target, groups_ if thresholds_per_group else None)
-        points.append(OperatingPoint(name=name, threshold=t, target_fpr=target,
-                                     fpr=float((risks[~y] >= t).mean()), tpr=float((risks[y] >= t).mean())))
+
+    def operating_points() -> tuple[np.ndarray, list[OperatingPoint]]:
+        risks = np.array([Fusion(spec).risk(row)[0] for row in values])
+        points = []
+        for name, target in (("takedown", takedown_fpr), ("review", review_fpr)):
+            t = _threshold(risks, y, target, groups_ if thresholds_per_group else None)
+            points.append(OperatingPoint(name=name, threshold=t, target_fpr=target,
+                                         fpr=float((risks[~y] >= t).mean()), tpr=float((risks[y] >= t).mean())))
+        return risks, points
+
+    risks, points = operating_points()
+    floors: dict[str, dict[str, float]] = {}
+    for name in [n for n in takedown_floor if n in spec["signals"]]:
+        fires = np.array([(row.get(name) or 0.0) >= 1.0 for row in values])
+        t = min(points[0].threshold, 1 - 1e-6)
+        fitted = spec["signals"][name]
+        if not fires.any() or fitted["weight"] * (1 - fitted["mean"]) / fitted["scale"] >= \
+                math.log(t / (1 - t)) - math.log(1e-6 / (1 - 1e-6)):
+            continue
+        del spec["signals"][name]
+        spec["priors"][name] = 0.0
+        for _ in range(20):  # the thresholds move with the weight (genuine claims it fires on)
+            t = min(points[0].threshold, 1 - 1e-6)
+            needed = math.log(t / (1 - t)) - math.log(1e-6 / (1 - 1e-6)) + 1e-6  # from the lowest risk Fusion gives
+            if spec["priors"][name] >= needed:
+                break
+            spec["priors"][name] = needed
+            risks, points = operating_points()
+        floors[name] = {"fitted_per_unit": round(fitted["weight"] / fitted["scale"], 4),
+                        "raised_to": round(spec["priors"][name], 4)}
+        names = [n for n in names if n != name]
     spec["takedown_at"] = points[0].threshold
     spec["review_at"] = min(points[1].threshold, points[0].threshold)
     spec["calibration"] = {"claims": int(len(y)), "not_genuine": int(y.sum()), "signals": names,
@@ -256,6 +285,8 @@ def fit_fusion(
         spec["calibration"]["contrary_priors"] = prior_cost
     if base_claims is not None:
         spec["calibration"]["base_claims"] = int(base.sum())
+    if floors:
+        spec["calibration"]["floors"] = floors
     if groups_ is not None and (balance_groups or thresholds_per_group):
         spec["calibration"]["groups"] = {"balanced": bool(balance_groups), "thresholds_per_group": bool(thresholds_per_group),
                                          "claims": {str(g): int((groups_ == g).sum()) for g in np.unique(groups_)}}

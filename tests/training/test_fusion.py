@@ -149,3 +149,21 @@ def test_balanced_groups_weigh_a_small_set_like_a_large_one() -> None:
     assert balanced["signals"] != plain["signals"]
     with pytest.raises(ValueError, match="one entry per claim"):
         fit_fusion(values, y, match_threshold=0.5, groups=groups[:-1], balance_groups=True)
+
+
+def test_takedown_floor_lifts_a_weak_copy_weight_past_takedown_from_any_risk() -> None:
+    values, y = _toy(600, seed=3)
+    rng = np.random.default_rng(3)
+    for row, bad in zip(values, y, strict=True):  # a weak copy signal: fires on a fifth of the not-genuine claims
+        row["known_fake_copy"] = float(bad and rng.random() < 0.2)
+    plain, _ = fit_fusion(values, y, match_threshold=0.5)
+    floored, _ = fit_fusion(values, y, match_threshold=0.5, takedown_floor=("known_fake_copy",))
+    assert "known_fake_copy" in plain["signals"] and "floors" not in plain["calibration"]
+    assert "known_fake_copy" not in floored["signals"]
+    floor = floored["calibration"]["floors"]["known_fake_copy"]
+    assert floor["raised_to"] == pytest.approx(floored["priors"]["known_fake_copy"], abs=1e-3)
+    assert floor["raised_to"] > floor["fitted_per_unit"]
+    fusion = Fusion(floored)
+    hopeless = {"genuine_similarity": 5.0, "margin": 5.0, "counterfeit_similarity": 0.0}  # as genuine as it gets
+    assert fusion.risk(hopeless)[0] < floored["review_at"]
+    assert fusion.risk({**hopeless, "known_fake_copy": 1.0})[0] >= floored["takedown_at"]
