@@ -119,21 +119,23 @@ class CatalogEvidence:
         with self.home.sessions() as session:
             return session.scalar(select(Reference.sha256).where(Reference.id == reference_id))
 
+    # the caches are keyed by the photo's SHA-256, not the reference id: SQLite gives a deleted reference's
+    # id to the next one, and a cached id would answer with the deleted photo's hash and features
     def reference_features(self, reference_id: int) -> LocalFeatures | None:
-        return self._features.get_or(reference_id, lambda: self._reference_photo(reference_id, extract_features))
-
-    def _reference_photo(self, reference_id: int, compute: Callable[[np.ndarray], Any]) -> Any:
-        """`compute` of the reference's decoded photo; None when the reference, or its blob, is gone (a
-        delete committed after the index was read: the index still holds its vector)."""
         sha = self._reference_sha(reference_id)
+        return self._features.get_or(sha, lambda: self._blob_photo(sha, extract_features)) if sha else None
+
+    def _blob_photo(self, sha: str, compute: Callable[[np.ndarray], Any]) -> Any:
+        """`compute` of a reference's decoded photo; None when its blob is gone (a delete committed after
+        the index was read: the index still holds its vector)."""
         try:
-            return compute(decode_image(self.home.get_blob(sha))) if sha else None
+            return compute(decode_image(self.home.get_blob(sha)))
         except FileNotFoundError:
             return None
 
     def reference_hash(self, reference_id: int) -> int | None:
-        return self._hashes_of_refs.get_or(reference_id,
-                                           lambda: self._reference_photo(reference_id, lambda im: phash(im).int64))
+        sha = self._reference_sha(reference_id)
+        return self._hashes_of_refs.get_or(sha, lambda: self._blob_photo(sha, lambda im: phash(im).int64)) if sha else None
 
     def reference_names(self, reference_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
         if not reference_ids:

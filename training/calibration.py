@@ -80,7 +80,11 @@ def calibrate_vectors(vectors: dict[str, tuple[np.ndarray, list[np.ndarray]]], *
                        for q in claim_sets[n].query])
     spec, points = fit_fusion(values, not_genuine, match_threshold=match_threshold, takedown_fpr=c["takedown_fpr"],
                               review_fpr=c["review_fpr"], C=c["C"], base_claims=~copies if copies.any() else None,
-                              prior_cost_margin=float(c.get("prior_cost_margin", PRIOR_COST_MARGIN)))
+                              prior_cost_margin=float(c.get("prior_cost_margin", PRIOR_COST_MARGIN)),
+                              groups=[n for n in calibrate_on for _ in claim_sets[n].values],
+                              balance_groups=bool(c.get("balance_sets", False)),
+                              thresholds_per_group=bool(c.get("thresholds_per_set", False)),
+                              takedown_floor=("known_fake_copy",) if c.get("copy_takedown_floor", False) else ())
     spec["max_regions"] = int(config["eval"]["max_regions"])
     return Calibration(spec, points, match_threshold, calibrate_on, ocr_on, claim_sets, vectors)
 

@@ -58,6 +58,8 @@ def _parse_value(text: str, current: Any) -> Any:
         return int(text)
     if isinstance(current, float):
         return float(text)
+    if isinstance(current, list):  # comma-separated, e.g. calibration.ocr_sets=grocery_cal,synth_val
+        return [part.strip() for part in text.split(",") if part.strip()]
     return text
 
 

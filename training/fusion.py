@@ -15,6 +15,14 @@ threshold that sends `review_fpr` of genuine ones there) on the calibration clai
 0, since the thresholds are chosen with every weight and a prior the data contradicts lifts the genuine
 claims it fires on (e.g. `known_fake_nearest` firing on as many genuine claims as counterfeit ones).
 `calibration.left_out` in the spec says which and why.
+
+With `groups` (the calibration set of each claim), `balance_groups` weighs every set alike in both fits
+(a set of 140 grocery claims is not outvoted by 1,000 synthetic ones), and `thresholds_per_group`
+chooses each threshold as the highest of the sets' own (so no set sends more than the target share of
+its genuine claims there, rather than the pooled claims alone). A signal in `takedown_floor` (the copy of
+a known fake) whose fitted weight would not take every claim it fires on past takedown is raised to the
+uncentered weight (a prior, log-odds per unit) that takes a claim at the lowest risk the fusion gives
+(1e-6) past takedown, whatever the rest says; `calibration.floors` records the fitted and the raised weight.
 """
 
 from __future__ import annotations
@@ -83,8 +91,27 @@ def _detection(spec: dict[str, Any], values: Sequence[Mapping[str, float | None]
     return float((risks[y] >= threshold_at_fpr(risks[~y], fpr)).mean())
 
 
+def _group_weights(groups: np.ndarray | None, n: int) -> np.ndarray:
+    """Per-claim weights (mean 1) that give every group the same total weight; ones without groups."""
+    if groups is None:
+        return np.ones(n)
+    groups = np.asarray(groups)
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    w = 1.0 / counts[inverse]
+    return w * n / w.sum()
+
+
+def _threshold(risks: np.ndarray, y: np.ndarray, fpr: float, groups: np.ndarray | None) -> float:
+    """`threshold_at_fpr` on the genuine claims, pooled or (with groups) the highest of each group's own."""
+    if groups is None:
+        return threshold_at_fpr(risks[~y], fpr)
+    groups = np.asarray(groups)
+    return max(threshold_at_fpr(risks[~y & (groups == g)], fpr) for g in np.unique(groups[~y]))
+
+
 def _fit_logistic(x: np.ndarray, y: np.ndarray, names: list[str], directions: Mapping[str, int], C: float,
-                  left_out: dict[str, str]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, float]:
+                  left_out: dict[str, str], sample_weight: np.ndarray | None = None,
+                  ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, float]:
     """The balanced logistic fit over standardized signals, dropping the most contrary signal and refitting
     until every weight agrees with its registry direction; (names, mean, scale, weights, bias)."""
     mean = np.nanmean(x, axis=0)
@@ -94,7 +121,7 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, names: list[str], directions: Ma
     if not names:
         raise ValueError(f"no signal could be fitted: {left_out}")
     while True:
-        clf.fit(z, y.astype(int))
+        clf.fit(z, y.astype(int), sample_weight=sample_weight)
         contrary = [(-directions.get(n, 0) * w, k) for k, (n, w) in enumerate(zip(names, clf.coef_[0], strict=True))]
         worst, k = max(contrary)
         if worst <= 0 or len(names) == 1:  # the last signal stays: a fusion needs one (tiny runs only)
@@ -104,12 +131,15 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, names: list[str], directions: Ma
     return names, mean, scale, clf.coef_[0].copy(), float(clf.intercept_[0])
 
 
-def _fit_on_offset(z: np.ndarray, y: np.ndarray, offset: np.ndarray, C: float) -> np.ndarray:
+def _fit_on_offset(z: np.ndarray, y: np.ndarray, offset: np.ndarray, C: float,
+                   sample_weight: np.ndarray | None = None) -> np.ndarray:
     """Weights of a balanced, L2-penalized (as scikit-learn's `C`) logistic regression without intercept on
     standardized signals `z`, with a fixed logit `offset` per claim (the base fusion, held as it is)."""
     from scipy.optimize import minimize
 
     sw = np.where(y, len(y) / (2 * y.sum()), len(y) / (2 * (~y).sum()))
+    if sample_weight is not None:
+        sw = sw * sample_weight
     t = np.where(y, 1.0, -1.0)
 
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
@@ -134,6 +164,10 @@ def fit_fusion(
     base_claims: np.ndarray | None = None,
     staged: Sequence[str] = KNOWN_FAKE_SIGNALS,
     prior_cost_margin: float = PRIOR_COST_MARGIN,
+    groups: Sequence[str] | None = None,
+    balance_groups: bool = False,
+    thresholds_per_group: bool = False,
+    takedown_floor: Sequence[str] = (),
 ) -> tuple[dict[str, Any], list[OperatingPoint]]:
     """Fit the logistic fusion; returns the `fusion.json` spec and its operating points."""
     directions = signal_directions() if directions is None else directions
@@ -149,6 +183,10 @@ def fit_fusion(
     if base_claims is not None and (y[base].all() or not y[base].any()):
         raise ValueError("the base claims need both genuine and not-genuine claims")
     later = [n for n in names if n in staged] if base_claims is not None else []
+    groups_ = np.asarray(groups) if groups is not None else None
+    if groups_ is not None and len(groups_) != len(y):
+        raise ValueError("groups needs one entry per claim")
+    weights_ = _group_weights(groups_ if balance_groups else None, len(y))
     left_out: dict[str, str] = {}
 
     def fittable(cols: list[str], rows: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -165,7 +203,8 @@ def fit_fusion(
 
     # stage 1: every signal but the staged ones, on the base claims
     names, x = fittable([n for n in names if n not in later], base)
-    names, mean, scale, weights, bias = _fit_logistic(x, y[base], names, directions, C, left_out)
+    names, mean, scale, weights, bias = _fit_logistic(x, y[base], names, directions, C, left_out,
+                                                      sample_weight=weights_[base] if balance_groups else None)
     spec: dict[str, Any] = {
         "kind": "logistic",
         "bias": bias,
@@ -186,7 +225,7 @@ def fit_fusion(
         mean2, scale2 = np.nanmean(x2, axis=0), np.nanstd(x2, axis=0)
         while later:
             z2 = np.nan_to_num((x2 - mean2) / scale2, nan=0.0)
-            w2 = _fit_on_offset(z2, y, offset, C)
+            w2 = _fit_on_offset(z2, y, offset, C, sample_weight=weights_ if balance_groups else None)
             worst, k = max((-directions.get(n, 0) * w, k) for k, (n, w) in enumerate(zip(later, w2, strict=True)))
             if worst <= 0:
                 break
@@ -207,12 +246,37 @@ def fit_fusion(
             if dropped > kept + prior_cost_margin:
                 spec["priors"][name] = 0.0
                 left_out[name] = CONTRARY_DROPPED
-    risks = np.array([Fusion(spec).risk(row)[0] for row in values])
-    points = []
-    for name, target in (("takedown", takedown_fpr), ("review", review_fpr)):
-        t = threshold_at_fpr(risks[~y], target)
-        points.append(OperatingPoint(name=name, threshold=t, target_fpr=target,
-                                     fpr=float((risks[~y] >= t).mean()), tpr=float((risks[y] >= t).mean())))
+
+    def operating_points() -> tuple[np.ndarray, list[OperatingPoint]]:
+        risks = np.array([Fusion(spec).risk(row)[0] for row in values])
+        points = []
+        for name, target in (("takedown", takedown_fpr), ("review", review_fpr)):
+            t = _threshold(risks, y, target, groups_ if thresholds_per_group else None)
+            points.append(OperatingPoint(name=name, threshold=t, target_fpr=target,
+                                         fpr=float((risks[~y] >= t).mean()), tpr=float((risks[y] >= t).mean())))
+        return risks, points
+
+    risks, points = operating_points()
+    floors: dict[str, dict[str, float]] = {}
+    for name in [n for n in takedown_floor if n in spec["signals"]]:
+        fires = np.array([(row.get(name) or 0.0) >= 1.0 for row in values])
+        t = min(points[0].threshold, 1 - 1e-6)
+        fitted = spec["signals"][name]
+        if not fires.any() or fitted["weight"] * (1 - fitted["mean"]) / fitted["scale"] >= \
+                math.log(t / (1 - t)) - math.log(1e-6 / (1 - 1e-6)):
+            continue
+        del spec["signals"][name]
+        spec["priors"][name] = 0.0
+        for _ in range(20):  # the thresholds move with the weight (genuine claims it fires on)
+            t = min(points[0].threshold, 1 - 1e-6)
+            needed = math.log(t / (1 - t)) - math.log(1e-6 / (1 - 1e-6)) + 1e-6  # from the lowest risk Fusion gives
+            if spec["priors"][name] >= needed:
+                break
+            spec["priors"][name] = needed
+            risks, points = operating_points()
+        floors[name] = {"fitted_per_unit": round(fitted["weight"] / fitted["scale"], 4),
+                        "raised_to": round(spec["priors"][name], 4)}
+        names = [n for n in names if n != name]
     spec["takedown_at"] = points[0].threshold
     spec["review_at"] = min(points[1].threshold, points[0].threshold)
     spec["calibration"] = {"claims": int(len(y)), "not_genuine": int(y.sum()), "signals": names,
@@ -221,5 +285,10 @@ def fit_fusion(
         spec["calibration"]["contrary_priors"] = prior_cost
     if base_claims is not None:
         spec["calibration"]["base_claims"] = int(base.sum())
+    if floors:
+        spec["calibration"]["floors"] = floors
+    if groups_ is not None and (balance_groups or thresholds_per_group):
+        spec["calibration"]["groups"] = {"balanced": bool(balance_groups), "thresholds_per_group": bool(thresholds_per_group),
+                                         "claims": {str(g): int((groups_ == g).sum()) for g in np.unique(groups_)}}
     Fusion(spec)  # validates the thresholds
     return spec, points

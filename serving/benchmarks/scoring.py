@@ -5,7 +5,7 @@ Queries: the val photos. For each query, product recall@1 (no claim), and claim 
 the true product against another product of the same brand (ROC-AUC, TPR at FPR 5%), for:
   (a) the ImageNet global embedding alone (cosine to the claim's references),
   (b) SIFT + RANSAC alone (most inliers against the claim's references),
-  (c) markguard's full scoring with the promoted model (risk of the claim).
+  (c) markguard's full scoring with the promoted model, or `--model` (risk of the claim).
 All three run in this process on the same references and queries.
 """
 
@@ -35,6 +35,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="val photos pasted small into clothing photos to measure what regions add (0: skip)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/bench-scoring.json"))
+    p.add_argument("--model", type=Path, default=None,
+                   help="artifact folder to score (c) with (default: the promoted model, else the shipped one)")
     return p
 
 
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from markguard.serving.brands import add_brand
     from markguard.serving.engine import ScoreRequest, ScoringEngine
     from markguard.serving.enroll import collect_inputs, enroll
-    from markguard.serving.registry import PROVISIONAL_FUSION, ensure_default_model
+    from markguard.serving.registry import PROVISIONAL_FUSION, ensure_default_model, register_artifact
     from markguard.serving.state.home import Home
     from markguard.vision.artifact import build_imagenet_artifact
     from markguard.vision.decode import read_image
@@ -157,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
         # (c) markguard's full scoring with the default (promoted) model.
         home = Home(Path(tmp) / "home")
-        artifact = ensure_default_model(home)
+        artifact = (register_artifact(home, args.model, promote_it=True) if args.model
+                    else ensure_default_model(home))
         model = artifact.load_embedder()
         with home.sessions.begin() as session:
             for brand in sorted(by_brand):

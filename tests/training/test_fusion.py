@@ -107,3 +107,63 @@ def test_thresholds_are_chosen_with_the_priors_serving_applies() -> None:
     alone = np.array([fitted_only.risk(v)[0] for v in values])
     assert threshold_at_fpr(alone[~y], 0.01) < spec["takedown_at"]  # without the priors it would have been lower
     assert points[0].threshold == spec["takedown_at"]
+
+
+def _two_sets(seed: int = 2):
+    """A small set whose genuine claims sit high on a signal the large set barely uses, and a large one."""
+    rng = np.random.default_rng(seed)
+    values, y, groups = [], [], []
+    for name, n, shift in (("small", 150, 0.25), ("large", 1500, 0.0)):
+        bad = rng.random(n) < 0.5
+        sim = np.where(bad, rng.normal(0.45, 0.1, n), rng.normal(0.7, 0.1, n)) - shift
+        for s, b in zip(sim, bad, strict=True):
+            values.append({"genuine_similarity": float(s), "margin": float(rng.normal(0.0, 0.1))})
+            y.append(bool(b))
+            groups.append(name)
+    return values, np.array(y), np.array(groups)
+
+
+def test_thresholds_per_group_hold_the_target_in_every_group() -> None:
+    values, y, groups = _two_sets()
+    pooled, _ = fit_fusion(values, y, match_threshold=0.5, groups=groups)
+    per_group, _ = fit_fusion(values, y, match_threshold=0.5, groups=groups, thresholds_per_group=True)
+    assert "groups" not in pooled["calibration"]
+    assert per_group["calibration"]["groups"]["thresholds_per_group"] is True
+    small = (groups == "small") & ~y
+
+    def share(spec: dict, key: str) -> float:
+        fusion = Fusion(spec)
+        return float(np.mean([fusion.risk(values[i])[0] >= spec[key] for i in np.flatnonzero(small)]))
+
+    assert share(pooled, "takedown_at") > 0.01  # the pooled threshold lets the small set's genuine claims through
+    for key, target in (("takedown_at", 0.01), ("review_at", 0.05)):
+        assert share(per_group, key) <= target
+    assert per_group["takedown_at"] > pooled["takedown_at"]
+
+
+def test_balanced_groups_weigh_a_small_set_like_a_large_one() -> None:
+    values, y, groups = _two_sets()
+    plain, _ = fit_fusion(values, y, match_threshold=0.5, groups=groups)
+    balanced, _ = fit_fusion(values, y, match_threshold=0.5, groups=groups, balance_groups=True)
+    assert balanced["calibration"]["groups"]["claims"] == {"large": 1500, "small": 150}
+    assert balanced["signals"] != plain["signals"]
+    with pytest.raises(ValueError, match="one entry per claim"):
+        fit_fusion(values, y, match_threshold=0.5, groups=groups[:-1], balance_groups=True)
+
+
+def test_takedown_floor_lifts_a_weak_copy_weight_past_takedown_from_any_risk() -> None:
+    values, y = _toy(600, seed=3)
+    rng = np.random.default_rng(3)
+    for row, bad in zip(values, y, strict=True):  # a weak copy signal: fires on a fifth of the not-genuine claims
+        row["known_fake_copy"] = float(bad and rng.random() < 0.2)
+    plain, _ = fit_fusion(values, y, match_threshold=0.5)
+    floored, _ = fit_fusion(values, y, match_threshold=0.5, takedown_floor=("known_fake_copy",))
+    assert "known_fake_copy" in plain["signals"] and "floors" not in plain["calibration"]
+    assert "known_fake_copy" not in floored["signals"]
+    floor = floored["calibration"]["floors"]["known_fake_copy"]
+    assert floor["raised_to"] == pytest.approx(floored["priors"]["known_fake_copy"], abs=1e-3)
+    assert floor["raised_to"] > floor["fitted_per_unit"]
+    fusion = Fusion(floored)
+    hopeless = {"genuine_similarity": 5.0, "margin": 5.0, "counterfeit_similarity": 0.0}  # as genuine as it gets
+    assert fusion.risk(hopeless)[0] < floored["review_at"]
+    assert fusion.risk({**hopeless, "known_fake_copy": 1.0})[0] >= floored["takedown_at"]
