@@ -150,7 +150,10 @@ class Markguard:
         _install(home, self.stored_model)
         if SETTINGS.admin_key is not None:
             _bootstrap_admin(home, SETTINGS.admin_key.get_secret_value())
-        engine = ScoringEngine(home, ocr=self.ocr_on, on_ocr_seconds=OCR_SECONDS.observe)
+        from markguard.vision.pipeline import OcrGate
+
+        engine = ScoringEngine(home, ocr=self.ocr_on, on_ocr_seconds=OCR_SECONDS.observe,
+                               ocr_gate=OcrGate() if SETTINGS.ocr_gate else None)
         self.engine = engine
         INDEX_SIZE.set(engine.index_size)
         if naive:

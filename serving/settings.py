@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     max_latency_ms: int = Field(60000, ge=1, description="how long a batch may wait to fill, in ms")
     batching: bool = Field(True, description="0: each request runs its own forward pass in its worker (baseline)")
     ocr: bool = Field(True, description="0: no text reading (no wordmark or serial evidence)")
+    ocr_gate: bool = Field(False, description="1: text read and geometry checked only where they can change the "
+                           "decision (vision.pipeline.OcrGate), as `markguard scan` scores")
     rate: float = Field(50.0, gt=0, description="requests/s per API key, shared by every worker of the home")
     burst: int = Field(100, ge=1, description="requests an API key may send at once")
     max_body: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body, in bytes")

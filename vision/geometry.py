@@ -22,6 +22,7 @@ Method = Literal["sift", "orb"]
 
 _FORMAT_VERSION = 1
 _MIN_SIDE_PX = 8  # below this no detector finds anything useful
+MAX_KEYPOINTS = 1000  # keypoints a photo's local features keep at most (`extract_features`)
 _MAX_PERSPECTIVE = 8.0  # longest / shortest of two opposite sides of the matched rectangle
 
 
@@ -135,7 +136,7 @@ def extract_features(
     *,
     method: Method = "sift",
     max_side: int = 640,
-    max_keypoints: int = 1000,
+    max_keypoints: int = MAX_KEYPOINTS,
 ) -> LocalFeatures:
     """Detect and describe at most `max_keypoints` keypoints (the strongest) on a grey copy shrunk to
     fit `max_side`, so that one extraction costs tens of milliseconds whatever the photo's size.

@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from markguard.vision.decode import MAX_BYTES, decode_image
+from markguard.vision.decode import MAX_BYTES
 from markguard.vision.errors import MarkguardError
-from markguard.vision.phash import phash
 
 __all__ = ["ScanWorker", "DoneMap", "row_key", "listing_key_of", "sha_key", "error_key"]
 
@@ -145,11 +144,10 @@ class ScanWorker:
                     out["error"] = str(exc)
             if out["error"] is not None or out["status"] == "done":
                 continue
-            try:  # what would fail the chunk's batch fails its row here: the claim, then the pixels
+            try:  # what would fail the chunk's batch fails its row here: the claim (the pixels: in `_score`)
                 request = ScoreRequest(data, brand=row["brand"], product=row["product"], seller=row["seller_id"],
                                        listing=row["listing_id"], title=row["title"], label=row["image"])
                 self._check_claim(row["brand"], row["product"], claims)
-                out["phash"] = phash(decode_image(data)).int64
             except (ValueError, MarkguardError) as exc:
                 out["error"] = str(exc)
                 continue
@@ -237,19 +235,27 @@ class ScanWorker:
         return left
 
     def _score(self, pending: list) -> list[tuple[dict[str, Any], Any, Any]]:
-        """(outcome, request, result or error message) per request: the chunk in one batch, and one by
-        one when something in it fails, so one bad photo never fails its neighbours."""
+        """(outcome, request, result or error message) per request: each photo planned (decoded once: its
+        hash comes from the plan) on its own, so one bad photo never fails its neighbours, then the
+        chunk's regions embedded in one batch and each photo judged."""
         if not pending:
             return []
-        try:
-            results = self.engine.score_many([q for _, q in pending], record=False)
-            return [(o, q, r) for (o, q), r in zip(pending, results, strict=True)]
-        except MarkguardError:
-            pass
-        out = []
+        engine = self.engine
+        engine.refresh()
+        out: list[tuple[dict[str, Any], Any, Any]] = []
+        planned = []
         for o, q in pending:
             try:
-                out.append((o, q, self.engine.score(q, record=False)))
+                planned.append((o, q, engine.plan(q)))
+            except (ValueError, MarkguardError) as exc:
+                out.append((o, q, str(exc)))
+        vectors = engine.scorer.embed_plans([p for _, _, p in planned])
+        for (o, q, plan), v in zip(planned, vectors, strict=True):
+            try:
+                result = engine.finish(plan, v, record=False)
             except MarkguardError as exc:
                 out.append((o, q, str(exc)))
+                continue
+            o["phash"] = plan.photo_hash
+            out.append((o, q, result))
         return out

@@ -76,6 +76,26 @@ def test_the_gate_reads_serial_brands_and_probes_where_a_wordmark_can_move_the_d
     assert gate.action(plain, at(-2.6), fusion, Policy(review_at=0.1, takedown_at=0.6)) == "probe"
 
 
+def test_the_gate_checks_geometry_only_where_some_outcome_moves_the_decision() -> None:
+    """Geometry's corners (none checked; 0 or every keypoint an inlier, ratio 0 or 1), with or without a
+    wordmark reading: skipped only where none of them crosses a threshold."""
+    fusion = Fusion(_fusion().spec | {"signals": {
+        "genuine_similarity": {"mean": 0.0, "scale": 1.0, "weight": -1.0},
+        "inlier_ratio": {"mean": 0.0, "scale": 1.0, "weight": -2.0}}})  # a ratio of 1: -2 log-odds
+    policy, plain = Policy(review_at=0.5, takedown_at=0.9), BrandProfile(id=1, name="Arla")
+    at = lambda logit: {"genuine_similarity": -logit}  # noqa: E731 - the risk's log-odds without OCR or geometry
+    gate = OcrGate()
+    assert not gate.needs_geometry(plain, at(9), fusion, policy)  # takedown whatever the shape and the text
+    assert not gate.needs_geometry(plain, at(-9), fusion, policy)  # pass whatever
+    assert gate.needs_geometry(plain, at(1), fusion, policy)  # a good shape match drops it to pass
+    assert gate.needs_geometry(plain, at(-2.4), fusion, policy)  # a misspelt wordmark lifts it to review
+    assert gate.needs_geometry(plain, at(4.5), fusion, policy)  # -2 (and -0.5 spelt) leaves takedown
+    assert not gate.needs_geometry(plain, at(5), fusion, policy)  # 5 - 2.5 = 2.5 > logit(0.9) = 2.2
+    assert gate.needs_geometry(BrandProfile(id=2, name="Valio", serial_pattern=r"VL\d{8}"), at(9), fusion, policy)
+    assert gate.needs_geometry(None, at(9), fusion, policy)
+    assert OcrGate(geometry=False).needs_geometry(plain, at(9), fusion, policy)
+
+
 def test_ocr_is_skipped_where_the_embedding_is_decisive(home) -> None:
     """A brand without serial rules, its own enrolled photo: the risk without OCR is far from the
     thresholds, so the gated path reads nothing and decides as the full path does."""
