@@ -166,6 +166,15 @@ def main() -> None:
         sign = 1.0 if roc_auc(xv, yv) >= 0.5 else -1.0
         results["features"][name] = {"sign": sign, "val_auc": float(roc_auc(sign * xv, yv)),
                                      "test": auc_table(sign * xt, test, test_brands, boot=args.boot)}
+    # the same, only on claims where the local evidence found a homography (what the features see when they can look)
+    fv, ft = [r for r in val if r["inliers"] > 0], [r for r in test if r["inliers"] > 0]
+    yfv = np.array([r["genuine"] for r in fv])
+    results["fitted_only"] = {"val_queries": len(fv), "test_queries": len(ft), "features": {}}
+    for name in FEATURES[:-1]:
+        xv, xt = matrix(fv, [name], fill)[:, 0], matrix(ft, [name], fill)[:, 0]
+        sign = 1.0 if roc_auc(xv, yfv) >= 0.5 else -1.0
+        results["fitted_only"]["features"][name] = {
+            "sign": sign, "test": auc_table(sign * xt, ft, np.array([r["brand"] for r in ft]), boot=args.boot)}
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -192,6 +201,12 @@ def report(results: dict, transforms: list[str]) -> None:
         print(f"{name:<18}" + "".join(f"{table[c]['auc']:>14.3f}" for c in cols))
         print(f"{'':<18}" + "".join(f"{'[{:.2f},{:.2f}]'.format(table[c]['lo'], table[c]['hi']):>14}" for c in cols))
     print("combination coefficients (standardised):", results["combination"]["coef"])
+    f = results["fitted_only"]
+    print(f"only claims with a homography ({f['val_queries']} val, {f['test_queries']} test queries):")
+    for name, table in f["features"].items():
+        print(f"{name:<18}" + "".join(f"{table['test'][c]['auc']:>14.3f}" for c in cols))
+        print(f"{'':<18}" + "".join(f"{'[{:.2f},{:.2f}]'.format(table['test'][c]['lo'], table['test'][c]['hi']):>14}"
+                                    for c in cols))
 
 
 def plot(results: dict, transforms: list[str], path: Path) -> None:
