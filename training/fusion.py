@@ -109,6 +109,12 @@ def _threshold(risks: np.ndarray, y: np.ndarray, fpr: float, groups: np.ndarray 
     return max(threshold_at_fpr(risks[~y & (groups == g)], fpr) for g in np.unique(groups[~y]))
 
 
+def _lift_to(threshold: float) -> float:
+    """The log-odds that take the lowest risk `Fusion` gives (1e-6) to `threshold` (kept below 1)."""
+    t = min(threshold, 1 - 1e-6)
+    return math.log(t / (1 - t)) - math.log(1e-6 / (1 - 1e-6))
+
+
 def _fit_logistic(x: np.ndarray, y: np.ndarray, names: list[str], directions: Mapping[str, int], C: float,
                   left_out: dict[str, str], sample_weight: np.ndarray | None = None,
                   ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, float]:
@@ -260,16 +266,14 @@ def fit_fusion(
     floors: dict[str, dict[str, float]] = {}
     for name in [n for n in takedown_floor if n in spec["signals"]]:
         fires = np.array([(row.get(name) or 0.0) >= 1.0 for row in values])
-        t = min(points[0].threshold, 1 - 1e-6)
         fitted = spec["signals"][name]
         if not fires.any() or fitted["weight"] * (1 - fitted["mean"]) / fitted["scale"] >= \
-                math.log(t / (1 - t)) - math.log(1e-6 / (1 - 1e-6)):
+                _lift_to(points[0].threshold):
             continue
         del spec["signals"][name]
         spec["priors"][name] = 0.0
         for _ in range(20):  # the thresholds move with the weight (genuine claims it fires on)
-            t = min(points[0].threshold, 1 - 1e-6)
-            needed = math.log(t / (1 - t)) - math.log(1e-6 / (1 - 1e-6)) + 1e-6  # from the lowest risk Fusion gives
+            needed = _lift_to(points[0].threshold) + 1e-6
             if spec["priors"][name] >= needed:
                 break
             spec["priors"][name] = needed

@@ -141,7 +141,7 @@ class OcrGate:
 
     def action(self, brand: BrandProfile | None, values: Mapping[str, float | None], fusion: Fusion,
                policy: Policy) -> str:
-        if brand is None or brand.serial_pattern or (brand.serial_checksum not in (None, "none")):
+        if brand is None or _checks_serials(brand):
             return "read"
         now = policy.decide(fusion.risk(values)[0])
         for outcome in WORDMARK_OUTCOMES[self.outcomes]:
@@ -152,14 +152,18 @@ class OcrGate:
     def needs_geometry(self, brand: BrandProfile | None, values: Mapping[str, float | None], fusion: Fusion,
                        policy: Policy) -> bool:
         """False when no geometry outcome, with or without any wordmark outcome, changes the decision."""
-        if not self.geometry or brand is None or brand.serial_pattern or \
-                (brand.serial_checksum not in (None, "none")):
+        if not self.geometry or brand is None or _checks_serials(brand):
             return True
         words = [dict.fromkeys(WORDMARK_SIGNALS)] + [dict(zip(WORDMARK_SIGNALS, o, strict=True))
                                                      for o in WORDMARK_OUTCOMES[self.outcomes]]
         decisions = {policy.decide(fusion.risk({**values, **dict(zip(GEOMETRY_SIGNALS, g, strict=True)), **w})[0])
                      for g in GEOMETRY_OUTCOMES for w in words}
         return len(decisions) > 1
+
+
+def _checks_serials(brand: BrandProfile) -> bool:
+    """Whether the brand has serial rules (a pattern or a check digit): its photos are always read in full."""
+    return bool(brand.serial_pattern) or brand.serial_checksum not in (None, "none")
 
 
 @dataclasses.dataclass(frozen=True)
