@@ -61,3 +61,7 @@ def test_readme_quickstart_runs_as_written_after_the_demo(grocery, tmp_path):
     risk = re.search(r'"risk": ([0-9.]+)', samples[-1])
     assert risk and abs(float(risk.group(1)) - score["risk"]) < 0.02, (risk, score["risk"])
 
+    shown_signals = re.findall(r'"(\w+)": \{"value": [^,]+, "contribution": (-?[0-9.]+)\}', samples[-1])
+    assert shown_signals, "the sample shows no signal contributions"
+    for name, contribution in shown_signals:  # a sample whose model tag was edited by hand shows old weights
+        assert abs(float(contribution) - score["signals"][name]["contribution"]) < 0.02, (name, contribution, score)
