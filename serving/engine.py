@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from markguard.serving.brands import get_brand, get_product
 from markguard.serving.indexing import reconcile
@@ -33,7 +33,7 @@ from markguard.vision.evidence import SerialRecord
 from markguard.vision.geometry import LocalFeatures, extract_features
 from markguard.vision.index import ReferenceIndex
 from markguard.vision.ocr import OcrEngine, create_ocr_engine, shared_ocr_engine
-from markguard.vision.phash import hamming_many, phash
+from markguard.vision.phash import band_neighbours, hamming_many, phash
 from markguard.vision.pipeline import BrandProfile, ListingClaim, OcrGate, ScorePlan, Scorer, ScoreRequest
 from markguard.vision.runtime import RUNTIMES, onnx_forward
 from markguard.vision.scoring import Fusion, ScoreResult
@@ -82,9 +82,6 @@ class CatalogEvidence:
         self.home = home
         self._features = _Lru(_FEATURE_CACHE)
         self._hashes_of_refs = _Lru(_FEATURE_CACHE)
-        self._hashes = np.empty(0, dtype=np.int64)
-        self._hash_rows = np.empty(0, dtype=np.int64)
-        self._hash_lock = threading.Lock()
 
     def resolve(self, brand: str | None, product: str | None) -> tuple[BrandProfile | None, int | None]:
         if brand is None:
@@ -148,11 +145,17 @@ class CatalogEvidence:
         return {int(r[0]): (r[1], r[2]) for r in rows}
 
     def duplicates(self, photo_hash: int, *, listing: str | None) -> tuple[list[dict[str, Any]], int]:
+        # indexed lookups of the hash's bands (`vision.phash.band_neighbours`: ~720 values, a few in a
+        # thousand of the listings come back), then the exact distance: no listing's hash is held in memory
+        bands = (Listing.phash_b0, Listing.phash_b1, Listing.phash_b2)
+        near = or_(*(column.in_(values) for column, values in
+                     zip(bands, band_neighbours(photo_hash, _DUPLICATE_BITS), strict=True)))
         with self.home.sessions() as session:
-            hashes, rows = self._load_hashes(session)
-            if not hashes.size:
+            found_rows = session.execute(select(Listing.id, Listing.phash).where(near)).all()
+            if not found_rows:
                 return [], 0
-            close = np.nonzero(hamming_many(photo_hash, hashes) <= _DUPLICATE_BITS)[0]
+            rows = np.array([r[0] for r in found_rows], np.int64)
+            close = np.nonzero(hamming_many(photo_hash, np.array([r[1] for r in found_rows], np.int64)) <= _DUPLICATE_BITS)[0]
             candidates = sorted(rows[close].tolist(), reverse=True)  # newest first
             if listing is not None and candidates:  # the same listing scored again is not reuse
                 itself = set(session.scalars(select(Listing.id).where(Listing.listing_id == listing)))
@@ -173,16 +176,6 @@ class CatalogEvidence:
 
         with self.home.sessions() as session:
             return [f.reference_id for f in shared_known_fakes(session, exclude_brand_id=brand.id)]
-
-    def _load_hashes(self, session: Any) -> tuple[np.ndarray, np.ndarray]:
-        with self._hash_lock:
-            last = int(self._hash_rows[-1]) if self._hash_rows.size else 0
-            rows = session.execute(select(Listing.id, Listing.phash).where(
-                Listing.id > last, Listing.phash.is_not(None)).order_by(Listing.id)).all()
-            if rows:
-                self._hash_rows = np.concatenate([self._hash_rows, np.array([r[0] for r in rows], np.int64)])
-                self._hashes = np.concatenate([self._hashes, np.array([r[1] for r in rows], np.int64)])
-            return self._hashes, self._hash_rows
 
 
 class ScoringEngine:

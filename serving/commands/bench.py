@@ -16,6 +16,7 @@ BENCHMARKS = {
     "serve": "markguard.serving.bench_serve",
     "scan": "markguard.serving.benchmarks.scan",
     "rings": "markguard.serving.benchmarks.rings",
+    "duplicates": "markguard.serving.benchmarks.duplicates",
 }
 
 

@@ -21,7 +21,9 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
+
+from markguard.vision.phash import band_keys
 
 __all__ = [
     "Base",
@@ -162,8 +164,10 @@ class Listing(Base):
 
     __tablename__ = "listings"
     # risk/id and brand/id: the review queue's keyset orders (migration 0006)
+    # phash_b0..2: the hash's bands (`vision.phash.BANDS`), indexed for the near-duplicate search (migration 0009)
     __table_args__ = (Index("ix_listings_phash", "phash"), Index("ix_listings_risk_id", "risk", "id"),
-                      Index("ix_listings_brand_id_id", "brand_id", "id"))
+                      Index("ix_listings_brand_id_id", "brand_id", "id"), Index("ix_listings_phash_b0", "phash_b0"),
+                      Index("ix_listings_phash_b1", "phash_b1"), Index("ix_listings_phash_b2", "phash_b2"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     listing_id: Mapped[str | None] = mapped_column(String(200), index=True)
@@ -171,11 +175,19 @@ class Listing(Base):
     brand_id: Mapped[int | None] = mapped_column(ForeignKey("brands.id", ondelete="SET NULL"))
     image_sha256: Mapped[str] = mapped_column(String(64), index=True)
     phash: Mapped[int | None] = mapped_column(BigInteger)  # 64-bit perceptual hash as signed int64
+    phash_b0: Mapped[int | None] = mapped_column(Integer)  # set with phash (`_bands`), never by hand
+    phash_b1: Mapped[int | None] = mapped_column(Integer)
+    phash_b2: Mapped[int | None] = mapped_column(Integer)
     risk: Mapped[float] = mapped_column(Float)
     decision: Mapped[str] = mapped_column(String(20))
     model_tag: Mapped[str] = mapped_column(String(200))
     result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     scored_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=_now)
+
+    @validates("phash")
+    def _bands(self, _key: str, value: int | None) -> int | None:
+        self.phash_b0, self.phash_b1, self.phash_b2 = band_keys(value) if value is not None else (None, None, None)
+        return value
 
 
 class ListingSerial(Base):

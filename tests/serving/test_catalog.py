@@ -11,17 +11,21 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import StatementError
 
 from markguard.serving.brands import add_brand, get_brand, list_brands
+from markguard.serving.engine import CatalogEvidence
 from markguard.serving.keys import Role, authenticate, create_key, revoke_key
 from markguard.serving.state.catalog import alembic_config
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import ApiKey, Brand, GenuineSerial, Listing, ListingSerial
 from markguard.vision.errors import MarkguardError
+from markguard.vision.phash import PerceptualHash, band_keys, hamming
 
 # the newest migration: every catalog test runs on a home migrated to it
 HEAD = sorted(p.name.split("_")[0] for p in (Path(__file__).resolve().parents[2] / "serving" / "state" / "migrations"
@@ -335,3 +339,44 @@ def test_a_genuine_and_a_counterfeit_review_at_once_take_turns(home: Home, groce
     assert refs == {later.reference_id: ReferenceKind(later.label)}  # the later word stands, with its reference
     assert later.removed_reference_id == earlier.reference_id  # and it undid the earlier one's
     assert earlier.removed_reference_id == first.reference_id or earlier.label == first.label
+
+
+def test_migration_0009_bands_the_hashes_already_stored(home: Home, catalog_backend: str) -> None:
+    """Rows written before the bands existed get them from the migration, as `band_keys` computes them."""
+    config = alembic_config(home.engine)
+    with home.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0008")
+    hashes = [-(2**63), 2**63 - 1, -1, 0, 0x0123456789ABCDEF, -0x0123456789ABCDEF, None]
+    with home.engine.begin() as connection:
+        listings = sa.Table("listings", sa.MetaData(), autoload_with=connection)
+        assert "phash_b0" not in listings.c
+        connection.execute(sa.insert(listings), [
+            {"image_sha256": "2" * 64, "phash": h, "risk": 0.5, "decision": "pass", "model_tag": "t", "result": {},
+             "scored_at": dt.datetime.now(dt.UTC)} for h in hashes])
+    with home.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    with home.sessions() as session:
+        stored = session.execute(select(Listing.phash, Listing.phash_b0, Listing.phash_b1, Listing.phash_b2)
+                                 .where(Listing.image_sha256 == "2" * 64).order_by(Listing.id)).all()
+    assert [tuple(r) for r in stored] == [(h, *(band_keys(h) if h is not None else (None,) * 3)) for h in hashes]
+
+
+def test_near_duplicate_search_finds_what_a_full_scan_finds(home: Home, catalog_backend: str) -> None:
+    """`CatalogEvidence.duplicates` (indexed band lookups) against a Hamming scan of every stored hash: the
+    same listings, with copies whose differing bits fall in one band, spread over all three, or 9 bits away."""
+    rng = np.random.default_rng(3)
+    query = PerceptualHash(int(rng.integers(0, 2**63)) * 2 + 1)
+    copies = {"same": 0, "spread-8": 0b111 | 0b111 << 21 | 0b11 << 42, "one-band-8": 0xFF << 50,
+              "spread-9": 0b111 | 0b111 << 21 | 0b111 << 42, "one-band-9": 0x1FF << 30}
+    stored = {name: PerceptualHash(query.value ^ flips).int64 for name, flips in copies.items()}
+    stored |= {f"random-{i}": int(h) for i, h in enumerate(rng.integers(-(2**63), 2**63 - 1, 3000, dtype=np.int64))}
+    with home.sessions.begin() as session:
+        session.add_all(Listing(listing_id=name, image_sha256="3" * 64, phash=h, risk=0.1, decision="pass",
+                                model_tag="t") for name, h in stored.items())
+    truth = {name for name, h in stored.items() if hamming(query, h) <= 8}
+    assert {"same", "spread-8", "one-band-8"} <= truth and not {"spread-9", "one-band-9"} & truth
+    found, total = CatalogEvidence(home).duplicates(query.int64, listing=None)
+    assert {d["listing_id"] for d in found} == truth and total == len(truth)
+    assert CatalogEvidence(home).duplicates(query.int64, listing="same")[1] == len(truth) - 1  # itself is not reuse

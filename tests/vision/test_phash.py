@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from markguard.vision.decode import decode_image, read_image
-from markguard.vision.phash import PerceptualHash, hamming, hamming_many, phash
+from markguard.vision.phash import (
+    BANDS,
+    PerceptualHash,
+    band_keys,
+    band_neighbours,
+    hamming,
+    hamming_many,
+    phash,
+)
 
 U64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
 
@@ -153,3 +161,25 @@ def test_invalid_values_are_refused() -> None:
         PerceptualHash.from_int64(1 << 63)
     with pytest.raises(ValueError):
         hamming_many(0, np.zeros(3, dtype=np.uint64))
+
+
+@given(U64, st.sets(st.integers(min_value=0, max_value=63), max_size=8))
+def test_every_hash_within_8_bits_shares_a_band_neighbour(value: int, flips: set[int]) -> None:
+    """Pigeonhole over `BANDS`: a hash at most 8 bits away equals one of the query's neighbours in some band,
+    however its differing bits fall among the bands (the near-duplicate search's completeness)."""
+    near = value ^ sum(1 << b for b in flips)
+    neighbours = band_neighbours(value, 8)
+    assert any(k in values for k, values in zip(band_keys(near), neighbours, strict=True))
+    assert band_keys(PerceptualHash(value).int64) == band_keys(value)  # the stored signed form bands alike
+
+
+def test_band_neighbours_count_and_cover_the_hash() -> None:
+    assert sum(bits for _, bits in BANDS) == 64
+    neighbours = band_neighbours(0xDEADBEEF_F00DCAFE, 8)
+    assert [len(v) for v in neighbours] == [1 + 21 + 210, 1 + 21 + 210, 1 + 22 + 231]  # within 2 bits of each band
+    assert all(len(set(v)) == len(v) for v in neighbours)
+    assert [v[0] for v in neighbours] == list(band_keys(0xDEADBEEF_F00DCAFE))
+    far = 0xDEADBEEF_F00DCAFE ^ 0b111 ^ (0b111 << 21) ^ (0b111 << 42)  # 9 bits, 3 in each band
+    assert not any(k in v for k, v in zip(band_keys(far), neighbours, strict=True))
+    with pytest.raises(ValueError):
+        band_neighbours(0, -1)
