@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ class ScanSettings:
 
 
 # -- local: a process pool, one engine per process -----------------------------------------------------
+_AHEAD = 4  # chunks per scorer out at once (in flight, or back and waiting for an earlier chunk)
 _WORKER: ScanWorker | None = None
 
 
@@ -81,8 +82,11 @@ def _process_local(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def local_outcomes(settings: ScanSettings, done: DoneMap) -> Iterator[list[dict[str, Any]]]:
-    """Chunks of the feed through `settings.scorers` worker processes, in feed order, at most two
-    chunks per worker in flight (the feed is never held whole)."""
+    """Chunks of the feed through `settings.scorers` worker processes, yielded in feed order. A scorer
+    that finishes takes the next chunk at once, whether or not the chunks before it are back: a slow
+    chunk (photos that need their text read) holds up the writer, never the other scorers. At most
+    `_AHEAD` chunks per scorer are out (in flight or waiting for their turn), so the feed is never held
+    whole."""
     kwargs = settings.worker_kwargs(done)
     chunks = read_chunks(settings.feed, size=settings.chunk)
     if settings.workers < 0:  # in this process (debugging, and small benches)
@@ -93,13 +97,25 @@ def local_outcomes(settings: ScanSettings, done: DoneMap) -> Iterator[list[dict[
     pool = ProcessPoolExecutor(settings.scorers, mp_context=get_context("spawn"), initializer=_init_local,
                                initargs=(settings.home, kwargs))
     try:
-        inflight: collections.deque[Future] = collections.deque()
-        for rows in chunks:
-            inflight.append(pool.submit(_process_local, rows))
-            if len(inflight) >= 2 * settings.scorers:
-                yield inflight.popleft().result()
-        while inflight:
-            yield inflight.popleft().result()
+        out: collections.deque[Future] = collections.deque()  # in feed order, done or not
+        limit = _AHEAD * settings.scorers
+        feed = iter(chunks)
+        exhausted = False
+        while True:
+            running = sum(not f.done() for f in out)
+            while not exhausted and running < settings.scorers + 1 and len(out) < limit:
+                rows = next(feed, None)
+                if rows is None:
+                    exhausted = True
+                    break
+                out.append(pool.submit(_process_local, rows))
+                running += 1
+            if not out:
+                break
+            if out[0].done():
+                yield out.popleft().result()
+                continue
+            wait([f for f in out if not f.done()], return_when=FIRST_COMPLETED)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
