@@ -17,7 +17,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from markguard.serving.scan.feed import FIELDS, clean_row, feed_format, read_chunks
+from markguard.serving.scan.feed import FIELDS, clean_row, count_rows, feed_format, read_chunks
 from markguard.serving.scan.worker import DoneMap, ScanWorker
 from markguard.vision.errors import MarkguardError
 
@@ -121,6 +121,9 @@ def local_outcomes(settings: ScanSettings, done: DoneMap) -> Iterator[list[dict[
 
 
 # -- ray: Ray Data reads the feed, an actor pool scores it -------------------------------------------
+_RAY_BLOCKS = 64  # read blocks per actor at most (a long feed's blocks hold more than one chunk)
+
+
 class RayScorer:
     """A Ray actor: loads the model and index once, then scores batches of feed rows."""
 
@@ -154,19 +157,23 @@ def ray_outcomes(settings: ScanSettings, done: DoneMap) -> Iterator[list[dict[st
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.execution_options.preserve_order = True
+        # Blocks of about one chunk each (at most _RAY_BLOCKS per scorer), two at a time an actor: by
+        # default a 300-row feed was 4 blocks of 75, all dispatched at once, and nothing came back (no
+        # progress, nothing journaled) until the end; now chunks come back as they finish (same photos/s).
+        blocks = max(1, min(-(-count_rows(settings.feed) // settings.chunk), _RAY_BLOCKS * settings.scorers))
         if fmt == "jsonl":
-            ds = ray.data.read_json(path, lines=True)
+            ds = ray.data.read_json(path, lines=True, override_num_blocks=blocks)
         elif fmt == "csv":
             import pyarrow as pa
             import pyarrow.csv
 
-            ds = ray.data.read_csv(path, convert_options=pyarrow.csv.ConvertOptions(  # text, as read locally
+            ds = ray.data.read_csv(path, override_num_blocks=blocks, convert_options=pyarrow.csv.ConvertOptions(  # text, as read locally
                 column_types=dict.fromkeys(FIELDS, pa.string())))
         else:
-            ds = ray.data.read_parquet(path)
+            ds = ray.data.read_parquet(path, override_num_blocks=blocks)
         ds = ds.map_batches(
             RayScorer, fn_constructor_args=(settings.home, settings.worker_kwargs(done)),
-            compute=ray.data.ActorPoolStrategy(size=settings.scorers),
+            compute=ray.data.ActorPoolStrategy(size=settings.scorers, max_tasks_in_flight_per_actor=2),
             num_cpus=0.5,  # fractional: whole CPUs for every actor would starve the read tasks (a silent hang)
             batch_size=settings.chunk, batch_format="pyarrow",
         )
