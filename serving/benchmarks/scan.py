@@ -94,11 +94,13 @@ def _scan_path(engine: str, *, gated: bool = True, runtime: str = "onnx") -> Cal
             results[row["listing_id"]] = row
         scored = summary["by_status"].get("scored", 0)
         cpu = summary["cpu_seconds"]
-        per_photo = {k: round(v / max(1, scored) * 1000, 1) for k, v in cpu.items() if k not in ("ocr_photos", "ocr_probes")}
+        per_photo = {k: round(v / max(1, scored) * 1000, 1) for k, v in cpu.items() if k not in ("ocr_photos", "ocr_probes", "busy")}
         return {"results": results, "seconds": round(seconds, 2), "scored": scored,
                 "errors": summary["errors"], "photos_per_second": round(scored / seconds, 3),
                 "cpu_ms_per_photo": per_photo, "ocr_share": round(cpu.get("ocr_photos", 0) / max(1, scored), 4),
                 "probe_share": round(cpu.get("ocr_probes", 0) / max(1, scored), 4),
+                # the scorers' wall seconds on chunks over scorers x scan seconds: below 1, scorers waited
+                "busy_share": round(cpu.get("busy", 0.0) / ((1 if args.workers < 0 else settings.scorers) * seconds), 4),
                 "cpu_seconds_per_photo": round((cpu.get("worker", 0.0) + cpu.get("driver", 0.0)) / max(1, scored), 4)}
 
     return run

@@ -12,12 +12,12 @@ import logging
 import os
 import signal
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from markguard.serving.scan.feed import FIELDS, clean_row, feed_format, read_chunks
+from markguard.serving.scan.feed import FIELDS, clean_row, count_rows, feed_format, read_chunks
 from markguard.serving.scan.worker import DoneMap, ScanWorker
 from markguard.vision.errors import MarkguardError
 
@@ -63,6 +63,7 @@ class ScanSettings:
 
 
 # -- local: a process pool, one engine per process -----------------------------------------------------
+_AHEAD = 4  # chunks per scorer out at once (in flight, or back and waiting for an earlier chunk)
 _WORKER: ScanWorker | None = None
 
 
@@ -81,8 +82,11 @@ def _process_local(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def local_outcomes(settings: ScanSettings, done: DoneMap) -> Iterator[list[dict[str, Any]]]:
-    """Chunks of the feed through `settings.scorers` worker processes, in feed order, at most two
-    chunks per worker in flight (the feed is never held whole)."""
+    """Chunks of the feed through `settings.scorers` worker processes, yielded in feed order. A scorer
+    that finishes takes the next chunk at once, whether or not the chunks before it are back: a slow
+    chunk (photos that need their text read) holds up the writer, never the other scorers. At most
+    `_AHEAD` chunks per scorer are out (in flight or waiting for their turn), so the feed is never held
+    whole."""
     kwargs = settings.worker_kwargs(done)
     chunks = read_chunks(settings.feed, size=settings.chunk)
     if settings.workers < 0:  # in this process (debugging, and small benches)
@@ -93,18 +97,33 @@ def local_outcomes(settings: ScanSettings, done: DoneMap) -> Iterator[list[dict[
     pool = ProcessPoolExecutor(settings.scorers, mp_context=get_context("spawn"), initializer=_init_local,
                                initargs=(settings.home, kwargs))
     try:
-        inflight: collections.deque[Future] = collections.deque()
-        for rows in chunks:
-            inflight.append(pool.submit(_process_local, rows))
-            if len(inflight) >= 2 * settings.scorers:
-                yield inflight.popleft().result()
-        while inflight:
-            yield inflight.popleft().result()
+        out: collections.deque[Future] = collections.deque()  # in feed order, done or not
+        limit = _AHEAD * settings.scorers
+        feed = iter(chunks)
+        exhausted = False
+        while True:
+            running = sum(not f.done() for f in out)
+            while not exhausted and running < settings.scorers + 1 and len(out) < limit:
+                rows = next(feed, None)
+                if rows is None:
+                    exhausted = True
+                    break
+                out.append(pool.submit(_process_local, rows))
+                running += 1
+            if not out:
+                break
+            if out[0].done():
+                yield out.popleft().result()
+                continue
+            wait([f for f in out if not f.done()], return_when=FIRST_COMPLETED)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
 # -- ray: Ray Data reads the feed, an actor pool scores it -------------------------------------------
+_RAY_BLOCKS = 64  # read blocks per actor at most (a long feed's blocks hold more than one chunk)
+
+
 class RayScorer:
     """A Ray actor: loads the model and index once, then scores batches of feed rows."""
 
@@ -138,19 +157,23 @@ def ray_outcomes(settings: ScanSettings, done: DoneMap) -> Iterator[list[dict[st
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.execution_options.preserve_order = True
+        # Blocks of about one chunk each (at most _RAY_BLOCKS per scorer), two at a time an actor: by
+        # default a 300-row feed was 4 blocks of 75, all dispatched at once, and nothing came back (no
+        # progress, nothing journaled) until the end; now chunks come back as they finish (same photos/s).
+        blocks = max(1, min(-(-count_rows(settings.feed) // settings.chunk), _RAY_BLOCKS * settings.scorers))
         if fmt == "jsonl":
-            ds = ray.data.read_json(path, lines=True)
+            ds = ray.data.read_json(path, lines=True, override_num_blocks=blocks)
         elif fmt == "csv":
             import pyarrow as pa
             import pyarrow.csv
 
-            ds = ray.data.read_csv(path, convert_options=pyarrow.csv.ConvertOptions(  # text, as read locally
+            ds = ray.data.read_csv(path, override_num_blocks=blocks, convert_options=pyarrow.csv.ConvertOptions(  # text, as read locally
                 column_types=dict.fromkeys(FIELDS, pa.string())))
         else:
-            ds = ray.data.read_parquet(path)
+            ds = ray.data.read_parquet(path, override_num_blocks=blocks)
         ds = ds.map_batches(
             RayScorer, fn_constructor_args=(settings.home, settings.worker_kwargs(done)),
-            compute=ray.data.ActorPoolStrategy(size=settings.scorers),
+            compute=ray.data.ActorPoolStrategy(size=settings.scorers, max_tasks_in_flight_per_actor=2),
             num_cpus=0.5,  # fractional: whole CPUs for every actor would starve the read tasks (a silent hang)
             batch_size=settings.chunk, batch_format="pyarrow",
         )

@@ -108,13 +108,13 @@ class ScanWorker:
     def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One outcome per row, in order: `status` is scored, unchanged, done (finished earlier) or error.
         The first outcome carries the chunk's process CPU seconds (`cpu`: by pipeline stage, `worker` in
-        all, and `ocr_photos`, the photos whose text was read)."""
-        started = time.process_time()
+        all, `busy` the wall seconds the chunk took, and `ocr_photos`, the photos whose text was read)."""
+        started, wall = time.process_time(), time.perf_counter()
         stages = dict(self._engine.scorer.stage_cpu) if self._engine is not None else {}
         runs = list(self._engine.scorer.ocr_runs) if self._engine is not None else [0, 0, 0]
         outcomes = self._process(rows)
         if outcomes:
-            cpu = {"worker": time.process_time() - started}
+            cpu = {"worker": time.process_time() - started, "busy": time.perf_counter() - wall}
             if self._engine is not None:
                 scorer = self._engine.scorer
                 cpu |= {k: v - stages.get(k, 0.0) for k, v in scorer.stage_cpu.items()}
