@@ -26,6 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from local_evidence import COMBO, FEATURES, compute, matrix, value  # noqa: E402
 
 from markguard.serving.benchmarks.scoring import claim_auc_by_transform, synth_sample  # noqa: E402
+from markguard.training.metrics import roc_auc  # noqa: E402
+
+FUSED_SIGNALS = ["genuine_similarity", "margin", "inlier_ratio", "log_inliers", "wordmark_near_miss",
+                 "other_brand_wordmark", "serial_invalid"]
 
 
 def claims(path: Path) -> list[dict]:
@@ -41,6 +45,28 @@ def claims(path: Path) -> list[dict]:
 def logit(p: float) -> float:
     p = min(max(p, 1e-9), 1 - 1e-9)
     return math.log(p / (1 - p))
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, genuine: np.ndarray, transforms: np.ndarray,
+                      brands: np.ndarray, *, boot: int, seed: int = 0) -> dict[str, dict]:
+    """AUC(a) - AUC(b) on the same claims, overall and per transform, 95% interval over brand draws."""
+    transforms = np.array(["" if g else str(t) for t, g in zip(transforms, genuine, strict=True)])
+    keys, group = np.unique(brands, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    draws = [np.bincount(rng.integers(0, len(keys), len(keys)), minlength=len(keys))[group] for _ in range(boot)]
+    out = {}
+    for t in ["all", *sorted(set(transforms[~genuine]))]:
+        mask = genuine | (~genuine if t == "all" else transforms == t)
+        d = []
+        for w in draws:
+            reps = np.where(mask, w, 0)
+            if reps[genuine].sum() and reps[~genuine].sum():
+                y = np.repeat(genuine, reps)
+                d.append(roc_auc(np.repeat(a, reps), y) - roc_auc(np.repeat(b, reps), y))
+        lo, hi = np.percentile(d, [2.5, 97.5])
+        out[t] = {"diff": round(roc_auc(a[mask], genuine[mask]) - roc_auc(b[mask], genuine[mask]), 4),
+                  "lo": round(float(lo), 4), "hi": round(float(hi), 4)}
+    return out
 
 
 def main() -> None:
@@ -68,8 +94,8 @@ def main() -> None:
         missing = [r["image"] for r in rows if r["image"] not in feats]
         if missing:
             sys.exit(f"{len(missing)} {split} claims lack local evidence: run with --features-only first")
-        data[split] = [{**feats[r["image"]], "risk": r["risk"], "genuine": r["genuine"],
-                        "transform": r["transform"], "brand": r["brand"]} for r in rows]
+        data[split] = [{**feats[r["image"]], "risk": r["risk"], "genuine": r["genuine"], "transform": r["transform"],
+                        "brand": r["brand"], "fused_signals": r["signals"]} for r in rows]
     val, test = data["val"], data["test"]
     fill = {}
     for name in FEATURES:
@@ -87,8 +113,14 @@ def main() -> None:
     yt = np.array([r["genuine"] for r in test])
     tt = np.array([r["transform"] or "" for r in test])
     bt = np.array([r["brand"] for r in test])
-    tables, coefs = {}, {}
+    tables, coefs, fitted = {}, {}, {}
     tables["fused_risk"] = claim_auc_by_transform(-np.array([r["risk"] for r in test]), yt, tt, bt, boot=args.boot)
+    for signal in FUSED_SIGNALS:  # each fused signal alone (unread: the val median), its direction chosen on val
+        sv, st = (np.array([r["fused_signals"].get(signal) for r in rows], dtype=float) for rows in (val, test))
+        med = float(np.nanmedian(sv)) if np.isfinite(sv).any() else 0.0
+        sv, st = np.nan_to_num(sv, nan=med), np.nan_to_num(st, nan=med)
+        sign = 1.0 if roc_auc(sv, yv) >= 0.5 else -1.0
+        tables[f"signal:{signal}"] = claim_auc_by_transform(sign * st, yt, tt, bt, boot=args.boot)
     for name, cols in (("local_only", "local_only"), ("fused_plus_local", True)):
         if cols == "local_only":
             xv, xt = matrix(val, COMBO, fill), matrix(test, COMBO, fill)
@@ -96,21 +128,39 @@ def main() -> None:
             xv, xt = design(val, True), design(test, True)
         scaler = StandardScaler().fit(xv)
         model = LogisticRegression(C=1.0, max_iter=1000).fit(scaler.transform(xv), yv)
-        tables[name] = claim_auc_by_transform(model.decision_function(scaler.transform(xt)), yt, tt, bt, boot=args.boot)
+        fitted[name] = model.decision_function(scaler.transform(xt))
+        tables[name] = claim_auc_by_transform(fitted[name], yt, tt, bt, boot=args.boot)
         names = COMBO if cols == "local_only" else ["fused_risk_logit", *COMBO]
         coefs[name] = dict(zip(names, model.coef_[0].round(3).tolist(), strict=True))
+    # the fused risk and the local combination z-scored on val and summed with equal weights (val fits only
+    # the local combination): the fitted weight of the risk is near 0 because the risk is at chance on val
+    zv, zt = design(val, False)[:, 0], design(test, False)[:, 0]
+    scaler = StandardScaler().fit(matrix(val, COMBO, fill))
+    local = LogisticRegression(C=1.0, max_iter=1000).fit(scaler.transform(matrix(val, COMBO, fill)), yv)
+    lv = local.decision_function(scaler.transform(matrix(val, COMBO, fill)))
+    lt = local.decision_function(scaler.transform(matrix(test, COMBO, fill)))
+    equal = (zt - zv.mean()) / zv.std() + (lt - lv.mean()) / lv.std()
+    tables["fused_plus_local_equal"] = claim_auc_by_transform(equal, yt, tt, bt, boot=args.boot)
+    fused = -np.array([r["risk"] for r in test])
+    diffs = {name: paired_difference(scores, fused, yt, tt, bt, boot=args.boot)
+             for name, scores in (("local_only", fitted["local_only"]), ("fused_plus_local", fitted["fused_plus_local"]),
+                                  ("fused_plus_local_equal", equal))}
     result = {"command": " ".join(sys.argv), "val_brands": len({r["brand"] for r in val}), "val_claims": len(val),
-              "test_brands": len(set(bt)), "test_claims": len(test), "coef_standardised": coefs, "results": tables}
+              "test_brands": len(set(bt)), "test_claims": len(test), "coef_standardised": coefs, "results": tables,
+              "minus_fused_risk": diffs}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fused_local.json").write_text(json.dumps(result, indent=1) + "\n")
     cols = list(tables["fused_risk"])
     print(f"fit on {result['val_brands']} val brands ({len(val)} claims), test {result['test_brands']} brands "
           f"({len(test)} claims); claim AUC [95% brand-resampled]")
-    print(f"{'':18}" + "".join(f"{c[:14]:>16}" for c in cols))
+    print(f"{'':26}" + "".join(f"{c[:14]:>16}" for c in cols))
     for name, table in tables.items():
-        print(f"{name:18}" + "".join(f"{table[c]['auc']:>16.3f}" for c in cols))
-        print(f"{'':18}" + "".join(f"{'[{:.3f},{:.3f}]'.format(table[c]['lo'], table[c]['hi']):>16}" for c in cols))
+        print(f"{name[:26]:26}" + "".join(f"{table[c]['auc']:>16.3f}" for c in cols))
+        print(f"{'':26}" + "".join(f"{'[{:.3f},{:.3f}]'.format(table[c]['lo'], table[c]['hi']):>16}" for c in cols))
     print("coefficients (standardised):", json.dumps(coefs))
+    for name, d in diffs.items():
+        print(f"{name} - fused_risk (paired, same brand draws): " +
+              ", ".join(f"{c} {v['diff']:+.3f} [{v['lo']:+.3f},{v['hi']:+.3f}]" for c, v in d.items()))
 
 
 if __name__ == "__main__":
