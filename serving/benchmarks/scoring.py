@@ -7,6 +7,16 @@ the true product against another product of the same brand (ROC-AUC, TPR at FPR 
   (b) SIFT + RANSAC alone (most inliers against the claim's references),
   (c) markguard's full scoring with the promoted model, or `--model` (risk of the claim).
 All three run in this process on the same references and queries.
+
+`--synth BUILD` measures counterfeits instead (`synth_counterfeits`): held-out synthetic brands of a
+`markguard datasets synth` build (`--synth-split`, default test; `--synth-brands` of them, taken in an
+order fixed by a hash of the brand name, so a smaller sample is inside a larger one). Each brand enrols
+one reference as `bench embedder` does (`training.data.make_eval_set`: its first genuine photo cropped
+to the mark grown 1.25x; wordmark: the brand's name); every other photo of the brand, genuine or
+counterfeit, claims the brand. Claim AUC (genuine vs counterfeit) of the full scoring's risk, and of its
+`genuine_similarity` signal (the embedder alone on the same claims), over all counterfeits and per
+counterfeit transform, with 95% intervals resampling whole brands. Each claim's result is cached in
+OUT's `.claims.jsonl` (a rerun scores only what is missing).
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
-__all__ = ["get_args_parser", "main", "tpr_at_fpr"]
+__all__ = ["claim_auc_by_transform", "get_args_parser", "main", "synth_sample", "tpr_at_fpr"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -37,6 +47,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/bench-scoring.json"))
     p.add_argument("--model", type=Path, default=None,
                    help="artifact folder to score (c) with (default: the promoted model, else the shipped one)")
+    p.add_argument("--synth", type=Path, default=None,
+                   help="a synthetic build: measure counterfeit claims of its held-out brands instead of grocery")
+    p.add_argument("--synth-split", default="test", help="the build's held-out split (default test)")
+    p.add_argument("--synth-brands", type=int, default=40, help="held-out brands scored (0: all)")
+    p.add_argument("--boot", type=int, default=1000, help="brand-resampled bootstrap draws for the intervals")
     return p
 
 
@@ -53,6 +68,131 @@ def _summary(labels: list[int], scores: list[float], hits: list[bool]) -> dict:
         "claim_auc": round(float(roc_auc_score(y, s)), 4),
         "tpr_at_fpr_5": round(tpr_at_fpr(y, s, 0.05), 4),
     }
+
+
+def claim_auc_by_transform(scores: np.ndarray, genuine: np.ndarray, transforms: np.ndarray, brands: np.ndarray, *,
+                           boot: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """Claim AUC (higher score: more genuine) of the genuine claims against all counterfeits (`all`) and
+    against each counterfeit transform, with 95% intervals from `boot` draws resampling whole brands
+    (the same draws for every column); `count`: the column's counterfeit claims."""
+    from markguard.training.metrics import roc_auc
+
+    scores, genuine = np.asarray(scores, dtype=float), np.asarray(genuine, dtype=bool)
+    transforms = np.array(["" if g else str(t) for t, g in zip(transforms, genuine, strict=True)])
+    keys, group = np.unique(np.asarray(brands), return_inverse=True)
+    rng = np.random.default_rng(seed)
+    draws = [np.bincount(rng.integers(0, len(keys), len(keys)), minlength=len(keys))[group] for _ in range(boot)]
+    out = {}
+    for t in ["all", *sorted(set(transforms[~genuine]))]:
+        mask = genuine | (~genuine if t == "all" else transforms == t)
+        aucs = []
+        for w in draws:
+            reps = np.where(mask, w, 0)
+            if reps[genuine].sum() and reps[~genuine].sum():
+                aucs.append(roc_auc(np.repeat(scores, reps), np.repeat(genuine, reps)))
+        lo, hi = np.percentile(aucs, [2.5, 97.5]) if aucs else (float("nan"), float("nan"))
+        out[t] = {"auc": round(roc_auc(scores[mask], genuine[mask]), 4), "lo": round(float(lo), 4),
+                  "hi": round(float(hi), 4), "count": int((mask & ~genuine).sum())}
+    return out
+
+
+def synth_sample(build: Path, split: str, count: int) -> tuple[dict, list[str], list]:
+    """(reference item per brand, the first `count` brands in the order fixed by a hash of their names,
+    their claims) of a synthetic build's `split`, as `--synth` scores them."""
+    from markguard.datasets.splits import unit_hash
+    from markguard.training.data import make_eval_set, read_items
+
+    es = make_eval_set(read_items(build), split=split)
+    refs = {r.brand: r for r in es.references if r.genuine}
+    brands = sorted(refs, key=lambda b: (unit_hash("bench-scoring-synth", b), b))
+    brands = brands[:count] if count else brands
+    keep = set(brands)
+    return {b: refs[b] for b in brands}, brands, [q for q in es.queries if q.brand in keep]
+
+
+def synth_counterfeits(args: argparse.Namespace) -> int:
+    """`--synth`: counterfeit claims of held-out synthetic brands (see the module's docstring)."""
+    from PIL import Image
+
+    from markguard.serving.brands import add_brand
+    from markguard.serving.engine import ScoreRequest, ScoringEngine
+    from markguard.serving.enroll import InputImage, enroll
+    from markguard.serving.registry import ensure_default_model, register_artifact
+    from markguard.serving.state.home import Home
+    from markguard.training.data import load_image
+    from markguard.vision.errors import MarkguardError
+
+    refs, brands, queries = synth_sample(args.synth, args.synth_split, args.synth_brands)
+    if not queries:
+        print(f"markguard: no {args.synth_split} claims in {args.synth}")
+        return 2
+    cache = args.out.with_suffix(".claims.jsonl")
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Home(Path(tmp) / "home")
+        artifact = (register_artifact(home, args.model, promote_it=True) if args.model
+                    else ensure_default_model(home))
+        done: dict[str, dict] = {}
+        if cache.is_file():
+            for line in cache.read_text().splitlines():
+                row = json.loads(line)
+                if row["model"] == artifact.tag:
+                    done[row["image"]] = row
+        model = artifact.load_embedder()
+        enrolled = []
+        for brand in tqdm(brands, desc="enrolling"):
+            with home.sessions.begin() as session:
+                try:
+                    add_brand(session, brand)
+                except MarkguardError:  # a name the catalog refuses, or one like another sampled brand's: left out
+                    continue
+            buf = io.BytesIO()
+            Image.fromarray(load_image(refs[brand])[0]).save(buf, "PNG")
+            enroll(home, artifact, model, brand=brand, inputs=[InputImage(str(refs[brand].row.image), buf.getvalue())])
+            enrolled.append(brand)
+        queries = [q for q in queries if q.brand in set(enrolled)]
+        engine = ScoringEngine(home)
+        scored = 0
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with cache.open("a") as f:
+            for q in tqdm([q for q in queries if str(q.row.image) not in done], desc="synthetic claims", mininterval=30):
+                result = engine.score(ScoreRequest(q.path.read_bytes(), brand=q.brand), record=False)
+                row = {"model": artifact.tag, "image": str(q.row.image), "brand": q.brand, "genuine": q.genuine,
+                       "transform": q.row.transform, "strength": q.row.strength, "risk": result.risk,
+                       "decision": result.decision.value,
+                       "signals": {k: v.value for k, v in result.signals.items()}}
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                done[row["image"]] = row
+                scored += 1
+        home.close()
+    rows = [done[str(q.row.image)] for q in queries]
+    genuine = np.array([r["genuine"] for r in rows])
+    transforms = np.array([r["transform"] or "" for r in rows])
+    brand_of = np.array([r["brand"] for r in rows])
+    similarity = [r["signals"].get("genuine_similarity") for r in rows]
+    tables = {
+        "fused_risk": claim_auc_by_transform(-np.array([r["risk"] for r in rows]), genuine, transforms, brand_of,
+                                             boot=args.boot, seed=args.seed),
+        "embedder_similarity": claim_auc_by_transform(
+            np.array([-np.inf if s is None else s for s in similarity]), genuine, transforms, brand_of,
+            boot=args.boot, seed=args.seed),
+    }
+    columns = list(tables["fused_risk"])
+    print(f"held-out synthetic brands ({args.synth_split}): {len(enrolled)} brands, {int(genuine.sum())} genuine and "
+          f"{int((~genuine).sum())} counterfeit claims; claim AUC [95% brand-resampled interval]")
+    print(f"{'':22}" + "".join(f"{c[:14]:>16}" for c in columns))
+    print(f"{'counterfeit claims':22}" + "".join(f"{tables['fused_risk'][c]['count']:>16}" for c in columns))
+    for name, table in tables.items():
+        print(f"{name:22}" + "".join(f"{table[c]['auc']:>16.3f}" for c in columns))
+        print(f"{'':22}" + "".join(f"{'[{:.3f},{:.3f}]'.format(table[c]['lo'], table[c]['hi']):>16}" for c in columns))
+    summary = {"set": f"{args.synth} {args.synth_split}", "model": artifact.tag, "brands": enrolled,
+               "claims": len(rows), "genuine_claims": int(genuine.sum()), "counterfeit_claims": int((~genuine).sum()),
+               "scored_now": scored, "seconds": round(time.perf_counter() - t_start, 1), "boot": args.boot,
+               "no_similarity": sum(s is None for s in similarity), "results": tables}
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"claims={len(rows)} scored now={scored} seconds={summary['seconds']} (wrote {args.out}, claims in {cache})")
+    return 0
 
 
 def small_mark_lift(engine, queries: list[Path], clothing: Path, rng: np.random.Generator, *,  # type: ignore[no-untyped-def]
@@ -104,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     from markguard.vision.geometry import extract_features, match_features
 
     args = get_args_parser().parse_args(argv)
+    if args.synth is not None:
+        return synth_counterfeits(args)
     root = args.data / "grocery-packages"
     rng = np.random.default_rng(args.seed)
     refs: list[tuple[Path, str]] = []  # (image, product)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from markguard.serving.cli import main
@@ -29,6 +30,47 @@ def test_bench_scoring_small(tmp_path: Path, grocery: Path) -> None:
     result = json.loads(out.read_text())
     assert set(result["results"]) == {"a_imagenet_global", "b_sift_ransac", "c_markguard"}
     assert result["small_marks"]["photos"] == 3
+
+
+def test_claim_auc_by_transform_scores_each_transform_against_every_genuine_claim() -> None:
+    from markguard.serving.benchmarks.scoring import claim_auc_by_transform
+
+    scores = np.array([1.0, 2.0, 3.0, 4.0, 0.0, 0.5, 5.0, 2.5])
+    genuine = np.array([True, True, True, True, False, False, False, False])
+    transforms = np.array(["", "", "", "", "mirror", "mirror", "look_alike", "look_alike"])
+    brands = np.array(["a", "b", "a", "b", "a", "b", "a", "b"])
+    table = claim_auc_by_transform(scores, genuine, transforms, brands, boot=200)
+    assert list(table) == ["all", "look_alike", "mirror"]
+    assert table["mirror"] == {"auc": 1.0, "lo": 1.0, "hi": 1.0, "count": 2}  # below every genuine claim in every draw
+    assert table["look_alike"]["auc"] == 0.25  # 5.0 above all four genuine claims, 2.5 above 1.0 and 2.0
+    assert table["all"]["auc"] == 0.625 and table["all"]["count"] == 4  # (4 + 4 + 0 + 2) / 16
+    # resampling whole brands: brand a alone pits 1.0, 3.0 against 0.0 and 5.0 (0.5), brand b alone 2.0, 4.0
+    # against 0.5 and 2.5 (0.75); every draw lies between
+    assert (table["all"]["lo"], table["all"]["hi"]) == (0.5, 0.75)
+
+
+@pytest.mark.slow
+def test_bench_scoring_synth_counterfeits_per_transform_and_cached(tmp_path: Path, grocery: Path) -> None:
+    from markguard.datasets.synth import SynthOptions, build_synth
+
+    build = tmp_path / "synth"
+    build_synth(build, data_root=grocery.parent, progress=False,
+                opts=SynthOptions(brands=6, per_brand=2, size=128, val_fraction=0.0, test_fraction=0.5, seed=5))
+    out = tmp_path / "synth.json"
+    argv = ["bench", "scoring", "--synth", str(build), "--synth-brands", "2", "--boot", "20", "--out", str(out)]
+    assert main(argv) == 0
+    first = json.loads(out.read_text())
+    claims = [json.loads(line) for line in out.with_suffix(".claims.jsonl").read_text().splitlines()]
+    assert len(first["brands"]) == 2 and first["claims"] == first["scored_now"] == len(claims) > 0
+    assert {c["brand"] for c in claims} == set(first["brands"])
+    transforms = {c["transform"] for c in claims if not c["genuine"]}
+    for table in first["results"].values():
+        assert set(table) == {"all", *transforms}
+        assert sum(table[t]["count"] for t in transforms) == table["all"]["count"] == first["counterfeit_claims"]
+    assert all(0.0 <= c["risk"] <= 1.0 and "genuine_similarity" in c["signals"] for c in claims)
+    assert main(argv) == 0  # every claim cached: nothing scored again, the same figures
+    second = json.loads(out.read_text())
+    assert second["scored_now"] == 0 and second["results"] == first["results"]
 
 
 def test_bench_rings_limit_judges_the_first_listings_and_reuses_their_home(tmp_path: Path, grocery: Path,
