@@ -27,13 +27,14 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
-__all__ = ["claim_auc_by_transform", "get_args_parser", "main", "synth_sample", "tpr_at_fpr"]
+__all__ = ["by_transform", "claim_auc_by_transform", "get_args_parser", "main", "synth_sample", "tpr_at_fpr"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -70,30 +71,39 @@ def _summary(labels: list[int], scores: list[float], hits: list[bool]) -> dict:
     }
 
 
-def claim_auc_by_transform(scores: np.ndarray, genuine: np.ndarray, transforms: np.ndarray, brands: np.ndarray, *,
-                           boot: int = 1000, seed: int = 0) -> dict[str, dict]:
-    """Claim AUC (higher score: more genuine) of the genuine claims against all counterfeits (`all`) and
-    against each counterfeit transform, with 95% intervals from `boot` draws resampling whole brands
-    (the same draws for every column); `count`: the column's counterfeit claims."""
-    from markguard.training.metrics import roc_auc
-
-    scores, genuine = np.asarray(scores, dtype=float), np.asarray(genuine, dtype=bool)
+def by_transform(statistic: Callable[[np.ndarray], float], genuine: np.ndarray, transforms: np.ndarray,
+                 brands: np.ndarray, *, boot: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """`statistic` (of the indices of the claims taken, repeats included) on the genuine claims with all
+    counterfeits (`all`) and with each counterfeit transform's, with a 95% interval from `boot` draws
+    resampling whole brands (the same draws for every column); `count`: the column's counterfeit claims."""
+    genuine = np.asarray(genuine, dtype=bool)
     transforms = np.array(["" if g else str(t) for t, g in zip(transforms, genuine, strict=True)])
     keys, group = np.unique(np.asarray(brands), return_inverse=True)
     rng = np.random.default_rng(seed)
     draws = [np.bincount(rng.integers(0, len(keys), len(keys)), minlength=len(keys))[group] for _ in range(boot)]
+    claims = np.arange(len(genuine))
     out = {}
     for t in ["all", *sorted(set(transforms[~genuine]))]:
         mask = genuine | (~genuine if t == "all" else transforms == t)
-        aucs = []
+        values = []
         for w in draws:
             reps = np.where(mask, w, 0)
             if reps[genuine].sum() and reps[~genuine].sum():
-                aucs.append(roc_auc(np.repeat(scores, reps), np.repeat(genuine, reps)))
-        lo, hi = np.percentile(aucs, [2.5, 97.5]) if aucs else (float("nan"), float("nan"))
-        out[t] = {"auc": round(roc_auc(scores[mask], genuine[mask]), 4), "lo": round(float(lo), 4),
-                  "hi": round(float(hi), 4), "count": int((mask & ~genuine).sum())}
+                values.append(statistic(np.repeat(claims, reps)))
+        lo, hi = np.percentile(values, [2.5, 97.5]) if values else (float("nan"), float("nan"))
+        out[t] = {"value": round(statistic(claims[mask]), 4), "lo": round(float(lo), 4), "hi": round(float(hi), 4),
+                  "count": int((mask & ~genuine).sum())}
     return out
+
+
+def claim_auc_by_transform(scores: np.ndarray, genuine: np.ndarray, transforms: np.ndarray, brands: np.ndarray, *,
+                           boot: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """Claim AUC (higher score: more genuine) by transform, with brand-resampled intervals (`by_transform`)."""
+    from markguard.training.metrics import roc_auc
+
+    scores, genuine = np.asarray(scores, dtype=float), np.asarray(genuine, dtype=bool)
+    table = by_transform(lambda i: roc_auc(scores[i], genuine[i]), genuine, transforms, brands, boot=boot, seed=seed)
+    return {t: {"auc": row.pop("value"), **row} for t, row in table.items()}
 
 
 def synth_sample(build: Path, split: str, count: int) -> tuple[dict, list[str], list]:

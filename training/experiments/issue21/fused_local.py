@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from local_evidence import COMBO, FEATURES, compute, matrix, value  # noqa: E402
 
-from markguard.serving.benchmarks.scoring import claim_auc_by_transform, synth_sample  # noqa: E402
+from markguard.serving.benchmarks.scoring import by_transform, claim_auc_by_transform, synth_sample  # noqa: E402
 from markguard.training.metrics import roc_auc  # noqa: E402
 
 FUSED_SIGNALS = ["genuine_similarity", "margin", "inlier_ratio", "log_inliers", "wordmark_near_miss",
@@ -50,23 +50,9 @@ def logit(p: float) -> float:
 def paired_difference(a: np.ndarray, b: np.ndarray, genuine: np.ndarray, transforms: np.ndarray,
                       brands: np.ndarray, *, boot: int, seed: int = 0) -> dict[str, dict]:
     """AUC(a) - AUC(b) on the same claims, overall and per transform, 95% interval over brand draws."""
-    transforms = np.array(["" if g else str(t) for t, g in zip(transforms, genuine, strict=True)])
-    keys, group = np.unique(brands, return_inverse=True)
-    rng = np.random.default_rng(seed)
-    draws = [np.bincount(rng.integers(0, len(keys), len(keys)), minlength=len(keys))[group] for _ in range(boot)]
-    out = {}
-    for t in ["all", *sorted(set(transforms[~genuine]))]:
-        mask = genuine | (~genuine if t == "all" else transforms == t)
-        d = []
-        for w in draws:
-            reps = np.where(mask, w, 0)
-            if reps[genuine].sum() and reps[~genuine].sum():
-                y = np.repeat(genuine, reps)
-                d.append(roc_auc(np.repeat(a, reps), y) - roc_auc(np.repeat(b, reps), y))
-        lo, hi = np.percentile(d, [2.5, 97.5])
-        out[t] = {"diff": round(roc_auc(a[mask], genuine[mask]) - roc_auc(b[mask], genuine[mask]), 4),
-                  "lo": round(float(lo), 4), "hi": round(float(hi), 4)}
-    return out
+    table = by_transform(lambda i: roc_auc(a[i], genuine[i]) - roc_auc(b[i], genuine[i]), genuine, transforms, brands,
+                         boot=boot, seed=seed)
+    return {t: {"diff": row["value"], "lo": row["lo"], "hi": row["hi"]} for t, row in table.items()}
 
 
 def main() -> None:
