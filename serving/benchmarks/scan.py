@@ -4,7 +4,10 @@ path and claim AUC.
 
 The paths: `today` is the full path as it was (OCR on every photo, eager PyTorch, local engine); `local`
 is the cheaper full path (OCR where it can matter, `vision.pipeline.OcrGate`; ONNX Runtime,
-`vision.runtime`) on the local engine; `ray` is the same on the Ray engine. The last line:
+`vision.runtime`) on the local engine; `ray` is the same on the Ray engine, against a cluster that is up
+before the scan starts (`ray start --head` on this machine, as `markguard scan --ray-address` meets one;
+its start-up is reported, not timed); `ray_cold` (not run by default) starts a private Ray instance inside
+the timed scan, as `markguard scan --engine ray` without an address does. The last line:
 `speedup` (local over today, photos/s), `ray_vs_local`, and `auc_delta` (local's claim AUC − today's).
 
 The catalog: the grocery brands with each product's iconic image enrolled. The feed: val photos, then
@@ -42,6 +45,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--paths", default="today,local,ray", help="which paths to run, first is the reference")
     p.add_argument("--gate", choices=("own", "all"), default="own",
                    help="the wordmark readings the OCR gate weighs on the cheaper paths (vision.pipeline.OcrGate)")
+    p.add_argument("--ray-address", help="the ray path's cluster (default: `ray start --head` here, before the clock)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/bench-scan.json"))
     return p
@@ -80,11 +84,13 @@ def build_feed(data: Path, feed: Path, *, photos: int, seed: int) -> tuple[list[
 
 
 def _scan_path(engine: str, *, gated: bool = True, runtime: str = "onnx") -> Callable[..., dict[str, Any]]:
-    def run(home: Path, feed: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    def run(home: Path, feed: Path, out: Path, args: argparse.Namespace, ray_address: str | None = None
+            ) -> dict[str, Any]:
         from markguard.serving.scan import ScanSettings, run_scan
 
         settings = ScanSettings(home=str(home), feed=feed, ocr=not args.no_ocr, chunk=args.chunk,
-                                workers=args.workers, ocr_gate=gated, runtime=runtime, gate_outcomes=args.gate)
+                                workers=args.workers, ocr_gate=gated, runtime=runtime, gate_outcomes=args.gate,
+                                ray_address=ray_address)
         started = time.perf_counter()
         summary = run_scan(settings, out, engine=engine, progress=True)
         seconds = time.perf_counter() - started
@@ -106,11 +112,30 @@ def _scan_path(engine: str, *, gated: bool = True, runtime: str = "onnx") -> Cal
     return run
 
 
+def _ray_cluster_path() -> Callable[..., dict[str, Any]]:
+    """The Ray engine against a running cluster: `--ray-address`, else one started here before the clock."""
+    scan = _scan_path("ray")
+
+    def run(home: Path, feed: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+        from markguard.serving.scan.engines import ray_head
+
+        if args.ray_address:
+            return scan(home, feed, out, args, ray_address=args.ray_address)
+        started = time.perf_counter()
+        with ray_head(os.cpu_count()) as address:
+            cluster_seconds = time.perf_counter() - started
+            return scan(home, feed, out, args, ray_address=address) | {
+                "cluster_start_seconds": round(cluster_seconds, 2)}
+
+    return run
+
+
 # name → run(home, feed, out, args) -> {"results": {listing_id: row}, "seconds", "scored", "photos_per_second"}
 PATHS: dict[str, Callable[..., dict[str, Any]]] = {
     "today": _scan_path("local", gated=False, runtime="torch"),
     "local": _scan_path("local"),
-    "ray": _scan_path("ray"),
+    "ray": _ray_cluster_path(),
+    "ray_cold": _scan_path("ray"),
 }
 
 

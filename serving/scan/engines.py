@@ -5,12 +5,19 @@ driver, which alone writes the catalog and the journal."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing import get_context
@@ -21,14 +28,17 @@ from markguard.serving.scan.feed import FIELDS, clean_row, count_rows, feed_form
 from markguard.serving.scan.worker import DoneMap, ScanWorker
 from markguard.vision.errors import MarkguardError
 
-__all__ = ["ENGINES", "ScanSettings", "local_outcomes", "ray_outcomes"]
+__all__ = ["ENGINES", "ScanSettings", "local_outcomes", "ray_head", "ray_outcomes"]
 
-# A Ray instance this process starts talks to 127.0.0.1 only, and never phones home (COMPONENTS.md).
+# A Ray instance markguard starts talks to 127.0.0.1 only, and never phones home (COMPONENTS.md). Its
+# workers (the scorers) run at the driver's priority: Ray's default niceness 15 put them behind Ray's own
+# helpers and the driver's executor on a machine with a core per scorer.
 _RAY_LOCAL_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
+    "RAY_worker_niceness": "0",
 }
 
 
@@ -182,6 +192,49 @@ def ray_outcomes(settings: ScanSettings, done: DoneMap) -> Iterator[list[dict[st
     finally:
         if started:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def ray_head(cpus: int | None = None, *, timeout: float = 60.0) -> Iterator[str]:
+    """A Ray cluster as `ray start --head` makes one, on 127.0.0.1 with its own port and session folder,
+    stopped (its whole process group) on exit; yields its address for `--ray-address`. For tests and
+    `bench scan`: `ray stop` would stop every Ray process on the machine. This process's Ray clients get
+    the cluster's settings (`_RAY_LOCAL_ENV`) where they have none, or they would look for it elsewhere."""
+    for name, value in _RAY_LOCAL_ENV.items():
+        os.environ.setdefault(name, value)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="mgray-", dir="/tmp")  # short: Ray's socket paths live under it
+    ray_cli = Path(sys.executable).with_name("ray")
+    command = [str(ray_cli) if ray_cli.exists() else "ray", "start", "--head", "--block", f"--port={port}",
+               "--node-ip-address=127.0.0.1", f"--num-cpus={cpus or os.cpu_count() or 1}",
+               "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
+               f"--object-store-memory={256 * 1024**2}"]
+    log = Path(temp) / "head.log"
+    with log.open("wb") as out:
+        head = subprocess.Popen(command, env=os.environ | _RAY_LOCAL_ENV, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while b"Ray runtime started" not in log.read_bytes():  # up: what `ray start` prints once it is
+            if head.poll() is not None:
+                raise MarkguardError(f"ray start --head exited {head.returncode}: "
+                                     f"{log.read_text(errors='replace')[-2000:]}")
+            if time.monotonic() > deadline:
+                raise MarkguardError(f"ray start --head did not come up in {timeout:.0f} s")
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            head.terminate()  # `ray start --block` stops what it started
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 ENGINES = {"local": local_outcomes, "ray": ray_outcomes}

@@ -282,6 +282,28 @@ def test_local_and_ray_engines_give_identical_results(home, grocery, tmp_path):
         assert {k: a[listing_id][k] for k in keep} == {k: b[listing_id][k] for k in keep}, listing_id
 
 
+@pytest.mark.slow
+def test_the_ray_engine_scans_on_a_cluster_started_with_ray_start_head(home, grocery, tmp_path):
+    """`markguard scan --engine ray --ray-address` against `ray start --head` on this machine (its own
+    port and session folder): the same results as the local engine, a bad row reported, not fatal."""
+    pytest.importorskip("ray")
+    from markguard.serving.scan.engines import ray_head
+
+    rows = _good_rows(grocery, 4) + [{"listing_id": "missing", "brand": "Oatly", "image": "missing.jpg"}]
+    feed = _write_jsonl(tmp_path / "feed.jsonl", rows)
+    assert main(["scan", str(feed), "--out", str(tmp_path / "local"), "--home", str(home), "--no-ocr",
+                 "--workers", "1", "--quiet"]) == 0
+    with ray_head(2) as address:
+        assert main(["scan", str(feed), "--out", str(tmp_path / "ray"), "--home", str(home), "--no-ocr",
+                     "--workers", "1", "--rescore", "--engine", "ray", "--ray-address", address, "--quiet"]) == 0
+    a, b = _results(tmp_path / "local"), _results(tmp_path / "ray")
+    assert a["missing"]["error"] and a["missing"]["error"] == b["missing"]["error"]
+    keep = ("risk", "decision", "brand", "product", "signals", "matches", "claimed")
+    for row in rows[:4]:
+        i = row["listing_id"]
+        assert {k: a[i][k] for k in keep} == {k: b[i][k] for k in keep}, i
+
+
 def test_feed_formats_read_the_same_rows(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
