@@ -146,6 +146,21 @@ def _claim_auc(results: dict[str, dict], labels: dict[str, int]) -> float:
     return round(float(roc_auc_score([labels[i] for i in ids], [results[i]["risk"] for i in ids])), 4)
 
 
+def _auc_delta_interval(risks: dict[str, float | None], reference: dict[str, float | None], labels: dict[str, int],
+                        brands: dict[str, str], *, boot: int = 1000) -> dict[str, float]:
+    """Claim AUC of `risks` minus `reference`'s on the same listings, with a 95% interval from draws that
+    resample whole brands (the photos' own), so a brand's correlated photos move together."""
+    from markguard.serving.benchmarks.scoring import by_transform
+    from markguard.training.metrics import roc_auc
+
+    ids = [i for i in labels if risks.get(i) is not None and reference.get(i) is not None]
+    genuine = np.array([labels[i] == 0 for i in ids])
+    a, b = -np.array([risks[i] for i in ids]), -np.array([reference[i] for i in ids])  # higher: more genuine
+    table = by_transform(lambda k: roc_auc(a[k], genuine[k]) - roc_auc(b[k], genuine[k]), genuine,
+                         np.array(["false claim"] * len(ids)), np.array([brands[i] for i in ids]), boot=boot)
+    return {key: table["all"][key] for key in ("value", "lo", "hi")}
+
+
 def main(argv: list[str] | None = None) -> int:
     from markguard.datasets.grocery import brand_of
     from markguard.serving.brands import add_brand
@@ -184,8 +199,12 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copytree(tmp_path / "home", home)
             runs[name] = PATHS[name](home, feed, tmp_path / f"out-{name}", args)
         reference = runs[names[0]]["results"]
+        photo_brand = {r["listing_id"]: brand_of(Path(r["image"]).parent.name)
+                       for r in map(json.loads, feed.read_text().splitlines())}
+        risks = {}
         for name, run in runs.items():
             results = run.pop("results")
+            risks[name] = {i: results[i].get("risk") for i in labels}
             both = [i for i in labels if reference[i].get("decision") and results[i].get("decision")]
             risk_delta = [abs(reference[i]["risk"] - results[i]["risk"]) for i in both]
             report["paths"][name] = run | {
@@ -223,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         last["ray_vs_local"] = paths["ray"]["photos_per_second"] / paths["local"]["photos_per_second"]
     if "today" in paths and "local" in paths:
         last["auc_delta"] = paths["local"]["claim_auc"] - paths["today"]["claim_auc"]
+        report["auc_delta_interval"] = _auc_delta_interval(risks["local"], risks["today"], labels, photo_brand)
+        lo, hi = report["auc_delta_interval"]["lo"], report["auc_delta_interval"]["hi"]
+        print(f"claim AUC, local − today: {last['auc_delta']:+.4f}, 95% interval resampling the photos' brands "
+              f"[{lo:+.4f}, {hi:+.4f}] (paired: the same listings on both paths)")
     report["last"] = {k: round(v, 4) for k, v in last.items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

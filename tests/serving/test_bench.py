@@ -98,3 +98,33 @@ def test_bench_rings_limit_judges_the_first_listings_and_reuses_their_home(tmp_p
         {k: first[k] for k in ("precision", "recall", "honest_in_rings")}
     with pytest.raises(SystemExit, match="more than --limit"):
         main([*args[:-1], str(n - 1), "--out", str(tmp_path / "c.json")])
+
+
+def test_the_scan_bench_auc_delta_interval_is_paired_and_resamples_brands() -> None:
+    from markguard.serving.benchmarks.scan import _auc_delta_interval
+
+    rng = np.random.default_rng(0)
+    ids = [f"l{i}" for i in range(200)]
+    labels = {i: k % 2 for k, i in enumerate(ids)}
+    brands = {i: f"b{k % 10}" for k, i in enumerate(ids)}
+    noisy = {i: labels[i] + rng.normal(0, 1.0) for i in ids}
+    same = _auc_delta_interval(noisy, noisy, labels, brands, boot=200)
+    assert same == {"value": 0.0, "lo": 0.0, "hi": 0.0}  # paired: the same risks never differ
+    clearer = {i: labels[i] + rng.normal(0, 0.3) for i in ids}
+    better = _auc_delta_interval(clearer, noisy, labels, brands, boot=200)
+    assert 0 < better["lo"] < better["value"] < better["hi"]
+
+
+@pytest.mark.slow
+def test_bench_scan_small_runs_every_path_and_prints_its_ratios(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("ray")
+    out = tmp_path / "scan.json"
+    assert main(["bench", "scan", "--photos", "8", "--workers", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["paths"]) == {"today", "local", "ray"}
+    assert all(row["scored"] == 8 for row in report["paths"].values())
+    assert report["paths"]["ray"]["cluster_start_seconds"] > 0  # started before the clock, reported apart
+    delta = report["auc_delta_interval"]
+    assert delta["lo"] <= delta["value"] <= delta["hi"]
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("speedup=") and " ray_vs_local=" in last and " auc_delta=" in last
