@@ -17,6 +17,13 @@ counterfeit, claims the brand. Claim AUC (genuine vs counterfeit) of the full sc
 `genuine_similarity` signal (the embedder alone on the same claims), over all counterfeits and per
 counterfeit transform, with 95% intervals resampling whole brands. Each claim's result is cached in
 OUT's `.claims.jsonl` (a rerun scores only what is missing).
+
+`--grozi BUILD` measures the real-photo yardstick instead (`grozi_claims`): GroZi-120 in-store frames
+(`markguard datasets grozi`, built there when missing; evaluation only). Every product's reference frames
+are enrolled; `--grozi-queries` query frames per product are scored without a claim (product recall@1),
+claiming their own product (genuine) and claiming another product (of the same brand where the brand has
+one, else any): claim AUC, for (a) the ImageNet global embedding and (c) markguard's full scoring, with 95%
+intervals and the paired difference (c − a) resampling whole brands.
 """
 
 from __future__ import annotations
@@ -34,14 +41,16 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
-__all__ = ["by_transform", "claim_auc_by_transform", "get_args_parser", "main", "synth_sample", "tpr_at_fpr"]
+__all__ = ["by_transform", "claim_auc_by_transform", "get_args_parser", "grozi_claims", "main", "resample_brands",
+           "synth_sample", "tpr_at_fpr"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="markguard bench scoring", description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=Path(os.environ.get("MARKGUARD_SHARED_DATA", "../shared/data")))
     p.add_argument("--train-per-product", type=int, default=3, help="train photos enrolled per product")
-    p.add_argument("--limit", type=int, default=0, help="score only the first N val photos (0: all)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="score only the first N val photos (0: all); with --grozi, the first N products")
     p.add_argument("--small-marks", type=int, default=60,
                    help="val photos pasted small into clothing photos to measure what regions add (0: skip)")
     p.add_argument("--seed", type=int, default=0)
@@ -52,6 +61,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="a synthetic build: measure counterfeit claims of its held-out brands instead of grocery")
     p.add_argument("--synth-split", default="test", help="the build's held-out split (default test)")
     p.add_argument("--synth-brands", type=int, default=40, help="held-out brands scored (0: all)")
+    p.add_argument("--grozi", type=Path, default=None,
+                   help="a GroZi-120 build (made there when missing): measure the real-photo yardstick instead")
+    p.add_argument("--grozi-queries", type=int, default=4, help="query frames scored per GroZi product (0: all)")
     p.add_argument("--boot", type=int, default=1000, help="brand-resampled bootstrap draws for the intervals")
     return p
 
@@ -94,6 +106,132 @@ def by_transform(statistic: Callable[[np.ndarray], float], genuine: np.ndarray, 
         out[t] = {"value": round(statistic(claims[mask]), 4), "lo": round(float(lo), 4), "hi": round(float(hi), 4),
                   "count": int((mask & ~genuine).sum())}
     return out
+
+
+def resample_brands(statistics: dict[str, Callable[[np.ndarray], float]], brands: np.ndarray, *,
+                    boot: int = 1000, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Each statistic (of the indices of the items taken, repeats included) with a 95% interval from
+    `boot` draws resampling whole brands, the same draws for every statistic (so differences are paired)."""
+    keys, group = np.unique(np.asarray(brands), return_inverse=True)
+    rng = np.random.default_rng(seed)
+    items = np.arange(len(group))
+    draws = [np.repeat(items, np.bincount(rng.integers(0, len(keys), len(keys)), minlength=len(keys))[group])
+             for _ in range(boot)]
+    out = {}
+    for name, statistic in statistics.items():
+        values = [v for v in (statistic(d) for d in draws) if np.isfinite(v)]
+        lo, hi = np.percentile(values, [2.5, 97.5]) if values else (float("nan"), float("nan"))
+        out[name] = {"value": round(float(statistic(items)), 4), "lo": round(float(lo), 4), "hi": round(float(hi), 4)}
+    return out
+
+
+def grozi_claims(args: argparse.Namespace) -> int:
+    """The GroZi-120 yardstick through (a) the ImageNet global embedding and (c) the full scoring."""
+    from markguard.datasets.grozi import QUERY_SPLIT, REF_SPLIT
+    from markguard.datasets.manifest import read_manifest
+    from markguard.serving.brands import add_brand
+    from markguard.serving.engine import ScoreRequest, ScoringEngine
+    from markguard.serving.enroll import collect_inputs, enroll
+    from markguard.serving.registry import PROVISIONAL_FUSION, ensure_default_model, register_artifact
+    from markguard.serving.state.home import Home
+    from markguard.training.data import ensure_grozi
+    from markguard.training.metrics import roc_auc
+    from markguard.vision.artifact import build_imagenet_artifact
+    from markguard.vision.decode import read_image
+    from markguard.vision.embed import embed_images
+
+    manifest = ensure_grozi(args.grozi)
+    rows = read_manifest(manifest)
+    root = manifest.parent
+    name = {r.product: _catalog_name(r.product or "") for r in rows}  # the catalog's names allow fewer characters
+    brand_of = {r.product: r.brand for r in rows}
+    kept = sorted({r.product for r in rows if r.split == REF_SPLIT})[: args.limit or None]  # --limit: products
+    rows = [r for r in rows if r.product in kept]
+    refs = [(root / r.image, r.product) for r in rows if r.split == REF_SPLIT]
+    by_product: dict[str, list[Path]] = {}
+    for r in rows:
+        if r.split == QUERY_SPLIT:
+            by_product.setdefault(r.product, []).append(root / r.image)
+    rng = np.random.default_rng(args.seed)
+    queries: list[tuple[Path, str]] = []
+    for product, frames in sorted(by_product.items()):
+        take = sorted(rng.permutation(len(frames))[: args.grozi_queries or len(frames)])
+        queries += [(frames[int(i)], product) for i in take]
+    products = sorted({p for _, p in refs})
+    negatives = []
+    for _, product in queries:
+        same = [p for p in products if brand_of[p] == brand_of[product] and p != product]
+        pool = same or [p for p in products if p != product]
+        negatives.append(pool[int(rng.integers(len(pool)))])
+    ref_products = np.array([p for _, p in refs])
+    started = time.perf_counter()
+    columns: dict[str, dict[str, np.ndarray]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        # (a) ImageNet global embedding: cosine to the claim's references.
+        imagenet = build_imagenet_artifact(Path(tmp) / "imagenet", fusion=PROVISIONAL_FUSION).load_embedder()
+        r = embed_images(imagenet, [read_image(p) for p, _ in refs], progress=True)
+        q = embed_images(imagenet, [read_image(p) for p, _ in queries], progress=True)
+        sims = q @ r.T
+        columns["a_imagenet_global"] = {
+            "hit": np.array([ref_products[int(np.argmax(sims[i]))] == p for i, (_, p) in enumerate(queries)]),
+            "true": np.array([sims[i][ref_products == p].max() for i, (_, p) in enumerate(queries)]),
+            "false": np.array([sims[i][ref_products == n].max() for i, n in enumerate(negatives)])}
+
+        # (c) markguard's full scoring: every product's reference frames enrolled, as a brand uploads them.
+        home = Home(Path(tmp) / "home")
+        artifact = (register_artifact(home, args.model, promote_it=True) if args.model
+                    else ensure_default_model(home))
+        model = artifact.load_embedder()
+        with home.sessions.begin() as session:
+            for brand in sorted({brand_of[p] for p in products}):
+                add_brand(session, brand)
+        for product in tqdm(products, desc="enrolling"):
+            enroll(home, artifact, model, brand=brand_of[product], product=name[product],
+                   inputs=collect_inputs([p for p, pr in refs if pr == product]))
+        engine = ScoringEngine(home)
+        hit, true, false = [], [], []
+        for (path, product), negative in zip(tqdm(queries, desc="full scoring"), negatives, strict=True):
+            data = path.read_bytes()
+            free = engine.score(ScoreRequest(data), record=False)
+            hit.append(free.product is not None and free.product.name == name[product])
+            true.append(-engine.score(ScoreRequest(data, brand=brand_of[product], product=name[product]),
+                                      record=False).risk)
+            false.append(-engine.score(ScoreRequest(data, brand=brand_of[negative], product=name[negative]),
+                                       record=False).risk)
+        columns["c_markguard"] = {"hit": np.array(hit), "true": np.array(true), "false": np.array(false)}
+        home.close()
+
+    def auc(column: dict[str, np.ndarray], i: np.ndarray) -> float:
+        return roc_auc(np.concatenate([column["true"][i], column["false"][i]]),
+                       np.concatenate([np.ones(len(i), bool), np.zeros(len(i), bool)]))
+
+    a, c = columns["a_imagenet_global"], columns["c_markguard"]
+    table = resample_brands({
+        "a_recall_at_1": lambda i: float(a["hit"][i].mean()), "c_recall_at_1": lambda i: float(c["hit"][i].mean()),
+        "a_claim_auc": lambda i: auc(a, i), "c_claim_auc": lambda i: auc(c, i),
+        "recall_at_1_c_minus_a": lambda i: float(c["hit"][i].mean() - a["hit"][i].mean()),
+        "claim_auc_c_minus_a": lambda i: auc(c, i) - auc(a, i),
+    }, np.array([brand_of[p] for _, p in queries]), boot=args.boot, seed=args.seed)
+    summary = {"yardstick": "grozi", "build": str(root), "references": len(refs), "queries": len(queries),
+               "products": len(products), "brands": len({brand_of[p] for p in products}), "model": artifact.tag,
+               "seconds": round(time.perf_counter() - started, 1), "results": table}
+    print(f"GroZi-120: {len(products)} products, {len(refs)} reference frames, {len(queries)} query frames "
+          f"({args.grozi_queries or 'all'} a product); 95% intervals resample whole brands")
+    print(f"{'':22}{'recall@1':>24}{'claim AUC':>24}")
+    for label, key in (("a_imagenet_global", "a"), ("c_markguard", "c"), ("c − a", None)):
+        cells = [table[f"{key}_{m}" if key else f"{m}_c_minus_a"] for m in ("recall_at_1", "claim_auc")]
+        print(f"{label:22}" + "".join(f"{t['value']:>8.3f} [{t['lo']:.3f}, {t['hi']:.3f}]" for t in cells))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"model={artifact.tag} (wrote {args.out})")
+    return 0
+
+
+def _catalog_name(product: str) -> str:
+    """A GroZi product name in the characters the catalog takes (`%` and the like become spaces)."""
+    import re
+
+    return " ".join(re.sub(r"[^\w .&'+\-]", " ", product).split())
 
 
 def claim_auc_by_transform(scores: np.ndarray, genuine: np.ndarray, transforms: np.ndarray, brands: np.ndarray, *,
@@ -256,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.synth is not None:
         return synth_counterfeits(args)
+    if args.grozi is not None:
+        return grozi_claims(args)
     root = args.data / "grocery-packages"
     rng = np.random.default_rng(args.seed)
     refs: list[tuple[Path, str]] = []  # (image, product)

@@ -128,3 +128,17 @@ def test_bench_scan_small_runs_every_path_and_prints_its_ratios(tmp_path: Path, 
     assert delta["lo"] <= delta["value"] <= delta["hi"]
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("speedup=") and " ray_vs_local=" in last and " auc_delta=" in last
+
+
+@pytest.mark.slow
+def test_bench_scoring_grozi_small_scores_real_frames_with_brand_resampled_intervals(tmp_path: Path, grozi: Path,
+                                                                                       capsys) -> None:
+    out = tmp_path / "grozi.json"
+    assert main(["bench", "scoring", "--grozi", str(tmp_path / "build"), "--limit", "6", "--grozi-queries", "2",
+                 "--boot", "50", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert (result["products"], result["queries"], result["references"]) == (6, 12, 18)
+    for row in result["results"].values():
+        assert row["lo"] <= row["value"] <= row["hi"]
+    assert 0.0 <= result["results"]["c_recall_at_1"]["value"] <= 1.0
+    assert "c − a" in capsys.readouterr().out
