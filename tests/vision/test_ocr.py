@@ -115,3 +115,24 @@ def test_bench_smoke(engine: OcrEngine, tmp_path: Path) -> None:
     for key in ("serial_exact_raw", "serial_exact_normalized", "checksum_valid_rate", "false_valid_rate",
                 "misspelling_precision", "misspelling_recall", "ocr_ms_mean"):
         assert key in results["overall"]
+
+
+def test_the_detector_scale_follows_the_photo_and_the_policy_never_the_clock(engine: OcrEngine, monkeypatch) -> None:
+    """A slow detector pass (a loaded machine, a cold process) must not shrink the next photo's read, nor a
+    fast one grow it: the plan prices a pass at `detect_ms_per_mpix`, whatever the clock said."""
+    import time
+
+    real, shapes, delays = engine._detect, [], iter([1.5, 0.0, 0.0])
+
+    def detect(rgb: np.ndarray) -> list[np.ndarray]:
+        shapes.append(rgb.shape[:2])
+        time.sleep(next(delays, 0.0))
+        return real(rgb)
+
+    monkeypatch.setattr(engine, "_detect", detect)
+    photo = _render([("PATAGONIA", "DejaVuSans-Bold.ttf", 110)], size=(1200, 800))
+    reads = [[(ln.text, ln.box) for ln in engine.read(photo, budget_ms=1000)] for _ in range(3)]
+    policy = engine.policy
+    planned = np.sqrt(policy.detect_share * 1000 / policy.detect_ms_per_mpix * 1e6 / (1200 * 800))
+    assert shapes == [shapes[0]] * 3 and abs(shapes[0][1] - 1200 * planned) <= 1, shapes
+    assert reads[0] == reads[1] == reads[2] and any("PATAGONIA" in text for text, _ in reads[0]), reads
