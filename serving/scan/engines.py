@@ -197,7 +197,8 @@ def ray_outcomes(settings: ScanSettings, done: DoneMap) -> Iterator[list[dict[st
 @contextlib.contextmanager
 def ray_head(cpus: int | None = None, *, timeout: float = 60.0) -> Iterator[str]:
     """A Ray cluster as `ray start --head` makes one, on 127.0.0.1 with its own port and session folder,
-    stopped (its whole process group) on exit; yields its address for `--ray-address`. For tests and
+    stopped on exit (SIGTERM to `ray start --block`, which stops what it started in about 2 s; its process
+    group is killed if it lingers); yields its address for `--ray-address`. For tests and
     `bench scan`: `ray stop` would stop every Ray process on the machine. This process's Ray clients get
     the cluster's settings (`_RAY_LOCAL_ENV`) where they have none, or they would look for it elsewhere."""
     for name, value in _RAY_LOCAL_ENV.items():
