@@ -12,7 +12,7 @@ from markguard.serving.registry import ensure_default_model
 from markguard.serving.state.home import Home
 from markguard.vision.decode import decode_image
 from markguard.vision.embed import embed_images
-from markguard.vision.runtime import TOLERANCE, available, onnx_forward
+from markguard.vision.runtime import TOLERANCE, available, int8_forward, onnx_forward
 
 pytestmark = pytest.mark.skipif(not available(), reason="onnxruntime is not installed (the fast extra)")
 
@@ -81,3 +81,64 @@ def test_easyocr_craft_on_onnx_runtime_reads_the_same_lines(grocery: Path) -> No
     for photo in _photos(grocery, 3):
         assert [(line.text, line.box) for line in fast.read(photo, budget_ms=60_000)] == \
             [(line.text, line.box) for line in eager.read(photo, budget_ms=60_000)]
+
+
+def _tiny() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 3, padding=1))
+
+
+def _close(exact: tuple[np.ndarray, ...], approximate: tuple[np.ndarray, ...]) -> bool:
+    return all(np.abs(a - b).max() <= 0.05 * np.abs(a).max() for a, b in zip(exact, approximate, strict=True))
+
+
+def test_an_int8_graph_is_quantized_checked_cached_and_mended(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import onnx
+
+    monkeypatch.setenv("MARKGUARD_ONNX_CACHE", str(tmp_path))
+    module, rng = _tiny(), torch.Generator().manual_seed(1)
+    calibration = [torch.rand(1, 3, 16, 24, generator=rng) * 2 - 1 for _ in range(4)]
+    checks = [torch.rand(1, 3, 20, 20, generator=rng) * 2 - 1]
+    kwargs = dict(outputs=("y",), calibration=calibration, checks=checks, spatial={"x": (2, 3), "y": (2, 3)})
+    forward = int8_forward(module, torch.zeros(2, 3, 8, 8), agree=_close, **kwargs)
+    assert forward is not None
+    (quantized,) = tmp_path.glob("*.int8.onnx")
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in onnx.load(quantized).graph.node}
+    x = checks[0]
+    with torch.no_grad():
+        assert _close((module(x).numpy(),), (forward(x)[0].numpy(),)) and not np.array_equal(module(x).numpy(), forward(x)[0].numpy())
+    whole = quantized.read_bytes()
+    quantized.write_bytes(whole[:500])  # a damaged cache file is quantized again
+    assert int8_forward(module, torch.zeros(2, 3, 8, 8), agree=_close, **kwargs) is not None
+    assert quantized.read_bytes() == whole  # quantization is deterministic
+    # an int8 graph that fails the caller's agreement test is never used
+    assert int8_forward(module, torch.zeros(2, 3, 8, 8), agree=lambda exact, approximate: False, **kwargs) is None
+
+
+def test_the_int8_craft_probe_finds_the_text_boxes_eager_craft_finds(grocery: Path) -> None:
+    from markguard.vision.ocr import EasyOcrEngine, _craft_boxes_agree, _craft_inputs
+
+    engine = EasyOcrEngine(threads=1)
+    assert engine.use_runtime("onnx") == "onnx"
+    approximate, net = engine._approximate_craft(), engine._craft_net()
+    assert approximate is not None
+    for x in _craft_inputs(["text", "page"]) + _craft_inputs(["astronaut"], words=True):
+        with torch.no_grad():
+            exact = tuple(y.numpy() for y in net(x))
+        assert _craft_boxes_agree(exact, tuple(y.numpy() for y in approximate(x)))
+    agreed = 0
+    for photo in _photos(grocery, 6):
+        exact = [line.text for line in engine.probe(photo)]
+        agreed += exact == [line.text for line in engine.probe(photo, approximate=True)]
+    assert agreed >= 5
+    assert engine.use_runtime("torch") == "torch" and engine._approximate is None  # eager again: no int8 copy
+
+
+def test_craft_boxes_that_differ_do_not_agree() -> None:
+    from markguard.vision.ocr import _craft_boxes_agree
+
+    y = np.zeros((1, 64, 64, 2), np.float32)
+    y[0, 10:16, 8:40] = 0.9  # one word
+    moved = np.roll(y, 20, axis=1)
+    assert _craft_boxes_agree((y,), (y.copy(),)) and _craft_boxes_agree((np.zeros_like(y),), (np.zeros_like(y),))
+    assert not _craft_boxes_agree((y,), (moved,)) and not _craft_boxes_agree((y,), (np.zeros_like(y),))
