@@ -15,13 +15,15 @@ only where the caller's own agreement test passes against eager PyTorch.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +146,7 @@ def _quantized(model: bytes, calibration: Sequence[torch.Tensor]) -> tuple[bytes
     network) and cached."""
     try:
         import onnxruntime as ort
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+        import onnxruntime.quantization  # noqa: F401 - the quantizer, used by _quantize
     except ImportError:
         return None, None
     key = hashlib.sha256(b"int8-qdq-minmax-per-channel-v1" + ort.__version__.encode() + model)
@@ -153,8 +155,34 @@ def _quantized(model: bytes, calibration: Sequence[torch.Tensor]) -> tuple[bytes
         key.update(x.detach().cpu().contiguous().numpy().tobytes())
     folder = cache_dir()
     path = folder / f"{key.hexdigest()}.int8.onnx" if folder is not None else None
-    if path is not None and path.is_file():
-        return path.read_bytes(), path
+    with _one_process(path):  # the scorers of a scan starting together: one quantizes, the rest read it
+        if path is not None and path.is_file():
+            return path.read_bytes(), path
+        return _quantize(model, calibration, path), None
+
+
+@contextlib.contextmanager
+def _one_process(path: Path | None) -> Iterator[None]:
+    """Hold an exclusive lock on `path`'s lock file (none without a cache, or where it cannot be made)."""
+    if path is None:
+        yield
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_suffix(".lock"), "a")  # noqa: SIM115 - closed below
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()
+
+
+def _quantize(model: bytes, calibration: Sequence[torch.Tensor], path: Path | None) -> bytes | None:
+    """Quantize `model` now (seconds a network) and cache it at `path`."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Inputs(CalibrationDataReader):
         def __init__(self) -> None:
@@ -176,7 +204,7 @@ def _quantized(model: bytes, calibration: Sequence[torch.Tensor]) -> tuple[bytes
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         except Exception as exc:  # noqa: BLE001 - any quantizer failure means: keep the exact forward
             _log.warning("int8 quantization failed (%s); keeping the exact forward", exc)
-            return None, None
+            return None
         finally:
             root.setLevel(level)
         quantized = target.read_bytes()
@@ -188,7 +216,7 @@ def _quantized(model: bytes, calibration: Sequence[torch.Tensor]) -> tuple[bytes
             os.replace(tmp_path, path)
         except OSError as exc:
             _log.warning("ONNX cache %s not written (%s)", path, exc)
-    return quantized, None
+    return quantized
 
 
 def cache_dir() -> Path | None:

@@ -142,3 +142,30 @@ def test_craft_boxes_that_differ_do_not_agree() -> None:
     moved = np.roll(y, 20, axis=1)
     assert _craft_boxes_agree((y,), (y.copy(),)) and _craft_boxes_agree((np.zeros_like(y),), (np.zeros_like(y),))
     assert not _craft_boxes_agree((y,), (moved,)) and not _craft_boxes_agree((y,), (np.zeros_like(y),))
+
+
+def test_scorers_starting_together_quantize_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import threading
+
+    import onnxruntime.quantization as quantization
+
+    monkeypatch.setenv("MARKGUARD_ONNX_CACHE", str(tmp_path))
+    calls, real = [], quantization.quantize_static
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(quantization, "quantize_static", counted)
+    module, rng = _tiny(), torch.Generator().manual_seed(2)
+    calibration = [torch.rand(1, 3, 16, 16, generator=rng) for _ in range(3)]
+    assert onnx_forward(module, torch.zeros(2, 3, 8, 8), outputs=("y",), spatial={"x": (2, 3), "y": (2, 3)})  # exported once
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(int8_forward(
+        module, torch.zeros(2, 3, 8, 8), outputs=("y",), calibration=calibration, checks=calibration[:1], agree=_close,
+        spatial={"x": (2, 3), "y": (2, 3)}))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 3 and all(f is not None for f in got) and len(calls) == 1
