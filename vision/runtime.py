@@ -101,7 +101,9 @@ def int8_forward(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Seque
     time), in QDQ form. None when onnxruntime or its quantizer is missing, export or quantization
     fails, or `agree(eager outputs, int8 outputs)` is False for any of `checks`: the caller then keeps
     its exact forward. The quantized graph is cached beside the exported one, keyed by that graph, the
-    calibration inputs and the onnxruntime version, and checked again whenever it is loaded."""
+    calibration inputs and the onnxruntime version. A graph that passed the checks is recorded as
+    checked (a digest of it, the checks and `agree`'s name, `.checked` beside it); a cached graph that
+    does not match the record is checked again (eager PyTorch on the checks costs seconds a process)."""
     if not available():
         return None
     import onnxruntime as ort
@@ -110,7 +112,7 @@ def int8_forward(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Seque
     model, _ = _exported(module, probe, outputs=outputs, spatial=spatial or {})
     if model is None:
         return None
-    quantized, cached = _quantized(model, calibration)
+    quantized, path, cached = _quantized(model, calibration)
     if quantized is None:
         return None
     options = ort.SessionOptions()
@@ -120,8 +122,8 @@ def int8_forward(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Seque
     try:
         session = ort.InferenceSession(quantized, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - a damaged cache file is quantized again; else keep the exact forward
-        if cached is not None:
-            cached.unlink(missing_ok=True)
+        if cached:
+            path.unlink(missing_ok=True)
             return int8_forward(module, probe, outputs=outputs, calibration=calibration, checks=checks, agree=agree,
                                 threads=threads, spatial=spatial)
         _log.warning("ONNX Runtime could not load the int8 graph (%s); keeping the exact forward", exc)
@@ -130,6 +132,13 @@ def int8_forward(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Seque
     def forward(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(torch.from_numpy(y) for y in session.run(None, {"x": x.numpy()}))
 
+    record = hashlib.sha256(quantized + f"{agree.__module__}.{agree.__qualname__}".encode())
+    for x in checks:
+        record.update(repr(tuple(x.shape)).encode())
+        record.update(x.detach().cpu().contiguous().numpy().tobytes())
+    checked = path.with_suffix(".checked") if path is not None else None
+    if checked is not None and checked.is_file() and checked.read_text().strip() == record.hexdigest():
+        return forward
     for x in checks:
         with torch.no_grad():
             expected = module(x)
@@ -137,18 +146,23 @@ def int8_forward(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Seque
         if not agree(tuple(e.numpy() for e in expected), tuple(g.numpy() for g in forward(x))):
             _log.warning("the int8 graph disagrees with eager PyTorch on a check input; keeping the exact forward")
             return None
+    if checked is not None:
+        try:
+            _write_whole(checked, record.hexdigest().encode())
+        except OSError as exc:
+            _log.warning("ONNX cache %s not written (%s)", checked, exc)
     return forward
 
 
-def _quantized(model: bytes, calibration: Sequence[torch.Tensor]) -> tuple[bytes | None, Path | None]:
-    """(the int8 QDQ graph of `model`, calibrated on `calibration` (min-max ranges), the cache file it
-    was read from or None): from the cache when there (`cache_dir()`), else quantized now (seconds a
-    network) and cached."""
+def _quantized(model: bytes, calibration: Sequence[torch.Tensor]) -> tuple[bytes | None, Path | None, bool]:
+    """(the int8 QDQ graph of `model`, calibrated on `calibration` (min-max ranges), its cache file or
+    None, whether it was read from there): from the cache when there (`cache_dir()`), else quantized
+    now (seconds a network) and cached."""
     try:
         import onnxruntime as ort
         import onnxruntime.quantization  # noqa: F401 - the quantizer, used by _quantize
     except ImportError:
-        return None, None
+        return None, None, False
     key = hashlib.sha256(b"int8-qdq-minmax-per-channel-v1" + ort.__version__.encode() + model)
     for x in calibration:
         key.update(repr(tuple(x.shape)).encode())
@@ -157,8 +171,8 @@ def _quantized(model: bytes, calibration: Sequence[torch.Tensor]) -> tuple[bytes
     path = folder / f"{key.hexdigest()}.int8.onnx" if folder is not None else None
     with _one_process(path):  # the scorers of a scan starting together: one quantizes, the rest read it
         if path is not None and path.is_file():
-            return path.read_bytes(), path
-        return _quantize(model, calibration, path), None
+            return path.read_bytes(), path, True
+        return _quantize(model, calibration, path), path, False
 
 
 @contextlib.contextmanager
@@ -209,14 +223,19 @@ def _quantize(model: bytes, calibration: Sequence[torch.Tensor], path: Path | No
             root.setLevel(level)
         quantized = target.read_bytes()
     if path is not None:
-        try:  # written whole, then renamed: a scorer never reads half a graph
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp_path = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp_path.write_bytes(quantized)
-            os.replace(tmp_path, path)
+        try:
+            _write_whole(path, quantized)
         except OSError as exc:
             _log.warning("ONNX cache %s not written (%s)", path, exc)
     return quantized
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Written whole, then renamed: a scorer never reads half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp_path.write_bytes(data)
+    os.replace(tmp_path, path)
 
 
 def cache_dir() -> Path | None:

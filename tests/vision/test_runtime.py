@@ -113,6 +113,19 @@ def test_an_int8_graph_is_quantized_checked_cached_and_mended(monkeypatch: pytes
     assert quantized.read_bytes() == whole  # quantization is deterministic
     # an int8 graph that fails the caller's agreement test is never used
     assert int8_forward(module, torch.zeros(2, 3, 8, 8), agree=lambda exact, approximate: False, **kwargs) is None
+    # a graph that passed is recorded as checked: loaded again, it is not checked again; changed, it is
+    calls = []
+
+    def counted(exact: tuple[np.ndarray, ...], approximate: tuple[np.ndarray, ...]) -> bool:
+        calls.append(1)
+        return _close(exact, approximate)
+
+    assert int8_forward(module, torch.zeros(2, 3, 8, 8), agree=counted, **kwargs) is not None and calls == [1]
+    assert int8_forward(module, torch.zeros(2, 3, 8, 8), agree=counted, **kwargs) is not None and calls == [1]
+    graph = onnx.load(quantized)
+    graph.doc_string = "changed"
+    onnx.save(graph, quantized)
+    assert int8_forward(module, torch.zeros(2, 3, 8, 8), agree=counted, **kwargs) is not None and calls == [1, 1]
 
 
 def test_the_int8_craft_probe_finds_the_text_boxes_eager_craft_finds(grocery: Path) -> None:
