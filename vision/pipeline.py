@@ -119,7 +119,7 @@ class OcrGate:
       detector at `probe_scale`, a few boxes read). Only a probe that reads a wordmark (any brand's,
       spelt or misspelt) leads to the full read; otherwise the photo shows no wordmark OCR can read and
       its OCR evidence stays empty. With `approximate_probe` the probe's detector may run on an int8
-      copy (EasyOCR's CRAFT on ONNX Runtime, about 3.5 times faster): it only decides whether to read,
+      copy (EasyOCR's CRAFT on ONNX Runtime, about 3.3 times faster): it only decides whether to read,
       and what is read comes from the exact detector. On the 125 photos `bench scan` probed, it led to
       the same reads but one (an extra read, which only costs time).
     The same test skips geometry (`geometry`): where no geometry outcome (`GEOMETRY_OUTCOMES`), with no

@@ -9,7 +9,7 @@ probe batch equal eager PyTorch's within `TOLERANCE`; otherwise (or without `onn
 
 `int8_forward` is the one exception, for callers that only need an approximate answer (the OCR gate's
 probe, which decides whether a photo is read, never what it reads): the same graph with int8 weights
-and activations (ONNX Runtime's static quantization), about 3.5 times faster for EasyOCR's CRAFT, kept
+and activations (ONNX Runtime's static quantization), 3.3–3.5 times faster for EasyOCR's CRAFT, kept
 only where the caller's own agreement test passes against eager PyTorch.
 """
 
