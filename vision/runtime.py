@@ -25,6 +25,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,18 +56,12 @@ def onnx_forward(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Seque
     for the input `x` and each output, further axes of any size (a detector that takes any photo size)."""
     if not available():
         return None
-    import onnxruntime as ort
-
     module = module.eval()
     model, cached = _exported(module, probe, outputs=outputs, spatial=spatial or {})
     if model is None:
         return None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, threads or torch.get_num_threads())
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        session = _session(model, threads)
     except Exception as exc:  # noqa: BLE001 - an unreadable graph: a damaged cache file is exported again
         if cached is not None:
             cached.unlink(missing_ok=True)
@@ -92,6 +87,17 @@ def onnx_forward(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Seque
     return forward
 
 
+def _session(model: bytes, threads: int | None) -> Any:
+    """An ONNX Runtime CPU session of `model` on `threads` intra-op threads (default: torch's)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, threads or torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
 def int8_forward(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Sequence[str],
                  calibration: Sequence[torch.Tensor], checks: Sequence[torch.Tensor],
                  agree: Callable[[tuple[np.ndarray, ...], tuple[np.ndarray, ...]], bool],
@@ -106,8 +112,6 @@ def int8_forward(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Seque
     does not match the record is checked again (eager PyTorch on the checks costs seconds a process)."""
     if not available():
         return None
-    import onnxruntime as ort
-
     module = module.eval()
     model, _ = _exported(module, probe, outputs=outputs, spatial=spatial or {})
     if model is None:
@@ -115,12 +119,8 @@ def int8_forward(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Seque
     quantized, path, cached = _quantized(model, calibration)
     if quantized is None:
         return None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, threads or torch.get_num_threads())
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(quantized, options, providers=["CPUExecutionProvider"])
+        session = _session(quantized, threads)
     except Exception as exc:  # noqa: BLE001 - a damaged cache file is quantized again; else keep the exact forward
         if cached:
             path.unlink(missing_ok=True)
@@ -285,11 +285,8 @@ def _exported(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Sequence
         _log.warning("ONNX export failed (%s); running eager PyTorch", exc)
         return None, None
     if path is not None:
-        try:  # written whole, then renamed: a scorer never reads half a graph
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(buffer.getvalue())
-            os.replace(tmp, path)
+        try:
+            _write_whole(path, buffer.getvalue())
         except OSError as exc:
             _log.warning("ONNX cache %s not written (%s)", path, exc)
     return buffer.getvalue(), None
