@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["get_args_parser", "main", "PATHS", "build_feed"]
+__all__ = ["get_args_parser", "main", "PATHS", "build_feed", "enroll_catalog"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -81,6 +81,26 @@ def build_feed(data: Path, feed: Path, *, photos: int, seed: int) -> tuple[list[
                      "product": claim, "title": claim.replace("-", " "), "image": str(path.resolve())})
     feed.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return products, labels
+
+
+def enroll_catalog(home: Any, data: Path, products: list[str]) -> Any:
+    """The bench catalog in `home` (a `Home`): every grocery brand of `products`, and each product's
+    iconic image enrolled; returns the model artifact."""
+    from markguard.datasets.grocery import brand_of
+    from markguard.serving.brands import add_brand
+    from markguard.serving.enroll import collect_inputs, enroll
+    from markguard.serving.registry import ensure_default_model
+
+    artifact = ensure_default_model(home)
+    model = artifact.load_embedder()
+    with home.sessions.begin() as session:
+        for brand in sorted({brand_of(p) for p in products}):
+            add_brand(session, brand)
+    iconic = data / "grocery-packages" / "iconic" / "Packages"
+    for product in products:
+        enroll(home, artifact, model, brand=brand_of(product), product=product,
+               inputs=collect_inputs(sorted(iconic.glob(f"*/{product}/*_Iconic.jpg"))))
+    return artifact
 
 
 def _scan_path(engine: str, *, gated: bool = True, runtime: str = "onnx") -> Callable[..., dict[str, Any]]:
@@ -163,9 +183,6 @@ def _auc_delta_interval(risks: dict[str, float | None], reference: dict[str, flo
 
 def main(argv: list[str] | None = None) -> int:
     from markguard.datasets.grocery import brand_of
-    from markguard.serving.brands import add_brand
-    from markguard.serving.enroll import collect_inputs, enroll
-    from markguard.serving.registry import ensure_default_model
     from markguard.serving.state.home import Home
     from markguard.vision.pipeline import STAGES
 
@@ -181,17 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         feed = tmp_path / "feed.jsonl"
         products, labels = build_feed(args.data, feed, photos=args.photos, seed=args.seed)
         base = Home(tmp_path / "home")
-        artifact = ensure_default_model(base)
-        model = artifact.load_embedder()
-        with base.sessions.begin() as session:
-            for brand in sorted({brand_of(p) for p in products}):
-                add_brand(session, brand)
-        iconic = args.data / "grocery-packages" / "iconic" / "Packages"
-        for product in products:
-            enroll(base, artifact, model, brand=brand_of(product), product=product,
-                   inputs=collect_inputs(sorted(iconic.glob(f"*/{product}/*_Iconic.jpg"))))
+        artifact = enroll_catalog(base, args.data, products)
         base.close()
-        del model
         report["model"] = artifact.tag
         runs = {}
         for name in names:

@@ -28,12 +28,8 @@ def main() -> None:
     p.add_argument("--scales", default="", help="probe every probed photo again at these scales (comma-separated)")
     args = p.parse_args()
 
-    from markguard.datasets.grocery import brand_of
-    from markguard.serving.benchmarks.scan import build_feed
-    from markguard.serving.brands import add_brand
+    from markguard.serving.benchmarks.scan import build_feed, enroll_catalog
     from markguard.serving.engine import ScoreRequest, ScoringEngine
-    from markguard.serving.enroll import collect_inputs, enroll
-    from markguard.serving.registry import ensure_default_model
     from markguard.serving.state.home import Home
     from markguard.vision import ocr as ocr_module
     from markguard.vision.decode import decode_image
@@ -79,15 +75,7 @@ def main() -> None:
         feed = tmp_path / "feed.jsonl"
         products, labels = build_feed(args.data, feed, photos=args.photos, seed=0)
         home = Home(tmp_path / "home")
-        artifact = ensure_default_model(home)
-        model = artifact.load_embedder()
-        with home.sessions.begin() as session:
-            for brand in sorted({brand_of(p) for p in products}):
-                add_brand(session, brand)
-        iconic = args.data / "grocery-packages" / "iconic" / "Packages"
-        for product in products:
-            enroll(home, artifact, model, brand=brand_of(product), product=product,
-                   inputs=collect_inputs(sorted(iconic.glob(f"*/{product}/*_Iconic.jpg"))))
+        enroll_catalog(home, args.data, products)
         engine = ScoringEngine(home, ocr=True, ocr_gate=OcrGate(approximate_probe=args.approximate), runtime="onnx")
         rows = [json.loads(line) for line in feed.read_text().splitlines()]
         out = []

@@ -13,11 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from markguard.datasets.grocery import brand_of
-from markguard.serving.benchmarks.scan import _claim_auc, build_feed
-from markguard.serving.brands import add_brand
-from markguard.serving.enroll import collect_inputs, enroll
-from markguard.serving.registry import ensure_default_model
+from markguard.serving.benchmarks.scan import _claim_auc, build_feed, enroll_catalog
 from markguard.serving.scan import ScanSettings, run_scan
 from markguard.serving.state.home import Home
 
@@ -43,15 +39,7 @@ def main() -> None:
     if not (root / "home" / ".ready").exists():
         shutil.rmtree(root / "home", ignore_errors=True)
         base = Home(root / "home")
-        artifact = ensure_default_model(base)
-        model = artifact.load_embedder()
-        with base.sessions.begin() as s:
-            for b in sorted({brand_of(p) for p in products}):
-                add_brand(s, b)
-        iconic = data / "grocery-packages/iconic/Packages"
-        for p in products:
-            enroll(base, artifact, model, brand=brand_of(p), product=p,
-                   inputs=collect_inputs(sorted(iconic.glob(f"*/{p}/*_Iconic.jpg"))))
+        artifact = enroll_catalog(base, data, products)
         base.close()
         (root / "home" / ".ready").write_text(artifact.tag)
     run = root / f"run-{a.engine}{a.tag}"
