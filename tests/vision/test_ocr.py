@@ -56,6 +56,23 @@ def test_weights_are_verified_before_loading(tmp_path: Path) -> None:
         EasyOcrEngine(model_dir=tmp_path)
 
 
+def test_craft_is_easyocrs_own_less_the_random_init(tmp_path: Path) -> None:
+    import torch
+    from easyocr.detection import get_detector
+
+    from markguard.vision.ocr import _load_craft, easyocr_model_dir
+
+    path = str(easyocr_model_dir() / "craft_mlt_25k.pth")
+    theirs, ours = get_detector(path).state_dict(), _load_craft(path).state_dict()
+    assert list(theirs) == list(ours)
+    assert all(torch.equal(theirs[k], ours[k]) for k in theirs)
+    partial = torch.load(path, map_location="cpu", weights_only=True)
+    partial.pop(next(k for k in partial if k.endswith("running_var")))
+    torch.save(partial, tmp_path / "craft.pth")
+    with pytest.raises(RuntimeError, match="Missing key"):  # strict: no layer keeps its meta placeholder
+        _load_craft(str(tmp_path / "craft.pth"))
+
+
 def test_reads_a_rendered_wordmark_and_serial(engine: OcrEngine) -> None:
     image = _render([("PATAGONIA", "DejaVuSans-Bold.ttf", 52), ("SN AB12345678", "DejaVuSansMono.ttf", 36)])
     lines = engine.read(image)
