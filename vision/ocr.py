@@ -126,6 +126,10 @@ class OcrEngine:
                 planned += cost
         return _merge_rows(_dedupe(lines))
 
+    def prepare(self) -> None:
+        """Build now what the first read or probe would build (an engine's caches on disk among them),
+        so that no timed or served request pays for it. Nothing to build here."""
+
     def probe(self, image: np.ndarray, *, scale: float = 0.6, max_boxes: int = 12,
               approximate: bool = False) -> list[OcrLine]:
         """A quick look for large text (a wordmark): the detector on the whole photo at `scale` of its
@@ -446,6 +450,12 @@ class EasyOcrEngine(OcrEngine):
         self.reader.detector = _OnnxCraft(forward, module=net)
         self._approximate = _NOT_BUILT  # the int8 CRAFT: built on the first approximate detection
         return "onnx"
+
+    def prepare(self) -> None:
+        """The int8 CRAFT of the approximate probe (quantized and checked once a machine, about 24 s;
+        then loaded from the cache)."""
+        with self._lock:
+            self._approximate_craft()
 
     def _craft_net(self) -> Any:
         detector = self.reader.detector

@@ -134,6 +134,7 @@ def test_bench_scan_small_runs_every_path_and_prints_its_ratios(tmp_path: Path, 
     assert set(report["paths"]) == {"today", "local", "ray"}
     assert all(row["scored"] == 8 for row in report["paths"].values())
     assert report["paths"]["ray"]["cluster_start_seconds"] > 0  # started before the clock, reported apart
+    assert report["prepare_seconds"] > 0  # the runtime caches too
     delta = report["auc_delta_interval"]
     assert delta["lo"] <= delta["value"] <= delta["hi"]
     last = capsys.readouterr().out.strip().splitlines()[-1]
