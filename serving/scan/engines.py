@@ -40,6 +40,7 @@ _RAY_LOCAL_ENV = {
     "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
     "RAY_worker_niceness": "0",
 }
+_SINGLE_NODE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's client and nodes use 127.0.0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,7 +201,12 @@ def ray_head(cpus: int | None = None, *, timeout: float = 60.0) -> Iterator[str]
     stopped on exit (SIGTERM to `ray start --block`, which stops what it started in about 2 s; its process
     group is killed if it lingers); yields its address for `--ray-address`. For tests and
     `bench scan`: `ray stop` would stop every Ray process on the machine. This process's Ray clients get
-    the cluster's settings (`_RAY_LOCAL_ENV`) where they have none, or they would look for it elsewhere."""
+    the cluster's settings (`_RAY_LOCAL_ENV`) where they have none, or they would look for it elsewhere;
+    Ray reads them at import, so a process that imported Ray without them is refused."""
+    if "ray" in sys.modules and os.environ.get(_SINGLE_NODE) != "0":
+        raise MarkguardError(f"Ray was imported before ray_head without {_SINGLE_NODE}=0: its client would look "
+                             f"for the cluster at this host's network address, not 127.0.0.1; set it before "
+                             f"importing Ray, or import Ray after ray_head")
     for name, value in _RAY_LOCAL_ENV.items():
         os.environ.setdefault(name, value)
     with socket.socket() as s:

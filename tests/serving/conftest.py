@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -69,3 +70,12 @@ def attack_client(attack_home):
     engine = ScoringEngine(Home(attack_home.root), ocr=False)
     backend = Backend(engine=engine, embed=local_embed(engine), limiter=RateLimiter(rate=1000.0, burst=1000))
     return TestClient(GuardMiddleware(build_app(backend)), raise_server_exceptions=False)
+
+
+@pytest.fixture
+def needs_ray() -> None:
+    """Skip without Ray, without importing it: imported before `ray_head` sets the cluster's settings
+    (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`), Ray reads them too late and its client looks for the
+    cluster at the host's IP instead of 127.0.0.1 (a hang, then "Failed to connect to GCS")."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed (the ray extra)")

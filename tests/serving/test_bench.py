@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,15 +9,6 @@ import numpy as np
 import pytest
 
 from markguard.serving.cli import main
-
-
-def _needs_ray() -> None:
-    """Skip without Ray, without importing it: imported before `ray_head` sets the cluster's settings
-    (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`), Ray reads them too late and its client looks for the
-    cluster at the host's IP instead of 127.0.0.1 (a hang, then "Failed to connect to GCS")."""
-    if importlib.util.find_spec("ray") is None:
-        pytest.skip("ray is not installed (the ray extra)")
-
 
 
 def test_bench_index_small(tmp_path: Path, capsys) -> None:
@@ -126,8 +116,8 @@ def test_the_scan_bench_auc_delta_interval_is_paired_and_resamples_brands() -> N
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("needs_ray")
 def test_bench_scan_small_runs_every_path_and_prints_its_ratios(tmp_path: Path, capsys) -> None:
-    _needs_ray()
     out = tmp_path / "scan.json"
     assert main(["bench", "scan", "--photos", "8", "--workers", "1", "--out", str(out)]) == 0
     report = json.loads(out.read_text())

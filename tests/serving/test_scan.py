@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -22,14 +21,6 @@ from markguard.serving.scan.journal import Journal
 from markguard.serving.scan.worker import DoneMap, row_key
 
 REPO = Path(__file__).resolve().parents[2]
-
-def _needs_ray() -> None:
-    """Skip without Ray, without importing it: imported before `ray_head` sets the cluster's settings
-    (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`), Ray reads them too late and its client looks for the
-    cluster at the host's IP instead of 127.0.0.1 (a hang, then "Failed to connect to GCS")."""
-    if importlib.util.find_spec("ray") is None:
-        pytest.skip("ray is not installed (the ray extra)")
-
 
 
 def _copy_without_listings(source: Path, root: Path) -> Path:
@@ -249,9 +240,9 @@ def test_a_resumed_scan_refuses_another_feed(home, grocery, tmp_path):
     assert main(["scan", str(other), "--out", str(tmp_path / "out"), "--home", str(home), "--quiet"]) == 2
 
 
+@pytest.mark.usefixtures("needs_ray")
 def test_ray_engine_reports_bad_rows_as_the_local_engine_does(home, grocery, tmp_path):
     """Quick (no row reaches a model): Ray Data reads the feed, the actor pool checks every row."""
-    _needs_ray()
     (tmp_path / "folder.jpg").mkdir()
     rows = [{"listing_id": "url", "brand": "Oatly", "image": "http://127.0.0.1:9/a.jpg"},
             {"listing_id": "missing", "brand": "Oatly", "image": "missing.jpg"},
@@ -270,8 +261,8 @@ def test_ray_engine_reports_bad_rows_as_the_local_engine_does(home, grocery, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("needs_ray")
 def test_local_and_ray_engines_give_identical_results(home, grocery, tmp_path):
-    _needs_ray()
     import csv
 
     rows = _good_rows(grocery, 6)
@@ -292,10 +283,10 @@ def test_local_and_ray_engines_give_identical_results(home, grocery, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("needs_ray")
 def test_the_ray_engine_scans_on_a_cluster_started_with_ray_start_head(home, grocery, tmp_path):
     """`markguard scan --engine ray --ray-address` against `ray start --head` on this machine (its own
     port and session folder): the same results as the local engine, a bad row reported, not fatal."""
-    _needs_ray()
     from markguard.serving.scan.engines import ray_head
 
     rows = _good_rows(grocery, 4) + [{"listing_id": "missing", "brand": "Oatly", "image": "missing.jpg"}]
@@ -311,6 +302,18 @@ def test_the_ray_engine_scans_on_a_cluster_started_with_ray_start_head(home, gro
     for row in rows[:4]:
         i = row["listing_id"]
         assert {k: a[i][k] for k in keep} == {k: b[i][k] for k in keep}, i
+
+
+@pytest.mark.usefixtures("needs_ray")
+def test_ray_head_refuses_a_process_that_imported_ray_without_its_settings(tmp_path):
+    """Ray reads its settings at import: a client imported without them looked for the cluster at the
+    host's address and hung, then failed with "Failed to connect to GCS". Now a clear error, at once."""
+    script = ("import ray\nfrom markguard.serving.scan.engines import ray_head\n"
+              "with ray_head(1):\n    print('started')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "started" not in done.stdout
+    assert "Ray was imported before ray_head without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0" in done.stderr
 
 
 def test_feed_formats_read_the_same_rows(tmp_path):
