@@ -4,9 +4,11 @@ catalog on each backend (SQLite, and PostgreSQL when `MARKGUARD_TEST_DATABASE_UR
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -109,10 +111,27 @@ def database_url(catalog_backend: str, monkeypatch: pytest.MonkeyPatch) -> Itera
         url = admin.set(database=name).render_as_string(hide_password=False)
         monkeypatch.setenv("MARKGUARD_DATABASE_URL", url)
         yield url
-        with engine.connect() as connection:  # FORCE: a Home the test left open still holds connections
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _drop_database(engine, name)
     finally:
         engine.dispose()
+
+
+def _drop_database(engine: Any, name: str, *, tries: int = 20) -> None:
+    """DROP DATABASE WITH (FORCE): a Home the test left open still holds connections. FORCE also
+    terminates an autovacuum worker in the database, which needs pg_signal_backend (.ci/postgres grants
+    it); on a server where the role lacks it, the drop is tried again once the worker is done."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    for attempt in range(tries):
+        try:
+            with engine.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except DBAPIError as exc:
+            if "pg_signal_backend" not in str(exc) or attempt == tries - 1:
+                raise
+            time.sleep(0.25)
 
 
 @pytest.fixture()
