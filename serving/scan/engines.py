@@ -87,6 +87,26 @@ def _init_local(home: str, kwargs: dict[str, Any]) -> None:
     _WORKER = ScanWorker(home, **kwargs)
 
 
+# The native thread pools a scorer's libraries size at import (OpenMP, OpenBLAS under numpy and FAISS,
+# MKL): read from the environment before `ScanWorker` can set them, so a spawned scorer inherits them. Ray
+# sets OMP_NUM_THREADS for its workers itself.
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _share_threads(threads: int) -> Iterator[None]:
+    """The scorers' share of the cores for the pools above, where the caller set none, while the pool
+    lives (spawned scorers inherit this process's environment): each pool otherwise starts a thread per
+    core in every scorer, and they spin against each other. Restored after."""
+    unset = [name for name in _THREAD_VARIABLES if name not in os.environ]
+    os.environ.update(dict.fromkeys(unset, str(threads)))
+    try:
+        yield
+    finally:
+        for name in unset:
+            os.environ.pop(name, None)
+
+
 def _process_local(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     assert _WORKER is not None
     return _WORKER.process(rows)
@@ -105,30 +125,36 @@ def local_outcomes(settings: ScanSettings, done: DoneMap) -> Iterator[list[dict[
         for rows in chunks:
             yield worker.process(rows)
         return
-    pool = ProcessPoolExecutor(settings.scorers, mp_context=get_context("spawn"), initializer=_init_local,
-                               initargs=(settings.home, kwargs))
-    try:
-        out: collections.deque[Future] = collections.deque()  # in feed order, done or not
-        limit = _AHEAD * settings.scorers
-        feed = iter(chunks)
-        exhausted = False
-        while True:
-            running = sum(not f.done() for f in out)
-            while not exhausted and running < settings.scorers + 1 and len(out) < limit:
-                rows = next(feed, None)
-                if rows is None:
-                    exhausted = True
-                    break
-                out.append(pool.submit(_process_local, rows))
-                running += 1
-            if not out:
+    with _share_threads(settings.threads):
+        pool = ProcessPoolExecutor(settings.scorers, mp_context=get_context("spawn"), initializer=_init_local,
+                                   initargs=(settings.home, kwargs))
+        try:
+            yield from _pool_outcomes(pool, iter(chunks), settings)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _pool_outcomes(pool: ProcessPoolExecutor, feed: Iterator[list[dict[str, Any]]], settings: ScanSettings
+                   ) -> Iterator[list[dict[str, Any]]]:
+    """The pool's outcomes in feed order, at most `_AHEAD` chunks a scorer out at once."""
+    out: collections.deque[Future] = collections.deque()  # in feed order, done or not
+    limit = _AHEAD * settings.scorers
+    exhausted = False
+    while True:
+        running = sum(not f.done() for f in out)
+        while not exhausted and running < settings.scorers + 1 and len(out) < limit:
+            rows = next(feed, None)
+            if rows is None:
+                exhausted = True
                 break
-            if out[0].done():
-                yield out.popleft().result()
-                continue
-            wait([f for f in out if not f.done()], return_when=FIRST_COMPLETED)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+            out.append(pool.submit(_process_local, rows))
+            running += 1
+        if not out:
+            break
+        if out[0].done():
+            yield out.popleft().result()
+            continue
+        wait([f for f in out if not f.done()], return_when=FIRST_COMPLETED)
 
 
 # -- ray: Ray Data reads the feed, an actor pool scores it -------------------------------------------

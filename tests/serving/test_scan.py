@@ -316,6 +316,23 @@ def test_ray_head_refuses_a_process_that_imported_ray_without_its_settings(tmp_p
     assert "Ray was imported before ray_head without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0" in done.stderr
 
 
+def test_local_scorers_get_their_share_of_the_threads_and_the_caller_keeps_its_own(monkeypatch):
+    """The native pools (OpenMP, OpenBLAS, MKL) size themselves at import from the environment, before a
+    scorer could set them: a spawned scorer inherits its share, a variable the caller set is kept, and
+    the driver's environment is as it was once the pool is gone."""
+    from markguard.serving.scan.engines import _share_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    child = [sys.executable, "-c", "import os; print(os.environ.get('OMP_NUM_THREADS'), "
+             "os.environ.get('OPENBLAS_NUM_THREADS'), os.environ.get('MKL_NUM_THREADS'))"]
+    with _share_threads(1):
+        assert subprocess.run(child, capture_output=True, text=True, check=True).stdout.split() == ["1", "1", "3"]
+    assert "OMP_NUM_THREADS" not in os.environ and "OPENBLAS_NUM_THREADS" not in os.environ
+    assert os.environ["MKL_NUM_THREADS"] == "3"
+
+
 def test_feed_formats_read_the_same_rows(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
