@@ -68,12 +68,22 @@ class DoneMap:
         return bool((self.shas[lo:hi] == np.uint64(key[1])).any())
 
 
+def _cap_native_pools(threads: int) -> None:
+    """Every OpenBLAS and OpenMP pool loaded in this process to `threads`: numpy's, FAISS's and
+    torch's each started one thread per core at import, and in a Ray actor nothing set the
+    environment before (a local scorer inherits it, `engines._share_threads`)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)
+
+
 class ScanWorker:
     """One scorer: a `ScoringEngine` (model and index loaded once) and the scan's fixed settings."""
 
     def __init__(self, home_root: str, *, ocr: bool, feed_dir: str, image_root: str | None = None,
                  done: DoneMap | None = None, rescore: bool = False, threads: int | None = None,
                  ocr_gate: bool = False, runtime: str = "torch", gate_outcomes: str = "own") -> None:
+        self.threads = threads
         if threads:  # every library's own pool, or scorers sharing the cores oversubscribe them
             import cv2
             import faiss
@@ -82,6 +92,7 @@ class ScanWorker:
             torch.set_num_threads(threads)
             cv2.setNumThreads(threads)
             faiss.omp_set_num_threads(threads)
+            _cap_native_pools(threads)
         from markguard.serving.state.home import Home
 
         self.home = Home(home_root)
@@ -103,6 +114,8 @@ class ScanWorker:
 
             self._engine = ScoringEngine(self.home, ocr=self.ocr, ocr_gate=OcrGate(outcomes=self.gate_outcomes) if self.ocr_gate else None,
                                          runtime=self.runtime)
+            if self.threads:
+                _cap_native_pools(self.threads)  # and those the engine's libraries started
         return self._engine
 
     def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
