@@ -38,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from markguard.serving.state.catalog import sqlite_wal
 from markguard.vision.errors import MarkguardError
 
 __all__ = ["SqlStorage", "storage_url_for_home"]
@@ -85,7 +86,7 @@ class SqlStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWindow)
         def _pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA busy_timeout=10000")
-            cursor.execute("PRAGMA journal_mode=WAL")
+            sqlite_wal(cursor)
             cursor.execute("PRAGMA synchronous=OFF")
             cursor.close()
 

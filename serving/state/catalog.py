@@ -9,8 +9,11 @@ migrations and writers also take advisory locks, so processes on several hosts s
 from __future__ import annotations
 
 import contextlib
+import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -21,12 +24,27 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from markguard.vision.errors import MarkguardError
 
-__all__ = ["open_engine", "migrate", "session_factory", "advisory_lock", "WRITE_LOCK", "MIGRATE_LOCK"]
+__all__ = ["open_engine", "migrate", "session_factory", "advisory_lock", "sqlite_wal", "WRITE_LOCK", "MIGRATE_LOCK"]
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 # PostgreSQL advisory lock keys (any two distinct 64-bit numbers; they only need to be markguard's own).
 WRITE_LOCK = 0x6D67_7772_6974_6501  # "mgwrite"
 MIGRATE_LOCK = 0x6D67_6D69_6772_6101  # "mgmigra"
+
+
+def sqlite_wal(cursor: Any, *, seconds: float = 10.0) -> None:
+    """Switch a SQLite file to WAL. The switch takes the file's exclusive lock, and SQLite answers
+    "database is locked" at once, without its busy handler, while another process opening the new file
+    holds it (two workers starting on a fresh home): tried again until `seconds` have passed."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def open_engine(url: str) -> Engine:
@@ -51,7 +69,7 @@ def open_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            sqlite_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")

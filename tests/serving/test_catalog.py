@@ -398,3 +398,38 @@ def test_the_migrations_build_exactly_the_tables_the_code_declares(home: Home, c
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     # PostgreSQL's rate-limit counters are a table of serving.ratelimit's own (tests/serving/test_rate_limits.py)
     assert [d for d in differences if not (d[0] == "remove_table" and d[1].name == "markguard_rate_limits")] == []
+
+
+def test_processes_opening_a_fresh_sqlite_file_together_all_switch_it_to_wal(tmp_path):
+    """Switching a new file to WAL escalates a shared lock, and SQLite answers "database is locked" at once
+    to one of two connections doing it together (no busy handler: it would deadlock). Two service workers
+    starting on a fresh home lost one that way (CI: the rate-limit counters' file). Here 4 connections race
+    on each of 60 fresh files; without the retry about 1 in 30 failed."""
+    import sqlite3
+    import threading
+
+    from markguard.serving.state.catalog import sqlite_wal
+
+    errors: list[Exception] = []
+    for i in range(60):
+        path, start = tmp_path / f"{i}.sqlite", threading.Barrier(4)
+
+        def race(path=path, start=start) -> None:
+            connection = sqlite3.connect(path, timeout=10, check_same_thread=False)
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA busy_timeout=10000")
+            start.wait()
+            try:
+                sqlite_wal(cursor)
+                assert cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            except (sqlite3.OperationalError, AssertionError) as exc:
+                errors.append(exc)
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=race) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors[:3]
