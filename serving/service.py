@@ -66,16 +66,6 @@ MODEL_TAG = SETTINGS.model or served_model_tag(SETTINGS.home, database_url=SETTI
 _NO_ACCESS_LOG = {"access": {"enabled": False}}
 
 
-def _set_threads(n: int) -> None:
-    import cv2
-    import faiss
-    import torch
-
-    torch.set_num_threads(n)
-    faiss.omp_set_num_threads(n)
-    cv2.setNumThreads(n)
-
-
 def _home():
     from markguard.serving.state.home import Home
 
@@ -97,13 +87,15 @@ class Embedder:
 
     def __init__(self) -> None:
         from markguard.serving.registry import promoted_artifact
+        from markguard.vision.runtime import limit_threads
 
         die_with_parent()  # no orphan when BentoML's process manager is killed (serving.lifecycle)
-        _set_threads(EMBED_THREADS)
+        limit_threads(EMBED_THREADS)
         home = _home()
         _install(home, self.stored_model)
         artifact = promoted_artifact(home)
         self.model = artifact.load_embedder(device="cpu", fuse=True)
+        limit_threads(EMBED_THREADS)  # and the pools loading the model started
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=MAX_LATENCY_MS)
     def embed(self, crops: np.ndarray) -> np.ndarray:
@@ -139,12 +131,14 @@ class Markguard:
     def __init__(self) -> None:
         from markguard.serving.engine import ScoringEngine
         from markguard.serving.metrics import INDEX_SIZE, OCR_SECONDS
+        from markguard.vision.runtime import limit_threads
 
         die_with_parent()  # no orphan when BentoML's process manager is killed (serving.lifecycle)
         configure_logging()
         naive = not SETTINGS.batching
         # the naive baseline runs its forward passes here, one per request, side by side in threads
-        _set_threads(SETTINGS.worker_threads or SETTINGS.threads or 1)
+        threads = SETTINGS.worker_threads or SETTINGS.threads or 1
+        limit_threads(threads)
         self.ocr_on = SETTINGS.ocr
         home = _home()
         _install(home, self.stored_model)
@@ -155,6 +149,7 @@ class Markguard:
         engine = ScoringEngine(home, ocr=self.ocr_on, on_ocr_seconds=OCR_SECONDS.observe,
                                ocr_gate=OcrGate() if SETTINGS.ocr_gate else None)
         self.engine = engine
+        limit_threads(threads)  # and the pools the engine's libraries started
         INDEX_SIZE.set(engine.index_size)
         if naive:
             embed = local_embed(engine)

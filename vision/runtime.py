@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["TOLERANCE", "RUNTIMES", "onnx_forward", "int8_forward", "available", "cache_dir"]
+__all__ = ["TOLERANCE", "RUNTIMES", "onnx_forward", "int8_forward", "available", "cache_dir", "limit_threads"]
 
 TOLERANCE = 1e-3  # largest absolute difference from eager PyTorch on the probe batch
 RUNTIMES = ("onnx", "torch")
@@ -38,6 +38,21 @@ _OPSET = 17
 _log = logging.getLogger(__name__)
 
 Forward = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+
+
+def limit_threads(threads: int) -> None:
+    """Every thread pool of this process's numerical libraries to `threads`: torch's intra-op pool,
+    OpenCV's, FAISS's OpenMP, and every OpenBLAS and OpenMP pool already loaded (numpy's, FAISS's and
+    torch's each start one thread per core at import, whatever torch was told). Processes sharing
+    the cores call it after their imports, and again after loading anything that brings a new pool."""
+    import cv2
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    faiss.omp_set_num_threads(threads)
+    threadpool_limits(limits=threads)
 
 
 def available() -> bool:

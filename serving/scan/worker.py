@@ -68,15 +68,6 @@ class DoneMap:
         return bool((self.shas[lo:hi] == np.uint64(key[1])).any())
 
 
-def _cap_native_pools(threads: int) -> None:
-    """Every OpenBLAS and OpenMP pool loaded in this process to `threads`: numpy's, FAISS's and
-    torch's each started one thread per core at import, and in a Ray actor nothing set the
-    environment before (a local scorer inherits it, `engines._share_threads`)."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=threads)
-
-
 class ScanWorker:
     """One scorer: a `ScoringEngine` (model and index loaded once) and the scan's fixed settings."""
 
@@ -85,14 +76,9 @@ class ScanWorker:
                  ocr_gate: bool = False, runtime: str = "torch", gate_outcomes: str = "own") -> None:
         self.threads = threads
         if threads:  # every library's own pool, or scorers sharing the cores oversubscribe them
-            import cv2
-            import faiss
-            import torch
+            from markguard.vision.runtime import limit_threads
 
-            torch.set_num_threads(threads)
-            cv2.setNumThreads(threads)
-            faiss.omp_set_num_threads(threads)
-            _cap_native_pools(threads)
+            limit_threads(threads)  # in a Ray actor nothing set the environment before its imports
         from markguard.serving.state.home import Home
 
         self.home = Home(home_root)
@@ -115,7 +101,9 @@ class ScanWorker:
             self._engine = ScoringEngine(self.home, ocr=self.ocr, ocr_gate=OcrGate(outcomes=self.gate_outcomes) if self.ocr_gate else None,
                                          runtime=self.runtime)
             if self.threads:
-                _cap_native_pools(self.threads)  # and those the engine's libraries started
+                from markguard.vision.runtime import limit_threads
+
+                limit_threads(self.threads)  # and the pools the engine's libraries started
         return self._engine
 
     def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

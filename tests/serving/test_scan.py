@@ -335,10 +335,12 @@ def test_local_scorers_get_their_share_of_the_threads_and_the_caller_keeps_its_o
 
 def test_a_scorer_caps_the_native_pools_its_libraries_started(tmp_path):
     """A Ray actor's libraries start their pools (one thread per core) before it runs: the scorer caps
-    every OpenBLAS and OpenMP pool loaded, whatever the environment said."""
-    script = ("import sys, threadpoolctl\nfrom markguard.serving.scan.worker import ScanWorker\n"
+    every OpenBLAS and OpenMP pool loaded, whatever the environment said (`vision.runtime.limit_threads`,
+    which the server's workers call too)."""
+    script = ("import sys, cv2, threadpoolctl, torch\nfrom markguard.serving.scan.worker import ScanWorker\n"
               "ScanWorker(sys.argv[1], ocr=False, feed_dir='.', threads=1)\n"
-              "print(sorted({i['num_threads'] for i in threadpoolctl.threadpool_info()}))\n")
+              "print(sorted({i['num_threads'] for i in threadpoolctl.threadpool_info()}"
+              " | {torch.get_num_threads(), cv2.getNumThreads()}))\n")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "home")], env=env, capture_output=True,
                           text=True, timeout=120, check=True)
