@@ -164,12 +164,15 @@ _RAY_BLOCKS = 64  # read blocks per actor at most (a long feed's blocks hold mor
 class RayScorer:
     """A Ray actor: loads the model and index once, then scores batches of feed rows."""
 
-    def __init__(self, home: str, kwargs: dict[str, Any]) -> None:
+    def __init__(self, home: str, kwargs: dict[str, Any], chunk: int) -> None:
         self.worker = ScanWorker(home, **kwargs)
+        self.chunk = chunk
 
-    def __call__(self, batch: Any) -> dict[str, Any]:
-        rows = [clean_row(r, row=-1) for r in batch.to_pylist()]
-        return {"outcome": [json.dumps(o) for o in self.worker.process(rows)]}
+    def __call__(self, block: Any) -> dict[str, Any]:
+        """One read block, scored a chunk at a time (a long feed's blocks hold many chunks)."""
+        rows = [clean_row(r, row=-1) for r in block.to_pylist()]
+        outcomes = [o for i in range(0, len(rows), self.chunk) for o in self.worker.process(rows[i:i + self.chunk])]
+        return {"outcome": [json.dumps(o) for o in outcomes]}
 
 
 def ray_outcomes(settings: ScanSettings, done: DoneMap) -> Iterator[list[dict[str, Any]]]:
@@ -197,6 +200,9 @@ def ray_outcomes(settings: ScanSettings, done: DoneMap) -> Iterator[list[dict[st
         # Blocks of about one chunk each (at most _RAY_BLOCKS per scorer), two at a time an actor: by
         # default a 300-row feed was 4 blocks of 75, all dispatched at once, and nothing came back (no
         # progress, nothing journaled) until the end; now chunks come back as they finish (same photos/s).
+        # A task is one block as read (`batch_size=None`): with `batch_size=chunk` Ray Data bundled blocks
+        # until a batch was full, so 150 rows in 10 blocks of 15 went out as 5 tasks of 30, split 3 to 2
+        # between two actors (one idle 5 s at the end).
         blocks = max(1, min(-(-count_rows(settings.feed) // settings.chunk), _RAY_BLOCKS * settings.scorers))
         if fmt == "jsonl":
             ds = ray.data.read_json(path, lines=True, override_num_blocks=blocks)
@@ -209,10 +215,10 @@ def ray_outcomes(settings: ScanSettings, done: DoneMap) -> Iterator[list[dict[st
         else:
             ds = ray.data.read_parquet(path, override_num_blocks=blocks)
         ds = ds.map_batches(
-            RayScorer, fn_constructor_args=(settings.home, settings.worker_kwargs(done)),
+            RayScorer, fn_constructor_args=(settings.home, settings.worker_kwargs(done), settings.chunk),
             compute=ray.data.ActorPoolStrategy(size=settings.scorers, max_tasks_in_flight_per_actor=2),
             num_cpus=0.5,  # fractional: whole CPUs for every actor would starve the read tasks (a silent hang)
-            batch_size=settings.chunk, batch_format="pyarrow",
+            batch_size=None, batch_format="pyarrow",
         )
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             yield [json.loads(s) for s in batch.column("outcome").to_pylist()]
