@@ -347,6 +347,22 @@ def test_a_scorer_caps_the_native_pools_its_libraries_started(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == "[1]"
 
 
+def test_a_ray_actor_scores_a_long_block_a_chunk_at_a_time(tmp_path):
+    """Ray Data hands an actor one read block (a long feed's hold hundreds of rows): the actor scores it
+    in chunks, as a local scorer would, and returns every row's outcome in order."""
+    import pyarrow as pa
+
+    from markguard.serving.scan.engines import RayScorer
+
+    rows = [{"listing_id": f"{i:05d}", "seller_id": "s", "brand": "B", "product": None, "title": "t",
+             "image": f"missing-{i}.jpg"} for i in range(5)]
+    scorer = RayScorer(str(tmp_path / "home"), {"ocr": False, "feed_dir": str(tmp_path)}, 2)
+    outcomes = [json.loads(o) for o in scorer(pa.Table.from_pylist(rows))["outcome"]]
+    assert [o["listing_id"] for o in outcomes] == [r["listing_id"] for r in rows]
+    assert all(o["status"] == "error" for o in outcomes)
+    assert [i for i, o in enumerate(outcomes) if "cpu" in o] == [0, 2, 4]  # one per chunk: 2 + 2 + 1
+
+
 def test_feed_formats_read_the_same_rows(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
