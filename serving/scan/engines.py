@@ -162,7 +162,7 @@ _RAY_BLOCKS = 64  # read blocks per actor at most (a long feed's blocks hold mor
 
 
 class RayScorer:
-    """A Ray actor: loads the model and index once, then scores batches of feed rows."""
+    """A Ray actor: loads the model and index once, then scores the feed's read blocks."""
 
     def __init__(self, home: str, kwargs: dict[str, Any], chunk: int) -> None:
         self.worker = ScanWorker(home, **kwargs)

@@ -1,7 +1,8 @@
 """Where a scorer's CPU goes, thread by thread: runs `markguard bench scan` (any arguments after `--`)
 and samples /proc every half second for every process on the machine, keeping each thread's
-user+system time used while the bench ran (its last reading less its reading before the bench started). Prints, for each process that used more than `--min-cpu` seconds, its command, its
-CPU in all and its busiest threads by name, and writes them as JSON.
+user+system time used while the bench ran (its last reading less its reading before the bench
+started). Prints, for each process that used more than `--min-cpu` seconds, its command, its CPU in
+all and its busiest threads by name, and writes them as JSON.
 
 Made for issue 16's open question: Ray actors spend 9-16% more CPU a photo than local scorers running
 the same `ScanWorker` on the same photos.

@@ -29,10 +29,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+from wordmark_crops import _outcome, _tolerant  # a script: its own folder is on sys.path
 
 from markguard.vision.ocr import shared_ocr_engine
-
-from wordmark_crops import _outcome, _tolerant  # a script: its own folder is on sys.path
 
 HERE = Path(__file__).resolve().parent
 
