@@ -23,12 +23,14 @@ OUT's `.claims.jsonl` (a rerun scores only what is missing).
 are enrolled; `--grozi-queries` query frames per product are scored without a claim (product recall@1),
 claiming their own product (genuine) and claiming another product (of the same brand where the brand has
 one, else any): claim AUC, for (a) the ImageNet global embedding and (c) markguard's full scoring, with 95%
-intervals and the paired difference (c − a) resampling whole brands.
+intervals and the paired difference (c − a) resampling whole brands. Every full-scoring claim (its risk,
+decision and signals) is written to OUT's `.claims.jsonl`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -189,15 +191,17 @@ def grozi_claims(args: argparse.Namespace) -> int:
             enroll(home, artifact, model, brand=brand_of[product], product=name[product],
                    inputs=collect_inputs([p for p, pr in refs if pr == product]))
         engine = ScoringEngine(home)
-        hit, true, false = [], [], []
+        hit, true, false, claims = [], [], [], []
         for (path, product), negative in zip(tqdm(queries, desc="full scoring"), negatives, strict=True):
             data = path.read_bytes()
             free = engine.score(ScoreRequest(data), record=False)
             hit.append(free.product is not None and free.product.name == name[product])
-            true.append(-engine.score(ScoreRequest(data, brand=brand_of[product], product=name[product]),
-                                      record=False).risk)
-            false.append(-engine.score(ScoreRequest(data, brand=brand_of[negative], product=name[negative]),
-                                       record=False).risk)
+            for claimed, risks in ((product, true), (negative, false)):
+                result = engine.score(ScoreRequest(data, brand=brand_of[claimed], product=name[claimed]), record=False)
+                risks.append(-result.risk)
+                claims.append({"image": str(path.relative_to(root)), "product": product, "claimed": claimed,
+                               "genuine": claimed == product, "risk": result.risk, "decision": result.decision.value,
+                               "signals": {k: dataclasses.asdict(v) for k, v in result.signals.items()}})
         columns["c_markguard"] = {"hit": np.array(hit), "true": np.array(true), "false": np.array(false)}
         home.close()
 
@@ -223,7 +227,8 @@ def grozi_claims(args: argparse.Namespace) -> int:
         print(f"{label:22}" + "".join(f"{t['value']:>8.3f} [{t['lo']:.3f}, {t['hi']:.3f}]" for t in cells))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"model={artifact.tag} (wrote {args.out})")
+    args.out.with_suffix(".claims.jsonl").write_text("".join(json.dumps(c) + "\n" for c in claims))
+    print(f"model={artifact.tag} (wrote {args.out} and its .claims.jsonl)")
     return 0
 
 

@@ -143,3 +143,7 @@ def test_bench_scoring_grozi_small_scores_real_frames_with_brand_resampled_inter
         assert row["lo"] <= row["value"] <= row["hi"]
     assert 0.0 <= result["results"]["c_recall_at_1"]["value"] <= 1.0
     assert "c − a" in capsys.readouterr().out
+    claims = [json.loads(line) for line in out.with_suffix(".claims.jsonl").read_text().splitlines()]
+    assert [c["genuine"] for c in claims] == [True, False] * 12  # each query claims its own product, then another
+    assert all(c["claimed"] != c["product"] for c in claims if not c["genuine"])
+    assert all(0.0 <= c["risk"] <= 1.0 and "genuine_similarity" in c["signals"] for c in claims)
