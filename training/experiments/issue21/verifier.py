@@ -1,0 +1,522 @@
+"""Issue 21 item 5: a learned mark verifier, the reference's mark against the claim photo's mark.
+
+    python training/experiments/issue21/verifier.py crops TRAIN_BUILD EVAL_BUILD [--out runs/issue21/verifier]
+    python training/experiments/issue21/verifier.py train [--out ...] [--level 5] [--epochs 30]
+    python training/experiments/issue21/verifier.py eval  [--out ...] [--boot 1000]
+
+The global embedding sees a brand's mark as a whole and cannot tell a genuine mark from one with an
+element moved, mirrored or removed, a letter changed or strokes thickened (held-out claim AUC 0.54-0.57).
+This asks whether a small head comparing the two marks cell by cell can.
+
+`crops`: crops (letterboxed onto a `--canvas`, 128x128 px by default, aspect kept) of a synthetic train build's photos around
+their `mark` box: per genuine photo one enrolled crop (the box grown 1.25x, as `make_eval_set` enrols a
+reference) and two jittered views (box grown 1.05-1.6x, centre shifted up to 12% of a side: a detector's
+errors), per counterfeit two jittered views. For the EVAL_BUILD's val and test brands (`synth_sample`,
+every brand): the reference as `bench embedder` enrols it, and each claim photo's mark found as served
+(the model's detector, best box grown 1.25x like `vision.regions`; the whole photo when it finds none)
+and, as an upper bound, its true box grown 1.25x. Then the frozen ImageNet Lite0 trunk's maps after
+`--level` stages (5: stride 8, 40 channels, 16x16; 11: stride 16, 112 channels, 8x8) are cached as
+float16, and for the claims the shipped embedder's cosine between the reference and the found region.
+
+`train`: the head (`Verifier`) on pairs drawn afresh each epoch, one reference and one view per training
+brand and draw: a view of another genuine photo of the brand (label 0) or of one of its counterfeits
+(label 1). Chosen by val brands' claim AUC; `eval` reports the test brands (never seen: a brand's split
+is a hash of its name) with brand-resampled intervals, per transform, alone and combined with the
+embedder's cosine by a logistic fit on val.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from markguard.serving.benchmarks.scoring import claim_auc_by_transform, synth_sample
+from markguard.training.data import load_image, mark_box, read_items
+from markguard.training.metrics import roc_auc
+from markguard.vision.embed.backbone import create_backbone
+
+SIZE = (128, 128)  # canvas height, width: `crops --canvas`
+MEAN, STD = 127.0, 128.0  # EfficientNet-Lite's input normalisation, in pixel units
+DEFAULT_MODEL = Path("serving/default_model")
+
+
+def letterbox(image: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int] | None = None) -> np.ndarray:
+    """The box's pixels (clipped to the photo) scaled to fit `size` (height, width) with their aspect kept,
+    centred on a grey canvas."""
+    size = size or SIZE
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, max(x0 + 1, x1)), min(h, max(y0 + 1, y1))
+    patch = image[y0:y1, x0:x1]
+    s = min(size[0] / patch.shape[0], size[1] / patch.shape[1])
+    nw, nh = min(size[1], max(1, round(patch.shape[1] * s))), min(size[0], max(1, round(patch.shape[0] * s)))
+    patch = cv2.resize(patch, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    out = np.full((*size, 3), 127, np.uint8)
+    oy, ox = (size[0] - nh) // 2, (size[1] - nw) // 2
+    out[oy : oy + nh, ox : ox + nw] = patch
+    return out
+
+
+def grown(box, factor: float, shift: tuple[float, float] = (0.0, 0.0), aspect: float = 1.0):
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    cx, cy = (x0 + x1) / 2 + shift[0] * w, (y0 + y1) / 2 + shift[1] * h
+    hw, hh = w * factor * aspect / 2, h * factor / aspect / 2
+    return cx - hw, cy - hh, cx + hw, cy + hh
+
+
+def jittered(box, rng: np.random.Generator):
+    return grown(box, rng.uniform(1.05, 1.6), tuple(rng.uniform(-0.12, 0.12, 2)), rng.uniform(0.9, 1.1))
+
+
+# --- features ---------------------------------------------------------------------------------------------
+
+
+def trunk(level: int) -> nn.Module:
+    net = create_backbone("efficientnet_lite0", pretrained=True).truncate(level).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+@torch.no_grad()
+def trunk_maps(crops: np.ndarray, levels: tuple[int, ...], batch: int = 64) -> dict[int, np.ndarray]:
+    net = trunk(max(levels))
+    out: dict[int, list[np.ndarray]] = {k: [] for k in levels}
+    for start in tqdm(range(0, len(crops), batch), desc="trunk", leave=False):
+        x = torch.from_numpy(crops[start : start + batch]).permute(0, 3, 1, 2).float().sub(MEAN).div(STD)
+        x = net.stem(x)
+        for k, stage in enumerate(net.stages[: max(levels)], start=1):
+            x = stage(x)
+            if k in levels:
+                out[k].append(x.half().numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+# --- crops ------------------------------------------------------------------------------------------------
+
+
+def train_crops(build: Path, seed: int = 0) -> dict:
+    items = [i for i in read_items(build) if i.row.split == "train" and mark_box(i) is not None]
+    crops, photo, kind = [], [], []  # kind: 0 enrolled reference, 1 view
+    meta = []
+    for n, item in enumerate(tqdm(items, desc="train crops")):
+        image, _ = load_image(item)
+        box = mark_box(item)
+        rng = np.random.default_rng([seed, n])
+        if item.genuine:
+            crops.append(letterbox(image, grown(box, 1.25)))
+            photo.append(n)
+            kind.append(0)
+        for _ in range(2):
+            crops.append(letterbox(image, jittered(box, rng)))
+            photo.append(n)
+            kind.append(1)
+        meta.append({"brand": item.brand, "genuine": item.genuine, "transform": item.row.transform})
+    return {"crops": np.stack(crops), "photo": np.array(photo), "kind": np.array(kind), "meta": meta}
+
+
+def eval_crops(build: Path, split: str, model: Path) -> dict:
+    from markguard.vision.artifact import load_artifact
+
+    refs, brands, claims = synth_sample(build, split, 0)
+    artifact = load_artifact(model)
+    detector = artifact.load_detector()
+    ref_images = [load_image(refs[b])[0] for b in brands]
+    ref_crops = [letterbox(image, (0, 0, image.shape[1], image.shape[0])) for image in ref_images]
+    found, found_raw, true, meta = [], [], [], []
+    for item in tqdm(claims, desc=f"{split} claims"):
+        image, _ = load_image(item)
+        h, w = image.shape[:2]
+        marks = detector.detect([image])[0]
+        box = grown(marks[0].box, 1.25) if marks else (0, 0, w, h)
+        found.append(letterbox(image, box))
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        found_raw.append(np.ascontiguousarray(image[max(0, y0) : max(y0 + 1, y1), max(0, x0) : max(x0 + 1, x1)]))
+        tb = mark_box(item)
+        true.append(letterbox(image, grown(tb, 1.25)) if tb is not None else found[-1])
+        meta.append({"brand": item.brand, "genuine": item.genuine, "transform": item.row.transform,
+                     "image": str(item.row.image), "detected": bool(marks)})
+    return {"brands": brands, "refs": np.stack(ref_crops), "found": np.stack(found), "true": np.stack(true),
+            "meta": meta, "ref_images": ref_images, "found_raw": found_raw}
+
+
+@torch.no_grad()
+def embed_cosines(model: Path, refs: list[np.ndarray], queries: list[np.ndarray], ref_index: np.ndarray) -> np.ndarray:
+    """The shipped embedder's cosine between each claim's found region and its brand's reference (the
+    crops as cut, as serving embeds them)."""
+    from markguard.vision.artifact import load_artifact
+    from markguard.vision.embed.run import embed_images
+
+    embedder = load_artifact(model).load_embedder(fuse=True)
+    r = embed_images(embedder, refs)
+    q = embed_images(embedder, queries, progress=True)
+    return np.sum(q * r[ref_index], axis=1)
+
+
+def cmd_crops(args: argparse.Namespace) -> int:
+    global SIZE
+    SIZE = tuple(int(v) for v in args.canvas.split("x"))
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    levels = tuple(int(v) for v in args.levels.split(","))
+    t = time.monotonic()
+    tr = train_crops(args.train_build)
+    maps = trunk_maps(tr["crops"], levels)
+    np.savez(out / "train.npz", photo=tr["photo"], kind=tr["kind"], **{f"l{k}": v for k, v in maps.items()})
+    (out / "train_meta.json").write_text(json.dumps(tr["meta"]))
+    print(f"train: {len(tr['meta'])} photos, {len(tr['crops'])} crops, {time.monotonic() - t:.0f} s")
+    for split in ("val", "test"):
+        t = time.monotonic()
+        ev = eval_crops(args.eval_build, split, args.model)
+        ref_index = np.array([ev["brands"].index(m["brand"]) for m in ev["meta"]])
+        arrays = {"ref_index": ref_index, "cosine": embed_cosines(args.model, ev["ref_images"], ev["found_raw"], ref_index)}
+        for name in ("refs", "found", "true"):
+            arrays.update({f"{name}_l{k}": v for k, v in trunk_maps(ev[name], levels).items()})
+        np.savez(out / f"{split}.npz", **arrays)
+        np.savez_compressed(out / f"{split}_pixels.npz", refs=ev["refs"], found=ev["found"], true=ev["true"])
+        (out / f"{split}_meta.json").write_text(json.dumps({"brands": ev["brands"], "claims": ev["meta"]}))
+        print(f"{split}: {len(ev['brands'])} brands, {len(ev['meta'])} claims, {time.monotonic() - t:.0f} s")
+    return 0
+
+
+# --- the head ---------------------------------------------------------------------------------------------
+
+
+class Verifier(nn.Module):
+    """Logit that the query's mark is not the reference's: a local correlation volume both ways (each
+    cell's cosines to the other map's cells within `radius`) beside both maps, three convolutions (the
+    first 1x1: the volume already spans the neighbourhood), average- and max-pooled."""
+
+    def __init__(self, channels: int, *, dim: int = 32, radius: int = 3, hidden: int = 64) -> None:
+        super().__init__()
+        self.radius = radius
+        self.proj = nn.Conv2d(channels, dim, 1)
+        window = (2 * radius + 1) ** 2
+        self.body = nn.Sequential(
+            nn.Conv2d(2 * window + 2 * dim, hidden, 1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, padding=1, stride=2), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+        )
+        self.out = nn.Linear(2 * hidden, 1)
+
+    def correlation(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(N, window, H, W): cosine of each cell of `a` with the cells of `b` around it."""
+        r = self.radius
+        h, w = b.shape[2:]
+        padded = F.pad(b, (r, r, r, r))
+        return torch.stack([(a * padded[:, :, dy : dy + h, dx : dx + w]).sum(1)
+                            for dy in range(2 * r + 1) for dx in range(2 * r + 1)], 1)
+
+    def forward(self, ref: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        a = F.normalize(self.proj(ref), dim=1)
+        b = F.normalize(self.proj(query), dim=1)
+        x = self.body(torch.cat([self.correlation(b, a), self.correlation(a, b), a, b], 1))
+        return self.out(torch.cat([x.mean((2, 3)), x.amax((2, 3))], 1)).squeeze(1)
+
+
+class TunedVerifier(nn.Module):
+    """ImageNet trunk stages `start`..`level`-1, fine-tuned (batch norm statistics frozen), then `Verifier`."""
+
+    def __init__(self, start: int, level: int, channels: int, **head: int) -> None:
+        super().__init__()
+        net = create_backbone("efficientnet_lite0", pretrained=True)
+        self.blocks = nn.Sequential(*net.stages[start:level])
+        self.head = Verifier(channels, **head)
+
+    def train(self, mode: bool = True) -> TunedVerifier:
+        super().train(mode)
+        for m in self.blocks.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
+    def forward(self, ref: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(ref), self.blocks(query))
+
+
+def build_model(a: dict, channels: int) -> nn.Module:
+    head = {"dim": a["dim"], "radius": a["radius"], "hidden": a["hidden"]}
+    if a.get("tune_from"):
+        return TunedVerifier(a["tune_from"], a["level"], LEVEL_CHANNELS[a["level"]], **head)
+    return Verifier(channels, **head)
+
+
+LEVEL_CHANNELS = {5: 40, 11: 112}
+
+
+def sample_pairs(photo_brand: list[str], genuine: np.ndarray, photo: np.ndarray, kind: np.ndarray,
+                 rng: np.random.Generator, per_brand: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    refs_of = defaultdict(list)
+    views_of = defaultdict(lambda: ([], []))  # brand -> (genuine views, counterfeit views) as (crop, photo)
+    for c, (p, k) in enumerate(zip(photo, kind, strict=True)):
+        b = photo_brand[p]
+        if k == 0:
+            refs_of[b].append((c, p))
+        else:
+            views_of[b][0 if genuine[p] else 1].append((c, p))
+    ref_idx, query_idx, labels = [], [], []
+    for b, refs in refs_of.items():
+        gviews, cviews = views_of[b]
+        for _ in range(per_brand):
+            rc, rp = refs[rng.integers(len(refs))]
+            label = int(rng.random() < 0.5) if cviews else 0
+            pool = cviews if label else [v for v in gviews if v[1] != rp]
+            if not pool:
+                continue
+            ref_idx.append(rc)
+            query_idx.append(pool[rng.integers(len(pool))][0])
+            labels.append(label)
+    return np.array(ref_idx), np.array(query_idx), np.array(labels, dtype=np.float32)
+
+
+@torch.no_grad()
+def predict(model: Verifier, refs: np.ndarray, queries: np.ndarray, ref_index: np.ndarray, batch: int = 256) -> np.ndarray:
+    model.eval()
+    out = []
+    for s in range(0, len(queries), batch):
+        q = torch.from_numpy(queries[s : s + batch]).float()
+        r = torch.from_numpy(refs[ref_index[s : s + batch]]).float()
+        out.append(model(r, q).numpy())
+    return np.concatenate(out)
+
+
+def load_eval(out: Path, split: str) -> tuple[dict, dict]:
+    return dict(np.load(out / f"{split}.npz")), json.loads((out / f"{split}_meta.json").read_text())
+
+
+def auc_of(scores: np.ndarray, meta: dict) -> float:
+    genuine = np.array([c["genuine"] for c in meta["claims"]])
+    return roc_auc(-scores, genuine)  # higher logit: counterfeit; claim AUC ranks genuine higher
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    torch.manual_seed(args.seed)
+    out: Path = args.out
+    data = np.load(out / "train.npz")
+    key = f"l{args.tune_from or args.level}"
+    maps = data[key]
+    meta = json.loads((out / "train_meta.json").read_text())
+    brand = [m["brand"] for m in meta]
+    genuine = np.array([m["genuine"] for m in meta])
+    val, val_meta = load_eval(out, "val")
+    model = build_model(vars(args), maps.shape[1])
+    groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("blocks.")], "lr": args.lr}]
+    if args.tune_from:
+        groups.append({"params": list(model.blocks.parameters()), "lr": args.lr * args.trunk_lr_scale})
+    opt = torch.optim.AdamW(groups, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs)
+    rng = np.random.default_rng(args.seed)
+    best, history = -1.0, []
+    name = args.name or f"l{args.level}"
+    for epoch in range(1, args.epochs + 1):
+        model.train()
+        r, q, y = sample_pairs(brand, genuine, data["photo"], data["kind"], rng, args.per_brand)
+        order = rng.permutation(len(y))
+        losses = []
+        t = time.monotonic()
+        for s in range(0, len(order), args.batch):
+            i = order[s : s + args.batch]
+            rb, qb = torch.from_numpy(maps[r[i]]).float(), torch.from_numpy(maps[q[i]]).float()
+            loss = F.binary_cross_entropy_with_logits(model(rb, qb), torch.from_numpy(y[i]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        sched.step()
+        scores = predict(model, val[f"refs_{key}"], val[f"found_{key}"], val["ref_index"])
+        auc = auc_of(scores, val_meta)
+        oracle = auc_of(predict(model, val[f"refs_{key}"], val[f"true_{key}"], val["ref_index"]), val_meta)
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_auc_found": auc, "val_auc_true": oracle,
+                        "seconds": round(time.monotonic() - t, 1)})
+        print(json.dumps(history[-1]), flush=True)
+        if auc > best:
+            best = auc
+            torch.save({"state": model.state_dict(), "args": {k: v for k, v in vars(args).items() if k != "func" and k != "out"},
+                        "epoch": epoch}, out / f"{name}.pt")
+    (out / f"{name}_history.json").write_text(json.dumps(history, indent=1))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    ckpt = torch.load(out / f"{args.name}.pt", weights_only=True)
+    a = ckpt["args"]
+    level = a.get("tune_from") or a["level"]
+    results = {"checkpoint": args.name, "epoch": ckpt["epoch"]}
+    per_split = {}
+    for split in ("val", "test"):
+        ev, meta = load_eval(out, split)
+        model = build_model(a, ev[f"refs_l{level}"].shape[1])
+        model.load_state_dict(ckpt["state"])
+        per_split[split] = {
+            "found": predict(model, ev[f"refs_l{level}"], ev[f"found_l{level}"], ev["ref_index"]),
+            "true": predict(model, ev[f"refs_l{level}"], ev[f"true_l{level}"], ev["ref_index"]),
+            "cosine": ev["cosine"], "meta": meta,
+        }
+    # cosine + verifier, a logistic fit on val (standardised by val)
+    from sklearn.linear_model import LogisticRegression
+
+    v = per_split["val"]
+    gv = np.array([c["genuine"] for c in v["meta"]["claims"]])
+    xv = np.stack([v["cosine"], -v["found"]], 1)
+    mu, sd = xv.mean(0), xv.std(0)
+    fit = LogisticRegression().fit((xv - mu) / sd, gv)
+    results["combination"] = {"coef": fit.coef_[0].tolist(), "intercept": float(fit.intercept_[0])}
+    for split, s in per_split.items():
+        claims = s["meta"]["claims"]
+        genuine = np.array([c["genuine"] for c in claims])
+        transforms = np.array([c["transform"] or "" for c in claims])
+        brands = np.array([c["brand"] for c in claims])
+        combo = fit.decision_function((np.stack([s["cosine"], -s["found"]], 1) - mu) / sd)
+        results[split] = {
+            "claims": int(len(claims)), "brands": len(set(brands)), "genuine": int(genuine.sum()),
+            "detected": float(np.mean([c["detected"] for c in claims])),
+            **{name: claim_auc_by_transform(score, genuine, transforms, brands, boot=args.boot)
+               for name, score in [("embedder_cosine", s["cosine"]), ("verifier_found", -s["found"]),
+                                   ("verifier_true_box", -s["true"]), ("cosine_plus_verifier", combo)]},
+        }
+        diff = paired_diff(combo, s["cosine"], genuine, brands, args.boot)
+        results[split]["combination_minus_cosine"] = diff
+    path = out / f"{args.name}_results.json"
+    path.write_text(json.dumps(results, indent=1))
+    for split in ("val", "test"):
+        print(f"== {split}: {results[split]['brands']} brands, {results[split]['claims']} claims")
+        for name in ("embedder_cosine", "verifier_found", "verifier_true_box", "cosine_plus_verifier"):
+            table = results[split][name]
+            worst = min((r["auc"], t) for t, r in table.items() if t != "all")
+            print(f"  {name:22s} all {table['all']['auc']:.3f} [{table['all']['lo']:.3f}, {table['all']['hi']:.3f}]  "
+                  f"worst {worst[1]} {worst[0]:.3f}  "
+                  + " ".join(f"{t[:6]}={r['auc']:.2f}" for t, r in sorted(table.items()) if t != "all"))
+        print(f"  combination - cosine: {results[split]['combination_minus_cosine']}")
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_grozi(args: argparse.Namespace) -> int:
+    """The verifier on real photos: GroZi-120 claims as `bench scoring --grozi` scored them (its
+    `.claims.jsonl`), each query frame against its claimed product's reference frames, whole (the frames
+    are cut around the product). Reports the verifier's claim AUC (its lowest logit over the product's
+    references) beside the full path's risk, and how many genuine claims it ranks as a counterfeit would."""
+    from markguard.serving.benchmarks.scoring import resample_brands
+    from markguard.vision.decode import read_image
+
+    out: Path = args.out
+    ckpt = torch.load(out / f"{args.name}.pt", weights_only=True)
+    a = ckpt["args"]
+    level = a.get("tune_from") or a["level"]
+    build = args.grozi
+    rows = [json.loads(line) for line in (build / "manifest.jsonl").read_text().splitlines()]
+    brand_of = {r["product"]: r["brand"] for r in rows}
+    refs = [r for r in rows if r["split"] == "ref"]
+    claims = [json.loads(line) for line in args.claims.read_text().splitlines()]
+    images = sorted({c["image"] for c in claims} | {r["image"] for r in refs})
+    pixels = []
+    for name in tqdm(images, desc="frames"):
+        image = read_image(build / name)
+        pixels.append(letterbox(image, (0, 0, image.shape[1], image.shape[0])))
+    maps = trunk_maps(np.stack(pixels), (level,))[level]
+    at = {name: i for i, name in enumerate(images)}
+    model = build_model(a, maps.shape[1])
+    model.load_state_dict(ckpt["state"])
+    refs_of: dict[str, list[int]] = defaultdict(list)
+    for r in refs:
+        refs_of[r["product"]].append(at[r["image"]])
+    pair_ref, pair_query, pair_claim = [], [], []
+    for n, c in enumerate(claims):
+        for i in refs_of[c["claimed"]]:
+            pair_ref.append(i)
+            pair_query.append(at[c["image"]])
+            pair_claim.append(n)
+    logits = predict(model, maps, maps[np.array(pair_query)], np.array(pair_ref))
+    verifier = np.full(len(claims), np.inf)
+    np.minimum.at(verifier, np.array(pair_claim), logits)
+    genuine = np.array([c["genuine"] for c in claims])
+    risk = np.array([c["risk"] for c in claims])
+    brands = np.array([brand_of[c["product"]] for c in claims])
+    table = resample_brands({
+        "risk_claim_auc": lambda i: roc_auc(-risk[i], genuine[i]),
+        "verifier_claim_auc": lambda i: roc_auc(-verifier[i], genuine[i]),
+    }, brands, boot=args.boot)
+    # on held-out synthetic val, the logit above which 5% of genuine claims lie; how many real genuine claims pass it
+    val, val_meta = load_eval(out, "val")
+    val_scores = predict(model, val[f"refs_l{level}"], val[f"found_l{level}"], val["ref_index"])
+    val_genuine = np.array([c["genuine"] for c in val_meta["claims"]])
+    cut = float(np.quantile(val_scores[val_genuine], 0.95))
+    result = {"claims": len(claims), "genuine": int(genuine.sum()), **table,
+              "synth_val_genuine_p95_logit": cut,
+              "grozi_genuine_above_cut": float(np.mean(verifier[genuine] > cut)),
+              "grozi_false_above_cut": float(np.mean(verifier[~genuine] > cut))}
+    (out / f"{args.name}_grozi.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def paired_diff(a: np.ndarray, b: np.ndarray, genuine: np.ndarray, brands: np.ndarray, boot: int) -> dict:
+    keys, group = np.unique(brands, return_inverse=True)
+    rng = np.random.default_rng(0)
+    idx = np.arange(len(a))
+    values = []
+    for _ in range(boot):
+        w = np.bincount(rng.integers(0, len(keys), len(keys)), minlength=len(keys))[group]
+        i = np.repeat(idx, w)
+        if genuine[i].any() and (~genuine[i]).any():
+            values.append(roc_auc(a[i], genuine[i]) - roc_auc(b[i], genuine[i]))
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return {"value": round(roc_auc(a, genuine) - roc_auc(b, genuine), 4), "lo": round(float(lo), 4), "hi": round(float(hi), 4)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(required=True)
+    p = sub.add_parser("crops")
+    p.add_argument("train_build", type=Path)
+    p.add_argument("eval_build", type=Path)
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--canvas", default="128x128", help="crop canvas, HEIGHTxWIDTH px")
+    p.add_argument("--levels", default="5,11", help="trunk maps to cache: after these many stages")
+    p.set_defaults(func=cmd_crops)
+    p = sub.add_parser("train")
+    p.add_argument("--level", type=int, default=5, choices=(5, 11))
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--per-brand", type=int, default=8)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--dim", type=int, default=32)
+    p.add_argument("--radius", type=int, default=3)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="")
+    p.add_argument("--tune-from", type=int, default=0, help="fine-tune the trunk's stages from this one (cached maps)")
+    p.add_argument("--trunk-lr-scale", type=float, default=0.1)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("eval")
+    p.add_argument("--name", default="l5")
+    p.add_argument("--boot", type=int, default=1000)
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("grozi")
+    p.add_argument("--name", default="l5")
+    p.add_argument("--grozi", type=Path, default=Path("runs/grozi-build"))
+    p.add_argument("--claims", type=Path, default=Path("runs/issue21/grozi-claims.claims.jsonl"))
+    p.add_argument("--boot", type=int, default=1000)
+    p.set_defaults(func=cmd_grozi)
+    for p in sub.choices.values():
+        p.add_argument("--out", type=Path, default=Path("runs/issue21/verifier"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
