@@ -16,15 +16,18 @@ to the mark grown 1.25x; wordmark: the brand's name); every other photo of the b
 counterfeit, claims the brand. Claim AUC (genuine vs counterfeit) of the full scoring's risk, and of its
 `genuine_similarity` signal (the embedder alone on the same claims), over all counterfeits and per
 counterfeit transform, with 95% intervals resampling whole brands. Each claim's result is cached in
-OUT's `.claims.jsonl` (a rerun scores only what is missing).
+OUT's `.claims.jsonl` (a rerun scores only what is missing; rows of an older shape are scored again).
 
 `--grozi BUILD` measures the real-photo yardstick instead (`grozi_claims`): GroZi-120 in-store frames
 (`markguard datasets grozi`, built there when missing; evaluation only). Every product's reference frames
 are enrolled; `--grozi-queries` query frames per product are scored without a claim (product recall@1),
 claiming their own product (genuine) and claiming another product (of the same brand where the brand has
 one, else any): claim AUC, for (a) the ImageNet global embedding and (c) markguard's full scoring, with 95%
-intervals and the paired difference (c − a) resampling whole brands. Every full-scoring claim (its risk,
-decision and signals) is written to OUT's `.claims.jsonl`.
+intervals and the paired difference (c − a) resampling whole brands. Every full-scoring claim is written
+to OUT's `.claims.jsonl`.
+
+Both claims files hold one row shape (`claim_outcome`): the claim, its risk and decision, and each
+signal's value and contribution to the risk's log-odds.
 """
 
 from __future__ import annotations
@@ -38,10 +41,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from markguard.vision.scoring import ScoreResult
 
 __all__ = ["by_transform", "claim_auc_by_transform", "get_args_parser", "grozi_claims", "main", "resample_brands",
            "synth_sample", "tpr_at_fpr"]
@@ -200,8 +207,7 @@ def grozi_claims(args: argparse.Namespace) -> int:
                 result = engine.score(ScoreRequest(data, brand=brand_of[claimed], product=name[claimed]), record=False)
                 risks.append(-result.risk)
                 claims.append({"image": str(path.relative_to(root)), "product": product, "claimed": claimed,
-                               "genuine": claimed == product, "risk": result.risk, "decision": result.decision.value,
-                               "signals": {k: dataclasses.asdict(v) for k, v in result.signals.items()}})
+                               "genuine": claimed == product, **claim_outcome(result)})
         columns["c_markguard"] = {"hit": np.array(hit), "true": np.array(true), "false": np.array(false)}
         home.close()
 
@@ -249,6 +255,16 @@ def claim_auc_by_transform(scores: np.ndarray, genuine: np.ndarray, transforms: 
     return {t: {"auc": row.pop("value"), **row} for t, row in table.items()}
 
 
+CLAIM_ROWS = 2  # the shape of a claim row in `.claims.jsonl` (1: signals held their values alone)
+
+
+def claim_outcome(result: ScoreResult) -> dict:
+    """What a claims file keeps of a scored claim, for both yardsticks: risk, decision and each signal's
+    value and contribution to the risk's log-odds (so a signal can be removed after the fact)."""
+    return {"rows": CLAIM_ROWS, "risk": result.risk, "decision": result.decision.value,
+            "signals": {name: dataclasses.asdict(signal) for name, signal in result.signals.items()}}
+
+
 def synth_sample(build: Path, split: str, count: int) -> tuple[dict, list[str], list]:
     """(reference item per brand, the first `count` brands in the order fixed by a hash of their names,
     their claims) of a synthetic build's `split`, as `--synth` scores them."""
@@ -289,7 +305,7 @@ def synth_counterfeits(args: argparse.Namespace) -> int:
         if cache.is_file():
             for line in cache.read_text().splitlines():
                 row = json.loads(line)
-                if row["model"] == artifact.tag:
+                if row["model"] == artifact.tag and row.get("rows") == CLAIM_ROWS:  # older rows are scored again
                     done[row["image"]] = row
         model = artifact.load_embedder()
         enrolled = []
@@ -311,9 +327,7 @@ def synth_counterfeits(args: argparse.Namespace) -> int:
             for q in tqdm([q for q in queries if str(q.row.image) not in done], desc="synthetic claims", mininterval=30):
                 result = engine.score(ScoreRequest(q.path.read_bytes(), brand=q.brand), record=False)
                 row = {"model": artifact.tag, "image": str(q.row.image), "brand": q.brand, "genuine": q.genuine,
-                       "transform": q.row.transform, "strength": q.row.strength, "risk": result.risk,
-                       "decision": result.decision.value,
-                       "signals": {k: v.value for k, v in result.signals.items()}}
+                       "transform": q.row.transform, "strength": q.row.strength, **claim_outcome(result)}
                 f.write(json.dumps(row) + "\n")
                 f.flush()
                 done[row["image"]] = row
@@ -323,7 +337,7 @@ def synth_counterfeits(args: argparse.Namespace) -> int:
     genuine = np.array([r["genuine"] for r in rows])
     transforms = np.array([r["transform"] or "" for r in rows])
     brand_of = np.array([r["brand"] for r in rows])
-    similarity = [r["signals"].get("genuine_similarity") for r in rows]
+    similarity = [r["signals"]["genuine_similarity"]["value"] for r in rows]
     tables = {
         "fused_risk": claim_auc_by_transform(-np.array([r["risk"] for r in rows]), genuine, transforms, brand_of,
                                              boot=args.boot, seed=args.seed),

@@ -67,10 +67,18 @@ def test_bench_scoring_synth_counterfeits_per_transform_and_cached(tmp_path: Pat
     for table in first["results"].values():
         assert set(table) == {"all", *transforms}
         assert sum(table[t]["count"] for t in transforms) == table["all"]["count"] == first["counterfeit_claims"]
-    assert all(0.0 <= c["risk"] <= 1.0 and "genuine_similarity" in c["signals"] for c in claims)
+    assert all(0.0 <= c["risk"] <= 1.0 and set(c["signals"]["genuine_similarity"]) == {"value", "contribution"}
+               for c in claims)
     assert main(argv) == 0  # every claim cached: nothing scored again, the same figures
     second = json.loads(out.read_text())
     assert second["scored_now"] == 0 and second["results"] == first["results"]
+    # a row of the older shape (signal values alone) is scored again, not read as the new one
+    old = {k: v for k, v in claims[0].items() if k != "rows"} | {
+        "signals": {name: s["value"] for name, s in claims[0]["signals"].items()}}
+    out.with_suffix(".claims.jsonl").write_text("".join(json.dumps(c) + "\n" for c in [old, *claims[1:]]))
+    assert main(argv) == 0
+    third = json.loads(out.read_text())
+    assert third["scored_now"] == 1 and third["results"] == first["results"]
 
 
 def test_bench_rings_limit_judges_the_first_listings_and_reuses_their_home(tmp_path: Path, grocery: Path,

@@ -81,7 +81,8 @@ def main() -> None:
         if missing:
             sys.exit(f"{len(missing)} {split} claims lack local evidence: run with --features-only first")
         data[split] = [{**feats[r["image"]], "risk": r["risk"], "genuine": r["genuine"], "transform": r["transform"],
-                        "brand": r["brand"], "fused_signals": r["signals"]} for r in rows]
+                        "brand": r["brand"], "fused_signals": {k: v["value"] for k, v in r["signals"].items()}}
+                       for r in rows]
     val, test = data["val"], data["test"]
     fill = {}
     for name in FEATURES:

@@ -391,6 +391,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         results[split]["combination_minus_cosine"] = diff
     path = out / f"{args.name}_results.json"
     path.write_text(json.dumps(results, indent=1))
+    plot(results["test"], out / f"{args.name}_auc_by_transform.png")
     for split in ("val", "test"):
         print(f"== {split}: {results[split]['brands']} brands, {results[split]['claims']} claims")
         for name in ("embedder_cosine", "verifier_found", "verifier_true_box", "cosine_plus_verifier"):
@@ -458,9 +459,41 @@ def cmd_grozi(args: argparse.Namespace) -> int:
               "synth_val_genuine_p95_logit": cut,
               "grozi_genuine_above_cut": float(np.mean(verifier[genuine] > cut)),
               "grozi_false_above_cut": float(np.mean(verifier[~genuine] > cut))}
+    # diagnostic only (a weight must never be chosen on the yardstick): does the verifier rank what the risk does not?
+    logit = np.log(np.clip(risk, 1e-6, 1 - 1e-6) / np.clip(1 - risk, 1e-6, 1))
+    result["risk_plus_w_verifier_auc"] = {str(w): round(roc_auc(-(logit + w * verifier), genuine), 4)
+                                          for w in (0.0, 0.25, 0.5, 1.0, 2.0)}
     (out / f"{args.name}_grozi.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     return 0
+
+
+def plot(test: dict, path: Path) -> None:
+    """Claim AUC on the test brands, all counterfeits and per transform, each score with its interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["embedder_cosine", "verifier_found", "verifier_true_box", "cosine_plus_verifier"]
+    cols = ["all", *sorted(t for t in test["embedder_cosine"] if t != "all")]
+    fig, ax = plt.subplots(figsize=(13, 4.5))
+    width = 0.8 / len(names)
+    x = np.arange(len(cols))
+    for k, name in enumerate(names):
+        auc = np.array([test[name][c]["auc"] for c in cols])
+        err = np.array([[auc[i] - test[name][c]["lo"], test[name][c]["hi"] - auc[i]] for i, c in enumerate(cols)]).T
+        ax.bar(x + k * width, auc, width, yerr=err, label=name, capsize=1.5)
+    ax.axhline(0.5, color="k", lw=0.5)
+    ax.axhline(0.55, color="r", lw=0.5, ls="--")
+    ax.axhline(0.65, color="g", lw=0.5, ls="--")
+    ax.set_xticks(x + 0.4 - width / 2, cols, rotation=30, ha="right")
+    ax.set_ylim(0.3, 1.0)
+    ax.set_ylabel(f"claim AUC, {test['brands']} held-out synth brands")
+    ax.legend(fontsize=8, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def paired_diff(a: np.ndarray, b: np.ndarray, genuine: np.ndarray, brands: np.ndarray, boot: int) -> dict:
