@@ -389,6 +389,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         }
         diff = paired_diff(combo, s["cosine"], genuine, brands, args.boot)
         results[split]["combination_minus_cosine"] = diff
+        # by the counterfeit edit's strength (the build's `strength`, 0.3-1.0, in thirds): is the edit's size the limit?
+        strength = np.array([c["strength"] or 0.0 for c in strengths(args.eval_build, claims)])
+        results[split]["by_strength"] = {
+            f"[{lo}, {hi})": {"counterfeits": int(((strength >= lo) & (strength < hi) & ~genuine).sum()),
+                              **{name: round(roc_auc(score[m], genuine[m]), 4)
+                                 for name, score in [("embedder_cosine", s["cosine"]), ("verifier_found", -s["found"]),
+                                                     ("verifier_true_box", -s["true"])]
+                                 for m in [genuine | ((strength >= lo) & (strength < hi))]}}
+            for lo, hi in ((0.3, 0.53), (0.53, 0.77), (0.77, 1.01))}
     path = out / f"{args.name}_results.json"
     path.write_text(json.dumps(results, indent=1))
     plot(results["test"], out / f"{args.name}_auc_by_transform.png")
@@ -401,6 +410,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                   f"worst {worst[1]} {worst[0]:.3f}  "
                   + " ".join(f"{t[:6]}={r['auc']:.2f}" for t, r in sorted(table.items()) if t != "all"))
         print(f"  combination - cosine: {results[split]['combination_minus_cosine']}")
+        print(f"  by strength: {results[split]['by_strength']}")
     print(f"wrote {path}")
     return 0
 
@@ -466,6 +476,12 @@ def cmd_grozi(args: argparse.Namespace) -> int:
     (out / f"{args.name}_grozi.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     return 0
+
+
+def strengths(build: Path, claims: list[dict]) -> list[dict]:
+    """Each claim's manifest row fields `strength` (None for genuine photos), by image path."""
+    rows = {json.loads(line)["image"]: json.loads(line) for line in (build / "manifest.jsonl").read_text().splitlines()}
+    return [{"strength": rows[c["image"]].get("strength")} for c in claims]
 
 
 def plot(test: dict, path: Path) -> None:
@@ -537,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("eval")
     p.add_argument("--name", default="l5")
     p.add_argument("--boot", type=int, default=1000)
+    p.add_argument("--eval-build", type=Path, default=Path("runs/issue21/synth-vt"), help="the build `crops` scored")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("grozi")
     p.add_argument("--name", default="l5")
