@@ -478,6 +478,51 @@ def cmd_grozi(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_regions(args: argparse.Namespace) -> int:
+    """The verifier over every region the detector proposes (its boxes, at most 3, grown 1.25x) and the whole
+    photo, the claim's logit the lowest of them (the region that looks most like the reference), against the
+    detector's best box alone."""
+    from markguard.vision.artifact import load_artifact
+
+    out: Path = args.out
+    ckpt = torch.load(out / f"{args.name}.pt", weights_only=True)
+    a = ckpt["args"]
+    level = a.get("tune_from") or a["level"]
+    detector = load_artifact(args.model).load_detector()
+    results = {}
+    for split in ("val", "test"):
+        ev, meta = load_eval(out, split)
+        model = build_model(a, ev[f"refs_l{level}"].shape[1])
+        model.load_state_dict(ckpt["state"])
+        refs, brands, claims = synth_sample(args.eval_build, split, 0)
+        assert [str(q.row.image) for q in claims] == [c["image"] for c in meta["claims"]]
+        crops, owner = [], []
+        for n, item in enumerate(tqdm(claims, desc=f"{split} regions")):
+            image, _ = load_image(item)
+            boxes = [grown(d.box, 1.25) for d in detector.detect([image])[0]]
+            for box in [*boxes, (0, 0, image.shape[1], image.shape[0])]:
+                crops.append(letterbox(image, box))
+                owner.append(n)
+        maps = trunk_maps(np.stack(crops), (level,))[level]
+        owner = np.array(owner)
+        logits = predict(model, ev[f"refs_l{level}"], maps, ev["ref_index"][owner])
+        lowest = np.full(len(claims), np.inf)
+        np.minimum.at(lowest, owner, logits)
+        best_box = predict(model, ev[f"refs_l{level}"], ev[f"found_l{level}"], ev["ref_index"])
+        genuine = np.array([c["genuine"] for c in meta["claims"]])
+        transforms = np.array([c["transform"] or "" for c in meta["claims"]])
+        brand = np.array([c["brand"] for c in meta["claims"]])
+        results[split] = {"regions_per_claim": round(len(owner) / len(claims), 2),
+                          "best_box": claim_auc_by_transform(-best_box, genuine, transforms, brand, boot=args.boot),
+                          "lowest_over_regions": claim_auc_by_transform(-lowest, genuine, transforms, brand, boot=args.boot),
+                          "lowest_minus_best_box": paired_diff(-lowest, -best_box, genuine, brand, args.boot)}
+        r = results[split]
+        print(f"{split}: {r['regions_per_claim']} regions a claim; best box {r['best_box']['all']}, "
+              f"lowest over regions {r['lowest_over_regions']['all']}, difference {r['lowest_minus_best_box']}")
+    (out / f"{args.name}_regions.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
 def strengths(build: Path, claims: list[dict]) -> list[dict]:
     """Each claim's manifest row fields `strength` (None for genuine photos), by image path."""
     rows = {json.loads(line)["image"]: json.loads(line) for line in (build / "manifest.jsonl").read_text().splitlines()}
@@ -555,6 +600,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--boot", type=int, default=1000)
     p.add_argument("--eval-build", type=Path, default=Path("runs/issue21/synth-vt"), help="the build `crops` scored")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("regions")
+    p.add_argument("--name", default="l5")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--eval-build", type=Path, default=Path("runs/issue21/synth-vt"))
+    p.add_argument("--boot", type=int, default=1000)
+    p.set_defaults(func=cmd_regions)
     p = sub.add_parser("grozi")
     p.add_argument("--name", default="l5")
     p.add_argument("--grozi", type=Path, default=Path("runs/grozi-build"))
