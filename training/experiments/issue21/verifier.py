@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from markguard.serving.benchmarks.scoring import claim_auc_by_transform, synth_sample
+from markguard.serving.benchmarks.scoring import claim_auc_by_transform, resample_brands, synth_sample
 from markguard.training.data import load_image, mark_box, read_items
 from markguard.training.metrics import roc_auc
 from markguard.vision.embed.backbone import create_backbone
@@ -305,6 +305,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     out: Path = args.out
     data = np.load(out / "train.npz")
+    photo, kind = data["photo"], data["kind"]  # an npz member is read from disk at every access
     key = f"l{args.tune_from or args.level}"
     maps = data[key]
     meta = json.loads((out / "train_meta.json").read_text())
@@ -322,7 +323,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     name = args.name or f"l{args.level}"
     for epoch in range(1, args.epochs + 1):
         model.train()
-        r, q, y = sample_pairs(brand, genuine, data["photo"], data["kind"], rng, args.per_brand)
+        r, q, y = sample_pairs(brand, genuine, photo, kind, rng, args.per_brand)
         order = rng.permutation(len(y))
         losses = []
         t = time.monotonic()
@@ -420,7 +421,6 @@ def cmd_grozi(args: argparse.Namespace) -> int:
     `.claims.jsonl`), each query frame against its claimed product's reference frames, whole (the frames
     are cut around the product). Reports the verifier's claim AUC (its lowest logit over the product's
     references) beside the full path's risk, and how many genuine claims it ranks as a counterfeit would."""
-    from markguard.serving.benchmarks.scoring import resample_brands
     from markguard.vision.decode import read_image
 
     out: Path = args.out
@@ -558,17 +558,9 @@ def plot(test: dict, path: Path) -> None:
 
 
 def paired_diff(a: np.ndarray, b: np.ndarray, genuine: np.ndarray, brands: np.ndarray, boot: int) -> dict:
-    keys, group = np.unique(brands, return_inverse=True)
-    rng = np.random.default_rng(0)
-    idx = np.arange(len(a))
-    values = []
-    for _ in range(boot):
-        w = np.bincount(rng.integers(0, len(keys), len(keys)), minlength=len(keys))[group]
-        i = np.repeat(idx, w)
-        if genuine[i].any() and (~genuine[i]).any():
-            values.append(roc_auc(a[i], genuine[i]) - roc_auc(b[i], genuine[i]))
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return {"value": round(roc_auc(a, genuine) - roc_auc(b, genuine), 4), "lo": round(float(lo), 4), "hi": round(float(hi), 4)}
+    """Claim AUC of `a` minus that of `b` on the same claims, brands resampled (`resample_brands`)."""
+    return resample_brands({"diff": lambda i: roc_auc(a[i], genuine[i]) - roc_auc(b[i], genuine[i])},
+                           brands, boot=boot)["diff"]
 
 
 def main(argv: list[str] | None = None) -> int:
