@@ -2,7 +2,7 @@
 index and its catalog, and the record of every listing it scores.
 
 `CatalogEvidence` is the catalog's side of the pipeline (brand policy, wordmarks, serial registry and
-reuse, reference features and hashes, earlier listings of the photo): reads only, each in its own
+reuse, reference features, hashes and verifier maps, earlier listings of the photo): reads only, each in its own
 short session. `ScoringEngine.finish` judges a planned photo without any lock, then records the
 listing (its row, its serials, its photo blob) in one short write, so a scored listing can be
 reviewed whichever way it was scored (CLI, API or scan).
@@ -37,11 +37,13 @@ from markguard.vision.phash import band_neighbours, hamming_many, phash
 from markguard.vision.pipeline import BrandProfile, ListingClaim, OcrGate, ScorePlan, Scorer, ScoreRequest
 from markguard.vision.runtime import RUNTIMES, onnx_forward
 from markguard.vision.scoring import Fusion, ScoreResult
+from markguard.vision.verify import MarkVerifier
 
 __all__ = ["ScoringEngine", "ScoreRequest", "ScorePlan", "ListingClaim", "CatalogEvidence"]
 
 _DUPLICATE_BITS = 8  # re-encoded, resized or 2%-cropped copies measured ≤ 10 bits apart; distinct photos ≥ 10, 1st percentile 20
 _FEATURE_CACHE = 2048  # reference feature sets kept in memory
+_MARK_CACHE = 4096  # reference verifier maps kept in memory (40 KB each with the shipped verifier)
 MAX_DUPLICATES = 20  # earlier listings of the same photo named in a result (the newest)
 
 
@@ -76,12 +78,15 @@ class _Lru(OrderedDict):
 
 
 class CatalogEvidence:
-    """The pipeline's `EvidenceSource` over a home's catalog and blobs."""
+    """The pipeline's `EvidenceSource` over a home's catalog and blobs; `verifier`: the model's mark
+    verifier, which reads the reference maps (`reference_mark`)."""
 
-    def __init__(self, home: Home) -> None:
+    def __init__(self, home: Home, *, verifier: MarkVerifier | None = None) -> None:
         self.home = home
+        self.verifier = verifier
         self._features = _Lru(_FEATURE_CACHE)
         self._hashes_of_refs = _Lru(_FEATURE_CACHE)
+        self._marks = _Lru(_MARK_CACHE)
 
     def resolve(self, brand: str | None, product: str | None) -> tuple[BrandProfile | None, int | None]:
         if brand is None:
@@ -133,6 +138,12 @@ class CatalogEvidence:
     def reference_hash(self, reference_id: int) -> int | None:
         sha = self._reference_sha(reference_id)
         return self._hashes_of_refs.get_or(sha, lambda: self._blob_photo(sha, lambda im: phash(im).int64)) if sha else None
+
+    def reference_mark(self, reference_id: int) -> torch.Tensor | None:
+        if self.verifier is None:
+            raise RuntimeError("this catalog's model has no mark verifier")
+        sha = self._reference_sha(reference_id)
+        return self._marks.get_or(sha, lambda: self._blob_photo(sha, self.verifier.reference_map)) if sha else None
 
     def reference_names(self, reference_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
         if not reference_ids:
@@ -203,9 +214,10 @@ class ScoringEngine:
         if detector is not None and device == "cpu":
             detector.use_runtime(runtime)
         self.runtime = "onnx" if self._forward is not None else "torch"
-        self.source = CatalogEvidence(home)
+        verifier = self.artifact.load_verifier()
+        self.source = CatalogEvidence(home, verifier=verifier)
         self.scorer = Scorer(self.artifact, index=reconcile(home, self.artifact, self.model), source=self.source,
-                             embed=self.embed, detector=detector,
+                             embed=self.embed, detector=detector, verifier=verifier,
                              ocr=self._ocr_engine(runtime) if ocr else None, ocr_budget_ms=ocr_budget_ms,
                              on_ocr_seconds=on_ocr_seconds, ocr_gate=ocr_gate if ocr else None)
         self._write = threading.Lock()

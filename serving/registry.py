@@ -113,6 +113,8 @@ def promoted_artifact(home: Home) -> ModelArtifact:
         raise IntegrityError(f"model {row.tag!r}: embedder.json no longer matches the registered weights")
     if artifact.detector is not None and artifact.detector.weights_sha256 != (row.card or {}).get("detector_sha256"):
         raise IntegrityError(f"model {row.tag!r}: detector.json no longer matches the registered detector weights")
+    if artifact.verifier is not None and artifact.verifier.weights_sha256 != (row.card or {}).get("verifier_sha256"):
+        raise IntegrityError(f"model {row.tag!r}: verifier.json no longer matches the registered verifier weights")
     return artifact
 
 

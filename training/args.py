@@ -42,6 +42,9 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
                    help="run folder (its cached vectors and OCR reads are reused; the new model is OUT/artifact)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value of the model's card, e.g. --set calibration.ocr_photos=50")
+    p.add_argument("--verifier", type=Path, default=None,
+                   help="a mark verifier folder (verifier.json and its weights) to add to the model, in place of "
+                        "its own if it has one")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -1,6 +1,6 @@
 """Fusion calibration for a trained embedder: claims on the held-out eval sets, judged by the
-pipeline's own judging step (`vision.pipeline.judge_claim`: embedding, geometry, known fakes and copies
-of them; OCR through `judge_text`) into the registry's signals, fitted into the `fusion.json` spec
+pipeline's own judging step (`vision.pipeline.judge_claim`: embedding, geometry, the mark verifier,
+known fakes and copies of them; OCR through `judge_text`) into the registry's signals, fitted into the `fusion.json` spec
 with its review and takedown thresholds (`training.fusion.fit_fusion`, priors included).
 
 Known fakes are in the data, so their weights are learned: `add_known_fake_copies` enrols a few
@@ -21,11 +21,13 @@ from tqdm import tqdm
 
 from markguard.datasets.build import save_jpeg
 from markguard.training.data import EvalSet, Item, load_images
-from markguard.training.evaluation import ClaimSet, PhotoEvidence, make_claims, split_blocks
+from markguard.training.evaluation import ClaimSet, PhotoEvidence, make_claims, mark_maps, split_blocks
 from markguard.training.fusion import PRIOR_COST_MARGIN, OperatingPoint, fit_fusion, threshold_at_fpr
 from markguard.training.model import SplitEmbedder, embed_cached
+from markguard.vision.detect import MarkDetector
 from markguard.vision.geometry import extract_features
 from markguard.vision.phash import phash
+from markguard.vision.verify import MarkVerifier
 
 __all__ = ["Calibration", "calibrate", "calibrate_vectors", "stable_share", "add_known_fake_copies", "with_known_fake_copies", "COPY_VIEWS"]
 
@@ -57,13 +59,19 @@ def calibrate(*, split: SplitEmbedder, config: dict[str, Any], run_dir: Path, ev
 
 
 def calibrate_vectors(vectors: dict[str, tuple[np.ndarray, list[np.ndarray]]], *, config: dict[str, Any],
-                      run_dir: Path, eval_sets: dict[str, EvalSet], quiet: bool = False) -> Calibration:
+                      run_dir: Path, eval_sets: dict[str, EvalSet], quiet: bool = False,
+                      verifier: MarkVerifier | None = None, detector: MarkDetector | None = None) -> Calibration:
     """`calibrate` on vectors already computed (per eval set: reference vectors and query region blocks,
-    as serving embeds them), for an embedder that was not trained by this run (`training.fuse`)."""
+    as serving embeds them), for an embedder that was not trained by this run (`training.fuse`). With the
+    model's mark `verifier` (and the `detector` that finds the marks it reads), claims carry mark evidence."""
     c = config["calibration"]
-    claim_sets = {n: make_claims(es, *vectors[n], seed=config["seed"],
-                                 photos=_photo_evidence(es, geometry=bool(c["geometry"]), desc=n, quiet=quiet))
-                  for n, es in eval_sets.items()}
+    claim_sets = {}
+    for n, es in eval_sets.items():
+        photos = _photo_evidence(es, geometry=bool(c["geometry"]), desc=n, quiet=quiet)
+        if verifier is not None:
+            references, queries = mark_maps(es, verifier, detector, progress=not quiet)
+            photos = dataclasses.replace(photos, verifier=verifier, query_marks=queries, reference_marks=references)
+        claim_sets[n] = make_claims(es, *vectors[n], seed=config["seed"], photos=photos)
     calibrate_on = [n for n in c["sets"] if n in claim_sets] or sorted(claim_sets)
     ocr_on = [n for n in c["ocr_sets"] if n in calibrate_on]
     if ocr_on and c["ocr_photos"]:

@@ -30,15 +30,18 @@ def _update_with_state(h: Any, state: dict[str, torch.Tensor]) -> None:
 
 
 def model_hash(embedder: dict[str, torch.Tensor], *, detector: dict[str, torch.Tensor] | None,
-               fusion: dict[str, Any]) -> str:
-    """The 8 hex digits that end a model's tag: a hash of everything that decides a score (the embedder's
-    and the detector's weights, the fusion with its thresholds), so two artifacts with the same hash
-    score alike. (Tags before it hashed the embedder alone.)"""
+               fusion: dict[str, Any], verifier: dict[str, torch.Tensor] | None = None) -> str:
+    """The 8 hex digits that end a model's tag: a hash of everything that decides a score (the embedder's,
+    the detector's and the mark verifier's weights, the fusion with its thresholds), so two artifacts
+    with the same hash score alike. (Tags before it hashed the embedder alone.)"""
     h = hashlib.sha256()
     _update_with_state(h, embedder)
     h.update(b"\x00detector")
     if detector is not None:
         _update_with_state(h, detector)
+    if verifier is not None:  # after the detector, so a model without one keeps its hash
+        h.update(b"\x00verifier")
+        _update_with_state(h, verifier)
     h.update(b"\x00fusion")
     h.update(json.dumps(fusion, sort_keys=True).encode())
     return h.hexdigest()[:8]

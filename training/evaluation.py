@@ -1,13 +1,14 @@
 """Evaluating an embedder on an eval set: retrieval, claim verification, per brand, per counterfeit
 transform and strength. Claims are judged by the pipeline's own judging step
-(`vision.pipeline.judge_claim`: embedding, geometry, known fakes and copies of them) against an
+(`vision.pipeline.judge_claim`: embedding, geometry, the mark verifier, known fakes and copies of them) against an
 in-memory `ReferenceIndex`, and their signals are the registry's (`vision.signals.compute_signals`),
 the very ones serving computes, so calibration has no train/serve skew.
 
 A query is one vector (its full photo) or, as serving sees it, a block of region vectors — the full
 photo first, then the crops `vision.regions.propose_regions` finds — of which the region most similar
-to the claim speaks for the photo. Geometry and known-fake copy evidence come from the photos' local
-features and hashes (`PhotoEvidence`); OCR evidence is added by `training.ocr_evidence.add_ocr`.
+to the claim speaks for the photo. Geometry, mark and known-fake copy evidence come from the photos'
+local features, verifier maps and hashes (`PhotoEvidence`); OCR evidence is added by
+`training.ocr_evidence.add_ocr`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
-from markguard.training.data import EvalSet, Item
+from markguard.training.data import EvalSet, Item, load_image
 from markguard.training.metrics import RocInput, map_at_r, recall_at_k, roc_auc, tpr_at_fpr
 from markguard.vision.detect import MarkDetector
 from markguard.vision.evidence import ClaimEvidence
@@ -29,9 +32,10 @@ from markguard.vision.pipeline import judge_claim
 from markguard.vision.regions import iou, propose_regions, region_crops
 from markguard.vision.scoring import Fusion
 from markguard.vision.signals import compute_signals
+from markguard.vision.verify import MarkVerifier
 
 __all__ = ["ClaimSet", "QueryVectors", "as_regions", "query_region_crops", "split_blocks", "build_index", "make_claims",
-           "PhotoEvidence", "evaluate_embeddings", "bootstrap_intervals", "proposal_coverage", "STRENGTH_BINS"]
+           "PhotoEvidence", "mark_maps", "evaluate_embeddings", "bootstrap_intervals", "proposal_coverage", "STRENGTH_BINS"]
 
 QueryVectors = np.ndarray | Sequence[np.ndarray]  # (Q, d) full photos, or per query (regions, d), full photo first
 
@@ -94,13 +98,17 @@ def build_index(refs: Sequence[Item], vectors: np.ndarray, ids: _Ids) -> Referen
 
 @dataclasses.dataclass(frozen=True)
 class PhotoEvidence:
-    """What a claim's photo evidence needs beyond vectors, per eval-set photo: local features (geometry)
-    and perceptual hashes (copies of known fakes). A missing part is evidence not gathered."""
+    """What a claim's photo evidence needs beyond vectors, per eval-set photo: local features (geometry),
+    perceptual hashes (copies of known fakes) and the model's mark verifier with its maps of every photo
+    (`mark_maps`). A missing part is evidence not gathered."""
 
     query_features: Sequence[LocalFeatures] | None = None
     reference_features: Sequence[LocalFeatures] | None = None
     query_hashes: Sequence[int] | None = None
     reference_hashes: Sequence[int] | None = None
+    verifier: MarkVerifier | None = None
+    query_marks: Sequence[torch.Tensor] | None = None
+    reference_marks: Sequence[torch.Tensor] | None = None
 
 
 def make_claims(eval_set: EvalSet, ref_vectors: np.ndarray, query_vectors: QueryVectors, *, seed: int = 0,
@@ -128,13 +136,17 @@ def make_claims(eval_set: EvalSet, ref_vectors: np.ndarray, query_vectors: Query
     evidence, brand_ids, product_ids = [], [], []
     reference_features = photos.reference_features.__getitem__ if photos.reference_features is not None else None
     reference_hash = photos.reference_hashes.__getitem__ if photos.reference_hashes is not None else (lambda i: None)
+    marks = photos.verifier is not None and photos.query_marks is not None and photos.reference_marks is not None
     for q, _, brand, product in claims:
         brand_id, product_id = ids.brands.get(brand, -2), ids.product(brand, product)
         found, _ = judge_claim(
             index, regions[q], brand=brand, brand_id=brand_id, product_id=product_id,
             query_features=(lambda q=q: photos.query_features[q]) if photos.query_features is not None else None,
             reference_features=reference_features, reference_hash=reference_hash,
-            photo_hash=photos.query_hashes[q] if photos.query_hashes is not None else None)
+            photo_hash=photos.query_hashes[q] if photos.query_hashes is not None else None,
+            verifier=photos.verifier if marks else None,
+            query_mark=(lambda q=q: photos.query_marks[q]) if marks else None,
+            reference_mark=photos.reference_marks.__getitem__ if marks else None)
         evidence.append(found)
         brand_ids.append(brand_id)
         product_ids.append(product_id)
@@ -165,6 +177,20 @@ def query_region_crops(images: Sequence[np.ndarray], *, max_regions: int,
         crops += found
         counts.append(len(found))
     return crops, counts
+
+
+def mark_maps(eval_set: EvalSet, verifier: MarkVerifier, detector: MarkDetector | None, *,
+              progress: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The verifier's map of every reference (its photo whole) and of every query's mark (the detector's
+    best box), as serving reads them (`MarkVerifier.reference_map`, `ScorePlan.query_mark`)."""
+    references = [verifier.reference_map(load_image(r)[0])
+                  for r in tqdm(eval_set.references, desc=f"verifier: {eval_set.name} references", leave=False,
+                                disable=not progress)]
+    queries = []
+    for item in tqdm(eval_set.queries, desc=f"verifier: {eval_set.name} queries", leave=False, disable=not progress):
+        image = load_image(item)[0]
+        queries.append(verifier.query_map(image, _detected_marks([image], detector)[0]))
+    return references, queries
 
 
 def proposal_coverage(images: Sequence[np.ndarray], marks: Sequence[tuple[int, int, int, int] | None], *,

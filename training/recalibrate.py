@@ -14,6 +14,7 @@ the set's photos), `ocr_cache.json`, `known_fakes/` (the copies), `metrics.json`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -33,11 +34,12 @@ from markguard.training.card import calibration_fields, combined_hash, model_has
 from markguard.training.config import apply_override, load_config
 from markguard.training.data import EvalSet, Item, load_images
 from markguard.training.evaluation import evaluate_embeddings
-from markguard.vision.artifact import ModelArtifact, load_artifact
+from markguard.vision.artifact import ModelArtifact, load_artifact, read_verifier
 from markguard.vision.embed.run import embed_images
 from markguard.vision.index import ReferenceIndex
 from markguard.vision.pipeline import BrandProfile, Scorer, ScoreRequest
 from markguard.vision.scoring import Fusion
+from markguard.vision.signals import signal_names
 
 __all__ = ["run", "pipeline_vectors"]
 
@@ -70,8 +72,8 @@ def pipeline_vectors(artifact: ModelArtifact, es: EvalSet, *, cache: Path, batch
     def embed(crops: Sequence[np.ndarray]) -> np.ndarray:
         return embed_images(model, crops, batch_size=batch_size)
 
-    scorer = Scorer(artifact, index=ReferenceIndex(artifact.embedder.embedding_dim), source=_Unclaimed(),  # type: ignore[arg-type]
-                    embed=embed, detector=artifact.load_detector())
+    scorer = Scorer(_for_planning(artifact), index=ReferenceIndex(artifact.embedder.embedding_dim),
+                    source=_Unclaimed(), embed=embed, detector=artifact.load_detector())  # type: ignore[arg-type]
     references = embed_images(model, load_images(es.references), batch_size=batch_size, progress=progress)
     blocks: list[np.ndarray] = []
     bar = tqdm(total=len(es.queries), desc=f"pipeline: {es.name}", unit="photo", disable=not progress, leave=False)
@@ -84,6 +86,15 @@ def pipeline_vectors(artifact: ModelArtifact, es: EvalSet, *, cache: Path, batch
     np.savez(cache, key=key, references=references, queries=np.concatenate(blocks),
              counts=np.array([len(b) for b in blocks]))
     return references, blocks
+
+
+def _for_planning(artifact: ModelArtifact) -> ModelArtifact:
+    """`artifact` with a fusion that weighs every signal (a zero prior for each it does not): planning
+    weighs nothing, and a model made before a signal existed is recalibrated like any other."""
+    fusion = dict(artifact.fusion)
+    weighed = set(fusion.get("signals", {})) | set(fusion.get("priors") or {}) | {"genuine_similarity"}
+    fusion["priors"] = {**(fusion.get("priors") or {}), **{n: 0.0 for n in signal_names() if n not in weighed}}
+    return dataclasses.replace(artifact, fusion=fusion)
 
 
 def _photo_bytes(item: Item) -> bytes:
@@ -105,15 +116,24 @@ def _config(artifact: ModelArtifact, overrides: Sequence[str]) -> dict[str, Any]
     return config
 
 
-def _write_recalibrated(artifact: ModelArtifact, dest: Path, *, fusion: dict[str, Any],
-                        card: dict[str, Any]) -> ModelArtifact:
-    """A copy of `artifact` (weights and detector byte for byte) with a new fusion and card, replacing `dest`."""
+def _write_recalibrated(artifact: ModelArtifact, dest: Path, *, fusion: dict[str, Any], card: dict[str, Any],
+                        verifier: Path | None = None) -> ModelArtifact:
+    """A copy of `artifact` (weights, detector and verifier byte for byte; the `verifier` folder's
+    verifier in place of its own, when given) with a new fusion and card, replacing `dest`."""
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(artifact.path, tmp)
+    if verifier is not None:
+        config = read_verifier(verifier).config
+        if artifact.verifier is not None:
+            (tmp / artifact.verifier.weights_file).unlink()
+        for name in ("verifier.json", config.weights_file):
+            shutil.copyfile(verifier / name, tmp / name)
+        card = {**card, "verifier_sha256": config.weights_sha256}
     for name, content in (("fusion.json", fusion), ("card.json", card)):
         (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
-    load_artifact(tmp).load_detector()  # checks the copied weights against their pinned SHA-256
+    copied = load_artifact(tmp)
+    copied.load_detector(), copied.load_verifier()  # checks the copied weights against their pinned SHA-256
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return load_artifact(dest)
@@ -132,27 +152,31 @@ def run(args: argparse.Namespace) -> int:
     eval_sets = with_known_fake_copies(eval_sets, config, run_dir)
     vectors = {n: pipeline_vectors(artifact, es, cache=run_dir / f"vectors_{n}.npz", batch_size=args.batch_size,
                                    progress=not args.quiet) for n, es in eval_sets.items()}
-    cal = calibrate_vectors(vectors, config=config, run_dir=run_dir, eval_sets=eval_sets, quiet=args.quiet)
+    verifier = read_verifier(args.verifier) if args.verifier is not None else artifact.load_verifier()
+    cal = calibrate_vectors(vectors, config=config, run_dir=run_dir, eval_sets=eval_sets, quiet=args.quiet,
+                            verifier=verifier, detector=artifact.load_detector())
     fusion = Fusion(cal.spec)
     metrics = {n: evaluate_embeddings(es, *cal.vectors[n], fusion=fusion, claims=cal.claim_sets[n])
                for n, es in eval_sets.items()}
     model, detector = artifact.load_embedder(), artifact.load_detector()
     sha8 = model_hash(model.state_dict(), detector=detector.state_dict() if detector is not None else None,
-                      fusion=cal.spec)
+                      fusion=cal.spec, verifier=verifier.state_dict() if verifier is not None else None)
     tag = f"{config['tag_prefix']}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{sha8}"
     fields = calibration_fields(config=config, calibration=cal, metrics=metrics, eval_sets=eval_sets)
     card = {**artifact.card, **fields, "tag": tag, "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": f"markguard calibrate --model {args.model} --out {args.out}"
+                       + (f" --verifier {args.verifier}" if args.verifier is not None else "")
                        + "".join(f" --set {s}" for s in args.overrides),
             "config": config,
             "derived_from": {"tag": artifact.tag, "change": "fusion recalibrated (`markguard calibrate`) with every "
                              "weight it applies, priors included, on calibration data holding known fakes and copies "
-                             "of them; weights and detector unchanged"}}
+                             "of them; weights and detector unchanged"
+                             + ("; the mark verifier of " + str(args.verifier) + " added" if args.verifier else "")}}
     card["data"] = {**artifact.card.get("data", {}), "manifests_sha256": hashes, "manifest_hash": combined_hash(hashes),
                     "eval_sets": {n: {"references": len(e.references), "queries": len(e.queries)}
                                   for n, e in eval_sets.items()}}
     card["git_commit"] = git_commit()
-    written = _write_recalibrated(artifact, run_dir / "artifact", fusion=cal.spec, card=card)
+    written = _write_recalibrated(artifact, run_dir / "artifact", fusion=cal.spec, card=card, verifier=args.verifier)
     (run_dir / "metrics.json").write_text(json.dumps(card["metrics"], indent=2, sort_keys=True) + "\n")
     spec = cal.spec
     print(f"markguard calibrate: {artifact.tag} -> {tag} in {(time.monotonic() - started) / 60:.1f} min; fusion "

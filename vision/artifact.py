@@ -1,5 +1,6 @@
 """Model artifacts: a folder holding weights, `embedder.json`, `fusion.json` and `card.json`, and
-optionally a mark detector (`detector.json` and its weights).
+optionally a mark detector (`detector.json` and its weights) and a mark verifier (`verifier.json` and
+its weights).
 
 Weights load through `vision.weights.load_weights` alone (re-exported here): the SHA-256 is checked
 before a byte is parsed, and only safetensors (or, for upstream ImageNet files,
@@ -23,11 +24,13 @@ from safetensors.torch import save_file
 from markguard.vision.detect import DetectorConfig, MarkDetector
 from markguard.vision.embed import BackboneEmbedder, EmbedderConfig, get_backbone
 from markguard.vision.errors import IntegrityError
+from markguard.vision.verify import MarkVerifier, VerifierConfig
 from markguard.vision.weights import load_weights, sha256_file
 
 __all__ = [
     "ModelArtifact",
     "load_artifact",
+    "read_verifier",
     "write_artifact",
     "load_weights",
     "sha256_file",
@@ -45,6 +48,7 @@ class ModelArtifact:
     fusion: dict[str, Any]
     card: dict[str, Any]
     detector: DetectorConfig | None = None  # the learned mark detector, when the model has one
+    verifier: VerifierConfig | None = None  # the learned mark verifier, when the model has one
 
     @property
     def tag(self) -> str:
@@ -76,6 +80,10 @@ class ModelArtifact:
         detector.load_state_dict(state, strict=True)
         return detector.eval().to(device)
 
+    def load_verifier(self) -> MarkVerifier | None:
+        """The mark verifier in eval mode (CPU), or None when the artifact has none (no `mark_mismatch`)."""
+        return read_verifier(self.path) if self.verifier is not None else None
+
 
 def load_artifact(path: str | os.PathLike[str]) -> ModelArtifact:
     path = Path(path)
@@ -88,7 +96,22 @@ def load_artifact(path: str | os.PathLike[str]) -> ModelArtifact:
     if "tag" not in card:
         raise IntegrityError(f"{path}: card.json has no tag")
     detector = DetectorConfig.from_json(path / "detector.json") if (path / "detector.json").is_file() else None
-    return ModelArtifact(path=path, embedder=embedder, fusion=fusion, card=card, detector=detector)
+    verifier = VerifierConfig.from_json(path / "verifier.json") if (path / "verifier.json").is_file() else None
+    return ModelArtifact(path=path, embedder=embedder, fusion=fusion, card=card, detector=detector, verifier=verifier)
+
+
+def read_verifier(folder: str | os.PathLike[str]) -> MarkVerifier:
+    """The mark verifier of a folder holding `verifier.json` and its weights (an artifact, or a verifier
+    exported on its own), its weights checked against the SHA-256 the JSON pins."""
+    folder = Path(folder)
+    if not (folder / "verifier.json").is_file():
+        raise IntegrityError(f"{folder}: no verifier.json")
+    config = VerifierConfig.from_json(folder / "verifier.json")
+    if not config.weights_sha256:
+        raise IntegrityError(f"{folder}: verifier.json pins no weights_sha256")
+    verifier = MarkVerifier(config)
+    verifier.load_state_dict(load_weights(folder / config.weights_file, sha256=config.weights_sha256), strict=True)
+    return verifier.eval()
 
 
 def write_artifact(
@@ -99,10 +122,11 @@ def write_artifact(
     fusion: dict[str, Any],
     card: dict[str, Any],
     detector: MarkDetector | None = None,
+    verifier: MarkVerifier | None = None,
 ) -> ModelArtifact:
     """Write a complete artifact to `dest` atomically (a temporary sibling folder, then rename).
 
-    `embedder.weights_sha256` (and the detector's) is filled in from the written file; `card["tag"]`
+    `embedder.weights_sha256` (and the detector's and verifier's) is filled in from the written file; `card["tag"]`
     must be set.
     """
     dest = Path(dest)
@@ -115,12 +139,14 @@ def write_artifact(
         save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(weights))
         embedder = dataclasses.replace(embedder, weights_sha256=sha256_file(weights))
         (tmp / "embedder.json").write_text(embedder.to_json())
-        if detector is not None:
-            weights = tmp / detector.config.weights_file
-            save_file({k: v.detach().contiguous().cpu() for k, v in detector.state_dict().items()}, str(weights))
-            config = dataclasses.replace(detector.config, weights_sha256=sha256_file(weights))
-            (tmp / "detector.json").write_text(config.to_json())
-            card = {**card, "detector_sha256": config.weights_sha256}  # what a registry pins, with the embedder's
+        for name, part in (("detector", detector), ("verifier", verifier)):
+            if part is None:
+                continue
+            weights = tmp / part.config.weights_file
+            save_file({k: v.detach().contiguous().cpu() for k, v in part.state_dict().items()}, str(weights))
+            config = dataclasses.replace(part.config, weights_sha256=sha256_file(weights))
+            (tmp / f"{name}.json").write_text(config.to_json())
+            card = {**card, f"{name}_sha256": config.weights_sha256}  # what a registry pins, with the embedder's
         (tmp / "fusion.json").write_text(json.dumps(fusion, indent=2, sort_keys=True) + "\n")
         (tmp / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
         for f in tmp.iterdir():

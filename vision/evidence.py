@@ -16,7 +16,7 @@ from markguard.vision.ocr import OcrLine
 from markguard.vision.text import SerialCandidate, WordmarkHit, WordmarkMatch
 
 __all__ = ["SerialRecord", "SerialEvidence", "OcrEvidence", "EmbeddingEvidence", "KnownFakeEvidence",
-           "ClaimEvidence"]
+           "MarkEvidence", "ClaimEvidence"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +102,16 @@ class KnownFakeEvidence:
     copy_distance: int | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class MarkEvidence:
+    """The photo's mark against the claim's nearest genuine references, as the model's mark verifier
+    (`vision.verify`) compares them: the lowest logit that the mark is not the reference's, and that
+    reference."""
+
+    logit: float
+    reference_id: int
+
+
 @dataclasses.dataclass
 class ClaimEvidence:
     """Everything judged about one (photo, claim): the input of every signal (`vision.signals`)."""
@@ -111,3 +121,4 @@ class ClaimEvidence:
     geometry: GeometryMatch | None = None
     ocr: OcrEvidence | None = None
     known_fake: KnownFakeEvidence | None = None
+    mark: MarkEvidence | None = None

@@ -20,9 +20,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from markguard.vision.artifact import sha256_file
 from markguard.vision.errors import IntegrityError
 from markguard.vision.text import SerialCandidate, extract_serials, pattern_alphabet
+from markguard.vision.weights import sha256_file
 
 __all__ = [
     "Box",

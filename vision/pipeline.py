@@ -2,11 +2,13 @@
 
 `Scorer.plan` (decode, OCR lines, detected marks, candidate regions) → `embed` (one forward pass for
 many crops: injected, so a server can batch it across requests and training can run its local model)
-→ `Scorer.judge` (index search, geometry, known fakes, OCR evidence, signals, fusion, decision).
+→ `Scorer.judge` (index search, geometry, the mark verifier, known fakes, OCR evidence, signals, fusion,
+decision).
 The service, the CLI, scans, calibration, evaluation and every benchmark score through it.
 
 What the pipeline needs from a catalog (a brand's policy and wordmarks, the serial registry, reuse
-by other sellers, reference photos' local features and hashes, earlier listings of the same photo)
+by other sellers, reference photos' local features, hashes and verifier maps, earlier listings of the same
+photo)
 comes through an `EvidenceSource`: look-ups only, no writes. Recording the listing is the caller's.
 """
 
@@ -23,6 +25,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from markguard.vision.artifact import ModelArtifact
 from markguard.vision.decode import decode_image
@@ -58,6 +61,7 @@ from markguard.vision.scoring import (
 )
 from markguard.vision.signals import compute_signals
 from markguard.vision.text import SerialCandidate, match_wordmarks
+from markguard.vision.verify import MarkVerifier, claim_mark
 
 __all__ = ["Scorer", "ScoreRequest", "ScorePlan", "ListingClaim", "BrandProfile", "EvidenceSource", "OcrGate",
            "read_ocr_evidence", "judge_text", "judge_claim", "TOP_MATCHES", "STAGES", "WORDMARK_SIGNALS",
@@ -71,7 +75,7 @@ _OCR_CACHE = 256  # photos whose OCR lines are kept (keyed by content hash)
 Embed = Callable[[Sequence[np.ndarray]], np.ndarray]
 
 # Where a photo's CPU time goes (process CPU seconds, `Scorer.stage_cpu`); the scan's writer adds "record".
-STAGES = ("decode", "detect", "regions", "embed", "search", "geometry", "ocr", "fusion")
+STAGES = ("decode", "detect", "regions", "embed", "search", "geometry", "verify", "ocr", "fusion")
 
 
 class _Stage:
@@ -233,6 +237,10 @@ class EvidenceSource(Protocol):
     def reference_hash(self, reference_id: int) -> int | None:
         """The perceptual hash of a reference's photo (None: unknown)."""
 
+    def reference_mark(self, reference_id: int) -> torch.Tensor | None:
+        """The reference's map as the model's mark verifier reads it (`MarkVerifier.reference_map`); None
+        when its photo is gone. Asked only by a scorer whose model has a verifier."""
+
     def reference_names(self, reference_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
         """(brand, product or None) of each reference id."""
 
@@ -262,12 +270,18 @@ class ScorePlan:
     ocr_deferred: bool = False  # the gate decides in `judge` whether this photo's text is read
     ocr_probed: bool = False  # the gate looked for a wordmark first (`OcrGate`, "probe")
     mark_boxes: list[tuple[int, int, int, int]] = dataclasses.field(default_factory=list)  # the detector's
+    mark_map: torch.Tensor | None = None  # the photo's mark as the verifier reads it, computed when first needed
     cpu: dict[str, float] = dataclasses.field(default_factory=dict)  # process CPU seconds by stage (STAGES)
 
     def query_features(self) -> LocalFeatures:
         if self.features is None:
             self.features = extract_features(self.image)
         return self.features
+
+    def query_mark(self, verifier: MarkVerifier) -> torch.Tensor:
+        if self.mark_map is None:
+            self.mark_map = verifier.query_map(self.image, self.mark_boxes)
+        return self.mark_map
 
 
 def read_ocr_evidence(ocr: OcrEngine, image: np.ndarray, lines: Sequence[OcrLine], *, brand: BrandProfile | None,
@@ -296,11 +310,14 @@ def judge_claim(index: ReferenceIndex, vectors: np.ndarray, *, brand: str, brand
                 reference_hash: Callable[[int], int | None], shared: Sequence[int] = (),
                 stage: Callable[[str], AbstractContextManager[Any]] = lambda name: nullcontext(),
                 needs_geometry: Callable[[ClaimEvidence], bool] | None = None,
+                verifier: MarkVerifier | None = None, query_mark: Callable[[], torch.Tensor] | None = None,
+                reference_mark: Callable[[int], torch.Tensor | None] | None = None,
                 ) -> tuple[ClaimEvidence, dict[int, GeometryMatch]]:
     """The evidence of one claim from its photo's region vectors (one row per crop), as `Scorer.judge`
     gathers it and calibration (`training.evaluation.make_claims`) fits it: the region most similar to
     the claim, shape agreement with the claim's nearest genuine references (skipped when
-    `query_features` is None), and the nearest known fake with the photo's hash distance to it.
+    `query_features` is None), the photo's mark against those references by the `verifier` (skipped
+    without one, or without `query_mark`), and the nearest known fake with the photo's hash distance to it.
     `needs_geometry(evidence)` (the embedding and known-fake evidence gathered): False skips geometry.
     Returns the evidence and each geometry-checked reference's match. `stage(name)` times each step."""
     evidence = ClaimEvidence(brand=brand)
@@ -316,6 +333,11 @@ def judge_claim(index: ReferenceIndex, vectors: np.ndarray, *, brand: str, brand
             distances = [hamming(photo_hash, h) for h in hashes if h is not None]
             found = dataclasses.replace(found, copy_distance=min(distances) if distances else None)
         evidence.known_fake = found
+    if verifier is not None and query_mark is not None and reference_mark is not None:
+        region = evidence.embedding.region
+        with stage("verify"):
+            evidence.mark = claim_mark(index, vectors[region : region + 1], verifier, brand_id=brand_id,
+                                       product_id=product_id, query_map=query_mark, reference_map=reference_mark)
     if query_features is not None:
         with stage("fusion"):
             wanted = needs_geometry is None or needs_geometry(evidence)
@@ -337,13 +359,15 @@ class Scorer:
     read. `stage_cpu` sums the process CPU seconds of every photo scored, by stage."""
 
     def __init__(self, artifact: ModelArtifact, *, index: ReferenceIndex, source: EvidenceSource, embed: Embed,
-                 detector: MarkDetector | None = None, ocr: OcrEngine | None = None, ocr_budget_ms: float = 3000.0,
+                 detector: MarkDetector | None = None, verifier: MarkVerifier | None = None,
+                 ocr: OcrEngine | None = None, ocr_budget_ms: float = 3000.0,
                  on_ocr_seconds: Callable[[float], None] | None = None, ocr_gate: OcrGate | None = None) -> None:
         self.artifact = artifact
         self.index = index
         self.source = source
         self.embed = embed
         self.detector = detector
+        self.verifier = verifier
         self.fusion = Fusion(artifact.fusion)
         self.ocr = ocr
         self.ocr_budget_ms = ocr_budget_ms
@@ -401,7 +425,9 @@ class Scorer:
                 index, vectors, brand=brand.name, brand_id=brand.id, product_id=product_id,
                 query_features=plan.query_features, reference_features=self.source.reference_features,
                 photo_hash=plan.photo_hash, reference_hash=self.source.reference_hash, shared=shared,
-                stage=lambda name: _Stage(cpu, name, self.stage_cpu), needs_geometry=self._geometry_gate(plan, brand))
+                stage=lambda name: _Stage(cpu, name, self.stage_cpu), needs_geometry=self._geometry_gate(plan, brand),
+                verifier=self.verifier, query_mark=lambda: plan.query_mark(self.verifier),
+                reference_mark=self.source.reference_mark)
             with _Stage(cpu, "search", self.stage_cpu):
                 brand_best = self._nearest(vectors, brand_id=brand.id, kind="genuine")
         if plan.ocr_deferred and self.ocr is not None and self.ocr_gate is not None and \

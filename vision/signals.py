@@ -116,6 +116,14 @@ def _inlier_ratio(e: ClaimEvidence) -> float | None:
     return e.geometry.inlier_ratio if e.geometry is not None else None
 
 
+# -- the mark verifier (the photo's mark against the claim's nearest genuine references, cell by cell) ----
+@register_signal("mark_mismatch", direction=+1)
+def _mark_mismatch(e: ClaimEvidence) -> float | None:
+    """The model's mark verifier: the lowest logit that the photo's mark is not one of the claim's
+    nearest genuine references (none without a verifier in the model)."""
+    return e.mark.logit if e.mark is not None else None
+
+
 # -- OCR --------------------------------------------------------------------------------------------
 def _read_wordmarks(e: ClaimEvidence) -> bool:
     return e.ocr is not None and bool(e.ocr.wordmarks)

@@ -1,16 +1,19 @@
 """Calibration judges claims with the pipeline's own code: a claim judged by calibration and the same photo
-and claim scored by `vision.pipeline.Scorer` give the same signals, known fakes and copies of them included."""
+and claim scored by `vision.pipeline.Scorer` give the same signals, known fakes, copies of them and the
+mark verifier's evidence included."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import dataclasses
 
 import pytest
 
 from markguard.datasets.manifest import Label, ManifestRow
 from markguard.training.calibration import COPY_VIEWS, _photo_evidence, add_known_fake_copies
 from markguard.training.data import EvalSet, Item, load_images
-from markguard.training.evaluation import make_claims
+from markguard.training.evaluation import make_claims, mark_maps
 from markguard.training.recalibrate import pipeline_vectors
 from markguard.vision.artifact import load_artifact
 from markguard.vision.embed.run import embed_images
@@ -25,10 +28,11 @@ SHIPPED = Path(__file__).resolve().parents[2] / "serving" / "default_model"
 class _EvalSetSource:
     """The catalog of an eval set's in-memory index, as the pipeline's `EvidenceSource` sees it."""
 
-    def __init__(self, es: EvalSet, claims) -> None:  # noqa: ANN001
+    def __init__(self, es: EvalSet, claims, verifier) -> None:  # noqa: ANN001
         images = load_images(es.references)
         self.features = [extract_features(i) for i in images]
         self.hashes = [phash(i).int64 for i in images]
+        self.marks = [verifier.reference_map(i) for i in images]
         self.brand_ids = dict(zip(claims.brand, claims.brand_id.tolist(), strict=True))
 
     def resolve(self, brand: str | None, product: str | None) -> tuple[BrandProfile | None, int | None]:
@@ -40,6 +44,9 @@ class _EvalSetSource:
 
     def reference_hash(self, i: int) -> int:
         return self.hashes[i]
+
+    def reference_mark(self, i: int):  # noqa: ANN201
+        return self.marks[i]
 
     def shared_known_fakes(self, brand: BrandProfile) -> tuple[int, ...]:
         return ()
@@ -61,6 +68,8 @@ def _item(path: Path, brand: str, product: str | None, *, genuine: bool = True) 
 
 def test_a_claim_judged_by_calibration_is_scored_alike_by_the_scorer(grocery: Path, tmp_path: Path) -> None:
     artifact = load_artifact(SHIPPED)
+    verifier = artifact.load_verifier()
+    assert verifier is not None, "the shipped model has a mark verifier"
     iconic = {p.parent.name: p for p in (grocery / "iconic").rglob("*_Iconic.jpg")}
     arla = sorted(n for n in iconic if n.startswith("Arla-"))[:2]
     alpro = sorted(n for n in iconic if n.startswith("Alpro-"))[:1]
@@ -73,15 +82,19 @@ def test_a_claim_judged_by_calibration_is_scored_alike_by_the_scorer(grocery: Pa
     assert len(es.references) == 4 and len(es.queries) == 1 + len(COPY_VIEWS)
 
     refs, blocks = pipeline_vectors(artifact, es, cache=tmp_path / "vectors.npz", progress=False)
-    claims = make_claims(es, refs, blocks, photos=_photo_evidence(es, geometry=True, desc="tiny"))
+    references, queries = mark_maps(es, verifier, artifact.load_detector())
+    photos = dataclasses.replace(_photo_evidence(es, geometry=True, desc="tiny"), verifier=verifier,
+                                 query_marks=queries, reference_marks=references)
+    claims = make_claims(es, refs, blocks, photos=photos)
     copies = [c for c, q in enumerate(claims.query) if es.queries[q].row.transform == "known_fake_copy"]
     assert len(copies) == len(COPY_VIEWS)
     assert all(claims.values[c]["known_fake_copy"] == 1.0 for c in copies)
+    assert all(v["mark_mismatch"] is not None for v in claims.values)
 
-    source = _EvalSetSource(es, claims)
+    source = _EvalSetSource(es, claims, verifier)
     model = artifact.load_embedder()
     scorer = Scorer(artifact, index=claims.index, source=source, embed=lambda crops: embed_images(model, crops),  # type: ignore[arg-type]
-                    detector=artifact.load_detector())
+                    detector=artifact.load_detector(), verifier=verifier)
     requests = [ScoreRequest(es.queries[q].path.read_bytes(), brand=claims.brand[c],
                              product=None if claims.product_id[c] is None else str(claims.product_id[c]))
                 for c, q in enumerate(claims.query)]

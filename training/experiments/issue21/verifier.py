@@ -3,6 +3,7 @@
     python training/experiments/issue21/verifier.py crops TRAIN_BUILD EVAL_BUILD [--out runs/issue21/verifier]
     python training/experiments/issue21/verifier.py train [--out ...] [--level 5] [--epochs 30]
     python training/experiments/issue21/verifier.py eval  [--out ...] [--boot 1000]
+    python training/experiments/issue21/verifier.py export --out runs/issue21/verifier8 --name t4 --dest DIR
 
 The global embedding sees a brand's mark as a whole and cannot tell a genuine mark from one with an
 element moved, mirrored or removed, a letter changed or strokes thickened (held-out claim AUC 0.54-0.57).
@@ -45,6 +46,9 @@ from markguard.serving.benchmarks.scoring import claim_auc_by_transform, resampl
 from markguard.training.data import load_image, mark_box, read_items
 from markguard.training.metrics import roc_auc
 from markguard.vision.embed.backbone import create_backbone
+from markguard.vision.verify import MarkHead as Verifier
+from markguard.vision.verify import grown
+from markguard.vision.verify import letterbox as square_letterbox
 
 SIZE = (128, 128)  # canvas height, width: `crops --canvas`
 MEAN, STD = 127.0, 128.0  # EfficientNet-Lite's input normalisation, in pixel units
@@ -52,9 +56,10 @@ DEFAULT_MODEL = Path("serving/default_model")
 
 
 def letterbox(image: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int] | None = None) -> np.ndarray:
-    """The box's pixels (clipped to the photo) scaled to fit `size` (height, width) with their aspect kept,
-    centred on a grey canvas."""
+    """`vision.verify.letterbox` onto this run's canvas (`crops --canvas`; square in serving)."""
     size = size or SIZE
+    if size[0] == size[1]:
+        return square_letterbox(image, box, size[0])
     h, w = image.shape[:2]
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, max(x0 + 1, x1)), min(h, max(y0 + 1, y1))
@@ -66,14 +71,6 @@ def letterbox(image: np.ndarray, box: tuple[float, float, float, float], size: t
     oy, ox = (size[0] - nh) // 2, (size[1] - nw) // 2
     out[oy : oy + nh, ox : ox + nw] = patch
     return out
-
-
-def grown(box, factor: float, shift: tuple[float, float] = (0.0, 0.0), aspect: float = 1.0):
-    x0, y0, x1, y1 = box
-    w, h = x1 - x0, y1 - y0
-    cx, cy = (x0 + x1) / 2 + shift[0] * w, (y0 + y1) / 2 + shift[1] * h
-    hw, hh = w * factor * aspect / 2, h * factor / aspect / 2
-    return cx - hw, cy - hh, cx + hw, cy + hh
 
 
 def jittered(box, rng: np.random.Generator):
@@ -192,38 +189,6 @@ def cmd_crops(args: argparse.Namespace) -> int:
 
 
 # --- the head ---------------------------------------------------------------------------------------------
-
-
-class Verifier(nn.Module):
-    """Logit that the query's mark is not the reference's: a local correlation volume both ways (each
-    cell's cosines to the other map's cells within `radius`) beside both maps, three convolutions (the
-    first 1x1: the volume already spans the neighbourhood), average- and max-pooled."""
-
-    def __init__(self, channels: int, *, dim: int = 32, radius: int = 3, hidden: int = 64) -> None:
-        super().__init__()
-        self.radius = radius
-        self.proj = nn.Conv2d(channels, dim, 1)
-        window = (2 * radius + 1) ** 2
-        self.body = nn.Sequential(
-            nn.Conv2d(2 * window + 2 * dim, hidden, 1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, hidden, 3, padding=1, stride=2), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-        )
-        self.out = nn.Linear(2 * hidden, 1)
-
-    def correlation(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """(N, window, H, W): cosine of each cell of `a` with the cells of `b` around it."""
-        r = self.radius
-        h, w = b.shape[2:]
-        padded = F.pad(b, (r, r, r, r))
-        return torch.stack([(a * padded[:, :, dy : dy + h, dx : dx + w]).sum(1)
-                            for dy in range(2 * r + 1) for dx in range(2 * r + 1)], 1)
-
-    def forward(self, ref: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        a = F.normalize(self.proj(ref), dim=1)
-        b = F.normalize(self.proj(query), dim=1)
-        x = self.body(torch.cat([self.correlation(b, a), self.correlation(a, b), a, b], 1))
-        return self.out(torch.cat([x.mean((2, 3)), x.amax((2, 3))], 1)).squeeze(1)
 
 
 class TunedVerifier(nn.Module):
@@ -563,6 +528,56 @@ def paired_diff(a: np.ndarray, b: np.ndarray, genuine: np.ndarray, brands: np.nd
                            brands, boot=boot)["diff"]
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A checkpoint as a mark verifier folder (`verifier.json`, `verifier.safetensors`: the ImageNet trunk
+    with the checkpoint's tuned stages, and the head) that `markguard calibrate --verifier` adds to a model.
+    Checks that the exported verifier, run on the val crops' pixels, gives the checkpoint's logits."""
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    from markguard.vision.artifact import read_verifier
+    from markguard.vision.verify import MarkVerifier, VerifierConfig
+    from markguard.vision.weights import sha256_file
+
+    out: Path = args.out
+    ckpt = torch.load(out / f"{args.name}.pt", weights_only=True)
+    a = ckpt["args"]
+    if SIZE != (128, 128):
+        raise SystemExit("export: serving letterboxes onto a square canvas")
+    start = a.get("tune_from") or a["level"]
+    config = VerifierConfig(mean=(MEAN / 255,) * 3, std=(STD / 255,) * 3, trunk_blocks=start,
+                            tuned_blocks=a["level"] - start, dim=a["dim"], radius=a["radius"], hidden=a["hidden"])
+    verifier = MarkVerifier(config)
+    imagenet = create_backbone("efficientnet_lite0", pretrained=True).state_dict()
+    state = {f"trunk.{k}": v for k, v in imagenet.items() if f"trunk.{k}" in verifier.state_dict()}
+    for k, v in ckpt["state"].items():
+        if k.startswith("blocks."):  # TunedVerifier: the tuned stages, numbered from `tune_from`
+            n, rest = k[len("blocks."):].split(".", 1)
+            state[f"trunk._blocks.{start + int(n)}.{rest}"] = v
+        else:
+            state[k if k.startswith("head.") else f"head.{k}"] = v
+    verifier.load_state_dict(state, strict=True)
+    dest: Path = args.dest
+    dest.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in verifier.state_dict().items()}, str(dest / config.weights_file))
+    config = dataclasses.replace(config, weights_sha256=sha256_file(dest / config.weights_file))
+    (dest / "verifier.json").write_text(config.to_json())
+    exported = read_verifier(dest)
+    # the same logits from pixels as the checkpoint gave from its cached float16 maps
+    val, _ = load_eval(out, "val")
+    pixels = np.load(out / "val_pixels.npz")
+    n = 64
+    model = build_model(a, val[f"refs_l{start}"].shape[1])
+    model.load_state_dict(ckpt["state"])
+    cached = predict(model, val[f"refs_l{start}"], val[f"found_l{start}"][:n], val["ref_index"][:n])
+    fresh = np.array([exported.logits(exported.maps([pixels["refs"][r]]), exported.maps([pixels["found"][q]])[0])[0]
+                      for q, r in enumerate(val["ref_index"][:n])])
+    print(f"export: {dest} (sha256 {config.weights_sha256[:12]}); {n} val claims, largest logit difference "
+          f"from the checkpoint's {np.abs(fresh - cached).max():.4f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(required=True)
@@ -604,6 +619,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--claims", type=Path, default=Path("runs/issue21/grozi-claims.claims.jsonl"))
     p.add_argument("--boot", type=int, default=1000)
     p.set_defaults(func=cmd_grozi)
+    p = sub.add_parser("export")
+    p.add_argument("--name", default="t4")
+    p.add_argument("--dest", type=Path, required=True, help="the verifier folder to write")
+    p.set_defaults(func=cmd_export)
     for p in sub.choices.values():
         p.add_argument("--out", type=Path, default=Path("runs/issue21/verifier"))
     args = parser.parse_args(argv)

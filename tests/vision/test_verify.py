@@ -1,0 +1,127 @@
+"""vision.verify: the mark verifier — crops as it reads them, its place in a model artifact (checksummed),
+and the shipped verifier telling a reference's own mark from another brand's."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from markguard.training.data import load_image
+from markguard.vision.artifact import load_artifact, read_verifier, write_artifact
+from markguard.vision.decode import read_image
+from markguard.vision.errors import IntegrityError
+from markguard.vision.evidence import ClaimEvidence, MarkEvidence
+from markguard.vision.index import KIND_CODES, ReferenceIndex
+from markguard.vision.signals import compute_signals
+from markguard.vision.verify import MarkVerifier, VerifierConfig, claim_mark, letterbox, query_mark_crop
+
+SHIPPED = Path(__file__).resolve().parents[2] / "serving" / "default_model"
+CONFIG = VerifierConfig(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+def test_letterbox_keeps_the_aspect_on_a_grey_canvas() -> None:
+    photo = np.zeros((200, 400, 3), np.uint8)
+    photo[50:90, 100:300] = 255  # a 200 x 40 white mark
+    crop = letterbox(photo, (100, 50, 300, 90), 128)
+    assert crop.shape == (128, 128, 3) and crop.dtype == np.uint8
+    rows = np.nonzero(crop[:, 64, 0] == 255)[0]
+    assert 24 <= len(rows) <= 27 and abs(rows.mean() - 63.5) < 1.5  # 128 * 40 / 200, centred
+    assert (crop[:20] == 127).all() and (crop[-20:] == 127).all()
+    # a box past the photo's edge is clipped, never empty
+    assert letterbox(photo, (390, 190, 500, 300), 64).shape == (64, 64, 3)
+    assert letterbox(photo, (450, 250, 460, 260), 64).shape == (64, 64, 3)
+
+
+def test_the_query_crop_is_the_detectors_best_box_grown_or_the_whole_photo() -> None:
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    whole = query_mark_crop(photo, [], size=64, grow=1.25)
+    assert np.array_equal(whole, letterbox(photo, (0, 0, 160, 120), 64))
+    boxed = query_mark_crop(photo, [(40, 40, 80, 80), (0, 0, 10, 10)], size=64, grow=1.25)
+    assert np.array_equal(boxed, letterbox(photo, (35, 35, 85, 85), 64))
+
+
+def test_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="plain file name"):
+        dataclasses.replace(CONFIG, weights_file="../verifier.safetensors")
+    with pytest.raises(ValueError, match="references"):
+        dataclasses.replace(CONFIG, references=0)
+
+
+def test_an_artifact_keeps_the_verifier_pinned_and_refuses_tampered_weights(imagenet_artifact, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    verifier = MarkVerifier(CONFIG).eval()
+    written = write_artifact(tmp_path / "a", state_dict=imagenet_artifact.load_embedder().state_dict(),
+                             embedder=imagenet_artifact.embedder, fusion=imagenet_artifact.fusion,
+                             card={"tag": "with-verifier"}, verifier=verifier)
+    assert written.verifier is not None and written.card["verifier_sha256"] == written.verifier.weights_sha256
+    loaded = load_artifact(tmp_path / "a").load_verifier()
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for _ in range(3)]
+    maps = loaded.maps(crops)
+    assert maps.shape == (3, 40, 16, 16)  # Lite0's first 4 stages: stride 8
+    np.testing.assert_array_equal(loaded.logits(maps[:2], maps[2]), verifier.logits(verifier.maps(crops)[:2], maps[2]))
+    assert imagenet_artifact.load_verifier() is None
+
+    weights = tmp_path / "a" / CONFIG.weights_file
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError):
+        read_verifier(tmp_path / "a")
+    raw = json.loads((tmp_path / "a" / "verifier.json").read_text())
+    (tmp_path / "a" / "verifier.json").write_text(json.dumps({**raw, "weights_sha256": ""}))
+    with pytest.raises(IntegrityError, match="pins no"):
+        read_verifier(tmp_path / "a")
+
+
+def test_the_shipped_verifier_tells_a_references_own_mark_from_another_brands(grocery: Path) -> None:
+    """Each iconic package photo claimed against two references, its own and another brand's: the claim's
+    mark evidence names its own, at a lower logit. A reference whose photo is gone is skipped."""
+    verifier = load_artifact(SHIPPED).load_verifier()
+    assert verifier is not None
+    iconic = sorted((grocery / "iconic").rglob("*_Iconic.jpg"))
+    by_brand: dict[str, Path] = {}
+    for p in iconic:
+        by_brand.setdefault(p.parent.name.split("-")[0], p)
+    photos = [read_image(p) for p in list(by_brand.values())[:6]]
+    maps = [verifier.reference_map(p) for p in photos]
+    index = ReferenceIndex(4)
+    vector = np.array([[1.0, 0, 0, 0]], np.float32)
+    right = 0
+    for a in range(len(photos)):
+        b = (a + 1) % len(photos)
+        index = ReferenceIndex(4)
+        index.add(np.array([a, b]), np.repeat(vector, 2, 0), brand_ids=np.zeros(2, np.int64),
+                  product_ids=np.full(2, -1), kinds=np.full(2, KIND_CODES["genuine"]))
+        query = verifier.query_map(photos[a], [])
+        found = claim_mark(index, vector[0], verifier, brand_id=0, product_id=None, query_map=lambda q=query: q,
+                           reference_map=maps.__getitem__)
+        right += found.reference_id == a
+        gone = claim_mark(index, vector[0], verifier, brand_id=0, product_id=None, query_map=lambda q=query: q,
+                          reference_map=lambda i, a=a: maps[i] if i != a else None)
+        assert gone is not None and gone.reference_id == b and gone.logit >= found.logit
+    assert right == len(photos)
+    nothing = claim_mark(index, vector[0], verifier, brand_id=0, product_id=None, query_map=lambda: maps[0],
+                         reference_map=lambda i: None)
+    assert nothing is None
+
+
+def test_the_mark_mismatch_signal_reads_the_mark_evidence() -> None:
+    assert compute_signals(ClaimEvidence(brand="x"))["mark_mismatch"] is None
+    assert compute_signals(ClaimEvidence(brand="x", mark=MarkEvidence(logit=1.5, reference_id=3)))["mark_mismatch"] == 1.5
+
+
+def test_a_training_photo_loads_as_the_pipeline_decodes_it(grocery: Path) -> None:
+    """`training.evaluation.mark_maps` reads references through `load_image`; serving decodes the blob."""
+    from markguard.datasets.manifest import Label, ManifestRow
+    from markguard.training.data import Item
+
+    path = sorted((grocery / "iconic").rglob("*_Iconic.jpg"))[0]
+    item = Item(path=path, row=ManifestRow(image=path.name, brand="b", product=None, split="val", label=Label.GENUINE))
+    assert np.array_equal(load_image(item)[0], read_image(path))
