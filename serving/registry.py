@@ -2,7 +2,8 @@
 
 Artifacts are only ever loaded from the home's `models/` folder, and only when the weights' SHA-256
 matches both `embedder.json` and the catalog row written when the model was registered (the mark
-detector's, when the model has one, likewise: `detector.json` and the card the row holds).
+detector's and the mark verifier's, when the model has them, likewise: `detector.json`, `verifier.json` and
+the card the row holds).
 
 The BentoML model store is how a model reaches the service and a Bento: promoting a model saves it into
 the store as `markguard:<version>` (`store_model`; the store of `$BENTOML_HOME`, else `HOME/bentoml`,
@@ -169,8 +170,9 @@ def _verified(path: Path, expected_sha256: str | None = None) -> ModelArtifact:
     record, when given); else IntegrityError."""
     artifact = load_artifact(path)
     checks = [(artifact.embedder.weights_file, artifact.embedder.weights_sha256)]
-    if artifact.detector is not None:
-        checks.append((artifact.detector.weights_file, artifact.detector.weights_sha256))
+    for part in (artifact.detector, artifact.verifier):
+        if part is not None:
+            checks.append((part.weights_file, part.weights_sha256))
     for name, sha in checks:
         if sha256_file(path / name) != sha:
             raise IntegrityError(f"{path / name}: SHA-256 does not match its config")

@@ -47,6 +47,22 @@ def imagenet_artifact(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def verifier_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped model with the candidate mark verifier and the fusion `markguard calibrate --verifier`
+    fitted with it (`training/experiments/issue21/verifier-t4/`: measured, not shipped), as a folder."""
+    import shutil
+
+    candidate = REPO / "training" / "experiments" / "issue21" / "verifier-t4"
+    path = tmp_path_factory.mktemp("models") / "with-verifier"
+    shutil.copytree(REPO / "serving" / "default_model", path)
+    for name in ("verifier.json", "verifier.safetensors"):
+        shutil.copyfile(candidate / name, path / name)
+    shutil.copyfile(candidate / "candidate_fusion.json", path / "fusion.json")
+    shutil.copyfile(candidate / "candidate_card.json", path / "card.json")
+    return path
+
+
+@pytest.fixture(scope="session")
 def imagenet_embedder(imagenet_artifact):
     return imagenet_artifact.load_embedder()
 

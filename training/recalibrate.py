@@ -130,6 +130,8 @@ def _write_recalibrated(artifact: ModelArtifact, dest: Path, *, fusion: dict[str
         for name in ("verifier.json", config.weights_file):
             shutil.copyfile(verifier / name, tmp / name)
         card = {**card, "verifier_sha256": config.weights_sha256}
+        if (verifier / "verifier_card.json").is_file():  # how it was trained and what it scored
+            card["verifier"] = json.loads((verifier / "verifier_card.json").read_text())
     for name, content in (("fusion.json", fusion), ("card.json", card)):
         (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
     copied = load_artifact(tmp)

@@ -356,7 +356,9 @@ class Scorer:
     `index` may be swapped between calls (a newer version saved by another process); `ocr=None`
     skips reading text; with `ocr_gate`, text is read only where the gate says it can matter (see
     `OcrGate`), else on every photo. `on_ocr_seconds` is called with the seconds of every fresh OCR
-    read. `stage_cpu` sums the process CPU seconds of every photo scored, by stage."""
+    read. `stage_cpu` sums the process CPU seconds of every photo scored, by stage. `verifier` is the
+    model's mark verifier (`ModelArtifact.load_verifier`; without it `mark_mismatch` stays None), whose
+    reference maps come from the source's `reference_mark`."""
 
     def __init__(self, artifact: ModelArtifact, *, index: ReferenceIndex, source: EvidenceSource, embed: Embed,
                  detector: MarkDetector | None = None, verifier: MarkVerifier | None = None,
@@ -427,7 +429,7 @@ class Scorer:
                 photo_hash=plan.photo_hash, reference_hash=self.source.reference_hash, shared=shared,
                 stage=lambda name: _Stage(cpu, name, self.stage_cpu), needs_geometry=self._geometry_gate(plan, brand),
                 verifier=self.verifier, query_mark=lambda: plan.query_mark(self.verifier),
-                reference_mark=self.source.reference_mark)
+                reference_mark=self.source.reference_mark if self.verifier is not None else None)
             with _Stage(cpu, "search", self.stage_cpu):
                 brand_best = self._nearest(vectors, brand_id=brand.id, kind="genuine")
         if plan.ocr_deferred and self.ocr is not None and self.ocr_gate is not None and \

@@ -3,8 +3,9 @@
 The embedder compares a brand's mark with the photo's as wholes, and on held-out synthetic brands it
 barely tells a genuine mark from one with an element moved, removed or mirrored, a letter changed or
 strokes thickened. The verifier compares the two marks where they differ. Both are letterboxed onto a
-square canvas with their aspect kept: the reference photo whole, and the photo's mark (the mark
-detector's best box grown 1.25x, clipped to the photo; the whole photo when the detector finds none).
+square canvas with their aspect kept: the reference photo whole, and the photo two ways: its mark (the
+mark detector's best box grown 1.25x, clipped to the photo) and the photo whole (a brand's reference
+may be its whole package, and a shelf photo's detector box only the logo on it).
 An ImageNet EfficientNet-Lite0 trunk maps each one to stride 8. Its first `trunk_blocks` stages are
 frozen, so a reference's map is computed once and cached. The next `tuned_blocks` stages were fine-tuned
 with the head.
@@ -14,7 +15,7 @@ The head (`MarkHead`, about 112k parameters) builds a local correlation volume i
 convolutions, mean- and max-pools, and outputs the logit that the photo's mark is not the reference's.
 
 A claim's `MarkEvidence` is the lowest logit over the claim's `references` genuine references nearest
-to its best region (the mark agrees with one of them). The `mark_mismatch` signal reads it. The head
+to its best region and the photo's two framings (the mark agrees with one of them). The `mark_mismatch` signal reads it. The head
 is trained on synthetic pairs of train-split brands (`training/experiments/issue21/verifier.py`);
 `training/README.md` has its figures.
 """
@@ -141,15 +142,24 @@ class MarkVerifier(nn.Module):
         return self.maps([letterbox(photo, (0, 0, w, h), self.config.input_size)])[0]
 
     def query_map(self, photo: np.ndarray, mark_boxes: Sequence[Box]) -> torch.Tensor:
-        """A listing photo's map: its mark as `query_mark_crop` cuts it."""
-        return self.maps([query_mark_crop(photo, mark_boxes, size=self.config.input_size,
-                                          grow=self.config.grow)])[0]
+        """A listing photo's maps, (Q, C, H, W): its mark as `query_mark_crop` cuts it and, when that is a
+        detector's box, the photo whole."""
+        h, w = photo.shape[:2]
+        crops = [query_mark_crop(photo, mark_boxes, size=self.config.input_size, grow=self.config.grow)]
+        if mark_boxes:
+            crops.append(letterbox(photo, (0, 0, w, h), self.config.input_size))
+        return self.maps(crops)
 
     @torch.no_grad()
-    def logits(self, ref_maps: torch.Tensor, query_map: torch.Tensor) -> np.ndarray:
-        """One query map against (N, C, H, W) reference maps: N logits, higher is less like the reference."""
+    def logits(self, ref_maps: torch.Tensor, query_maps: torch.Tensor) -> np.ndarray:
+        """(Q, C, H, W) query maps (or one, (C, H, W)) against (N, C, H, W) reference maps: (N, Q) logits
+        ((N,) for one query map), higher is less like the reference."""
         self.eval()
-        return self(ref_maps.float(), query_map.float().expand(len(ref_maps), -1, -1, -1)).numpy()
+        single = query_maps.dim() == 3
+        queries = query_maps.float().reshape(-1, *ref_maps.shape[1:])
+        n, q = len(ref_maps), len(queries)
+        out = self(ref_maps.float().repeat_interleave(q, 0), queries.repeat(n, 1, 1, 1)).reshape(n, q).numpy()
+        return out[:, 0] if single else out
 
 
 def letterbox(image: np.ndarray, box: Box, size: int) -> np.ndarray:
@@ -188,15 +198,16 @@ def query_mark_crop(photo: np.ndarray, mark_boxes: Sequence[Box], *, size: int, 
 def claim_mark(index: ReferenceIndex, vector: np.ndarray, verifier: MarkVerifier, *, brand_id: int,
                product_id: int | None, query_map: Callable[[], torch.Tensor],
                reference_map: Callable[[int], torch.Tensor | None]) -> MarkEvidence | None:
-    """The photo's mark against the claim's `references` genuine references nearest to `vector` (the
-    region that spoke for the claim): the lowest logit and its reference. None when the claim has no
-    reference, or none whose photo is still there. Training and serving both call this."""
+    """The photo's maps (`MarkVerifier.query_map`) against the claim's `references` genuine references
+    nearest to `vector` (the region that spoke for the claim): the lowest logit and its reference. None
+    when the claim has no reference, or none whose photo is still there. Training and serving both call
+    this."""
     hits = index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), verifier.config.references,
                         brand_id=brand_id, product_id=product_id, kind="genuine")
     maps = {int(i): reference_map(int(i)) for i in hits.ids[0] if i >= 0}
     maps = {i: m for i, m in maps.items() if m is not None}
     if not maps:
         return None
-    logits = verifier.logits(torch.stack(list(maps.values())), query_map())
+    logits = verifier.logits(torch.stack(list(maps.values())), query_map()).min(axis=1)
     best = int(np.argmin(logits))
     return MarkEvidence(logit=float(logits[best]), reference_id=list(maps)[best])

@@ -13,18 +13,21 @@ from sqlalchemy import select
 from markguard.serving.brands import add_brand
 from markguard.serving.engine import ScoreRequest, ScoringEngine
 from markguard.serving.enroll import collect_inputs, enroll
-from markguard.serving.registry import ensure_default_model
+from markguard.serving.registry import ensure_default_model, register_artifact
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Brand, Listing, Product, Reference
+from markguard.vision.artifact import load_artifact
 from markguard.vision.errors import NotFound
 
 MILK, OTHER = "Milk/Arla-Standard-Milk", "Milk/Arla-Ecological-Medium-Fat-Milk"
 
 
-def arla_home(path: Path, grocery: Path, *, train_photos: int) -> Home:
+def arla_home(path: Path, grocery: Path, *, train_photos: int, model: Path | None = None) -> Home:
     """A home with brand Arla and its two milks, each enrolled from its iconic photo and its first
-    `train_photos` train photos."""
+    `train_photos` train photos; its model is the default, or `model` (an artifact folder) when given."""
     home = Home(path)
+    if model is not None:
+        register_artifact(home, model, promote_it=True)
     artifact = ensure_default_model(home)
     model = artifact.load_embedder()
     with home.sessions.begin() as session:
@@ -79,6 +82,25 @@ def test_geometry_counts_inliers_for_the_claim(engine: ScoringEngine, grocery: P
     result = engine.score(ScoreRequest(iconic, brand="Arla", product="Arla-Standard-Milk"), record=False)
     assert result.signals["log_inliers"].value is not None and result.signals["log_inliers"].value > np.log1p(20)
     assert any(m.inliers and m.inliers > 20 for m in result.matches)
+
+
+def test_the_mark_verifier_judges_the_photo_against_the_claims_references(tmp_path: Path, grocery: Path,
+                                                                          verifier_model: Path) -> None:
+    """A model with a mark verifier reads the claimed product's references from the catalog (their maps
+    cached): the product's own iconic photo agrees with them better than the other milk's package. A
+    model without one (the default) leaves the signal out."""
+    engine = ScoringEngine(arla_home(tmp_path / "home", grocery, train_photos=1, model=verifier_model), ocr=False)
+    assert engine.model_tag == load_artifact(verifier_model).tag and engine.scorer.verifier is not None
+    iconic = next((grocery / "iconic" / "Packages" / MILK).glob("*_Iconic.jpg")).read_bytes()
+    other = next((grocery / "iconic" / "Packages" / OTHER).glob("*_Iconic.jpg")).read_bytes()
+    claim = {"brand": "Arla", "product": "Arla-Standard-Milk"}
+    own = engine.score(ScoreRequest(iconic, **claim), record=False).signals["mark_mismatch"]
+    wrong = engine.score(ScoreRequest(other, **claim), record=False).signals["mark_mismatch"]
+    assert own.value is not None and wrong.value is not None and own.value < wrong.value
+    assert own.contribution < wrong.contribution  # the fusion weighs it
+    assert engine.scorer.stage_cpu["verify"] > 0
+    plain = ScoringEngine(arla_home(tmp_path / "plain", grocery, train_photos=1), ocr=False)
+    assert plain.score(ScoreRequest(iconic, **claim), record=False).signals["mark_mismatch"].value is None
 
 
 def test_photo_reuse_across_listings(engine: ScoringEngine, grocery: Path) -> None:
@@ -195,9 +217,11 @@ def test_index_size_counts_the_loaded_references(engine: ScoringEngine) -> None:
     assert engine.index_size == len(engine.index.ids) == references == 6
 
 
-def test_a_swapped_mark_detector_is_refused(tmp_path: Path) -> None:
-    """The registry pins the detector's weights as it pins the embedder's: replacing both the weights
-    and the checksum in `detector.json` of the home's copy is caught before either is loaded."""
+@pytest.mark.parametrize("part", ["detector", "verifier"])
+def test_a_swapped_mark_detector_or_verifier_is_refused(tmp_path: Path, part: str, verifier_model: Path) -> None:
+    """The registry pins the detector's and the mark verifier's weights as it pins the embedder's:
+    replacing both the weights and the checksum in `detector.json` (`verifier.json`) of the home's copy
+    is caught before either is loaded."""
     import json
 
     from markguard.serving.registry import promoted_artifact
@@ -205,16 +229,18 @@ def test_a_swapped_mark_detector_is_refused(tmp_path: Path) -> None:
     from markguard.vision.errors import IntegrityError
 
     home = Home(tmp_path / "home")
+    register_artifact(home, verifier_model, promote_it=True)
     artifact = ensure_default_model(home)
-    assert artifact.detector is not None and ScoringEngine(home, ocr=False).detector is not None
-    weights = artifact.path / artifact.detector.weights_file
+    engine = ScoringEngine(home, ocr=False)
+    assert engine.detector is not None and engine.scorer.verifier is not None
+    weights = artifact.path / getattr(artifact, part).weights_file
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    config = json.loads((artifact.path / "detector.json").read_text())
+    config = json.loads((artifact.path / f"{part}.json").read_text())
     config["weights_sha256"] = sha256_file(weights)
-    (artifact.path / "detector.json").write_text(json.dumps(config))
-    with pytest.raises(IntegrityError, match="detector"):
+    (artifact.path / f"{part}.json").write_text(json.dumps(config))
+    with pytest.raises(IntegrityError, match=part):
         promoted_artifact(home)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -136,11 +137,12 @@ CALIBRATION_CANNOT_SHOW: dict[str, str] = {}  # known_fake_copy left it once cal
 
 
 @pytest.fixture(scope="module")
-def both_sides(grocery: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict]]:
+def both_sides(grocery: Path, tmp_path_factory: pytest.TempPathFactory, verifier_model: Path) -> tuple[dict, list[dict]]:
     """One labelled photo (the brand's wordmark and a well-formed serial that is not registered, over a
-    real Valio photo) judged by serving (`ScoringEngine`, with OCR, a serial registry and the photo as
-    the brand's known fake) and by calibration (`make_claims` with the photos' features and hashes + `add_ocr` on an eval
-    set of the same photos): each side's signal values (the served ones; every calibration claim's)."""
+    real Valio photo) judged by serving (`ScoringEngine` on the shipped model with the candidate mark
+    verifier, with OCR, a serial registry and the photo as the brand's known fake) and by calibration
+    (`make_claims` with the photos' features, hashes and verifier maps + `add_ocr` on an eval set of the
+    same photos): each side's signal values (the served ones; every calibration claim's)."""
     from PIL import Image, ImageDraw, ImageFont
 
     from markguard.datasets.manifest import Label, ManifestRow
@@ -148,12 +150,12 @@ def both_sides(grocery: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     from markguard.serving.brands import add_brand
     from markguard.serving.engine import ScoreRequest, ScoringEngine
     from markguard.serving.enroll import collect_inputs, enroll
-    from markguard.serving.registry import ensure_default_model
+    from markguard.serving.registry import ensure_default_model, register_artifact
     from markguard.serving.serials import import_serials
     from markguard.serving.state.home import Home
     from markguard.serving.state.schema import ReferenceKind
     from markguard.training.data import EvalSet, Item, load_images
-    from markguard.training.evaluation import PhotoEvidence, make_claims
+    from markguard.training.evaluation import PhotoEvidence, make_claims, mark_maps
     from markguard.training.ocr_evidence import SERIAL_CHECKSUM, add_ocr
     from markguard.vision.embed import embed_images
     from markguard.vision.geometry import extract_features
@@ -180,6 +182,7 @@ def both_sides(grocery: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     with home.sessions.begin() as session:
         brand = add_brand(session, "Valio", wordmarks=["VALIO"])
         brand.serial_pattern, brand.serial_checksum = fmt.pattern, SERIAL_CHECKSUM
+    register_artifact(home, verifier_model, promote_it=True)
     artifact = ensure_default_model(home)
     model = artifact.load_embedder()
     enroll(home, artifact, model, brand="Valio", inputs=collect_inputs(genuine))
@@ -206,7 +209,9 @@ def both_sides(grocery: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     photos = PhotoEvidence(query_features=[extract_features(i) for i in query_images],
                            reference_features=[extract_features(i) for i in ref_images],
                            query_hashes=[phash(i).int64 for i in query_images],
-                           reference_hashes=[phash(i).int64 for i in ref_images])
+                           reference_hashes=[phash(i).int64 for i in ref_images], verifier=artifact.load_verifier())
+    references, found = mark_maps(eval_set, photos.verifier, artifact.load_detector())
+    photos = dataclasses.replace(photos, reference_marks=references, query_marks=found)
     claims = make_claims(eval_set, ref_vectors, query_vectors, photos=photos)
     add_ocr(claims, eval_set, shared_ocr_engine(), cache=tmp / "ocr.json", progress=False)
     return {n: s.value for n, s in served.signals.items()}, claims.values

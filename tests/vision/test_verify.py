@@ -20,7 +20,7 @@ from markguard.vision.index import KIND_CODES, ReferenceIndex
 from markguard.vision.signals import compute_signals
 from markguard.vision.verify import MarkVerifier, VerifierConfig, claim_mark, letterbox, query_mark_crop
 
-SHIPPED = Path(__file__).resolve().parents[2] / "serving" / "default_model"
+CANDIDATE = Path(__file__).resolve().parents[2] / "training" / "experiments" / "issue21" / "verifier-t4"
 CONFIG = VerifierConfig(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
@@ -66,6 +66,10 @@ def test_an_artifact_keeps_the_verifier_pinned_and_refuses_tampered_weights(imag
     maps = loaded.maps(crops)
     assert maps.shape == (3, 40, 16, 16)  # Lite0's first 4 stages: stride 8
     np.testing.assert_array_equal(loaded.logits(maps[:2], maps[2]), verifier.logits(verifier.maps(crops)[:2], maps[2]))
+    photo = rng.integers(0, 256, (90, 200, 3), dtype=np.uint8)
+    assert loaded.query_map(photo, []).shape == (1, 40, 16, 16)  # no mark found: the photo whole
+    both = loaded.query_map(photo, [(20, 10, 80, 60)])  # the mark, and the photo whole
+    assert both.shape == (2, 40, 16, 16) and loaded.logits(maps, both).shape == (3, 2)
     assert imagenet_artifact.load_verifier() is None
 
     weights = tmp_path / "a" / CONFIG.weights_file
@@ -80,11 +84,10 @@ def test_an_artifact_keeps_the_verifier_pinned_and_refuses_tampered_weights(imag
         read_verifier(tmp_path / "a")
 
 
-def test_the_shipped_verifier_tells_a_references_own_mark_from_another_brands(grocery: Path) -> None:
+def test_the_candidate_verifier_tells_a_references_own_mark_from_another_brands(grocery: Path) -> None:
     """Each iconic package photo claimed against two references, its own and another brand's: the claim's
     mark evidence names its own, at a lower logit. A reference whose photo is gone is skipped."""
-    verifier = load_artifact(SHIPPED).load_verifier()
-    assert verifier is not None
+    verifier = read_verifier(CANDIDATE)
     iconic = sorted((grocery / "iconic").rglob("*_Iconic.jpg"))
     by_brand: dict[str, Path] = {}
     for p in iconic:

@@ -564,6 +564,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     config = dataclasses.replace(config, weights_sha256=sha256_file(dest / config.weights_file))
     (dest / "verifier.json").write_text(config.to_json())
     exported = read_verifier(dest)
+    # what it was trained on and what it scored: `markguard calibrate --verifier` puts this on the model's card
+    results = json.loads((out / f"{args.name}_results.json").read_text())
+    grozi = out / f"{args.name}_grozi.json"
+    test = results["test"]
+    card = {
+        "made_by": f"python training/experiments/issue21/verifier.py train --out {out} --name {args.name} "
+                   + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in a.items() if k not in ("name",) and v),
+        "exported_by": f"python training/experiments/issue21/verifier.py export --out {out} --name {args.name} "
+                       f"--dest {dest}",
+        "training_data": "synthetic pairs of train-split brands only (`markguard datasets synth --brands 2000 "
+                         "--per-brand 8 --splits train`); epoch chosen on val brands' claim AUC",
+        "epoch": ckpt["epoch"],
+        "held_out_test": {"brands": test["brands"], "claims": test["claims"],
+                          "claim_auc_found_box": test["verifier_found"],
+                          "claim_auc_true_box": test["verifier_true_box"]["all"],
+                          "embedder_cosine": test["embedder_cosine"]["all"],
+                          "cosine_plus_verifier_minus_cosine": test["combination_minus_cosine"]},
+        "grozi": json.loads(grozi.read_text()) if grozi.is_file() else None,
+    }
+    (dest / "verifier_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     # the same logits from pixels as the checkpoint gave from its cached float16 maps
     val, _ = load_eval(out, "val")
     pixels = np.load(out / "val_pixels.npz")
