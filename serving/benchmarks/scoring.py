@@ -50,7 +50,7 @@ from tqdm import tqdm
 if TYPE_CHECKING:
     from markguard.vision.scoring import ScoreResult
 
-__all__ = ["by_transform", "claim_auc_by_transform", "get_args_parser", "grozi_claims", "main", "resample_brands",
+__all__ = ["by_transform", "claim_auc_by_transform", "claim_outcome", "get_args_parser", "grozi_claims", "main", "resample_brands",
            "synth_sample", "tpr_at_fpr"]
 
 

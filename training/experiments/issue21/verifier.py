@@ -266,6 +266,67 @@ def auc_of(scores: np.ndarray, meta: dict) -> float:
     return roc_auc(-scores, genuine)  # higher logit: counterfeit; claim AUC ranks genuine higher
 
 
+def cmd_grocery(args: argparse.Namespace) -> int:
+    """Real-photo pairs from grocery train (the photos `markguard train` trains on: `grocery_cal`'s share
+    and val left out): per product its catalogue (iconic) photo whole as the reference; per photo two
+    views, the detector's best box grown 1.25x and the photo whole (as `MarkVerifier.query_map` reads it).
+    Cached as the frozen trunk's maps after `--level` stages in OUT/grocery.npz."""
+    from markguard.training.calibration import stable_share
+    from markguard.training.config import load_config
+    from markguard.vision.artifact import load_artifact
+
+    config = load_config()
+    items = read_items(Path(config["data"]["grocery"]))
+    share = config["data"]["grocery_calibration_fraction"]
+    iconic = sorted((i for i in items if i.row.source == "iconic"), key=lambda i: i.row.image)
+    photos = [i for i in items if i.row.split == "train" and i.row.source != "iconic"
+              and stable_share(i.row.image) >= share]
+    # the selection of `training.train._load_data`, which holds `grocery_cal` out of training
+    products = [(i.brand, i.product) for i in iconic]
+    detector = load_artifact(args.model).load_detector()
+    refs = [letterbox(image, (0, 0, image.shape[1], image.shape[0])) for image in (load_image(i)[0] for i in iconic)]
+    views, view_photo, photo_product = [], [], []
+    for n, item in enumerate(tqdm(photos, desc="grocery photos")):
+        image = load_image(item)[0]
+        h, w = image.shape[:2]
+        marks = detector.detect([image])[0]
+        if marks:
+            views.append(letterbox(image, grown(marks[0].box, 1.25)))
+            view_photo.append(n)
+        views.append(letterbox(image, (0, 0, w, h)))
+        view_photo.append(n)
+        photo_product.append(products.index((item.brand, item.product)))
+    level = args.level
+    np.savez(args.out / "grocery.npz", refs=trunk_maps(np.stack(refs), (level,))[level],
+             views=trunk_maps(np.stack(views), (level,))[level], view_photo=np.array(view_photo),
+             photo_product=np.array(photo_product), product_brand=np.array([b for b, _ in products]))
+    print(f"grocery: {len(iconic)} products, {len(photos)} photos, {len(views)} views")
+    return 0
+
+
+def grocery_pairs(g: dict, rng: np.random.Generator, per_photo: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per grocery photo and draw: one of its views against its own product's reference (0) or another
+    product's, of its brand where the brand has another (1)."""
+    brand = g["product_brand"]
+    views_of = defaultdict(list)
+    for v, p in enumerate(g["view_photo"]):
+        views_of[int(p)].append(v)
+    refs, queries, labels = [], [], []
+    for p, product in enumerate(g["photo_product"]):
+        for _ in range(per_photo):
+            label = int(rng.random() < 0.5)
+            if label:
+                same = [o for o in range(len(brand)) if brand[o] == brand[product] and o != product]
+                pool = same or [o for o in range(len(brand)) if o != product]
+                ref = pool[rng.integers(len(pool))]
+            else:
+                ref = product
+            refs.append(ref)
+            queries.append(views_of[p][rng.integers(len(views_of[p]))])
+            labels.append(label)
+    return np.array(refs), np.array(queries), np.array(labels, dtype=np.float32)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     out: Path = args.out
@@ -278,6 +339,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     genuine = np.array([m["genuine"] for m in meta])
     val, val_meta = load_eval(out, "val")
     model = build_model(vars(args), maps.shape[1])
+    if args.init:
+        model.load_state_dict(torch.load(out / f"{args.init}.pt", weights_only=True)["state"])
+    grocery = dict(np.load(out / "grocery.npz")) if args.grocery else None
     groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("blocks.")], "lr": args.lr}]
     if args.tune_from:
         groups.append({"params": list(model.blocks.parameters()), "lr": args.lr * args.trunk_lr_scale})
@@ -300,6 +364,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             loss.backward()
             opt.step()
             losses.append(loss.item())
+        if grocery is not None:  # then the real-photo pairs, interleaved in batches of their own
+            gr, gq, gy = grocery_pairs(grocery, rng, args.grocery)
+            gorder = rng.permutation(len(gy))
+            for s in range(0, len(gorder), args.batch):
+                i = gorder[s : s + args.batch]
+                rb = torch.from_numpy(grocery["refs"][gr[i]]).float()
+                qb = torch.from_numpy(grocery["views"][gq[i]]).float()
+                loss = F.binary_cross_entropy_with_logits(model(rb, qb), torch.from_numpy(gy[i]))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
         sched.step()
         scores = predict(model, val[f"refs_{key}"], val[f"found_{key}"], val["ref_index"])
         auc = auc_of(scores, val_meta)
@@ -621,7 +696,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="")
     p.add_argument("--tune-from", type=int, default=0, help="fine-tune the trunk's stages from this one (cached maps)")
     p.add_argument("--trunk-lr-scale", type=float, default=0.1)
+    p.add_argument("--init", default="", help="start from this checkpoint of OUT")
+    p.add_argument("--grocery", type=int, default=0, help="grocery pairs per photo and epoch (`grocery` first)")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("grocery")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--level", type=int, default=4)
+    p.set_defaults(func=cmd_grocery)
     p = sub.add_parser("eval")
     p.add_argument("--name", default="l5")
     p.add_argument("--boot", type=int, default=1000)
