@@ -640,9 +640,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     (dest / "verifier.json").write_text(config.to_json())
     exported = read_verifier(dest)
     # what it was trained on and what it scored: `markguard calibrate --verifier` puts this on the model's card
-    results = json.loads((out / f"{args.name}_results.json").read_text())
-    grozi = out / f"{args.name}_grozi.json"
-    test = results["test"]
+    results_file, grozi = out / f"{args.name}_results.json", out / f"{args.name}_grozi.json"
+    test = json.loads(results_file.read_text())["test"] if results_file.is_file() else None  # `eval` writes it
     card = {
         "made_by": f"python training/experiments/issue21/verifier.py train --out {out} --name {args.name} "
                    + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in a.items() if k not in ("name",) and v),
@@ -651,11 +650,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         "training_data": "synthetic pairs of train-split brands only (`markguard datasets synth --brands 2000 "
                          "--per-brand 8 --splits train`); epoch chosen on val brands' claim AUC",
         "epoch": ckpt["epoch"],
-        "held_out_test": {"brands": test["brands"], "claims": test["claims"],
-                          "claim_auc_found_box": test["verifier_found"],
-                          "claim_auc_true_box": test["verifier_true_box"]["all"],
-                          "embedder_cosine": test["embedder_cosine"]["all"],
-                          "cosine_plus_verifier_minus_cosine": test["combination_minus_cosine"]},
+        "held_out_test": None if test is None else {
+            "brands": test["brands"], "claims": test["claims"], "claim_auc_found_box": test["verifier_found"],
+            "claim_auc_true_box": test["verifier_true_box"]["all"], "embedder_cosine": test["embedder_cosine"]["all"],
+            "cosine_plus_verifier_minus_cosine": test["combination_minus_cosine"]},
         "grozi": json.loads(grozi.read_text()) if grozi.is_file() else None,
     }
     (dest / "verifier_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
