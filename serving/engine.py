@@ -2,8 +2,8 @@
 index and its catalog, and the record of every listing it scores.
 
 `CatalogEvidence` is the catalog's side of the pipeline (brand policy, wordmarks, serial registry and
-reuse, reference features, hashes and verifier maps, earlier listings of the photo): reads only, each in its own
-short session. `ScoringEngine.finish` judges a planned photo without any lock, then records the
+reuse, reference features, hashes and verifier maps, earlier listings of the photo): reads only, each in
+its own short session. `ScoringEngine.finish` judges a planned photo without any lock, then records the
 listing (its row, its serials, its photo blob) in one short write, so a scored listing can be
 reviewed whichever way it was scored (CLI, API or scan).
 """
@@ -43,7 +43,7 @@ __all__ = ["ScoringEngine", "ScoreRequest", "ScorePlan", "ListingClaim", "Catalo
 
 _DUPLICATE_BITS = 8  # re-encoded, resized or 2%-cropped copies measured ≤ 10 bits apart; distinct photos ≥ 10, 1st percentile 20
 _FEATURE_CACHE = 2048  # reference feature sets kept in memory
-_MARK_CACHE = 4096  # reference verifier maps kept in memory (40 KB each with the shipped verifier)
+_MARK_CACHE = 4096  # reference verifier maps kept in memory (40 KB each: Lite0's 40x16x16 float32)
 MAX_DUPLICATES = 20  # earlier listings of the same photo named in a result (the newest)
 
 

@@ -1,7 +1,8 @@
 """Fusion calibration for a trained embedder: claims on the held-out eval sets, judged by the
 pipeline's own judging step (`vision.pipeline.judge_claim`: embedding, geometry, the mark verifier,
-known fakes and copies of them; OCR through `judge_text`) into the registry's signals, fitted into the `fusion.json` spec
-with its review and takedown thresholds (`training.fusion.fit_fusion`, priors included).
+known fakes and copies of them; OCR through `judge_text`) into the registry's signals, fitted into the
+`fusion.json` spec with its review and takedown thresholds (`training.fusion.fit_fusion`, priors
+included).
 
 Known fakes are in the data, so their weights are learned: `add_known_fake_copies` enrols a few
 counterfeit photos of each brand whole, as a counterfeit review does, and adds copies of them

@@ -1,7 +1,7 @@
 """Evaluating an embedder on an eval set: retrieval, claim verification, per brand, per counterfeit
 transform and strength. Claims are judged by the pipeline's own judging step
-(`vision.pipeline.judge_claim`: embedding, geometry, the mark verifier, known fakes and copies of them) against an
-in-memory `ReferenceIndex`, and their signals are the registry's (`vision.signals.compute_signals`),
+(`vision.pipeline.judge_claim`: embedding, geometry, the mark verifier, known fakes and copies of them)
+against an in-memory `ReferenceIndex`, and their signals are the registry's (`vision.signals.compute_signals`),
 the very ones serving computes, so calibration has no train/serve skew.
 
 A query is one vector (its full photo) or, as serving sees it, a block of region vectors — the full
@@ -35,7 +35,8 @@ from markguard.vision.signals import compute_signals
 from markguard.vision.verify import MarkVerifier
 
 __all__ = ["ClaimSet", "QueryVectors", "as_regions", "query_region_crops", "split_blocks", "build_index", "make_claims",
-           "PhotoEvidence", "mark_maps", "evaluate_embeddings", "bootstrap_intervals", "proposal_coverage", "STRENGTH_BINS"]
+           "PhotoEvidence", "mark_maps", "evaluate_embeddings", "bootstrap_intervals", "proposal_coverage",
+           "STRENGTH_BINS"]
 
 QueryVectors = np.ndarray | Sequence[np.ndarray]  # (Q, d) full photos, or per query (regions, d), full photo first
 

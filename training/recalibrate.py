@@ -134,8 +134,9 @@ def _write_recalibrated(artifact: ModelArtifact, dest: Path, *, fusion: dict[str
             card["verifier"] = json.loads((verifier / "verifier_card.json").read_text())
     for name, content in (("fusion.json", fusion), ("card.json", card)):
         (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
-    copied = load_artifact(tmp)
-    copied.load_detector(), copied.load_verifier()  # checks the copied weights against their pinned SHA-256
+    copied = load_artifact(tmp)  # the copied weights checked against their pinned SHA-256:
+    copied.load_detector()
+    copied.load_verifier()
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return load_artifact(dest)

@@ -2,22 +2,22 @@
 
 The embedder compares a brand's mark with the photo's as wholes, and on held-out synthetic brands it
 barely tells a genuine mark from one with an element moved, removed or mirrored, a letter changed or
-strokes thickened. The verifier compares the two marks where they differ. Both are letterboxed onto a
-square canvas with their aspect kept: the reference photo whole, and the photo two ways: its mark (the
-mark detector's best box grown 1.25x, clipped to the photo) and the photo whole (a brand's reference
-may be its whole package, and a shelf photo's detector box only the logo on it).
-An ImageNet EfficientNet-Lite0 trunk maps each one to stride 8. Its first `trunk_blocks` stages are
-frozen, so a reference's map is computed once and cached. The next `tuned_blocks` stages were fine-tuned
-with the head.
+strokes thickened. The verifier compares the two marks where they differ. Each is letterboxed onto a
+square canvas with its aspect kept: the reference photo whole, and the listing photo two ways, its mark
+(the mark detector's best box grown 1.25x, clipped to the photo) and the photo whole (a brand may enrol
+its whole package, and a shelf photo's detector box is then only the logo on it). An ImageNet
+EfficientNet-Lite0 trunk maps each one to stride 8. Its first `trunk_blocks` stages are frozen, so a
+reference's map is computed once and cached; the next `tuned_blocks` stages were fine-tuned with the head.
 
 The head (`MarkHead`, about 112k parameters) builds a local correlation volume in both directions
 (each cell's cosines to the other map's cells within `radius`) beside both maps. It applies three
 convolutions, mean- and max-pools, and outputs the logit that the photo's mark is not the reference's.
 
 A claim's `MarkEvidence` is the lowest logit over the claim's `references` genuine references nearest
-to its best region and the photo's two framings (the mark agrees with one of them). The `mark_mismatch` signal reads it. The head
-is trained on synthetic pairs of train-split brands (`training/experiments/issue21/verifier.py`);
-`training/README.md` has its figures.
+to its best region and the photo's two framings (the mark agrees with one of them); the `mark_mismatch`
+signal reads it. The head is trained on synthetic pairs of train-split brands
+(`training/experiments/issue21/verifier.py`); `training/README.md` has its figures, and why the shipped
+model carries none.
 """
 
 from __future__ import annotations
