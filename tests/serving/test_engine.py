@@ -22,12 +22,12 @@ from markguard.vision.errors import NotFound
 MILK, OTHER = "Milk/Arla-Standard-Milk", "Milk/Arla-Ecological-Medium-Fat-Milk"
 
 
-def arla_home(path: Path, grocery: Path, *, train_photos: int, model: Path | None = None) -> Home:
+def arla_home(path: Path, grocery: Path, *, train_photos: int, model_dir: Path | None = None) -> Home:
     """A home with brand Arla and its two milks, each enrolled from its iconic photo and its first
-    `train_photos` train photos; its model is the default, or `model` (an artifact folder) when given."""
+    `train_photos` train photos; its model is the default, or the artifact folder `model_dir`."""
     home = Home(path)
-    if model is not None:
-        register_artifact(home, model, promote_it=True)
+    if model_dir is not None:
+        register_artifact(home, model_dir, promote_it=True)
     artifact = ensure_default_model(home)
     model = artifact.load_embedder()
     with home.sessions.begin() as session:
@@ -89,7 +89,7 @@ def test_the_mark_verifier_judges_the_photo_against_the_claims_references(tmp_pa
     """A model with a mark verifier reads the claimed product's references from the catalog (their maps
     cached): the product's own iconic photo agrees with them better than the other milk's package. A
     model without one (the default) leaves the signal out."""
-    engine = ScoringEngine(arla_home(tmp_path / "home", grocery, train_photos=1, model=verifier_model), ocr=False)
+    engine = ScoringEngine(arla_home(tmp_path / "home", grocery, train_photos=1, model_dir=verifier_model), ocr=False)
     assert engine.model_tag == load_artifact(verifier_model).tag and engine.scorer.verifier is not None
     iconic = next((grocery / "iconic" / "Packages" / MILK).glob("*_Iconic.jpg")).read_bytes()
     other = next((grocery / "iconic" / "Packages" / OTHER).glob("*_Iconic.jpg")).read_bytes()
