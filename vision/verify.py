@@ -162,19 +162,20 @@ class MarkVerifier(nn.Module):
         return out[:, 0] if single else out
 
 
-def letterbox(image: np.ndarray, box: Box, size: int) -> np.ndarray:
-    """The box's pixels (clipped to the photo) scaled to fit a `size` square with their aspect kept,
-    centred on a grey canvas."""
+def letterbox(image: np.ndarray, box: Box, size: int | tuple[int, int]) -> np.ndarray:
+    """The box's pixels (clipped to the photo) scaled to fit a canvas of `size` (a square's side, or
+    height and width) with their aspect kept, centred on grey."""
+    height, width = (size, size) if isinstance(size, int) else size
     h, w = image.shape[:2]
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     x0, y0 = min(max(0, x0), w - 1), min(max(0, y0), h - 1)
     x1, y1 = min(w, max(x0 + 1, x1)), min(h, max(y0 + 1, y1))
     patch = image[y0:y1, x0:x1]
-    s = min(size / patch.shape[0], size / patch.shape[1])
-    nw, nh = min(size, max(1, round(patch.shape[1] * s))), min(size, max(1, round(patch.shape[0] * s)))
+    s = min(height / patch.shape[0], width / patch.shape[1])
+    nw, nh = min(width, max(1, round(patch.shape[1] * s))), min(height, max(1, round(patch.shape[0] * s)))
     patch = cv2.resize(patch, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-    out = np.full((size, size, 3), 127, np.uint8)
-    oy, ox = (size - nh) // 2, (size - nw) // 2
+    out = np.full((height, width, 3), 127, np.uint8)
+    oy, ox = (height - nh) // 2, (width - nw) // 2
     out[oy : oy + nh, ox : ox + nw] = patch
     return out
 

@@ -35,7 +35,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -48,7 +47,7 @@ from markguard.training.metrics import roc_auc
 from markguard.vision.embed.backbone import create_backbone
 from markguard.vision.verify import MarkHead as Verifier
 from markguard.vision.verify import grown
-from markguard.vision.verify import letterbox as square_letterbox
+from markguard.vision.verify import letterbox as canvas_letterbox
 
 SIZE = (128, 128)  # canvas height, width: `crops --canvas`
 MEAN, STD = 127.0, 128.0  # EfficientNet-Lite's input normalisation, in pixel units
@@ -57,20 +56,7 @@ DEFAULT_MODEL = Path("serving/default_model")
 
 def letterbox(image: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int] | None = None) -> np.ndarray:
     """`vision.verify.letterbox` onto this run's canvas (`crops --canvas`; square in serving)."""
-    size = size or SIZE
-    if size[0] == size[1]:
-        return square_letterbox(image, box, size[0])
-    h, w = image.shape[:2]
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
-    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, max(x0 + 1, x1)), min(h, max(y0 + 1, y1))
-    patch = image[y0:y1, x0:x1]
-    s = min(size[0] / patch.shape[0], size[1] / patch.shape[1])
-    nw, nh = min(size[1], max(1, round(patch.shape[1] * s))), min(size[0], max(1, round(patch.shape[0] * s)))
-    patch = cv2.resize(patch, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-    out = np.full((*size, 3), 127, np.uint8)
-    oy, ox = (size[0] - nh) // 2, (size[1] - nw) // 2
-    out[oy : oy + nh, ox : ox + nw] = patch
-    return out
+    return canvas_letterbox(image, box, size or SIZE)
 
 
 def jittered(box, rng: np.random.Generator):
