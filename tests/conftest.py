@@ -50,15 +50,16 @@ def imagenet_artifact(tmp_path_factory: pytest.TempPathFactory):
 def verifier_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped model with the candidate mark verifier and the fusion `markguard calibrate --verifier`
     fitted with it (`training/experiments/issue21/verifier-t4/`: measured, not shipped), as a folder."""
-    import shutil
+    import json
+
+    from markguard.training.recalibrate import write_recalibrated
+    from markguard.vision.artifact import load_artifact
 
     candidate = REPO / "training" / "experiments" / "issue21" / "verifier-t4"
     path = tmp_path_factory.mktemp("models") / "with-verifier"
-    shutil.copytree(REPO / "serving" / "default_model", path)
-    for name in ("verifier.json", "verifier.safetensors"):
-        shutil.copyfile(candidate / name, path / name)
-    shutil.copyfile(candidate / "candidate_fusion.json", path / "fusion.json")
-    shutil.copyfile(candidate / "candidate_card.json", path / "card.json")
+    write_recalibrated(load_artifact(REPO / "serving" / "default_model"), path, verifier=candidate,
+                       fusion=json.loads((candidate / "candidate_fusion.json").read_text()),
+                       card=json.loads((candidate / "candidate_card.json").read_text()))
     return path
 
 

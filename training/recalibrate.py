@@ -41,7 +41,7 @@ from markguard.vision.pipeline import BrandProfile, Scorer, ScoreRequest
 from markguard.vision.scoring import Fusion
 from markguard.vision.signals import signal_names
 
-__all__ = ["run", "pipeline_vectors"]
+__all__ = ["run", "pipeline_vectors", "write_recalibrated"]
 
 _PLANS_PER_PASS = 16  # photos planned and embedded together
 
@@ -116,7 +116,7 @@ def _config(artifact: ModelArtifact, overrides: Sequence[str]) -> dict[str, Any]
     return config
 
 
-def _write_recalibrated(artifact: ModelArtifact, dest: Path, *, fusion: dict[str, Any], card: dict[str, Any],
+def write_recalibrated(artifact: ModelArtifact, dest: Path, *, fusion: dict[str, Any], card: dict[str, Any],
                         verifier: Path | None = None) -> ModelArtifact:
     """A copy of `artifact` (weights, detector and verifier byte for byte; the `verifier` folder's
     verifier in place of its own, when given) with a new fusion and card, replacing `dest`."""
@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
                     "eval_sets": {n: {"references": len(e.references), "queries": len(e.queries)}
                                   for n, e in eval_sets.items()}}
     card["git_commit"] = git_commit()
-    written = _write_recalibrated(artifact, run_dir / "artifact", fusion=cal.spec, card=card, verifier=args.verifier)
+    written = write_recalibrated(artifact, run_dir / "artifact", fusion=cal.spec, card=card, verifier=args.verifier)
     (run_dir / "metrics.json").write_text(json.dumps(card["metrics"], indent=2, sort_keys=True) + "\n")
     spec = cal.spec
     print(f"markguard calibrate: {artifact.tag} -> {tag} in {(time.monotonic() - started) / 60:.1f} min; fusion "

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 import time
 from collections import defaultdict
@@ -27,17 +26,18 @@ from markguard.serving.enroll import collect_inputs, enroll
 from markguard.serving.registry import ensure_default_model, register_artifact
 from markguard.serving.settings import get_settings
 from markguard.serving.state.home import Home
+from markguard.training.recalibrate import write_recalibrated
+from markguard.vision.artifact import load_artifact
 
 REPO = Path(__file__).resolve().parents[3]
 CANDIDATE = REPO / "training" / "experiments" / "issue21" / "verifier-t4"
 
 
 def candidate_model(dest: Path) -> Path:
-    shutil.copytree(REPO / "serving" / "default_model", dest)
-    for name in ("verifier.json", "verifier.safetensors"):
-        shutil.copyfile(CANDIDATE / name, dest / name)
-    shutil.copyfile(CANDIDATE / "candidate_fusion.json", dest / "fusion.json")
-    shutil.copyfile(CANDIDATE / "candidate_card.json", dest / "card.json")
+    """The shipped model with the candidate verifier and the fusion fitted with it, written to `dest`."""
+    write_recalibrated(load_artifact(REPO / "serving" / "default_model"), dest, verifier=CANDIDATE,
+                       fusion=json.loads((CANDIDATE / "candidate_fusion.json").read_text()),
+                       card=json.loads((CANDIDATE / "candidate_card.json").read_text()))
     return dest
 
 
