@@ -17,20 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from verifier_fusion import judged, refit, risk_figures  # this folder's: the script's own import path
 
 import markguard.training.calibration as calibration
-from markguard.training.calibration import calibrate_vectors, with_known_fake_copies
 from markguard.training.data import EvalSet, load_image
-from markguard.training.fusion import fit_fusion, threshold_at_fpr
-from markguard.training.metrics import roc_auc, tpr_at_fpr
-from markguard.training.recalibrate import _config, pipeline_vectors
-from markguard.training.train import _load_data
+from markguard.training.metrics import roc_auc
 from markguard.vision.artifact import load_artifact, read_verifier
-from markguard.vision.scoring import Fusion
 from markguard.vision.verify import MarkVerifier
-
-OVERRIDES = ["calibration.ocr_sets=grocery_cal,synth_val", "calibration.balance_sets=true",
-             "calibration.thresholds_per_set=true", "calibration.copy_takedown_floor=true"]
 
 
 class MarkToMark(MarkVerifier):
@@ -68,34 +61,15 @@ def main() -> int:
         return references, queries
 
     calibration.mark_maps = mark_maps
-    config = _config(artifact, OVERRIDES)
-    _, sets, _ = _load_data(config)
-    sets = with_known_fake_copies(sets, config, args.run)
-    vectors = {n: pipeline_vectors(artifact, es, cache=args.run / f"vectors_{n}.npz", progress=False)
-               for n, es in sets.items()}
-    cal = calibrate_vectors(vectors, config=config, run_dir=args.run, eval_sets=sets, quiet=True,
-                            verifier=verifier, detector=detector)
-    c, on, results = config["calibration"], cal.calibrate_on, {}
+    cal, sets, config = judged(artifact, args.run, verifier)
+    results = {}
     for name, change in {"none": lambda x: None, "mark to mark": lambda x: x}.items():
-        values = {n: [{**v, "mark_mismatch": change(v["mark_mismatch"])} for v in cs.values]
-                  for n, cs in cal.claim_sets.items()}
-        other = np.array([v["genuine_similarity"] for n in on for v, k in zip(values[n], cal.claim_sets[n].kind, strict=True)
-                          if k == "other_brand" and v["genuine_similarity"] is not None])
-        copies = np.array([sets[n].queries[q].row.transform == "known_fake_copy" for n in on for q in cal.claim_sets[n].query])
-        spec, _ = fit_fusion([v for n in on for v in values[n]], np.concatenate([cal.claim_sets[n].not_genuine for n in on]),
-                             match_threshold=threshold_at_fpr(other, c["match_false_rate"]), takedown_fpr=c["takedown_fpr"],
-                             review_fpr=c["review_fpr"], C=c["C"], base_claims=~copies,
-                             groups=[n for n in on for _ in values[n]], balance_groups=True, thresholds_per_group=True,
-                             takedown_floor=("known_fake_copy",))
-        fusion = Fusion(spec)
-        row = {"weights": {k: round(v["weight"], 3) for k, v in spec["signals"].items()}}
+        fusion, values = refit(cal, sets, config, change)
+        row = {"weights": {k: round(v["weight"], 3) for k, v in fusion.spec["signals"].items()}}
         for n, cs in cal.claim_sets.items():
-            risk = np.array([fusion.risk(v)[0] for v in values[n]])
             logit = np.array([np.nan if v["mark_mismatch"] is None else v["mark_mismatch"] for v in cs.values])
-            kinds = np.array(cs.kind)
-            near = (kinds == "true") | (kinds == "same_brand") | (kinds == "counterfeit")
-            row[n] = {"risk_auc": round(roc_auc(risk, cs.not_genuine), 4),
-                      "tpr_at_fpr_5pct": round(tpr_at_fpr(risk, cs.not_genuine, 0.05), 4),
+            near = np.array([k != "other_brand" for k in cs.kind])
+            row[n] = {**risk_figures(fusion, values[n], cs),
                       "verifier_alone_near": round(roc_auc(logit[near], cs.not_genuine[near]), 4)}
         results[name] = row
         print(name, json.dumps(row), flush=True)
