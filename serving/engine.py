@@ -79,11 +79,13 @@ class _Lru(OrderedDict):
 
 class CatalogEvidence:
     """The pipeline's `EvidenceSource` over a home's catalog and blobs; `verifier`: the model's mark
-    verifier, which reads the reference maps (`reference_mark`)."""
+    verifier, which reads the reference maps (`reference_mark`), with the model's `detector` to tell which
+    references are crops of a mark."""
 
-    def __init__(self, home: Home, *, verifier: MarkVerifier | None = None) -> None:
+    def __init__(self, home: Home, *, verifier: MarkVerifier | None = None, detector: MarkDetector | None = None) -> None:
         self.home = home
         self.verifier = verifier
+        self.detector = detector
         self._features = _Lru(_FEATURE_CACHE)
         self._hashes_of_refs = _Lru(_FEATURE_CACHE)
         self._marks = _Lru(_MARK_CACHE)
@@ -143,7 +145,10 @@ class CatalogEvidence:
         if self.verifier is None:
             raise RuntimeError("this catalog's model has no mark verifier")
         sha = self._reference_sha(reference_id)
-        return self._marks.get_or(sha, lambda: self._blob_photo(sha, self.verifier.reference_map)) if sha else None
+        # cached in a 1-tuple: a reference the verifier does not compare (its map is None) is cached too
+        cached = self._marks.get_or(sha, lambda: self._blob_photo(
+            sha, lambda photo: (self.verifier.reference_map(photo, self.detector),))) if sha else None
+        return cached[0] if cached is not None else None
 
     def reference_names(self, reference_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
         if not reference_ids:
@@ -215,7 +220,7 @@ class ScoringEngine:
             detector.use_runtime(runtime)
         self.runtime = "onnx" if self._forward is not None else "torch"
         verifier = self.artifact.load_verifier()
-        self.source = CatalogEvidence(home, verifier=verifier)
+        self.source = CatalogEvidence(home, verifier=verifier, detector=detector)
         self.scorer = Scorer(self.artifact, index=reconcile(home, self.artifact, self.model), source=self.source,
                              embed=self.embed, detector=detector, verifier=verifier,
                              ocr=self._ocr_engine(runtime) if ocr else None, ocr_budget_ms=ocr_budget_ms,

@@ -39,6 +39,18 @@ def grozi() -> Path:
 
 
 @pytest.fixture(scope="session")
+def fresh_synth(grocery: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Listing photos composed with a seed no build of the default config uses (new placements,
+    backgrounds and transforms), at the default 256 px."""
+    from markguard.datasets.synth import SynthOptions, build_synth
+
+    out = tmp_path_factory.mktemp("synth-fresh") / "build"
+    build_synth(out, data_root=grocery.parent, progress=False,
+                opts=SynthOptions(brands=10, per_brand=2, size=256, val_fraction=0.0, test_fraction=0.0, seed=97))
+    return out
+
+
+@pytest.fixture(scope="session")
 def imagenet_artifact(tmp_path_factory: pytest.TempPathFactory):
     from markguard.serving.registry import PROVISIONAL_FUSION
     from markguard.vision.artifact import build_imagenet_artifact

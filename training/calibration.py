@@ -84,11 +84,13 @@ def calibrate_vectors(vectors: dict[str, tuple[np.ndarray, list[np.ndarray]]], *
                            for v, k in zip(claim_sets[n].values, claim_sets[n].kind, strict=True)
                            if k == "other_brand" and v["genuine_similarity"] is not None])
     match_threshold = threshold_at_fpr(other_sims, c["match_false_rate"]) if other_sims.size else 0.5
-    # the base signals are fitted on the claims without known-fake copies, the known-fake signals after them
+    # the base signals are fitted on the claims without known-fake copies, the staged signals (known fakes,
+    # the mark verifier's) after them with the base held fixed
     copies = np.array([eval_sets[n].queries[q].row.transform == "known_fake_copy" for n in calibrate_on
                        for q in claim_sets[n].query])
+    staged = copies.any() or verifier is not None
     spec, points = fit_fusion(values, not_genuine, match_threshold=match_threshold, takedown_fpr=c["takedown_fpr"],
-                              review_fpr=c["review_fpr"], C=c["C"], base_claims=~copies if copies.any() else None,
+                              review_fpr=c["review_fpr"], C=c["C"], base_claims=~copies if staged else None,
                               prior_cost_margin=float(c.get("prior_cost_margin", PRIOR_COST_MARGIN)),
                               groups=[n for n in calibrate_on for _ in claim_sets[n].values],
                               balance_groups=bool(c.get("balance_sets", False)),

@@ -109,7 +109,7 @@ class PhotoEvidence:
     reference_hashes: Sequence[int] | None = None
     verifier: MarkVerifier | None = None
     query_marks: Sequence[torch.Tensor] | None = None
-    reference_marks: Sequence[torch.Tensor] | None = None
+    reference_marks: Sequence[torch.Tensor | None] | None = None  # None: a reference the verifier does not compare
 
 
 def make_claims(eval_set: EvalSet, ref_vectors: np.ndarray, query_vectors: QueryVectors, *, seed: int = 0,
@@ -181,10 +181,11 @@ def query_region_crops(images: Sequence[np.ndarray], *, max_regions: int,
 
 
 def mark_maps(eval_set: EvalSet, verifier: MarkVerifier, detector: MarkDetector | None, *,
-              progress: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The verifier's map of every reference (its photo whole) and of every query's mark (the detector's
-    best box), as serving reads them (`MarkVerifier.reference_map`, `ScorePlan.query_mark`)."""
-    references = [verifier.reference_map(load_image(r)[0])
+              progress: bool = False) -> tuple[list[torch.Tensor | None], list[torch.Tensor]]:
+    """The verifier's map of every reference (its photo whole; None where it is not a crop of its mark) and
+    of every query's mark (the detector's best box), as serving reads them (`MarkVerifier.reference_map`,
+    `ScorePlan.query_mark`)."""
+    references = [verifier.reference_map(load_image(r)[0], detector)
                   for r in tqdm(eval_set.references, desc=f"verifier: {eval_set.name} references", leave=False,
                                 disable=not progress)]
     queries = []

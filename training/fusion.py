@@ -23,6 +23,11 @@ its genuine claims there, rather than the pooled claims alone). A signal in `tak
 a known fake) whose fitted weight would not take every claim it fires on past takedown is raised to the
 uncentered weight (a prior, log-odds per unit) that takes a claim at the lowest risk the fusion gives
 (1e-6) past takedown, whatever the rest says; `calibration.floors` records the fitted and the raised weight.
+
+With `base_claims`, the `staged` signals (known fakes; the mark verifier's, read only against references
+that are crops of a mark) are fitted in a second stage, on every claim, with the base fusion (the other
+signals, fitted on the base claims) held fixed as an offset: a signal the data shows on some claims only
+adds its weight where it is read and moves nothing else.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from sklearn.linear_model import LogisticRegression
 from markguard.vision.scoring import Fusion
 from markguard.vision.signals import expert_priors, signal_directions, signal_names
 
-__all__ = ["CONTRARY", "CONTRARY_DROPPED", "MIN_OBSERVATIONS", "THRESHOLDS_NOTE", "OperatingPoint", "fit_fusion", "threshold_at_fpr"]
+__all__ = ["CONTRARY", "CONTRARY_DROPPED", "MIN_OBSERVATIONS", "STAGED_SIGNALS", "THRESHOLDS_NOTE", "OperatingPoint",
+           "fit_fusion", "threshold_at_fpr"]
 
 MIN_OBSERVATIONS = 20  # claims of each class (genuine, not genuine) in which a signal was read, to fit it
 CONTRARY = "fitted against its direction"
@@ -46,6 +52,10 @@ CONTRARY_DROPPED = ("fitted against its direction, and its prior costs detection
                     "on the calibration claims: weighs 0")
 PRIOR_COST_MARGIN = 0.02  # detection (share of not-genuine claims) a contrary prior must cost before it weighs 0
 KNOWN_FAKE_SIGNALS = ("known_fake_nearest", "known_fake_copy")
+# read only where the model's mark verifier compares a reference it learnt (crops of a mark), so fitted after
+# the base fusion: the claims that show it must not bend the weights of those that do not
+PARTIAL_SIGNALS = ("mark_mismatch",)
+STAGED_SIGNALS = (*KNOWN_FAKE_SIGNALS, *PARTIAL_SIGNALS)
 THRESHOLDS_NOTE = ("review_at and takedown_at were chosen on the risk of exactly this fusion: the fitted weights "
                    "and the priors of every signal not fitted (vision.signals)")
 
@@ -168,7 +178,7 @@ def fit_fusion(
     directions: Mapping[str, int] | None = None,
     min_observations: int = MIN_OBSERVATIONS,
     base_claims: np.ndarray | None = None,
-    staged: Sequence[str] = KNOWN_FAKE_SIGNALS,
+    staged: Sequence[str] = STAGED_SIGNALS,
     prior_cost_margin: float = PRIOR_COST_MARGIN,
     groups: Sequence[str] | None = None,
     balance_groups: bool = False,

@@ -239,7 +239,8 @@ class EvidenceSource(Protocol):
 
     def reference_mark(self, reference_id: int) -> torch.Tensor | None:
         """The reference's map as the model's mark verifier reads it (`MarkVerifier.reference_map`); None
-        when its photo is gone. Asked only by a scorer whose model has a verifier."""
+        when its photo is gone or it is not a crop of its mark. Asked only by a scorer whose model has a
+        verifier."""
 
     def reference_names(self, reference_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
         """(brand, product or None) of each reference id."""

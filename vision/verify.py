@@ -16,8 +16,10 @@ convolutions, mean- and max-pools, and outputs the logit that the photo's mark i
 A claim's `MarkEvidence` is the lowest logit over the claim's `references` genuine references nearest
 to its best region and the photo's two framings (the mark agrees with one of them); the `mark_mismatch`
 signal reads it. The head is trained on synthetic pairs of train-split brands
-(`training/experiments/issue21/verifier.py`); `training/README.md` has its figures, and why the shipped
-model carries none.
+(`training/experiments/issue21/verifier.py`): logo crops against photos of the logo. Compared with a
+whole package (a catalogue shot, a shelf frame) it tells a brand's products apart worse than the
+embedding, so with `min_reference_iou` only references that are crops of a mark are compared
+(`reference_is_mark`); a claim with none has no mark evidence. `training/README.md` has its figures.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from markguard.vision.detect import MarkDetector
 from markguard.vision.embed.backbone import create_backbone
 from markguard.vision.embed.base import ArtifactConfig
 from markguard.vision.evidence import MarkEvidence
 from markguard.vision.index import ReferenceIndex
 
-__all__ = ["VerifierConfig", "MarkHead", "MarkVerifier", "letterbox", "grown", "query_mark_crop",
-           "claim_mark"]
+__all__ = ["VerifierConfig", "MarkHead", "MarkVerifier", "letterbox", "grown", "reference_is_mark", "framed",
+           "box_iou", "query_mark_crop", "claim_mark"]
 
 Box = tuple[float, float, float, float]
 
@@ -57,6 +60,10 @@ class VerifierConfig(ArtifactConfig):
     hidden: int = 64
     grow: float = 1.25  # the detector's box grown by this much around its centre, as `vision.regions` crops it
     references: int = 3  # the claim's genuine references compared (the lowest logit counts)
+    # A reference is compared only when it is a crop of its mark (`reference_is_mark`): centred on a grey
+    # canvas twice its sides, the detector's best box grown by `grow` overlaps it at least at this IoU.
+    # 0: every reference.
+    min_reference_iou: float = 0.0
     weights_file: str = "verifier.safetensors"
     weights_sha256: str = ""
 
@@ -64,6 +71,8 @@ class VerifierConfig(ArtifactConfig):
         self.check_input_and_weights_file()
         if self.trunk_blocks < 1 or self.tuned_blocks < 0 or self.radius < 1 or self.references < 1 or self.grow < 1:
             raise ValueError("verifier: trunk_blocks >= 1, tuned_blocks >= 0, radius >= 1, references >= 1, grow >= 1")
+        if not 0 <= self.min_reference_iou <= 1:
+            raise ValueError("verifier: min_reference_iou is an IoU, 0 to 1")
 
 
 class MarkHead(nn.Module):
@@ -136,8 +145,12 @@ class MarkVerifier(nn.Module):
         self.eval()
         return self.trunk.forward_until(self.canvas(crops), self.config.trunk_blocks)
 
-    def reference_map(self, photo: np.ndarray) -> torch.Tensor:
-        """A reference's map: its whole photo letterboxed (a reference is a crop of the mark)."""
+    def reference_map(self, photo: np.ndarray, detector: MarkDetector | None) -> torch.Tensor | None:
+        """A reference's map: its whole photo letterboxed. None when the reference is not a crop of its
+        mark (`reference_is_mark` with `min_reference_iou`; with no detector to tell, none is)."""
+        if self.config.min_reference_iou > 0 and not reference_is_mark(
+                photo, detector, min_iou=self.config.min_reference_iou, grow=self.config.grow):
+            return None
         h, w = photo.shape[:2]
         return self.maps([letterbox(photo, (0, 0, w, h), self.config.input_size)])[0]
 
@@ -188,6 +201,35 @@ def grown(box: Box, factor: float, shift: tuple[float, float] = (0.0, 0.0), aspe
     cx, cy = (x0 + x1) / 2 + shift[0] * w, (y0 + y1) / 2 + shift[1] * h
     hw, hh = w * factor * aspect / 2, h * factor / aspect / 2
     return cx - hw, cy - hh, cx + hw, cy + hh
+
+
+def reference_is_mark(photo: np.ndarray, detector: MarkDetector | None, *, min_iou: float,
+                      grow: float = 1.25) -> bool:
+    """Whether a reference photo is a crop of a mark rather than a package or a scene with a mark on it.
+    Centred on a grey canvas twice its sides (the scale the detector learnt marks at), a crop of a logo is
+    found whole: the detector's best box, grown by `grow`, overlaps the photo at IoU `min_iou` or more. On a
+    package it finds the logo printed on it, a small part."""
+    if detector is None:
+        return False
+    canvas, where = framed(photo, 2.0)
+    found = detector.detect([canvas])[0]
+    return bool(found) and box_iou(grown(found[0].box, grow), where) >= min_iou
+
+
+def framed(photo: np.ndarray, pad: float) -> tuple[np.ndarray, Box]:
+    """The photo centred on a grey canvas `pad` times its sides, and where it lies there."""
+    h, w = photo.shape[:2]
+    ch, cw = round(h * pad), round(w * pad)
+    oy, ox = (ch - h) // 2, (cw - w) // 2
+    out = np.full((ch, cw, 3), 127, np.uint8)
+    out[oy : oy + h, ox : ox + w] = photo
+    return out, (ox, oy, ox + w, oy + h)
+
+
+def box_iou(a: Box, b: Box) -> float:
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def query_mark_crop(photo: np.ndarray, mark_boxes: Sequence[Box], *, size: int, grow: float) -> np.ndarray:

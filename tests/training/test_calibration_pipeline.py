@@ -25,11 +25,11 @@ from markguard.vision.signals import SIGNALS
 class _EvalSetSource:
     """The catalog of an eval set's in-memory index, as the pipeline's `EvidenceSource` sees it."""
 
-    def __init__(self, es: EvalSet, claims, verifier) -> None:  # noqa: ANN001
+    def __init__(self, es: EvalSet, claims, verifier, detector) -> None:  # noqa: ANN001
         images = load_images(es.references)
         self.features = [extract_features(i) for i in images]
         self.hashes = [phash(i).int64 for i in images]
-        self.marks = [verifier.reference_map(i) for i in images]
+        self.marks = [verifier.reference_map(i, detector) for i in images]
         self.brand_ids = dict(zip(claims.brand, claims.brand_id.tolist(), strict=True))
 
     def resolve(self, brand: str | None, product: str | None) -> tuple[BrandProfile | None, int | None]:
@@ -88,7 +88,7 @@ def test_a_claim_judged_by_calibration_is_scored_alike_by_the_scorer(grocery: Pa
     assert all(claims.values[c]["known_fake_copy"] == 1.0 for c in copies)
     assert all(v["mark_mismatch"] is not None for v in claims.values)
 
-    source = _EvalSetSource(es, claims, verifier)
+    source = _EvalSetSource(es, claims, verifier, artifact.load_detector())
     model = artifact.load_embedder()
     scorer = Scorer(artifact, index=claims.index, source=source, embed=lambda crops: embed_images(model, crops),  # type: ignore[arg-type]
                     detector=artifact.load_detector(), verifier=verifier)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from markguard.training.data import load_image, mark_box, read_items
 from markguard.training.detector import (
@@ -42,18 +41,6 @@ def test_the_head_learns_the_mark_boxes_it_is_trained_on(tiny_synth: Path) -> No
     print(f"\ntiny detector fit: {before} -> {after}; loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}")
     assert len(photos) >= 40 and history[-1]["loss"] < 0.5 * history[0]["loss"]
     assert before["best_box_found"] <= 0.2 and after["best_box_found"] >= 0.8
-
-
-@pytest.fixture(scope="module")
-def fresh_synth(grocery: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Listing photos composed with a seed no build of the default config uses (new placements,
-    backgrounds and transforms), at the default 256 px."""
-    from markguard.datasets.synth import SynthOptions, build_synth
-
-    out = tmp_path_factory.mktemp("synth-fresh") / "build"
-    build_synth(out, data_root=grocery.parent, progress=False,
-                opts=SynthOptions(brands=10, per_brand=2, size=256, val_fraction=0.0, test_fraction=0.0, seed=97))
-    return out
 
 
 def test_the_shipped_detector_finds_marks_on_fresh_photos(fresh_synth: Path) -> None:

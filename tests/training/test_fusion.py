@@ -11,6 +11,7 @@ from markguard.training.fusion import (
     fit_fusion,
     threshold_at_fpr,
 )
+from markguard.training.metrics import roc_auc
 from markguard.vision.scoring import Fusion
 
 
@@ -44,6 +45,31 @@ def test_thresholds_meet_the_target_false_positive_rates() -> None:
     assert spec["review_at"] <= spec["takedown_at"]
     take = next(p for p in points if p.name == "takedown")
     assert take.fpr <= 0.01 and take.tpr > 0.3
+
+
+def test_a_signal_read_on_some_claims_adds_its_weight_there_and_moves_nothing_else() -> None:
+    """The mark verifier's signal, read only where a reference is a crop of a mark, is fitted after the base
+    fusion with it held fixed: the other weights and the bias are those of the fit without it, and a claim
+    where it is not read keeps its risk."""
+    values, y = _toy(600, seed=2)
+    rng = np.random.default_rng(2)
+    marked = [{**v, "mark_mismatch": float(rng.normal(1.0 if bad else 0.0, 0.7)) if i % 2 == 0 else None}
+              for i, (v, bad) in enumerate(zip(values, y, strict=True))]
+    every = np.ones(len(y), dtype=bool)
+    without, _ = fit_fusion(values, y, match_threshold=0.5, base_claims=every)
+    with_mark, _ = fit_fusion(marked, y, match_threshold=0.5, base_claims=every)
+    assert with_mark["signals"]["mark_mismatch"]["weight"] > 0
+    assert with_mark["bias"] == pytest.approx(without["bias"])
+    for name, fitted in without["signals"].items():
+        assert with_mark["signals"][name]["weight"] == pytest.approx(fitted["weight"])
+    plain, verified = Fusion(without), Fusion(with_mark)
+    for v, m in zip(values, marked, strict=True):
+        if m["mark_mismatch"] is None:
+            assert verified.risk(m)[0] == pytest.approx(plain.risk(v)[0])
+    read = np.array([m["mark_mismatch"] is not None for m in marked])
+    auc = [roc_auc(np.array([f.risk(m)[0] for m, r in zip(marked, read, strict=True) if r]), y[read])
+           for f in (plain, verified)]
+    assert auc[1] > auc[0]
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -18,10 +18,21 @@ from markguard.vision.errors import IntegrityError
 from markguard.vision.evidence import ClaimEvidence, MarkEvidence
 from markguard.vision.index import KIND_CODES, ReferenceIndex
 from markguard.vision.signals import compute_signals
-from markguard.vision.verify import MarkVerifier, VerifierConfig, claim_mark, letterbox, query_mark_crop
+from markguard.vision.verify import (
+    MarkVerifier,
+    VerifierConfig,
+    box_iou,
+    claim_mark,
+    framed,
+    letterbox,
+    query_mark_crop,
+    reference_is_mark,
+)
 
-CANDIDATE = Path(__file__).resolve().parents[2] / "training" / "experiments" / "issue21" / "verifier-t4"
+REPO = Path(__file__).resolve().parents[2]
+CANDIDATE = REPO / "training" / "experiments" / "issue21" / "verifier-t4"
 CONFIG = VerifierConfig(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+MIN_REFERENCE_IOU = 0.35  # the gate set on the calibration sets (training/README.md, "Only where it learnt")
 
 
 def test_letterbox_keeps_the_aspect_on_a_grey_canvas() -> None:
@@ -51,6 +62,38 @@ def test_config_is_checked() -> None:
         dataclasses.replace(CONFIG, weights_file="../verifier.safetensors")
     with pytest.raises(ValueError, match="references"):
         dataclasses.replace(CONFIG, references=0)
+    with pytest.raises(ValueError, match="min_reference_iou"):
+        dataclasses.replace(CONFIG, min_reference_iou=1.5)
+
+
+def test_a_reference_is_framed_on_grey_twice_its_sides() -> None:
+    photo = np.full((30, 50, 3), 9, np.uint8)
+    canvas, where = framed(photo, 2.0)
+    assert canvas.shape == (60, 100, 3) and where == (25, 15, 75, 45)
+    assert (canvas[15:45, 25:75] == 9).all() and (canvas[:15] == 127).all()
+    assert box_iou(where, where) == 1.0 and box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
+    assert box_iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+
+
+def test_logo_crops_are_marks_and_package_shots_are_not(fresh_synth: Path, grocery: Path) -> None:
+    """The gate that keeps the verifier to what it learnt: synthetic marks cropped as a brand enrols them
+    (box grown 1.25x, on photos no build uses) are crops of a mark; grocery's catalogue package shots,
+    with the brand's logo printed on them, are not. Without a detector nothing is."""
+    from markguard.training.data import enrolled_crop, mark_box, read_items
+
+    detector = load_artifact(REPO / "serving" / "default_model").load_detector()
+    crops = [load_image(enrolled_crop(i, 1.25))[0] for i in read_items(fresh_synth) if mark_box(i) is not None]
+    packages = [read_image(p) for p in sorted((grocery / "iconic").rglob("*_Iconic.jpg"))[::3]]
+    marks = np.mean([reference_is_mark(c, detector, min_iou=MIN_REFERENCE_IOU) for c in crops])
+    package_marks = np.mean([reference_is_mark(p, detector, min_iou=MIN_REFERENCE_IOU) for p in packages])
+    print(f"\nreference_is_mark at IoU {MIN_REFERENCE_IOU}: {marks:.0%} of {len(crops)} logo crops, "
+          f"{package_marks:.0%} of {len(packages)} package shots")
+    assert len(crops) >= 30 and len(packages) >= 10
+    assert marks >= 0.8 and package_marks <= 0.1
+    assert not reference_is_mark(crops[0], None, min_iou=MIN_REFERENCE_IOU)
+    gated = MarkVerifier(dataclasses.replace(read_verifier(CANDIDATE).config, min_reference_iou=MIN_REFERENCE_IOU))
+    assert gated.reference_map(packages[0], detector) is None and gated.reference_map(packages[0], None) is None
+    assert read_verifier(CANDIDATE).reference_map(packages[0], None) is not None  # no gate: every reference
 
 
 def test_an_artifact_keeps_the_verifier_pinned_and_refuses_tampered_weights(imagenet_artifact, tmp_path: Path) -> None:
@@ -93,7 +136,7 @@ def test_the_candidate_verifier_tells_a_references_own_mark_from_another_brands(
     for p in iconic:
         by_brand.setdefault(p.parent.name.split("-")[0], p)
     photos = [read_image(p) for p in list(by_brand.values())[:6]]
-    maps = [verifier.reference_map(p) for p in photos]
+    maps = [verifier.reference_map(p, None) for p in photos]
     index = ReferenceIndex(4)
     vector = np.array([[1.0, 0, 0, 0]], np.float32)
     right = 0
