@@ -38,11 +38,14 @@ from markguard.vision.embed.backbone import create_backbone
 from markguard.vision.embed.base import ArtifactConfig
 from markguard.vision.evidence import MarkEvidence
 from markguard.vision.index import ReferenceIndex
+from markguard.vision.regions import iou
 
-__all__ = ["VerifierConfig", "MarkHead", "MarkVerifier", "letterbox", "grown", "reference_is_mark", "framed",
-           "box_iou", "query_mark_crop", "claim_mark"]
+__all__ = ["VerifierConfig", "MarkHead", "MarkVerifier", "letterbox", "grown", "reference_is_mark",
+           "reference_mark_iou", "framed",
+           "query_mark_crop", "claim_mark"]
 
 Box = tuple[float, float, float, float]
+REFERENCE_FRAME = 2.0  # `reference_is_mark` centres a reference on a canvas this many times its sides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,15 +208,24 @@ def grown(box: Box, factor: float, shift: tuple[float, float] = (0.0, 0.0), aspe
 
 def reference_is_mark(photo: np.ndarray, detector: MarkDetector | None, *, min_iou: float,
                       grow: float = 1.25) -> bool:
-    """Whether a reference photo is a crop of a mark rather than a package or a scene with a mark on it.
-    Centred on a grey canvas twice its sides (the scale the detector learnt marks at), a crop of a logo is
-    found whole: the detector's best box, grown by `grow`, overlaps the photo at IoU `min_iou` or more. On a
-    package it finds the logo printed on it, a small part."""
-    if detector is None:
-        return False
-    canvas, where = framed(photo, 2.0)
+    """Whether a reference photo is a crop of a mark rather than a package or a scene with a mark on it:
+    `reference_mark_iou` at least `min_iou` (never without a detector to tell)."""
+    return detector is not None and reference_mark_iou(photo, detector, grow=grow) >= min_iou
+
+
+def reference_mark_iou(photo: np.ndarray, detector: MarkDetector, *, grow: float = 1.25) -> float:
+    """Centred on a grey canvas twice its sides (the scale the detector learnt marks at), a crop of a logo
+    is found whole: the IoU of the detector's best box, grown by `grow`, with the photo (0 when it finds
+    none). On a package it finds the logo printed on it, a small part. A photo larger than twice the
+    detector's input size is first shrunk to it (the detector shrinks the canvas further), so a large
+    reference costs no more."""
+    h, w = photo.shape[:2]
+    s = 2 * detector.config.input_size / max(h, w)
+    if s < 1:
+        photo = cv2.resize(photo, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    canvas, where = framed(photo, REFERENCE_FRAME)
     found = detector.detect([canvas])[0]
-    return bool(found) and box_iou(grown(found[0].box, grow), where) >= min_iou
+    return iou(grown(found[0].box, grow), where) if found else 0.0
 
 
 def framed(photo: np.ndarray, pad: float) -> tuple[np.ndarray, Box]:
@@ -224,12 +236,6 @@ def framed(photo: np.ndarray, pad: float) -> tuple[np.ndarray, Box]:
     out = np.full((ch, cw, 3), 127, np.uint8)
     out[oy : oy + h, ox : ox + w] = photo
     return out, (ox, oy, ox + w, oy + h)
-
-
-def box_iou(a: Box, b: Box) -> float:
-    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def query_mark_crop(photo: np.ndarray, mark_boxes: Sequence[Box], *, size: int, grow: float) -> np.ndarray:

@@ -6,7 +6,8 @@ the true product against another product of the same brand (ROC-AUC, TPR at FPR 
   (a) the ImageNet global embedding alone (cosine to the claim's references),
   (b) SIFT + RANSAC alone (most inliers against the claim's references),
   (c) markguard's full scoring with the promoted model, or `--model` (risk of the claim).
-All three run in this process on the same references and queries.
+All three run in this process on the same references and queries; (c)'s claims are written to OUT's
+`.claims.jsonl`.
 
 `--synth BUILD` measures counterfeits instead (`synth_counterfeits`): held-out synthetic brands of a
 `markguard datasets synth` build (`--synth-split`, default test; `--synth-brands` of them, taken in an
@@ -26,7 +27,7 @@ one, else any): claim AUC, for (a) the ImageNet global embedding and (c) markgua
 intervals and the paired difference (c − a) resampling whole brands. Every full-scoring claim is written
 to OUT's `.claims.jsonl`.
 
-Both claims files hold one row shape (`claim_outcome`): the claim, its risk and decision, and each
+The claims files hold one row shape (`claim_outcome`): the claim, its risk and decision, and each
 signal's value and contribution to the risk's log-odds.
 """
 
@@ -480,16 +481,18 @@ def main(argv: list[str] | None = None) -> int:
             paths = [p for p, pr in refs if pr == product]
             enroll(home, artifact, model, brand=brand_of(product), product=product, inputs=collect_inputs(paths))
         engine = ScoringEngine(home)
-        labels, scores, hits = [], [], []
+        labels, scores, hits, claims = [], [], [], []
         for q in tqdm(queries, desc="full scoring"):
             data, product, brand = q.read_bytes(), q.parent.name, brand_of(q.parent.name)
             free = engine.score(ScoreRequest(data), record=False)
             hits.append(free.product.name == product)
             if negatives[q]:
-                true_claim = engine.score(ScoreRequest(data, brand=brand, product=product), record=False)
-                false_claim = engine.score(ScoreRequest(data, brand=brand, product=negatives[q]), record=False)
+                for claimed in (product, negatives[q]):
+                    result = engine.score(ScoreRequest(data, brand=brand, product=claimed), record=False)
+                    scores.append(-result.risk)
+                    claims.append({"image": str(q.relative_to(root)), "brand": brand, "product": product,
+                                   "claimed": claimed, "genuine": claimed == product, **claim_outcome(result)})
                 labels += [1, 0]
-                scores += [-true_claim.risk, -false_claim.risk]
         results["c_markguard"] = _summary(labels, scores, hits) | {"model": artifact.tag}
         if args.small_marks:
             lift = small_mark_lift(engine, queries[: args.small_marks], args.data / "clothing", rng)
@@ -509,5 +512,7 @@ def main(argv: list[str] | None = None) -> int:
               f"recall@1 whole photo only {lift['recall_whole_photo']:.3f}, with regions {lift['recall_regions']:.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"references={len(refs)} queries={len(queries)} full_beats_both={beats} (wrote {args.out})")
+    args.out.with_suffix(".claims.jsonl").write_text("".join(json.dumps(c) + "\n" for c in claims))
+    print(f"references={len(refs)} queries={len(queries)} full_beats_both={beats} (wrote {args.out} and its "
+          f".claims.jsonl)")
     return 0

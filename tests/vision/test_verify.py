@@ -21,12 +21,12 @@ from markguard.vision.signals import compute_signals
 from markguard.vision.verify import (
     MarkVerifier,
     VerifierConfig,
-    box_iou,
     claim_mark,
     framed,
     letterbox,
     query_mark_crop,
     reference_is_mark,
+    reference_mark_iou,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,8 +71,6 @@ def test_a_reference_is_framed_on_grey_twice_its_sides() -> None:
     canvas, where = framed(photo, 2.0)
     assert canvas.shape == (60, 100, 3) and where == (25, 15, 75, 45)
     assert (canvas[15:45, 25:75] == 9).all() and (canvas[:15] == 127).all()
-    assert box_iou(where, where) == 1.0 and box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
-    assert box_iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
 
 
 def test_logo_crops_are_marks_and_package_shots_are_not(fresh_synth: Path, grocery: Path) -> None:
@@ -171,3 +169,14 @@ def test_a_training_photo_loads_as_the_pipeline_decodes_it(grocery: Path) -> Non
     path = sorted((grocery / "iconic").rglob("*_Iconic.jpg"))[0]
     item = Item(path=path, row=ManifestRow(image=path.name, brand="b", product=None, split="val", label=Label.GENUINE))
     assert np.array_equal(load_image(item)[0], read_image(path))
+
+
+def test_a_large_reference_is_judged_at_the_detectors_scale(grocery: Path) -> None:
+    """A reference photo 8x larger is shrunk before it is framed: about the same IoU as the small one."""
+    import cv2
+
+    detector = load_artifact(REPO / "serving" / "default_model").load_detector()
+    for p in sorted((grocery / "iconic").rglob("*_Iconic.jpg"))[:3]:
+        photo = read_image(p)
+        large = cv2.resize(photo, (photo.shape[1] * 8, photo.shape[0] * 8), interpolation=cv2.INTER_NEAREST)
+        assert abs(reference_mark_iou(large, detector) - reference_mark_iou(photo, detector)) < 0.05

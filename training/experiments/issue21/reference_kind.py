@@ -27,7 +27,7 @@ from markguard.training.recalibrate import _config
 from markguard.training.train import _load_data
 from markguard.vision.artifact import load_artifact
 from markguard.vision.decode import read_image
-from markguard.vision.verify import box_iou, framed, grown
+from markguard.vision.verify import reference_mark_iou
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -50,9 +50,7 @@ def main() -> int:
     for name, references in loaders.items():
         framed_iou = []
         for load in references:
-            canvas, where = framed(load(), 2.0)
-            found = detector.detect([canvas])[0]
-            framed_iou.append(box_iou(grown(found[0].box, 1.25), where) if found else 0.0)
+            framed_iou.append(reference_mark_iou(load(), detector))
         c = np.array(framed_iou)
         out[name] = {"references": len(c), "framed_iou": c.round(3).tolist(),
                      "quantiles": dict(zip(("p05", "p25", "p50", "p75", "p95"),

@@ -6,7 +6,9 @@
 `bench scoring --synth` (or `--grozi`) of a model with the verifier writes every claim's signal values.
 Without an OCR gate no step depends on the fusion, so the shipped fusion's risk of the same claim is its
 fusion applied to the same values (`mark_mismatch` left out). Prints both claim AUCs and their paired
-difference with brand-resampled 95% intervals, overall and per counterfeit transform.
+difference with brand-resampled 95% intervals, overall and per counterfeit transform, and the TPR at
+FPR 5% of both (the grocery yardstick's third column). Grocery's claims file (`bench scoring` without
+`--synth`/`--grozi`) works too.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from markguard.serving.benchmarks.scoring import resample_brands
+from markguard.serving.benchmarks.scoring import resample_brands, tpr_at_fpr
 from markguard.training.metrics import roc_auc
 from markguard.vision.artifact import load_artifact
 from markguard.vision.scoring import Fusion
@@ -58,6 +60,9 @@ def main() -> int:
         stats["difference"]["value"] = stats["with_verifier"]["value"] - stats["shipped"]["value"]
         out[t] = stats
         print(f"{t:22s} " + "  ".join(f"{k} {s['value']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]" for k, s in stats.items()))
+    for name, risk in (("with_verifier", with_verifier), ("shipped", without)):  # as bench scoring prints it
+        out["all"][name]["tpr_at_fpr_5"] = tpr_at_fpr(genuine.astype(int), -risk, 0.05)
+    print("TPR at FPR 5%: " + ", ".join(f"{k} {out['all'][k]['tpr_at_fpr_5']:.3f}" for k in ("with_verifier", "shipped")))
     path = args.claims.with_suffix(".paired.json")
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {path}")
