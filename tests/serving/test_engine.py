@@ -85,10 +85,11 @@ def test_geometry_counts_inliers_for_the_claim(engine: ScoringEngine, grocery: P
 
 
 def test_the_mark_verifier_judges_the_photo_against_the_claims_references(tmp_path: Path, grocery: Path,
-                                                                          verifier_model: Path) -> None:
+                                                                          verifier_model: Path, imagenet_artifact) -> None:
     """A model with a mark verifier reads the claimed product's references from the catalog (their maps
-    cached): the product's own iconic photo agrees with them better than the other milk's package. A
-    model without one (the default) leaves the signal out."""
+    cached): the product's own iconic photo agrees with them better than the other milk's package. The
+    shipped model's verifier compares only references that are crops of a mark: none of a catalogue of
+    package shots. A model without one leaves the signal out."""
     engine = ScoringEngine(arla_home(tmp_path / "home", grocery, train_photos=1, model_dir=verifier_model), ocr=False)
     assert engine.model_tag == load_artifact(verifier_model).tag and engine.scorer.verifier is not None
     iconic = next((grocery / "iconic" / "Packages" / MILK).glob("*_Iconic.jpg")).read_bytes()
@@ -99,7 +100,12 @@ def test_the_mark_verifier_judges_the_photo_against_the_claims_references(tmp_pa
     assert own.value is not None and wrong.value is not None and own.value < wrong.value
     assert own.contribution < wrong.contribution  # the fusion weighs it
     assert engine.scorer.stage_cpu["verify"] > 0
-    plain = ScoringEngine(arla_home(tmp_path / "plain", grocery, train_photos=1), ocr=False)
+    shipped = ScoringEngine(arla_home(tmp_path / "shipped", grocery, train_photos=0), ocr=False)
+    assert shipped.scorer.verifier is not None and shipped.scorer.verifier.config.min_reference_iou > 0
+    assert shipped.score(ScoreRequest(iconic, **claim), record=False).signals["mark_mismatch"].value is None
+    plain = ScoringEngine(arla_home(tmp_path / "plain", grocery, train_photos=1, model_dir=imagenet_artifact.path),
+                          ocr=False)
+    assert plain.scorer.verifier is None
     assert plain.score(ScoreRequest(iconic, **claim), record=False).signals["mark_mismatch"].value is None
 
 
