@@ -44,6 +44,10 @@ from markguard.vision.signals import signal_names
 __all__ = ["run", "pipeline_vectors", "write_recalibrated"]
 
 _PLANS_PER_PASS = 16  # photos planned and embedded together
+# what a card's description gains when `--verifier` adds one
+VERIFIER_DESCRIPTION = ("Mark verifier (vision.verify): the photo's mark against the claim's nearest genuine "
+                        "references that are crops of a mark, cell by cell; its logit is the mark_mismatch signal, "
+                        "fitted after the other signals.")
 
 
 class _Unclaimed:
@@ -178,6 +182,8 @@ def run(args: argparse.Namespace) -> int:
     card["data"] = {**artifact.card.get("data", {}), "manifests_sha256": hashes, "manifest_hash": combined_hash(hashes),
                     "eval_sets": {n: {"references": len(e.references), "queries": len(e.queries)}
                                   for n, e in eval_sets.items()}}
+    if args.verifier is not None and VERIFIER_DESCRIPTION not in card.get("description", ""):
+        card["description"] = f"{card.get('description', '')} {VERIFIER_DESCRIPTION}".strip()
     card["git_commit"] = git_commit()
     written = write_recalibrated(artifact, run_dir / "artifact", fusion=cal.spec, card=card, verifier=args.verifier)
     (run_dir / "metrics.json").write_text(json.dumps(card["metrics"], indent=2, sort_keys=True) + "\n")

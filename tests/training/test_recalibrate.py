@@ -41,6 +41,7 @@ def test_calibrate_adds_a_mark_verifier_and_weighs_it(tiny_run: Path, tmp_path: 
     """`--verifier DIR` copies the verifier into the new artifact (pinned in its card, in its tag's hash, its
     training card kept) and its calibration claims carry `mark_mismatch`, so the fusion fits or rejects it
     on them (never unweighed)."""
+    from markguard.training.recalibrate import VERIFIER_DESCRIPTION
     from markguard.vision.artifact import read_verifier
 
     candidate = Path(__file__).resolve().parents[2] / "training" / "experiments" / "issue21" / "verifier-t4"
@@ -58,3 +59,4 @@ def test_calibrate_adds_a_mark_verifier_and_weighs_it(tiny_run: Path, tmp_path: 
     assert "mark_mismatch" in calibration["signals"] or \
         calibration["left_out"].get("mark_mismatch", "") != "never varies"  # judged on every claim
     assert "--verifier" in new.card["command"]
+    assert new.card["description"].count(VERIFIER_DESCRIPTION) == 1  # the card says what the model now does
