@@ -48,10 +48,7 @@ def main() -> int:
                             for r in read_manifest(manifest) if r.split == REF_SPLIT]
     out = {}
     for name, references in loaders.items():
-        framed_iou = []
-        for load in references:
-            framed_iou.append(reference_mark_iou(load(), detector))
-        c = np.array(framed_iou)
+        c = np.array([reference_mark_iou(load(), detector) for load in references])
         out[name] = {"references": len(c), "framed_iou": c.round(3).tolist(),
                      "quantiles": dict(zip(("p05", "p25", "p50", "p75", "p95"),
                                            np.quantile(c, [0.05, 0.25, 0.5, 0.75, 0.95]).round(3).tolist(),
