@@ -3,14 +3,17 @@
 Artifacts are only ever loaded from the home's `models/` folder, and only when the weights' SHA-256
 matches both `embedder.json` and the catalog row written when the model was registered (the mark
 detector's and the mark verifier's, when the model has them, likewise: `detector.json`, `verifier.json` and
-the card the row holds).
+the card the row holds), and when its settings files (`vision.artifact.SETTINGS_FILES`: the fusion's
+thresholds, the verifier's reference gate, ...) are the bytes the row pinned at registration
+(`settings_sha256` in the row's card; a row registered before the pin has none and is not checked).
 
 The BentoML model store is how a model reaches the service and a Bento: promoting a model saves it into
 the store as `markguard:<version>` (`store_model`; the store of `$BENTOML_HOME`, else `HOME/bentoml`,
 the one `markguard serve` uses), and the service declares the model it serves (`served_model_tag`) as a
 `bentoml.models.BentoModel`, so `bentoml build` pins it in the Bento. At start-up the service installs
 the stored model into the home (`install_stored_model`: SHA-256 checked against `embedder.json` and the
-store's metadata, registered, promoted) and loads it from there as before.
+store's metadata, settings against the digests the metadata pins, registered, promoted) and loads it from
+there as before.
 """
 
 from __future__ import annotations
@@ -26,7 +29,13 @@ from sqlalchemy import select, update
 
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import ModelVersion
-from markguard.vision.artifact import ModelArtifact, build_imagenet_artifact, load_artifact
+from markguard.vision.artifact import (
+    ModelArtifact,
+    build_imagenet_artifact,
+    changed_settings,
+    load_artifact,
+    settings_digests,
+)
 from markguard.vision.errors import IntegrityError, NotFound
 from markguard.vision.scoring import Fusion
 from markguard.vision.signals import expert_priors, signal_names
@@ -80,7 +89,7 @@ def _record(home: Home, artifact: ModelArtifact) -> None:
                     path=artifact.path.name,
                     weights_sha256=artifact.embedder.weights_sha256,
                     promoted=False,
-                    card=artifact.card,
+                    card={**artifact.card, "settings_sha256": settings_digests(artifact.path)},
                 )
             )
 
@@ -116,6 +125,8 @@ def promoted_artifact(home: Home) -> ModelArtifact:
         raise IntegrityError(f"model {row.tag!r}: detector.json no longer matches the registered detector weights")
     if artifact.verifier is not None and artifact.verifier.weights_sha256 != (row.card or {}).get("verifier_sha256"):
         raise IntegrityError(f"model {row.tag!r}: verifier.json no longer matches the registered verifier weights")
+    if (pinned := (row.card or {}).get("settings_sha256")) is not None and (changed := changed_settings(artifact.path, pinned)):
+        raise IntegrityError(f"model {row.tag!r}: {', '.join(changed)} changed since the model was registered")
     return artifact
 
 
@@ -165,9 +176,9 @@ def home_model_store(home: Home):  # type: ignore[no-untyped-def]
     return ModelStore(base / "models")
 
 
-def _verified(path: Path, expected_sha256: str | None = None) -> ModelArtifact:
+def _verified(path: Path, expected_sha256: str | None = None, expected_settings: dict[str, str] | None = None) -> ModelArtifact:
     """The artifact at `path` after hashing its weight files: each matches its config (and the store's
-    record, when given); else IntegrityError."""
+    record, when given), and its settings files the store's digests (when given); else IntegrityError."""
     artifact = load_artifact(path)
     checks = [(artifact.embedder.weights_file, artifact.embedder.weights_sha256)]
     for part in (artifact.detector, artifact.verifier):
@@ -178,6 +189,8 @@ def _verified(path: Path, expected_sha256: str | None = None) -> ModelArtifact:
             raise IntegrityError(f"{path / name}: SHA-256 does not match its config")
     if expected_sha256 is not None and expected_sha256 != artifact.embedder.weights_sha256:
         raise IntegrityError(f"{path}: weights differ from the ones the model store recorded")
+    if expected_settings is not None and (changed := changed_settings(path, expected_settings)):
+        raise IntegrityError(f"{path}: {', '.join(changed)} differ from what the model store recorded")
     return artifact
 
 
@@ -201,7 +214,8 @@ def store_model(artifact: ModelArtifact, *, store=None, labels: dict[str, str] |
         _verified(artifact.path)
         all_labels = {"project": "markguard", "architecture": artifact.embedder.architecture, **(labels or {})}
         all_metadata = {**(metadata or {}), "markguard_tag": artifact.tag,
-                        "weights_sha256": artifact.embedder.weights_sha256}
+                        "weights_sha256": artifact.embedder.weights_sha256,
+                        "settings_sha256": settings_digests(artifact.path)}
         try:
             with bentoml.models.create(tag, labels=all_labels, metadata=all_metadata, **store_kw) as model:
                 for f in artifact.path.iterdir():
@@ -262,10 +276,12 @@ def served_model_tag(home_root: str | Path, *, database_url: str | None = None) 
     return store_model(artifact)
 
 
-def install_stored_model(home: Home, path: str | Path, *, expected_sha256: str | None = None) -> ModelArtifact:
+def install_stored_model(home: Home, path: str | Path, *, expected_sha256: str | None = None,
+                         expected_settings: dict[str, str] | None = None) -> ModelArtifact:
     """The stored model at `path` (a BentoML model's folder) as the home's promoted model: its weights
-    hashed against its config and the store's record, copied into the home, registered and promoted."""
-    artifact = _verified(Path(path), expected_sha256)
+    hashed against its config and the store's record, its settings against the store's digests, copied
+    into the home, registered and promoted."""
+    artifact = _verified(Path(path), expected_sha256, expected_settings)
     try:
         current = promoted_artifact(home).tag
     except NotFound:

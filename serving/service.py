@@ -76,7 +76,8 @@ def _install(home, stored) -> None:  # type: ignore[no-untyped-def]
     """The declared model (a BentoML stored model) as the home's promoted model, hashes checked."""
     from markguard.serving.registry import install_stored_model
 
-    install_stored_model(home, stored.path, expected_sha256=stored.info.metadata.get("weights_sha256"))
+    install_stored_model(home, stored.path, expected_sha256=stored.info.metadata.get("weights_sha256"),
+                         expected_settings=stored.info.metadata.get("settings_sha256"))
 
 
 @bentoml.service(name="markguard-embedder", workers=EMBED_WORKERS, traffic={"timeout": 120}, logging=_NO_ACCESS_LOG)

@@ -11,6 +11,7 @@ their checksum, input size, mean/std, feature size) comes from its registry entr
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -35,10 +36,16 @@ __all__ = [
     "load_weights",
     "sha256_file",
     "build_imagenet_artifact",
+    "settings_digests",
+    "changed_settings",
     "DEFAULT_MAX_REGIONS",
+    "SETTINGS_FILES",
 ]
 
 DEFAULT_MAX_REGIONS = 6  # regions per query photo when a fusion does not say (`ModelArtifact.max_regions`)
+# Beside the weights, what decides a score: input sizes, region and box limits, the verifier's reference
+# gate, the fusion's weights and thresholds. A registry pins them (`settings_digests`) as it pins weights.
+SETTINGS_FILES = ("embedder.json", "detector.json", "verifier.json", "fusion.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +119,21 @@ def read_verifier(folder: str | os.PathLike[str]) -> MarkVerifier:
     verifier = MarkVerifier(config)
     verifier.load_state_dict(load_weights(folder / config.weights_file, sha256=config.weights_sha256), strict=True)
     return verifier.eval()
+
+
+def settings_digests(path: str | os.PathLike[str]) -> dict[str, str]:
+    """SHA-256 of each of the artifact's settings files (`SETTINGS_FILES`, those it has), by name. A weights
+    checksum lives in its settings file, so these also cover which weights are loaded."""
+    folder = Path(path)
+    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+            for name in SETTINGS_FILES if (folder / name).is_file()}
+
+
+def changed_settings(path: str | os.PathLike[str], pinned: dict[str, str]) -> list[str]:
+    """The settings files of the artifact at `path` that differ from `pinned` (`settings_digests` taken
+    when it was registered or stored): edited, added or removed since."""
+    found = settings_digests(path)
+    return sorted(name for name in {*found, *pinned} if found.get(name) != pinned.get(name))
 
 
 def write_artifact(

@@ -70,5 +70,39 @@ def test_promotion_stores_the_model_and_the_service_declares_it(tmp_path: Path, 
         install_stored_model(Home(tmp_path / "fresh2"), tampered)
     with pytest.raises(IntegrityError, match="model store recorded"):
         install_stored_model(Home(tmp_path / "fresh3"), stored.path, expected_sha256="0" * 64)
+
+    # the store also pins the settings: a lowered takedown threshold in a stored copy is refused
+    edited = tmp_path / "edited"
+    shutil.copytree(stored.path, edited)
+    fusion = json.loads((edited / "fusion.json").read_text())
+    fusion["takedown_at"] = 0.5
+    (edited / "fusion.json").write_text(json.dumps(fusion))
+    with pytest.raises(IntegrityError, match="fusion.json differ from what the model store recorded"):
+        install_stored_model(Home(tmp_path / "fresh4"), edited,
+                             expected_settings=stored.info.metadata["settings_sha256"])
     home.close()
     fresh.close()
+
+
+@pytest.mark.parametrize(("name", "key", "value"), [("verifier.json", "min_reference_iou", 0.0),
+                                                     ("detector.json", "min_score", 0.5),
+                                                     ("fusion.json", "takedown_at", 0.5)])
+def test_an_edited_setting_of_a_registered_model_is_refused(tmp_path: Path, name: str, key: str, value: float) -> None:
+    """The weights are pinned by their SHA-256; so are the settings beside them. Turning the mark
+    verifier's reference gate off, the detector's threshold up or the takedown threshold down in the
+    home's copy of a registered model changes its scores without touching a weight: it is caught before
+    the model loads, and the file is named."""
+    from markguard.serving.registry import ensure_default_model, promoted_artifact
+    from markguard.serving.state.home import Home
+    from markguard.vision.errors import IntegrityError
+
+    home = Home(tmp_path / "home")
+    artifact = ensure_default_model(home)
+    assert promoted_artifact(home).tag == artifact.tag
+    settings = json.loads((artifact.path / name).read_text())
+    assert key in settings and settings[key] != value
+    settings[key] = value
+    (artifact.path / name).write_text(json.dumps(settings))
+    with pytest.raises(IntegrityError, match=f"{name} changed since the model was registered"):
+        promoted_artifact(home)
+    home.close()
