@@ -44,6 +44,9 @@ __all__ = ["ScoringEngine", "ScoreRequest", "ScorePlan", "ListingClaim", "Catalo
 _DUPLICATE_BITS = 8  # re-encoded, resized or 2%-cropped copies measured ≤ 10 bits apart; distinct photos ≥ 10, 1st percentile 20
 _FEATURE_CACHE = 2048  # reference feature sets kept in memory
 _MARK_CACHE = 4096  # reference verifier maps kept in memory (40 KB each: Lite0's 40x16x16 float32)
+# whether the verifier compares a reference (`MarkVerifier.compares`, a detector pass: 63 ms against 5 ms
+# for the map), kept longer than the maps: a bool each
+_VERDICT_CACHE = 65536
 MAX_DUPLICATES = 20  # earlier listings of the same photo named in a result (the newest)
 
 
@@ -60,6 +63,14 @@ class _Lru(OrderedDict):
         super().__init__()
         self.size = size
         self.lock = threading.Lock()
+
+    def peek(self, key: Any) -> Any:
+        """The cached value (marked as used), or None."""
+        with self.lock:
+            if key in self:
+                self.move_to_end(key)
+                return self[key]
+        return None
 
     def get_or(self, key: Any, make: Callable[[], Any]) -> Any:
         """The cached value, else `make()`'s, kept unless None (a miss that may not last)."""
@@ -89,6 +100,7 @@ class CatalogEvidence:
         self._features = _Lru(_FEATURE_CACHE)
         self._hashes_of_refs = _Lru(_FEATURE_CACHE)
         self._marks = _Lru(_MARK_CACHE)
+        self._compares = _Lru(_VERDICT_CACHE)
 
     def resolve(self, brand: str | None, product: str | None) -> tuple[BrandProfile | None, int | None]:
         if brand is None:
@@ -145,10 +157,14 @@ class CatalogEvidence:
         if self.verifier is None:
             raise RuntimeError("this catalog's model has no mark verifier")
         sha = self._reference_sha(reference_id)
-        # cached in a 1-tuple: a reference the verifier does not compare (its map is None) is cached too
-        cached = self._marks.get_or(sha, lambda: self._blob_photo(
-            sha, lambda photo: (self.verifier.reference_map(photo, self.detector),))) if sha else None
-        return cached[0] if cached is not None else None
+        if sha is None or self._compares.peek(sha) is False:  # not compared: no photo to decode
+            return None
+        return self._marks.get_or(sha, lambda: self._blob_photo(sha, lambda photo: self._mark_of(sha, photo)))
+
+    def _mark_of(self, sha: str, photo: np.ndarray) -> torch.Tensor | None:
+        assert self.verifier is not None
+        compares = self._compares.get_or(sha, lambda: self.verifier.compares(photo, self.detector))
+        return self.verifier.reference_map(photo, self.detector, compares=compares)
 
     def reference_names(self, reference_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
         if not reference_ids:

@@ -148,11 +148,18 @@ class MarkVerifier(nn.Module):
         self.eval()
         return self.trunk.forward_until(self.canvas(crops), self.config.trunk_blocks)
 
-    def reference_map(self, photo: np.ndarray, detector: MarkDetector | None) -> torch.Tensor | None:
-        """A reference's map: its whole photo letterboxed. None when the reference is not a crop of its
-        mark (`reference_is_mark` with `min_reference_iou`; with no detector to tell, none is)."""
-        if self.config.min_reference_iou > 0 and not reference_is_mark(
-                photo, detector, min_iou=self.config.min_reference_iou, grow=self.config.grow):
+    def compares(self, photo: np.ndarray, detector: MarkDetector | None) -> bool:
+        """Whether the verifier compares this reference: a crop of its mark (`reference_is_mark` with
+        `min_reference_iou`; with no detector to tell, none is), or any reference when that is 0. It
+        costs a detector pass; the map costs a tenth of that, so a cache may keep the verdict longer."""
+        return self.config.min_reference_iou <= 0 or reference_is_mark(
+            photo, detector, min_iou=self.config.min_reference_iou, grow=self.config.grow)
+
+    def reference_map(self, photo: np.ndarray, detector: MarkDetector | None, *,
+                      compares: bool | None = None) -> torch.Tensor | None:
+        """A reference's map: its whole photo letterboxed. None when the verifier does not compare it
+        (`compares`, or the verdict the caller kept)."""
+        if not (self.compares(photo, detector) if compares is None else compares):
             return None
         h, w = photo.shape[:2]
         return self.maps([letterbox(photo, (0, 0, w, h), self.config.input_size)])[0]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from sqlalchemy import select
 
@@ -107,6 +108,59 @@ def test_the_mark_verifier_judges_the_photo_against_the_claims_references(tmp_pa
                           ocr=False)
     assert plain.scorer.verifier is None
     assert plain.score(ScoreRequest(iconic, **claim), record=False).signals["mark_mismatch"].value is None
+
+
+class _CountedDetector:
+    """The real detector, its passes counted."""
+
+    def __init__(self, detector) -> None:  # noqa: ANN001
+        self.detector, self.passes = detector, 0
+
+    def detect(self, images, **kw):  # noqa: ANN001, ANN003, ANN201
+        self.passes += 1
+        return self.detector.detect(images, **kw)
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self.detector, name)
+
+
+def test_the_verifiers_verdict_on_a_reference_outlives_its_map(tmp_path: Path, grocery: Path, fresh_synth: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether the shipped verifier compares a reference costs a detector pass (about 63 ms), its map a
+    tenth of that. The maps are kept for 4,096 references, the verdicts for 65,536. With room for one
+    map here: a logo crop read again after another is mapped again (the same map) without the detector,
+    and a package shot that failed the gate is not decoded again."""
+    from markguard.serving import engine as engine_module
+    from markguard.serving.engine import CatalogEvidence
+    from markguard.serving.enroll import InputImage
+    from markguard.training.data import enrolled_crop, load_image, read_items
+    from markguard.vision.verify import reference_is_mark
+
+    monkeypatch.setattr(engine_module, "_MARK_CACHE", 1)
+    home = Home(tmp_path / "home")
+    artifact = ensure_default_model(home)
+    verifier, detector = artifact.load_verifier(), artifact.load_detector()
+    assert verifier is not None and detector is not None
+    gate = verifier.config.min_reference_iou
+    crops = (load_image(enrolled_crop(i, 1.25))[0] for i in read_items(fresh_synth) if i.genuine)
+    logos = [c for c in crops if reference_is_mark(c, detector, min_iou=gate)][:2]
+    package = next((grocery / "iconic" / "Packages" / MILK).glob("*_Iconic.jpg")).read_bytes()
+    with home.sessions.begin() as session:
+        add_brand(session, "Marks")
+    inputs = [InputImage(f"logo{i}.jpg", _jpeg(c, 95)) for i, c in enumerate(logos)] + [InputImage("pack.jpg", package)]
+    a, b, pack = enroll(home, artifact, artifact.load_embedder(), brand="Marks", inputs=inputs).added
+
+    evidence = CatalogEvidence(home, verifier=verifier, detector=_CountedDetector(detector))
+    first = evidence.reference_mark(a)
+    assert first is not None and evidence.reference_mark(b) is not None
+    assert evidence.detector.passes == 2
+    again = evidence.reference_mark(a)  # its map was dropped for b's
+    assert again is not None and again is not first and torch.equal(again, first)
+    assert evidence.detector.passes == 2
+    assert evidence.reference_mark(pack) is None and evidence.detector.passes == 3
+    monkeypatch.setattr(home, "get_blob", lambda sha: pytest.fail("a package shot decoded again"))
+    assert evidence.reference_mark(pack) is None and evidence.detector.passes == 3
+    home.close()
 
 
 def test_photo_reuse_across_listings(engine: ScoringEngine, grocery: Path) -> None:

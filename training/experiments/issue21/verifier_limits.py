@@ -5,6 +5,7 @@
     python training/experiments/issue21/verifier_limits.py aspect runs/issue21/synth-vt
     python training/experiments/issue21/verifier_limits.py znorm runs/issue21/synth-vt [--views 12]
     python training/experiments/issue21/verifier_limits.py refine runs/issue21/synth-vt
+    python training/experiments/issue21/verifier_limits.py reference-cost runs/issue21/synth-vt
 
 `weight`: the fused risk of `bench scoring` claims (a model with the mark verifier) with `mark_mismatch`'s
 contribution to the log-odds scaled by k, the rest as served. k = 1 is the shipped fusion; a large k is
@@ -29,6 +30,10 @@ cuts from the photo (`refined`), and the best box read at three scales with the 
 (`scales`), against the box as served and the true box, on the same claims as `znorm`: the verifier's
 claim AUC and how often the box (grown 1.25x) overlaps the true one at IoU >= 0.5.
 
+`reference-cost` (not a limit; serving's cache sizes rest on it): per reference of the first 40 test brands,
+one thread, warm, what the gate costs (`vision.verify.reference_is_mark`: a detector pass on the
+framed reference) against the map (`MarkVerifier.maps` of the letterboxed reference).
+
 Claim AUC: genuine claims against counterfeit ones, higher risk (or feature) for counterfeits. Writes
 results/verifier_limits.json (each probe its key).
 """
@@ -50,7 +55,7 @@ from markguard.training.data import load_image, mark_box
 from markguard.training.metrics import roc_auc
 from markguard.vision.artifact import load_artifact
 from markguard.vision.regions import iou
-from markguard.vision.verify import REFERENCE_FRAME, framed, grown
+from markguard.vision.verify import REFERENCE_FRAME, framed, grown, letterbox, reference_is_mark
 
 RESULTS = Path(__file__).parent / "results" / "verifier_limits.json"
 MODEL = Path("serving/default_model")
@@ -227,13 +232,36 @@ def cmd_refine(args: argparse.Namespace) -> dict:
     return out
 
 
+def cmd_reference_cost(args: argparse.Namespace) -> dict:
+    artifact = load_artifact(args.model)
+    detector, verifier = artifact.load_detector(), artifact.load_verifier()
+    refs, brands, _ = synth_sample(args.build, "test", 40)
+    photos = [load_image(refs[b])[0] for b in brands]
+    torch.set_num_threads(1)
+
+    def per_reference(work) -> float:  # noqa: ANN001
+        work(photos[0])  # warm
+        start = time.perf_counter()
+        for photo in photos:
+            work(photo)
+        return round(1000 * (time.perf_counter() - start) / len(photos), 1)
+
+    out = {"references": len(photos),
+           "median_size_hw": np.median([p.shape[:2] for p in photos], axis=0).tolist(),
+           "gate_ms": per_reference(lambda p: reference_is_mark(p, detector, min_iou=verifier.config.min_reference_iou)),
+           "map_ms": per_reference(lambda p: verifier.maps([letterbox(p, (0, 0, p.shape[1], p.shape[0]),
+                                                                       verifier.config.input_size)]))}
+    print(out, flush=True)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("weight")
     w.add_argument("claims", type=Path, nargs="+")
     w.add_argument("--k", type=float, nargs="+", default=[0, 1, 2, 3, 5, 8])
-    for name in ("aspect", "znorm", "refine"):
+    for name in ("aspect", "znorm", "refine", "reference-cost"):
         s = sub.add_parser(name)
         s.add_argument("build", type=Path)
         s.add_argument("--model", type=Path, default=MODEL)
@@ -241,7 +269,8 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(2)
     t0 = time.time()
-    result = {"weight": cmd_weight, "aspect": cmd_aspect, "znorm": cmd_znorm, "refine": cmd_refine}[args.cmd](args)
+    result = {"weight": cmd_weight, "aspect": cmd_aspect, "znorm": cmd_znorm, "refine": cmd_refine,
+              "reference-cost": cmd_reference_cost}[args.cmd](args)
     result["seconds"] = round(time.time() - t0, 1)
     saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     RESULTS.write_text(json.dumps({**saved, args.cmd: result}, indent=1) + "\n")
