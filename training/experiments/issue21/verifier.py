@@ -16,7 +16,7 @@ errors), per counterfeit two jittered views. For the EVAL_BUILD's val and test b
 every brand): the reference as `bench embedder` enrols it, and each claim photo's mark found as served
 (the model's detector, best box grown 1.25x like `vision.regions`; the whole photo when it finds none)
 and, as an upper bound, its true box grown 1.25x. Then the frozen ImageNet Lite0 trunk's maps after
-`--level` stages (5: stride 8, 40 channels, 16x16; 11: stride 16, 112 channels, 8x8) are cached as
+`--level` stages (3: stride 4, 24 channels, 32x32; 5: stride 8, 40 channels, 16x16; 11: stride 16, 112 channels, 8x8) are cached as
 float16, and for the claims the shipped embedder's cosine between the reference and the found region.
 
 `train`: the head (`Verifier`) on pairs drawn afresh each epoch, one reference and one view per training
@@ -204,7 +204,7 @@ def build_model(a: dict, channels: int) -> nn.Module:
     return Verifier(channels, **head)
 
 
-LEVEL_CHANNELS = {5: 40, 11: 112}
+LEVEL_CHANNELS = {3: 24, 5: 40, 11: 112}
 
 
 def sample_pairs(photo_brand: list[str], genuine: np.ndarray, photo: np.ndarray, kind: np.ndarray,
@@ -668,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--levels", default="5,11", help="trunk maps to cache: after these many stages")
     p.set_defaults(func=cmd_crops)
     p = sub.add_parser("train")
-    p.add_argument("--level", type=int, default=5, choices=(5, 11))
+    p.add_argument("--level", type=int, default=5, choices=(3, 5, 11))
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--per-brand", type=int, default=8)
     p.add_argument("--batch", type=int, default=128)
