@@ -74,10 +74,9 @@ class _Lru(OrderedDict):
 
     def get_or(self, key: Any, make: Callable[[], Any]) -> Any:
         """The cached value, else `make()`'s, kept unless None (a miss that may not last)."""
-        with self.lock:
-            if key in self:
-                self.move_to_end(key)
-                return self[key]
+        value = self.peek(key)  # never None when cached
+        if value is not None:
+            return value
         value = make()
         if value is None:
             return None
@@ -162,9 +161,11 @@ class CatalogEvidence:
         return self._marks.get_or(sha, lambda: self._blob_photo(sha, lambda photo: self._mark_of(sha, photo)))
 
     def _mark_of(self, sha: str, photo: np.ndarray) -> torch.Tensor | None:
+        """`MarkVerifier.reference_map` with the verdict (a detector pass) kept in its own, longer cache."""
         assert self.verifier is not None
-        compares = self._compares.get_or(sha, lambda: self.verifier.compares(photo, self.detector))
-        return self.verifier.reference_map(photo, self.detector, compares=compares)
+        if not self._compares.get_or(sha, lambda: self.verifier.compares(photo, self.detector)):
+            return None
+        return self.verifier.photo_map(photo)
 
     def reference_names(self, reference_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
         if not reference_ids:

@@ -155,12 +155,12 @@ class MarkVerifier(nn.Module):
         return self.config.min_reference_iou <= 0 or reference_is_mark(
             photo, detector, min_iou=self.config.min_reference_iou, grow=self.config.grow)
 
-    def reference_map(self, photo: np.ndarray, detector: MarkDetector | None, *,
-                      compares: bool | None = None) -> torch.Tensor | None:
-        """A reference's map: its whole photo letterboxed. None when the verifier does not compare it
-        (`compares`, or the verdict the caller kept)."""
-        if not (self.compares(photo, detector) if compares is None else compares):
-            return None
+    def reference_map(self, photo: np.ndarray, detector: MarkDetector | None) -> torch.Tensor | None:
+        """A reference's map (`photo_map`), or None when the verifier does not compare it (`compares`)."""
+        return self.photo_map(photo) if self.compares(photo, detector) else None
+
+    def photo_map(self, photo: np.ndarray) -> torch.Tensor:
+        """The map of a photo whole, letterboxed."""
         h, w = photo.shape[:2]
         return self.maps([letterbox(photo, (0, 0, w, h), self.config.input_size)])[0]
 

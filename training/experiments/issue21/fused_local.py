@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_evidence import COMBO, FEATURES, compute, matrix, value  # noqa: E402
+from local_evidence import COMBO, compute, matrix, medians  # noqa: E402
 
 from markguard.serving.benchmarks.scoring import by_transform, claim_auc_by_transform, synth_sample  # noqa: E402
 from markguard.training.metrics import roc_auc  # noqa: E402
@@ -84,10 +84,7 @@ def main() -> None:
                         "brand": r["brand"], "fused_signals": {k: v["value"] for k, v in r["signals"].items()}}
                        for r in rows]
     val, test = data["val"], data["test"]
-    fill = {}
-    for name in FEATURES:
-        vals = [value(r, name, {}) for r in val if (r.get(name.removeprefix("abs_")) is not None or name == "no_fit")]
-        fill[name] = float(np.median(vals)) if vals else 0.0
+    fill = medians(val)
 
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler

@@ -96,6 +96,15 @@ def matrix(rows: list[dict], names: list[str], fill: dict[str, float]) -> np.nda
     return out
 
 
+def medians(rows: list[dict]) -> dict[str, float]:
+    """Each feature's median over the rows that read it: what fills a missing value."""
+    fill = {}
+    for name in FEATURES:
+        vals = [value(r, name, {}) for r in rows if (r.get(name.removeprefix("abs_")) is not None or name == "no_fit")]
+        fill[name] = float(np.median(vals)) if vals else 0.0
+    return fill
+
+
 def value(r: dict, name: str, fill: dict[str, float]) -> float:
     if name == "no_fit":
         return float(r["inliers"] == 0)
@@ -148,10 +157,7 @@ def main() -> None:
         cached = compute(refs, queries, args.out / "features.jsonl", args.upscale)
         data[split] = [cached[str(q.row.image)] for q in queries]
     val, test = data["val"], data["test"]
-    fill = {}
-    for name in FEATURES:
-        vals = [value(r, name, {}) for r in val if (r.get(name.removeprefix("abs_")) is not None or name == "no_fit")]
-        fill[name] = float(np.median(vals)) if vals else 0.0
+    fill = medians(val)
     yv = np.array([r["genuine"] for r in val])
     test_brands = np.array([r["brand"] for r in test])
     results = {"command": " ".join(sys.argv), "val_brands": len({r["brand"] for r in val}),

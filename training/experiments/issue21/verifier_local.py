@@ -29,7 +29,7 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_evidence import COMBO, FEATURES, matrix, pick, value  # noqa: E402
+from local_evidence import COMBO, matrix, medians, pick  # noqa: E402
 
 from markguard.serving.benchmarks.scoring import resample_brands  # noqa: E402
 from markguard.training.data import load_image, read_items  # noqa: E402
@@ -76,10 +76,7 @@ def main() -> int:
         data[split] = [{**features[str(q.row.image)], "mark": logits[str(q.row.image)]}
                        for q in queries if str(q.row.image) in logits and str(q.row.image) in features]
     val, test = data["val"], data["test"]
-    fill = {}
-    for name in FEATURES:
-        vals = [value(r, name, {}) for r in val if (r.get(name.removeprefix("abs_")) is not None or name == "no_fit")]
-        fill[name] = float(np.median(vals)) if vals else 0.0
+    fill = medians(val)
     y_val, y_test = (np.array([r["genuine"] for r in rows]) for rows in (val, test))
     variants = {"verifier": [], "local": COMBO, "both": COMBO}
     scores = {}
