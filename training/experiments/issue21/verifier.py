@@ -232,6 +232,36 @@ def sample_pairs(photo_brand: list[str], genuine: np.ndarray, photo: np.ndarray,
     return np.array(ref_idx), np.array(query_idx), np.array(labels, dtype=np.float32)
 
 
+def sample_logo_pairs(photo_brand: list[str], genuine: np.ndarray, photo: np.ndarray, logo_brands: list[str],
+                      rng: np.random.Generator, per_brand: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`sample_pairs` with the brand's logo as the reference (`clean_reference.py maps`): each draw a crop
+    of any genuine photo of the brand (label 0) or of one of its counterfeits (1)."""
+    at = {b: i for i, b in enumerate(logo_brands)}
+    views_of = defaultdict(lambda: ([], []))
+    for c, p in enumerate(photo):
+        views_of[photo_brand[p]][0 if genuine[p] else 1].append(c)
+    ref_idx, query_idx, labels = [], [], []
+    for b, (gviews, cviews) in views_of.items():
+        for _ in range(per_brand):
+            label = int(rng.random() < 0.5) if cviews else 0
+            pool = cviews if label else gviews
+            if not pool:
+                continue
+            ref_idx.append(at[b])
+            query_idx.append(pool[rng.integers(len(pool))])
+            labels.append(label)
+    return np.array(ref_idx), np.array(query_idx), np.array(labels, dtype=np.float32)
+
+
+def eval_refs(out: Path, split: str, ev: dict, key: str, references: str) -> np.ndarray:
+    """The eval split's reference maps: the photo crops `crops` cached, or the brands' logos (`clean.npz`)."""
+    if references == "photo":
+        return ev[f"refs_{key}"]
+    clean = np.load(out / "clean.npz")
+    assert list(clean[f"{split}_brands"]) == json.loads((out / f"{split}_meta.json").read_text())["brands"]
+    return clean[f"{split}_{key}"]
+
+
 @torch.no_grad()
 def predict(model: Verifier, refs: np.ndarray, queries: np.ndarray, ref_index: np.ndarray, batch: int = 256) -> np.ndarray:
     model.eval()
@@ -324,6 +354,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     brand = [m["brand"] for m in meta]
     genuine = np.array([m["genuine"] for m in meta])
     val, val_meta = load_eval(out, "val")
+    val_refs = eval_refs(out, "val", val, key, args.references)
+    if args.references == "clean":
+        clean = np.load(out / "clean.npz")
+        logo_maps, logo_brands = clean[f"train_{key}"], list(clean["train_brands"])
     model = build_model(vars(args), maps.shape[1])
     if args.init:
         model.load_state_dict(torch.load(out / f"{args.init}.pt", weights_only=True)["state"])
@@ -338,13 +372,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     name = args.name or f"l{args.level}"
     for epoch in range(1, args.epochs + 1):
         model.train()
-        r, q, y = sample_pairs(brand, genuine, photo, kind, rng, args.per_brand)
+        if args.references == "clean":
+            r, q, y = sample_logo_pairs(brand, genuine, photo, logo_brands, rng, args.per_brand)
+            ref_maps = logo_maps
+        else:
+            r, q, y = sample_pairs(brand, genuine, photo, kind, rng, args.per_brand)
+            ref_maps = maps
         order = rng.permutation(len(y))
         losses = []
         t = time.monotonic()
         for s in range(0, len(order), args.batch):
             i = order[s : s + args.batch]
-            rb, qb = torch.from_numpy(maps[r[i]]).float(), torch.from_numpy(maps[q[i]]).float()
+            rb, qb = torch.from_numpy(ref_maps[r[i]]).float(), torch.from_numpy(maps[q[i]]).float()
             loss = F.binary_cross_entropy_with_logits(model(rb, qb), torch.from_numpy(y[i]))
             opt.zero_grad()
             loss.backward()
@@ -362,9 +401,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                 loss.backward()
                 opt.step()
         sched.step()
-        scores = predict(model, val[f"refs_{key}"], val[f"found_{key}"], val["ref_index"])
+        scores = predict(model, val_refs, val[f"found_{key}"], val["ref_index"])
         auc = auc_of(scores, val_meta)
-        oracle = auc_of(predict(model, val[f"refs_{key}"], val[f"true_{key}"], val["ref_index"]), val_meta)
+        oracle = auc_of(predict(model, val_refs, val[f"true_{key}"], val["ref_index"]), val_meta)
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_auc_found": auc, "val_auc_true": oracle,
                         "seconds": round(time.monotonic() - t, 1)})
         print(json.dumps(history[-1]), flush=True)
@@ -385,11 +424,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     per_split = {}
     for split in ("val", "test"):
         ev, meta = load_eval(out, split)
-        model = build_model(a, ev[f"refs_l{level}"].shape[1])
+        refs = eval_refs(out, split, ev, f"l{level}", a.get("references", "photo"))
+        model = build_model(a, refs.shape[1])
         model.load_state_dict(ckpt["state"])
         per_split[split] = {
-            "found": predict(model, ev[f"refs_l{level}"], ev[f"found_l{level}"], ev["ref_index"]),
-            "true": predict(model, ev[f"refs_l{level}"], ev[f"true_l{level}"], ev["ref_index"]),
+            "found": predict(model, refs, ev[f"found_l{level}"], ev["ref_index"]),
+            "true": predict(model, refs, ev[f"true_l{level}"], ev["ref_index"]),
             "cosine": ev["cosine"], "meta": meta,
         }
     # cosine + verifier, a logistic fit on val (standardised by val)
@@ -682,6 +722,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trunk-lr-scale", type=float, default=0.1)
     p.add_argument("--init", default="", help="start from this checkpoint of OUT")
     p.add_argument("--grocery", type=int, default=0, help="grocery pairs per photo and epoch (`grocery` first)")
+    p.add_argument("--references", choices=("photo", "clean"), default="photo",
+                   help="photo: a genuine photo's crop, as the yardstick enrols; clean: the brand's logo "
+                        "(`clean_reference.py maps` first)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("grocery")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
