@@ -6,6 +6,11 @@ listing with the real engine (no OCR), rebuilds the rings and compares ring memb
 truth: pairwise precision and recall over seller pairs (two sellers in one ring), and the share of
 honest sellers and resellers placed in any ring. A home that already holds the scored feed (`--home`)
 is reused, so the ring step can be re-run alone.
+
+`--scale N` measures the edge search alone at catalog size instead (`edge_search_scale`): N synthetic
+listings (near-copies of shared photos and vectors among unrelated ones), `evidence.find_edges` against an
+exhaustive search that compares each listing with every older one (how it searched before), in this
+process: the same photo and vector pairs, and the time of each.
 """
 
 from __future__ import annotations
@@ -39,8 +44,87 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="only the feed's first N listings (it is in time order: the marketplace up to the N-th "
                         "listing), judged against the truth of the sellers they show; a home holding exactly "
                         "those N scored listings is reused")
+    p.add_argument("--scale", type=int, default=0, metavar="N",
+                   help="only the edge search, on N synthetic listings, against an exhaustive search")
     p.add_argument("--out", type=Path, default=Path("runs/bench-rings.json"))
     return p
+
+
+def synthetic_facts(n: int, *, seed: int = 0) -> list:
+    """`n` listings as the network sees them: 70% near-copies (0-11 bits flipped) of n/6 shared photos, 30%
+    photos of their own; half with the shared photo's vector plus noise; a fifth flagged; n/8 sellers."""
+    import datetime as dt
+
+    import numpy as np
+
+    from markguard.serving.intelligence.evidence import ListingFacts
+
+    rng = np.random.default_rng(seed)
+    masters = rng.integers(-(1 << 63), (1 << 63) - 1, size=max(1, n // 6), dtype=np.int64)
+    directions = rng.normal(size=(len(masters), 64)).astype(np.float32)
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    facts = []
+    for i in range(n):
+        k = int(rng.integers(len(masters)))
+        h = int(rng.integers(-(1 << 63), (1 << 63) - 1, dtype=np.int64)) if rng.random() < 0.3 else int(masters[k])
+        for b in rng.choice(64, size=int(rng.integers(0, 12)), replace=False):
+            h ^= 1 << int(b)
+        vector = None
+        if rng.random() < 0.5:
+            v = directions[k] + rng.normal(size=64).astype(np.float32) * rng.choice([0.05, 0.2, 0.5])
+            vector = (v / np.linalg.norm(v)).astype(np.float32)
+        facts.append(ListingFacts(row=i, listing_id=f"L{i}", seller=f"s{rng.integers(max(2, n // 8))}", brand_id=1,
+                                  phash=(h + (1 << 63)) % (1 << 64) - (1 << 63), flagged=bool(rng.random() < 0.2),
+                                  confirmed=False, template=None, serials=[], fake_refs=[], vector=vector, at=at))
+    return facts
+
+
+def exhaustive_pairs(facts: list, *, bits: int, similarity: float) -> tuple[set, set]:
+    """(photo, embedding) pairs of listings of two sellers, each listing against every older one: the
+    search `find_edges` made before it used an index."""
+    import numpy as np
+
+    from markguard.vision.phash import hamming_many
+
+    sellers = np.array([f.seller for f in facts], dtype=object)
+    hashes = np.array([f.phash for f in facts], dtype=np.int64)
+    flagged = [i for i, f in enumerate(facts) if f.flagged and f.vector is not None]
+    vectors = np.stack([facts[i].vector for i in flagged]) if flagged else np.zeros((0, 1), np.float32)
+    position = {i: k for k, i in enumerate(flagged)}
+    photo, embedding = set(), set()
+    for i, f in enumerate(tqdm(facts, desc="exhaustive", mininterval=10)):
+        other = sellers[:i] != f.seller
+        photo.update((int(j), i) for j in np.nonzero((hamming_many(f.phash, hashes[:i]) <= bits) & other)[0])
+        if i in position:
+            sims = vectors[: position[i]] @ f.vector
+            embedding.update((flagged[k], i) for k in np.nonzero(sims >= similarity)[0] if facts[flagged[k]].seller != f.seller)
+    return photo, embedding
+
+
+def edge_search_scale(n: int, out: Path) -> int:
+    """`--scale`: the indexed edge search against the exhaustive one on `n` synthetic listings."""
+    from markguard.serving.intelligence.evidence import EvidenceConfig, find_edges
+
+    config = EvidenceConfig()
+    facts = synthetic_facts(n)
+    t0 = time.perf_counter()
+    edges = find_edges(facts, new_from=0, config=config)
+    indexed_s = time.perf_counter() - t0
+    found = {kind: {(e.a.row, e.b.row) for e in edges if e.kind == kind} for kind in ("photo", "embedding")}
+    t0 = time.perf_counter()
+    photo, embedding = exhaustive_pairs(facts, bits=config.photo_bits, similarity=config.embedding_similarity)
+    exhaustive_s = time.perf_counter() - t0
+    figures = {"listings": n, "photo_pairs": len(photo), "embedding_pairs": len(embedding),
+               "photo_pairs_missed": len(photo - found["photo"]), "photo_pairs_extra": len(found["photo"] - photo),
+               "embedding_pairs_differ": len(embedding ^ found["embedding"]),
+               "indexed_s": round(indexed_s, 2), "exhaustive_s": round(exhaustive_s, 2),
+               "speedup": round(exhaustive_s / indexed_s, 2)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps(figures, indent=1))
+    print(f"speedup={figures['speedup']} photo_pairs_missed={figures['photo_pairs_missed']} "
+          f"embedding_pairs_differ={figures['embedding_pairs_differ']}")
+    return 0 if not figures["photo_pairs_missed"] and not figures["photo_pairs_extra"] else 1
 
 
 def pairwise(predicted: list[set[str]], truth: list[set[str]]) -> tuple[float, float]:
@@ -85,6 +169,8 @@ def _prepare_home(home_dir: Path, feed: Path, source: Path) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    if args.scale:
+        return edge_search_scale(args.scale, args.out)
     from sqlalchemy import func, select
 
     from markguard.datasets.marketplace import MarketplaceOptions, build_marketplace

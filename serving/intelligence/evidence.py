@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import faiss
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -26,7 +27,6 @@ from sqlalchemy.orm import Session
 from markguard.serving.intelligence.tables import ListingEvidence
 from markguard.serving.reviews import Review
 from markguard.serving.state.schema import Brand, Listing, ListingSerial, Product
-from markguard.vision.phash import hamming_many
 from markguard.vision.scoring import ScoreResult
 
 __all__ = ["EvidenceConfig", "ListingFacts", "gather_listings", "title_template", "find_edges", "record_evidence",
@@ -145,15 +145,20 @@ class Edge:
 
 
 def find_edges(facts: Sequence[ListingFacts], *, new_from: int, config: EvidenceConfig) -> list[Edge]:
-    """Edges between each listing at index ≥ `new_from` and every older listing (each pair once)."""
+    """Edges between each listing at index ≥ `new_from` and every older listing (each pair once).
+
+    Near-same photos and near-identical vectors are found by index (`_close_photos`, `_close_vectors`), not
+    by comparing each new listing with every older one, so a rebuild of a large catalog is not quadratic
+    in its photos."""
     w = config.weights
     edges: list[Edge] = []
     n = len(facts)
     if n == 0 or new_from >= n:
         return edges
-    sellers = np.array([f.seller for f in facts], dtype=object)
-    hashes = np.array([f.phash if f.phash is not None else 0 for f in facts], dtype=np.int64)
-    has_hash = np.array([f.phash is not None for f in facts])
+    seller_codes: dict[str, int] = {}
+    sellers = np.array([seller_codes.setdefault(f.seller, len(seller_codes)) for f in facts], dtype=np.int64)
+    photos = _close_photos(facts, new_from=new_from, bits=config.photo_bits)
+    vectors = _close_vectors(facts, new_from=new_from, similarity=config.embedding_similarity)
     # sellers per template, over the whole catalog: how common a style is
     template_sellers: dict[str, set[str]] = {}
     for f in facts:
@@ -164,17 +169,10 @@ def find_edges(facts: Sequence[ListingFacts], *, new_from: int, config: Evidence
     by_serial: dict[str, list[int]] = {}
     by_ref: dict[int, list[int]] = {}
     by_template: dict[str, list[int]] = {}
-    vec_rows = [i for i, f in enumerate(facts) if f.vector is not None and f.flagged]
-    dim = facts[vec_rows[0]].vector.size if vec_rows else 0  # type: ignore[union-attr]
-    vec_rows = [i for i in vec_rows if facts[i].vector.size == dim]  # type: ignore[union-attr]
-    vectors = np.stack([facts[i].vector for i in vec_rows]) if vec_rows else np.zeros((0, 1), np.float32)
-    vec_pos = np.array(vec_rows, dtype=np.int64)
     for i, f in enumerate(facts):
         if i >= new_from:
-            other = sellers[:i] != f.seller
-            if f.phash is not None and i:
-                close = np.nonzero((hamming_many(int(f.phash), hashes[:i]) <= config.photo_bits) & has_hash[:i] & other)[0]
-                for j in close:
+            for j in photos.get(i, ()):
+                if sellers[j] != sellers[i]:
                     g = facts[j]
                     kind_weight = w["photo"] if (f.flagged or g.flagged) else w["photo_unflagged"]
                     edges.append(Edge("photo", kind_weight, g, f))
@@ -190,13 +188,9 @@ def find_edges(facts: Sequence[ListingFacts], *, new_from: int, config: Evidence
                 for j in by_template.get(f.template, []):
                     if facts[j].seller != f.seller:
                         edges.append(Edge("template", w["template"], facts[j], f, detail=f.template))
-            if f.vector is not None and f.flagged and f.vector.size == dim and vectors.shape[0]:
-                older = vec_pos < i
-                sims = vectors[older] @ f.vector
-                for k in np.nonzero(sims >= config.embedding_similarity)[0]:
-                    j = int(vec_pos[older][k])
-                    if facts[j].seller != f.seller:
-                        edges.append(Edge("embedding", w["embedding"], facts[j], f, detail=round(float(sims[k]), 4)))
+            for j, similarity in vectors.get(i, ()):
+                if sellers[j] != sellers[i]:
+                    edges.append(Edge("embedding", w["embedding"], facts[j], f, detail=round(similarity, 4)))
         for digest in f.serials:
             by_serial.setdefault(digest, []).append(i)
         for ref in f.fake_refs:
@@ -204,6 +198,54 @@ def find_edges(facts: Sequence[ListingFacts], *, new_from: int, config: Evidence
         if f.template in informative:
             by_template.setdefault(f.template, []).append(i)
     return edges
+
+
+def _close_photos(facts: Sequence[ListingFacts], *, new_from: int, bits: int) -> dict[int, list[int]]:
+    """For each listing at index ≥ `new_from` with a photo hash, the older listings (ascending) whose hash
+    is within `bits` of its own. A FAISS multi-index hash finds every such pair: 63 of the 64 bits cut into
+    3 tables of 21, each probed within `bits` // 3 flips (if no third differs in at most that many bits,
+    the whole differs in more than `bits`). A query reads a few hundred buckets of about n / 2²¹ hashes
+    each, not the whole catalog (4 tables of 16 bits read buckets 32 times fuller)."""
+    rows = np.array([i for i, f in enumerate(facts) if f.phash is not None], dtype=np.int64)
+    queries = rows[rows >= new_from]
+    if not len(queries):
+        return {}
+    codes = np.array([facts[i].phash for i in rows], dtype=np.int64).view(np.uint8).reshape(-1, 8)
+    tables = 3
+    index = faiss.IndexBinaryMultiHash(64, tables, 64 // tables)
+    index.nflip = bits // tables
+    index.add(codes)
+    limits, _, found = index.range_search(codes[rows >= new_from], bits + 1)  # distances below the radius
+    out: dict[int, list[int]] = {}
+    for q, i in enumerate(queries):
+        older = rows[found[limits[q] : limits[q + 1]]]
+        older = np.sort(older[older < i])
+        if len(older):
+            out[int(i)] = older.tolist()
+    return out
+
+
+def _close_vectors(facts: Sequence[ListingFacts], *, new_from: int, similarity: float,
+                   block: int = 1024) -> dict[int, list[tuple[int, float]]]:
+    """For each flagged listing at index ≥ `new_from` with a vector, the older flagged listings (ascending)
+    whose unit vector has a cosine of at least `similarity` with it, and that cosine. Vectors of another
+    size than the first flagged one's (another model's) are left out. Exact, in blocks of matrix products."""
+    rows = [i for i, f in enumerate(facts) if f.vector is not None and f.flagged]
+    if not rows:
+        return {}
+    dim = facts[rows[0]].vector.size  # type: ignore[union-attr]
+    rows_ = np.array([i for i in rows if facts[i].vector.size == dim], dtype=np.int64)  # type: ignore[union-attr]
+    vectors = np.stack([facts[i].vector for i in rows_]).astype(np.float32)  # type: ignore[misc]
+    out: dict[int, list[tuple[int, float]]] = {}
+    new = np.nonzero(rows_ >= new_from)[0]
+    for start in range(0, len(new), block):
+        at = new[start : start + block]
+        sims = vectors[at] @ vectors[: at[-1]].T  # only rows before the block's last can be older
+        for k, q in enumerate(at):
+            close = np.nonzero(sims[k, :q] >= similarity)[0]
+            if len(close):
+                out[int(rows_[q])] = [(int(rows_[j]), float(sims[k, j])) for j in close]
+    return out
 
 
 def record_evidence(session: Session, *, listing_row_id: int, result: ScoreResult, vector: np.ndarray | None,

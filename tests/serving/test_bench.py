@@ -108,6 +108,15 @@ def test_bench_rings_limit_judges_the_first_listings_and_reuses_their_home(tmp_p
         main([*args[:-1], str(n - 1), "--out", str(tmp_path / "c.json")])
 
 
+def test_bench_rings_scale_finds_the_exhaustive_searchs_pairs(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "scale.json"
+    assert main(["bench", "rings", "--scale", "3000", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["listings"] == 3000 and result["photo_pairs"] > 1000 and result["embedding_pairs"] > 10
+    assert (result["photo_pairs_missed"], result["photo_pairs_extra"], result["embedding_pairs_differ"]) == (0, 0, 0)
+    assert capsys.readouterr().out.splitlines()[-1].startswith("speedup=")
+
+
 def test_the_scan_bench_auc_delta_interval_is_paired_and_resamples_brands() -> None:
     from markguard.serving.benchmarks.scan import _auc_delta_interval
 

@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from markguard.serving.intelligence.evidence import (
     EvidenceConfig,
+    ListingFacts,
     find_edges,
     gather_listings,
     title_template,
@@ -112,6 +113,57 @@ def test_each_evidence_kind_makes_an_edge(catalog: Catalog):
     assert pairs["known_fake"] == {frozenset({"k1", "k2"})}
     assert pairs["embedding"] == {frozenset({"e1", "e2"})}
     assert pairs["template"] == {frozenset({"t1", "t2"})}
+
+
+def _facts(phashes: list[int | None], sellers: list[str], vectors: list[np.ndarray | None],
+           flagged: list[bool]) -> list[ListingFacts]:
+    return [ListingFacts(row=i, listing_id=f"L{i}", seller=sellers[i], brand_id=1, phash=phashes[i], flagged=flagged[i],
+                         confirmed=False, template=None, serials=[], fake_refs=[], vector=vectors[i], at=T0)
+            for i in range(len(phashes))]
+
+
+def test_indexed_photo_and_vector_search_finds_exactly_the_close_pairs():
+    """`find_edges` finds near-same photos through a multi-index hash and near-identical vectors in blocks:
+    every pair a comparison of all pairs finds, at every Hamming distance up to the limit and none past it,
+    for a rebuild and for an update of the newest listings."""
+    rng = np.random.default_rng(7)
+    bits = EvidenceConfig().photo_bits
+    phashes: list[int | None] = []
+    vectors: list[np.ndarray | None] = []
+    masters = rng.integers(-(1 << 62), 1 << 62, size=40)
+    directions = rng.normal(size=(40, 32))
+    for n in range(1200):
+        k = int(rng.integers(len(masters)))
+        h = int(masters[k])
+        for b in rng.choice(64, size=n % (bits + 5), replace=False):  # 0 to bits + 4 bits flipped, in turn
+            h ^= 1 << int(b)
+        phashes.append(None if n % 97 == 0 else (h + (1 << 63)) % (1 << 64) - (1 << 63))
+        v = directions[k] + rng.normal(size=32) * rng.choice([0.05, 0.2, 0.5])
+        vectors.append(None if n % 3 == 0 else (v / np.linalg.norm(v)).astype(np.float32))
+    sellers = [f"s{rng.integers(300)}" for _ in phashes]
+    flagged = list(rng.random(len(phashes)) < 0.5)
+    facts = _facts(phashes, sellers, vectors, flagged)
+    config = EvidenceConfig()
+    for new_from in (0, 900):
+        photo, embedding = set(), set()
+        for i in range(new_from, len(facts)):
+            for j in range(i):
+                if sellers[i] == sellers[j]:
+                    continue
+                if phashes[i] is not None and phashes[j] is not None \
+                        and bin((phashes[i] ^ phashes[j]) & (2**64 - 1)).count("1") <= bits:
+                    photo.add((j, i))
+                if flagged[i] and flagged[j] and vectors[i] is not None and vectors[j] is not None \
+                        and float(vectors[i] @ vectors[j]) >= config.embedding_similarity + 1e-5:
+                    embedding.add((j, i))
+        edges = find_edges(facts, new_from=new_from, config=config)
+        found = {kind: {(e.a.row, e.b.row) for e in edges if e.kind == kind} for kind in ("photo", "embedding")}
+        assert found["photo"] == photo
+        assert embedding <= found["embedding"]
+        assert len(found["embedding"] - embedding) <= 2  # a cosine within float error of the threshold
+        distances = {bin((phashes[a] ^ phashes[b]) & (2**64 - 1)).count("1") for a, b in photo}
+        assert distances == set(range(bits + 1))  # every distance up to the limit was there to be found
+        assert len(photo) > 200 and len(embedding) > 200
 
 
 def test_common_template_is_a_house_style_not_evidence(catalog: Catalog):
