@@ -5,7 +5,8 @@ matches both `embedder.json` and the catalog row written when the model was regi
 detector's and the mark verifier's, when the model has them, likewise: `detector.json`, `verifier.json` and
 the card the row holds), and when its settings files (`vision.artifact.SETTINGS_FILES`: the fusion's
 thresholds, the verifier's reference gate, ...) are the bytes the row pinned at registration
-(`settings_sha256` in the row's card; a row registered before the pin has none and is not checked).
+(`settings_sha256` in the row's card; a row registered before the pin has none and is not checked until
+an operator pins it: `markguard model pin TAG`, `pin_settings`).
 
 The BentoML model store is how a model reaches the service and a Bento: promoting a model saves it into
 the store as `markguard:<version>` (`store_model`; the store of `$BENTOML_HOME`, else `HOME/bentoml`,
@@ -41,7 +42,8 @@ from markguard.vision.scoring import Fusion
 from markguard.vision.signals import expert_priors, signal_names
 from markguard.vision.weights import sha256_file
 
-__all__ = ["ensure_default_model", "promoted_artifact", "register_artifact", "promote", "list_models", "PROVISIONAL_FUSION",
+__all__ = ["ensure_default_model", "promoted_artifact", "register_artifact", "promote", "list_models", "pin_settings",
+           "PROVISIONAL_FUSION",
            "BENTO_MODEL_NAME", "bento_model_tag", "store_model", "served_model_tag", "pinned_model_tag", "install_stored_model"]
 
 # The ImageNet baseline's provisional mapping of best genuine similarity to risk (see vision.scoring).
@@ -116,6 +118,27 @@ def promoted_artifact(home: Home) -> ModelArtifact:
         row = session.scalar(select(ModelVersion).where(ModelVersion.promoted.is_(True)))
     if row is None:
         raise NotFound("no promoted model in this home (run `markguard model init`)")
+    return _checked_artifact(home, row)
+
+
+def pin_settings(home: Home, tag: str) -> bool:
+    """Pin the settings files of a model registered before registration pinned them, as they are now (run
+    by an operator who has checked them): True when pinned now, False when the row had the same pin. The
+    weights are checked first, and a model whose files changed since its pin is refused, not re-pinned."""
+    with home.write_lock(), home.sessions.begin() as session:
+        row = session.scalar(select(ModelVersion).where(ModelVersion.tag == tag))
+        if row is None:
+            raise NotFound(f"unknown model {tag!r}")
+        artifact = _checked_artifact(home, row)
+        if (row.card or {}).get("settings_sha256") is not None:
+            return False
+        row.card = {**(row.card or {}), "settings_sha256": settings_digests(artifact.path)}  # a new dict: a JSON column
+        return True
+
+
+def _checked_artifact(home: Home, row: ModelVersion) -> ModelArtifact:
+    """The registered model `row` loaded from the home's models folder, its weights and pinned settings
+    checked against the row."""
     artifact = load_artifact(home.models_dir / row.path)
     if artifact.path.resolve().parent != home.models_dir.resolve():
         raise IntegrityError(f"model {row.tag!r} is outside the home's models folder")

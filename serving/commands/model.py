@@ -1,4 +1,4 @@
-"""`markguard model init|list|promote|register`: the home's model registry."""
+"""`markguard model init|list|promote|register|pin`: the home's model registry."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("tag")
     add_home_argument(p)
     p.set_defaults(func=cmd_promote)
+    p = sub.add_parser("pin", help="pin the settings files of a model registered before they were pinned, "
+                                   "as they are now (check them first)")
+    p.add_argument("tag")
+    add_home_argument(p)
+    p.set_defaults(func=cmd_pin)
 
 
 def _home(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -92,4 +97,12 @@ def cmd_promote(args: argparse.Namespace) -> int:
     artifact = promoted_artifact(home)
     index = sync_index(home, artifact, artifact.load_embedder())  # re-embeds references, with progress
     print(json.dumps({"model": artifact.tag, "promoted": True, "references": len(index)}))
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    from markguard.serving.registry import pin_settings
+
+    pinned = pin_settings(_home(args), args.tag)
+    print(json.dumps({"model": args.tag, "pinned": "now" if pinned else "already"}))
     return 0

@@ -106,3 +106,39 @@ def test_an_edited_setting_of_a_registered_model_is_refused(tmp_path: Path, name
     with pytest.raises(IntegrityError, match=f"{name} changed since the model was registered"):
         promoted_artifact(home)
     home.close()
+
+
+def test_a_model_registered_before_the_pin_is_pinned_by_an_operator(tmp_path: Path, capsys) -> None:
+    """A row registered before registration pinned the settings has no pin, so nothing is checked.
+    `markguard model pin TAG` pins the files as they are; from then on an edit is refused, and neither
+    a second pin nor a pin of the edited files lifts that."""
+    from sqlalchemy import select
+
+    from markguard.serving.cli import main
+    from markguard.serving.registry import ensure_default_model, promoted_artifact
+    from markguard.serving.state.home import Home
+    from markguard.serving.state.schema import ModelVersion
+    from markguard.vision.errors import IntegrityError
+
+    home = Home(tmp_path / "home")
+    artifact = ensure_default_model(home)
+    with home.sessions.begin() as session:  # as a row of an older markguard holds it
+        row = session.scalar(select(ModelVersion).where(ModelVersion.tag == artifact.tag))
+        row.card = {k: v for k, v in row.card.items() if k != "settings_sha256"}
+    fusion = artifact.path / "fusion.json"
+    shipped = fusion.read_text()
+    fusion.write_text(json.dumps({**json.loads(shipped), "takedown_at": 0.5}))
+    assert promoted_artifact(home).tag == artifact.tag  # unpinned: the edit goes unseen
+    fusion.write_text(shipped)  # the operator checks the files (here: restores them), then pins
+    args = ["model", "pin", artifact.tag, "--home", str(home.root)]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out) == {"model": artifact.tag, "pinned": "now"}
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out) == {"model": artifact.tag, "pinned": "already"}
+    fusion.write_text(json.dumps({**json.loads(shipped), "takedown_at": 0.5}))
+    with pytest.raises(IntegrityError, match="fusion.json changed since the model was registered"):
+        promoted_artifact(home)
+    assert main(args) == 2  # not re-pinned over the edit
+    assert "fusion.json changed" in capsys.readouterr().err
+    assert main(["model", "pin", "nosuchtag", "--home", str(home.root)]) == 2
+    home.close()
