@@ -49,8 +49,8 @@ GROW = 2.0  # the window: the box grown this much
 
 
 def window_of(image: np.ndarray, box) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """The window around `box` letterboxed onto the canvas, and the map from photo to canvas coordinates
-    as (x offset, y offset, scale) with the window's clipped origin: x_canvas = (x - x0) * s + ox."""
+    """The window around `box` letterboxed onto the canvas, and the frame (x0, y0, s, ox, oy) that maps
+    photo to canvas coordinates: x_canvas = (x - x0) * s + ox, with (x0, y0) the clipped window's origin."""
     h, w = image.shape[:2]
     x0, y0, x1, y1 = grown(box, GROW)
     x0, y0 = min(max(0, round(x0)), w - 1), min(max(0, round(y0)), h - 1)
@@ -205,7 +205,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         c = np.load(cache)
         has = ~np.isnan(c["found"][:, 0]) & ~np.isnan(c["true"][:, 0])
         before = [iou(f, t) for f, t in zip(c["found"][has], c["true"][has], strict=True)]
-        after = [iou(grown(r, 1.0), t) for r, t in zip(c["refined"][has], c["true"][has], strict=True)]
+        after = [iou(r, t) for r, t in zip(c["refined"][has], c["true"][has], strict=True)]
         r = {"claims": len(claims), "detected": int(has.sum()),
              "iou_found_mean": float(np.mean(before)), "iou_refined_mean": float(np.mean(after)),
              "iou_found_at_0.5": float(np.mean(np.array(before) >= 0.5)),
