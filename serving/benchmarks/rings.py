@@ -7,10 +7,12 @@ truth: pairwise precision and recall over seller pairs (two sellers in one ring)
 honest sellers and resellers placed in any ring. A home that already holds the scored feed (`--home`)
 is reused, so the ring step can be re-run alone.
 
-`--scale N` measures the edge search alone at catalog size instead (`edge_search_scale`): N synthetic
-listings (near-copies of shared photos and vectors among unrelated ones), `evidence.find_edges` against an
-exhaustive search that compares each listing with every older one (how it searched before), in this
-process: the same photo and vector pairs, and the time of each.
+`--scale N` measures the network step at catalog size instead (`edge_search_scale`): N synthetic
+listings (near-copies of shared photos and vectors among unrelated ones). First `evidence.find_edges`
+against an exhaustive search that compares each listing with every older one (how it searched before), in
+this process: the same photo and vector pairs, and the time of each. Then the listings are recorded in a
+fresh home (SQLite, or `MARKGUARD_DATABASE_URL`) and timed through `rebuild_rings` and an `update_rings`
+of the last 50.
 """
 
 from __future__ import annotations
@@ -101,6 +103,44 @@ def exhaustive_pairs(facts: list, *, bits: int, similarity: float) -> tuple[set,
     return photo, embedding
 
 
+def _catalog_timings(facts: list, *, last: int = 50) -> dict[str, Any]:
+    """The listings recorded in a fresh home (no scoring: a decision of review where flagged), then the
+    seconds of `rebuild_rings` over all but the `last` ones and of the `update_rings` that takes those in."""
+    import datetime as dt
+
+    from markguard.serving.intelligence.rings import rebuild_rings, update_rings
+    from markguard.serving.state.home import Home
+    from markguard.serving.state.schema import Brand, Listing
+
+    with tempfile.TemporaryDirectory(prefix="markguard-bench-rings-") as tmp:
+        home = Home(Path(tmp) / "home")
+        with home.sessions.begin() as session:
+            brand = Brand(name="Bench", key="bench", wordmarks=[])
+            session.add(brand)
+            session.flush()
+            brand_id = brand.id
+
+        def record(chunk: list) -> None:
+            with home.sessions.begin() as session:
+                session.add_all(Listing(listing_id=f.listing_id, seller_id=f.seller, brand_id=brand_id,
+                                        image_sha256=f"{f.row:064x}", phash=f.phash, risk=0.9 if f.flagged else 0.1,
+                                        decision="review" if f.flagged else "pass", model_tag="bench",
+                                        result={"title": f"Bench item lot {f.row % 97}"},
+                                        scored_at=dt.datetime.now(dt.UTC)) for f in chunk)
+
+        record(facts[:-last])
+        t0 = time.perf_counter()
+        rebuilt = rebuild_rings(home)
+        rebuild_s = time.perf_counter() - t0
+        record(facts[-last:])
+        t0 = time.perf_counter()
+        updated = update_rings(home)
+        update_s = time.perf_counter() - t0
+        home.close()
+    return {"rebuild_s": round(rebuild_s, 2), "rebuild_edges": rebuilt.edges, "update_listings": updated.listings,
+            "update_s": round(update_s, 2)}
+
+
 def edge_search_scale(n: int, out: Path) -> int:
     """`--scale`: the indexed edge search against the exhaustive one on `n` synthetic listings."""
     from markguard.serving.intelligence.evidence import EvidenceConfig, find_edges
@@ -118,7 +158,7 @@ def edge_search_scale(n: int, out: Path) -> int:
                "photo_pairs_missed": len(photo - found["photo"]), "photo_pairs_extra": len(found["photo"] - photo),
                "embedding_pairs_differ": len(embedding ^ found["embedding"]),
                "indexed_s": round(indexed_s, 2), "exhaustive_s": round(exhaustive_s, 2),
-               "speedup": round(exhaustive_s / indexed_s, 2)}
+               "speedup": round(exhaustive_s / indexed_s, 2), **_catalog_timings(facts)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(figures, indent=1))

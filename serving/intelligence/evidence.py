@@ -110,11 +110,17 @@ def gather_listings(session: Session, *, model_tag: str | None = None) -> list[L
     labels: dict[int, str] = {}
     for row_id, label in session.execute(select(Review.listing_row_id, Review.label).order_by(Review.id)):
         labels[row_id] = str(label)  # the newest review wins
-    evidence = {e.listing_row_id: e for e in session.scalars(select(ListingEvidence))}
+    # rows as tuples, not ORM objects: this reads the whole catalog, and building an object a row was most
+    # of its time
+    evidence = {row.listing_row_id: row for row in session.execute(
+        select(ListingEvidence.listing_row_id, ListingEvidence.model_tag, ListingEvidence.vector,
+               ListingEvidence.fake_refs, ListingEvidence.listed_at))}
     words = _brand_words(session)
     every_word = set().union(*words.values()) if words else set()
     facts = []
-    for row in session.scalars(select(Listing).where(Listing.seller_id.is_not(None)).order_by(Listing.id)):
+    listings = select(Listing.id, Listing.listing_id, Listing.seller_id, Listing.brand_id, Listing.phash, Listing.decision,
+                      Listing.result, Listing.scored_at).where(Listing.seller_id.is_not(None)).order_by(Listing.id)
+    for row in session.execute(listings):
         label = labels.get(row.id)
         flagged = (row.decision in FLAGGED_DECISIONS or label == "counterfeit") and label != "genuine"
         ev = evidence.get(row.id)
@@ -128,7 +134,7 @@ def gather_listings(session: Session, *, model_tag: str | None = None) -> list[L
             row=row.id, listing_id=row.listing_id, seller=str(row.seller_id), brand_id=row.brand_id, phash=row.phash,
             flagged=flagged, confirmed=label == "counterfeit",
             template=title_template((row.result or {}).get("title"), masks=masks),
-            serials=serials.get(row.id, []), fake_refs=list(ev.fake_refs) if ev is not None else [],
+            serials=serials.get(row.id, []), fake_refs=list(ev.fake_refs or []) if ev is not None else [],
             vector=vector, at=at))
     return facts
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import networkx as nx
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from markguard.serving.intelligence.evidence import (
@@ -56,9 +56,10 @@ def _store_edges(session: Session, edges: list[Edge]) -> set[str]:
     for e in edges:
         a, b = sorted((e.a.seller, e.b.seller))
         grouped.setdefault((a, b, e.kind), []).append(e)
+    stored = _seller_edges(session, list(grouped))
     for (a, b, kind), group in grouped.items():
         touched.update((a, b))
-        row = session.get(SellerEdge, (a, b, kind))
+        row = stored.get((a, b, kind))
         times = [_utc(x.a.at) for x in group] + [_utc(x.b.at) for x in group]
         if row is None:
             row = SellerEdge(seller_a=a, seller_b=b, kind=kind, weight=0.0, count=0, examples=[],
@@ -71,6 +72,17 @@ def _store_edges(session: Session, edges: list[Edge]) -> set[str]:
         row.first_seen = min(_utc(row.first_seen), *times)
         row.last_seen = max(_utc(row.last_seen), *times)
     return touched
+
+
+def _seller_edges(session: Session, keys: list[tuple[str, str, str]], *, chunk: int = 500) -> dict[tuple[str, str, str], SellerEdge]:
+    """The stored seller edges of these (seller a, seller b, kind) keys, read a chunk of keys a query before
+    anything is added (one `session.get` a key would flush the session's pending rows each time)."""
+    found: dict[tuple[str, str, str], SellerEdge] = {}
+    columns = tuple_(SellerEdge.seller_a, SellerEdge.seller_b, SellerEdge.kind)
+    for start in range(0, len(keys), chunk):
+        for row in session.scalars(select(SellerEdge).where(columns.in_(keys[start : start + chunk]))):
+            found[(row.seller_a, row.seller_b, row.kind)] = row
+    return found
 
 
 def seller_graph(session: Session, *, config: EvidenceConfig, sellers: Iterable[str] | None = None) -> nx.Graph:
@@ -108,8 +120,8 @@ def _communities(graph: nx.Graph) -> list[set[str]]:
     return [set(c) for c in found if len(c) >= 2]
 
 
-def _ring_stats(ring: Ring, members: set[str], facts: list[ListingFacts], graph: nx.Graph) -> None:
-    mine = [f for f in facts if f.seller in members]
+def _ring_stats(ring: Ring, members: set[str], by_seller: dict[str, list[ListingFacts]], graph: nx.Graph) -> None:
+    mine = [f for s in members for f in by_seller.get(s, ())]
     brands = sorted({f.brand_id for f in mine if f.brand_id is not None})
     flagged = sum(1 for f in mine if f.flagged or f.confirmed)
     ring.sellers, ring.listings, ring.brand_ids = len(members), len(mine), brands
@@ -150,6 +162,9 @@ def update_rings(home: Home, *, config: EvidenceConfig | None = None) -> RingUpd
                                                .where(RingMember.ring_id.in_(list(old)))):
             old[ring_id].add(seller)
         changed, claimed = 0, set()
+        by_seller: dict[str, list[ListingFacts]] = {}
+        for f in facts:
+            by_seller.setdefault(f.seller, []).append(f)
         for members in sorted(_communities(graph), key=lambda c: (-len(c), sorted(c))):
             best = max(((len(members & m), rid) for rid, m in old.items() if rid not in claimed and members & m),
                        default=None)
@@ -163,7 +178,7 @@ def update_rings(home: Home, *, config: EvidenceConfig | None = None) -> RingUpd
                 claimed.add(ring.id)
                 session.execute(delete(RingMember).where(RingMember.ring_id == ring.id))
             session.add_all(RingMember(ring_id=ring.id, seller_id=s) for s in sorted(members))
-            _ring_stats(ring, members, facts, graph)
+            _ring_stats(ring, members, by_seller, graph)
             changed += 1
         for ring_id in set(old) - claimed:  # the evidence now groups these sellers otherwise
             session.execute(delete(RingMember).where(RingMember.ring_id == ring_id))

@@ -114,6 +114,7 @@ def test_bench_rings_scale_finds_the_exhaustive_searchs_pairs(tmp_path: Path, ca
     result = json.loads(out.read_text())
     assert result["listings"] == 3000 and result["photo_pairs"] > 1000 and result["embedding_pairs"] > 10
     assert (result["photo_pairs_missed"], result["photo_pairs_extra"], result["embedding_pairs_differ"]) == (0, 0, 0)
+    assert result["update_listings"] == 50 and result["rebuild_edges"] > 1000  # then through a home's catalog
     assert capsys.readouterr().out.splitlines()[-1].startswith("speedup=")
 
 

@@ -71,7 +71,8 @@ class Catalog:
 
 
 @pytest.fixture()
-def catalog(tmp_path: Path) -> Catalog:
+def catalog(tmp_path: Path, database_url: str | None) -> Catalog:
+    """A catalog on each backend: seller edges are read and written in bulk (`rings._seller_edges`)."""
     return Catalog(tmp_path / "home")
 
 
