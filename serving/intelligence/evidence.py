@@ -68,7 +68,7 @@ class ListingFacts:
     template: str | None
     serials: list[str]
     fake_refs: list[int]
-    vector: np.ndarray | None
+    vector: np.ndarray | None  # the full-photo vector, of a flagged listing only (only those are compared)
     at: dt.datetime
 
 
@@ -103,7 +103,8 @@ def _brand_words(session: Session) -> dict[int, set[str]]:
 
 
 def gather_listings(session: Session, *, model_tag: str | None = None) -> list[ListingFacts]:
-    """Every listing with a seller, oldest first, with its serials, reviews and stored evidence."""
+    """Every listing with a seller, oldest first, with its serials, reviews and stored evidence (the vector
+    of flagged listings only, of `model_tag`'s when given)."""
     serials: dict[int, list[str]] = {}
     for row_id, digest in session.execute(select(ListingSerial.listing_row_id, ListingSerial.serial_hmac)):
         serials.setdefault(row_id, []).append(digest)
@@ -113,30 +114,43 @@ def gather_listings(session: Session, *, model_tag: str | None = None) -> list[L
     # rows as tuples, not ORM objects: this reads the whole catalog, and building an object a row was most
     # of its time
     evidence = {row.listing_row_id: row for row in session.execute(
-        select(ListingEvidence.listing_row_id, ListingEvidence.model_tag, ListingEvidence.vector,
-               ListingEvidence.fake_refs, ListingEvidence.listed_at))}
+        select(ListingEvidence.listing_row_id, ListingEvidence.fake_refs, ListingEvidence.listed_at))}
     words = _brand_words(session)
     every_word = set().union(*words.values()) if words else set()
     facts = []
+    # of the stored score JSON, only its title: the whole of it (signals, matches, OCR lines) is kilobytes a row
+    title = Listing.result["title"].as_string().label("title")
     listings = select(Listing.id, Listing.listing_id, Listing.seller_id, Listing.brand_id, Listing.phash, Listing.decision,
-                      Listing.result, Listing.scored_at).where(Listing.seller_id.is_not(None)).order_by(Listing.id)
+                      title, Listing.scored_at).where(Listing.seller_id.is_not(None)).order_by(Listing.id)
     for row in session.execute(listings):
         label = labels.get(row.id)
         flagged = (row.decision in FLAGGED_DECISIONS or label == "counterfeit") and label != "genuine"
         ev = evidence.get(row.id)
-        vector = None
-        if ev is not None and ev.vector is not None and (model_tag is None or ev.model_tag == model_tag):
-            vector = np.frombuffer(ev.vector, dtype=np.float32)
         masks = words.get(row.brand_id, set()) if row.brand_id is not None else every_word
         at = ev.listed_at if ev is not None and ev.listed_at is not None else row.scored_at
         at = at if at.tzinfo else at.replace(tzinfo=dt.UTC)
         facts.append(ListingFacts(
             row=row.id, listing_id=row.listing_id, seller=str(row.seller_id), brand_id=row.brand_id, phash=row.phash,
             flagged=flagged, confirmed=label == "counterfeit",
-            template=title_template((row.result or {}).get("title"), masks=masks),
+            template=title_template(row.title, masks=masks),
             serials=serials.get(row.id, []), fake_refs=list(ev.fake_refs or []) if ev is not None else [],
-            vector=vector, at=at))
+            vector=None, at=at))
+    _add_vectors(session, [f for f in facts if f.flagged], model_tag=model_tag)
     return facts
+
+
+def _add_vectors(session: Session, flagged: list[ListingFacts], *, model_tag: str | None, chunk: int = 1000) -> None:
+    """Set the stored vectors of these listings (a kilobyte each: unflagged listings' are never read)."""
+    at = {f.row: f for f in flagged}
+    rows = list(at)
+    for start in range(0, len(rows), chunk):
+        query = (select(ListingEvidence.listing_row_id, ListingEvidence.vector)
+                 .where(ListingEvidence.listing_row_id.in_(rows[start : start + chunk]),
+                        ListingEvidence.vector.is_not(None)))
+        if model_tag is not None:
+            query = query.where(ListingEvidence.model_tag == model_tag)
+        for row_id, vector in session.execute(query):
+            at[row_id].vector = np.frombuffer(vector, dtype=np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
