@@ -198,15 +198,15 @@ def find_edges(facts: Sequence[ListingFacts], *, new_from: int, config: Evidence
                     edges.append(Edge("photo", kind_weight, g, f))
             for digest in f.serials:
                 for j in by_serial.get(digest, []):
-                    if facts[j].seller != f.seller:
+                    if sellers[j] != sellers[i]:
                         edges.append(Edge("serial", w["serial"], facts[j], f))
             for ref in f.fake_refs:
                 for j in by_ref.get(ref, []):
-                    if facts[j].seller != f.seller:
+                    if sellers[j] != sellers[i]:
                         edges.append(Edge("known_fake", w["known_fake"], facts[j], f, detail=ref))
             if f.template in informative:
                 for j in by_template.get(f.template, []):
-                    if facts[j].seller != f.seller:
+                    if sellers[j] != sellers[i]:
                         edges.append(Edge("template", w["template"], facts[j], f, detail=f.template))
             for j, similarity in vectors.get(i, ()):
                 if sellers[j] != sellers[i]:
@@ -225,9 +225,12 @@ def _close_photos(facts: Sequence[ListingFacts], *, new_from: int, bits: int) ->
     is within `bits` of its own. A FAISS multi-index hash finds every such pair: 63 of the 64 bits cut into
     3 tables of 21, each probed within `bits` // 3 flips (if no third differs in at most that many bits,
     the whole differs in more than `bits`). A query reads a few hundred buckets of about n / 2²¹ hashes
-    each, not the whole catalog (4 tables of 16 bits read buckets 32 times fuller)."""
+    each, not the whole catalog (4 tables of 16 bits read buckets 32 times fuller). It is the scheme of
+    `vision.phash.band_neighbours`, which finds a scored photo's duplicates through indexed catalog
+    columns; here the hashes are in memory, and FAISS probes its tables in C++."""
     rows = np.array([i for i, f in enumerate(facts) if f.phash is not None], dtype=np.int64)
-    queries = rows[rows >= new_from]
+    new = rows >= new_from
+    queries = rows[new]
     if not len(queries):
         return {}
     codes = np.array([facts[i].phash for i in rows], dtype=np.int64).view(np.uint8).reshape(-1, 8)
@@ -235,7 +238,7 @@ def _close_photos(facts: Sequence[ListingFacts], *, new_from: int, bits: int) ->
     index = faiss.IndexBinaryMultiHash(64, tables, 64 // tables)
     index.nflip = bits // tables
     index.add(codes)
-    limits, _, found = index.range_search(codes[rows >= new_from], bits + 1)  # distances below the radius
+    limits, _, found = index.range_search(codes[new], bits + 1)  # distances below the radius
     out: dict[int, list[int]] = {}
     for q, i in enumerate(queries):
         older = rows[found[limits[q] : limits[q + 1]]]
@@ -250,21 +253,21 @@ def _close_vectors(facts: Sequence[ListingFacts], *, new_from: int, similarity: 
     """For each flagged listing at index ≥ `new_from` with a vector, the older flagged listings (ascending)
     whose unit vector has a cosine of at least `similarity` with it, and that cosine. Vectors of another
     size than the first flagged one's (another model's) are left out. Exact, in blocks of matrix products."""
-    rows = [i for i, f in enumerate(facts) if f.vector is not None and f.flagged]
-    if not rows:
+    flagged = [i for i, f in enumerate(facts) if f.vector is not None and f.flagged]
+    if not flagged:
         return {}
-    dim = facts[rows[0]].vector.size  # type: ignore[union-attr]
-    rows_ = np.array([i for i in rows if facts[i].vector.size == dim], dtype=np.int64)  # type: ignore[union-attr]
-    vectors = np.stack([facts[i].vector for i in rows_]).astype(np.float32)  # type: ignore[misc]
+    dim = facts[flagged[0]].vector.size  # type: ignore[union-attr]
+    rows = np.array([i for i in flagged if facts[i].vector.size == dim], dtype=np.int64)  # type: ignore[union-attr]
+    vectors = np.stack([facts[i].vector for i in rows]).astype(np.float32)  # type: ignore[misc]
     out: dict[int, list[tuple[int, float]]] = {}
-    new = np.nonzero(rows_ >= new_from)[0]
+    new = np.nonzero(rows >= new_from)[0]
     for start in range(0, len(new), block):
         at = new[start : start + block]
         sims = vectors[at] @ vectors[: at[-1]].T  # only rows before the block's last can be older
         for k, q in enumerate(at):
             close = np.nonzero(sims[k, :q] >= similarity)[0]
             if len(close):
-                out[int(rows_[q])] = [(int(rows_[j]), float(sims[k, j])) for j in close]
+                out[int(rows[q])] = [(int(rows[j]), float(sims[k, j])) for j in close]
     return out
 
 

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from markguard.serving.benchmarks.scoring import claim_auc_by_transform, synth_sample
 from markguard.training.data import load_image, mark_box, read_items
+from markguard.vision.regions import iou
 from markguard.vision.verify import grown, letterbox
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -76,14 +77,6 @@ def from_canvas(target: np.ndarray, frame) -> tuple[float, float, float, float]:
 
 def detector_like(box, rng: np.random.Generator):
     return grown(box, rng.uniform(0.6, 1.6), tuple(rng.uniform(-0.3, 0.3, 2)), float(np.exp(rng.uniform(-0.3, 0.3))))
-
-
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def cmd_windows(args: argparse.Namespace) -> int:
