@@ -210,6 +210,8 @@ def _prepare_home(home_dir: Path, feed: Path, source: Path) -> Any:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.scale:
+        if args.scale <= 50:
+            raise SystemExit("--scale must be more than 50 (the last 50 listings are the timed update)")
         return edge_search_scale(args.scale, args.out)
     from sqlalchemy import func, select
 

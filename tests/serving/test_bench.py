@@ -116,6 +116,8 @@ def test_bench_rings_scale_finds_the_exhaustive_searchs_pairs(tmp_path: Path, ca
     assert (result["photo_pairs_missed"], result["photo_pairs_extra"], result["embedding_pairs_differ"]) == (0, 0, 0)
     assert result["update_listings"] == 50 and result["rebuild_edges"] > 1000  # then through a home's catalog
     assert capsys.readouterr().out.splitlines()[-1].startswith("speedup=")
+    with pytest.raises(SystemExit, match="more than 50"):
+        main(["bench", "rings", "--scale", "-5", "--out", str(out)])
 
 
 def test_the_scan_bench_auc_delta_interval_is_paired_and_resamples_brands() -> None:
