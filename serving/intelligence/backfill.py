@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from markguard.serving.engine import ScoreRequest, ScoringEngine
 from markguard.serving.intelligence.evidence import EvidenceConfig
-from markguard.serving.intelligence.tables import ListingEvidence
+from markguard.serving.intelligence.tables import ListingEvidence, RingFakeRef, RingListing
 from markguard.serving.state.schema import Listing
 
 __all__ = ["backfill_evidence"]
@@ -55,6 +55,8 @@ def backfill_evidence(engine: ScoringEngine, *, config: EvidenceConfig | None = 
                 vector = vectors[k].astype(np.float32)
                 session.add(ListingEvidence(listing_row_id=row_id, model_tag=engine.model_tag,
                                             vector=(vector / np.linalg.norm(vector)).tobytes(), fake_refs=refs))
+                if refs and session.get(RingListing, row_id) is not None:  # taken in before: updates look it up
+                    session.add_all(RingFakeRef(reference_id=r, listing_row_id=row_id) for r in refs)
                 k += 1
                 done += 1
     return done

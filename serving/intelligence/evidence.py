@@ -15,21 +15,24 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import faiss
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import Select, distinct, func, select, true
 from sqlalchemy.orm import Session
 
-from markguard.serving.intelligence.tables import ListingEvidence
+from markguard.serving.intelligence.tables import ListingEvidence, RingFakeRef, RingListing
 from markguard.serving.reviews import Review
 from markguard.serving.state.schema import Brand, Listing, ListingSerial, Product
+from markguard.vision.phash import band_neighbours
 from markguard.vision.scoring import ScoreResult
 
-__all__ = ["EvidenceConfig", "ListingFacts", "gather_listings", "title_template", "find_edges", "record_evidence",
+__all__ = ["EvidenceConfig", "ListingFacts", "Gathered", "gather_listings", "gather_update", "keep_taken_in",
+           "keep_catalog", "sellers_listings", "title_template", "template_key", "find_edges", "record_evidence",
            "FLAGGED_DECISIONS"]
 
 FLAGGED_DECISIONS = frozenset({"review", "takedown"})
@@ -52,6 +55,9 @@ class EvidenceConfig:
         "template": 0.5,
     })
     join: float = 1.0  # total weight at which two sellers are linked in the ring graph
+    # an update looks older listings up by index (a few queries for 16 new ones) while its new listings are
+    # at most this share of the older ones; past it, reading every listing is cheaper (`bench rings --scale`)
+    lookup_share: float = 0.01
 
 
 @dataclasses.dataclass
@@ -102,41 +108,116 @@ def _brand_words(session: Session) -> dict[int, set[str]]:
     return words
 
 
+def _flagged(decision: str, label: str | None) -> bool:
+    return (decision in FLAGGED_DECISIONS or label == "counterfeit") and label != "genuine"
+
+
+def template_key(template: str) -> str:
+    """The indexed key of a title template (`ring_listings.template_key`)."""
+    return hashlib.sha256(template.encode()).hexdigest()
+
+
+RowFilter = Callable[[Any], Any]  # a listing-row-id column -> the WHERE clause choosing the rows to read
+
+
+def _read_facts(session: Session, where: RowFilter, *, templates: dict[int, str | None] | None) -> list[ListingFacts]:
+    """The facts of the listings with a seller whose row ids `where` chooses, oldest first (no vectors).
+    Templates are computed from the titles with today's brand words, or, given `templates`, taken from it."""
+    serials: dict[int, list[str]] = {}
+    for row_id, digest in session.execute(select(ListingSerial.listing_row_id, ListingSerial.serial_hmac)
+                                          .where(where(ListingSerial.listing_row_id))):
+        serials.setdefault(row_id, []).append(digest)
+    labels: dict[int, str] = {}
+    for row_id, label in session.execute(select(Review.listing_row_id, Review.label)
+                                         .where(where(Review.listing_row_id)).order_by(Review.id)):
+        labels[row_id] = str(label)  # the newest review wins
+    # rows as tuples, not ORM objects: building an object a row was most of a whole-catalog read's time
+    evidence = {row.listing_row_id: row for row in session.execute(
+        select(ListingEvidence.listing_row_id, ListingEvidence.fake_refs, ListingEvidence.listed_at)
+        .where(where(ListingEvidence.listing_row_id)))}
+    words = _brand_words(session) if templates is None else {}
+    every_word = set().union(*words.values()) if words else set()
+    columns = [Listing.id, Listing.listing_id, Listing.seller_id, Listing.brand_id, Listing.phash, Listing.decision,
+               Listing.scored_at]
+    if templates is None:  # of the stored score JSON, only its title: the whole of it is kilobytes a row
+        columns.append(Listing.result["title"].as_string().label("title"))
+    facts = []
+    for row in session.execute(select(*columns).where(Listing.seller_id.is_not(None), where(Listing.id))
+                               .order_by(Listing.id)):
+        label = labels.get(row.id)
+        ev = evidence.get(row.id)
+        if templates is None:
+            masks = words.get(row.brand_id, set()) if row.brand_id is not None else every_word
+            template = title_template(row.title, masks=masks)
+        else:
+            template = templates.get(row.id)
+        at = ev.listed_at if ev is not None and ev.listed_at is not None else row.scored_at
+        facts.append(ListingFacts(
+            row=row.id, listing_id=row.listing_id, seller=str(row.seller_id), brand_id=row.brand_id, phash=row.phash,
+            flagged=_flagged(row.decision, label), confirmed=label == "counterfeit", template=template,
+            serials=serials.get(row.id, []), fake_refs=list(ev.fake_refs or []) if ev is not None else [],
+            vector=None, at=at if at.tzinfo else at.replace(tzinfo=dt.UTC)))
+    return facts
+
+
 def gather_listings(session: Session, *, model_tag: str | None = None) -> list[ListingFacts]:
     """Every listing with a seller, oldest first, with its serials, reviews and stored evidence (the vector
     of flagged listings only, of `model_tag`'s when given)."""
-    serials: dict[int, list[str]] = {}
-    for row_id, digest in session.execute(select(ListingSerial.listing_row_id, ListingSerial.serial_hmac)):
-        serials.setdefault(row_id, []).append(digest)
-    labels: dict[int, str] = {}
-    for row_id, label in session.execute(select(Review.listing_row_id, Review.label).order_by(Review.id)):
-        labels[row_id] = str(label)  # the newest review wins
-    # rows as tuples, not ORM objects: this reads the whole catalog, and building an object a row was most
-    # of its time
-    evidence = {row.listing_row_id: row for row in session.execute(
-        select(ListingEvidence.listing_row_id, ListingEvidence.fake_refs, ListingEvidence.listed_at))}
-    words = _brand_words(session)
-    every_word = set().union(*words.values()) if words else set()
-    facts = []
-    # of the stored score JSON, only its title: the whole of it (signals, matches, OCR lines) is kilobytes a row
-    title = Listing.result["title"].as_string().label("title")
-    listings = select(Listing.id, Listing.listing_id, Listing.seller_id, Listing.brand_id, Listing.phash, Listing.decision,
-                      title, Listing.scored_at).where(Listing.seller_id.is_not(None)).order_by(Listing.id)
-    for row in session.execute(listings):
-        label = labels.get(row.id)
-        flagged = (row.decision in FLAGGED_DECISIONS or label == "counterfeit") and label != "genuine"
-        ev = evidence.get(row.id)
-        masks = words.get(row.brand_id, set()) if row.brand_id is not None else every_word
-        at = ev.listed_at if ev is not None and ev.listed_at is not None else row.scored_at
-        at = at if at.tzinfo else at.replace(tzinfo=dt.UTC)
-        facts.append(ListingFacts(
-            row=row.id, listing_id=row.listing_id, seller=str(row.seller_id), brand_id=row.brand_id, phash=row.phash,
-            flagged=flagged, confirmed=label == "counterfeit",
-            template=title_template(row.title, masks=masks),
-            serials=serials.get(row.id, []), fake_refs=list(ev.fake_refs or []) if ev is not None else [],
-            vector=None, at=at))
+    facts = _read_facts(session, lambda column: true(), templates=None)
     _add_vectors(session, [f for f in facts if f.flagged], model_tag=model_tag)
     return facts
+
+
+@dataclasses.dataclass(frozen=True)
+class Gathered:
+    """What an update compares: the older listings any new one can have an edge with, then the new ones."""
+
+    facts: list[ListingFacts]
+    new_from: int  # facts[new_from:] are the new listings
+    # the new listings' templates that fingerprint (few sellers, enough literal words); None where `facts`
+    # is the whole catalog, in which `find_edges` counts them
+    informative: set[str] | None
+
+
+def gather_update(session: Session, *, after_row: int, config: EvidenceConfig, chunk: int = 500) -> Gathered:
+    """The listings after `after_row` and, of the older ones, only those an edge can join them with, looked
+    up by index: near photo hashes by their bands (`vision.phash.band_neighbours`), serials by their keyed
+    hash, known-fake references and title templates in the network's own tables (`ring_listings`,
+    `ring_fake_refs`, filled as listings are taken in), and flagged vectors compared with the new flagged
+    ones. `find_edges` over these finds the edges it finds over the whole catalog (the older listings'
+    templates are those of the day they were taken in: a rebuild brings them to today's brand words)."""
+    def count(where: Any) -> int:
+        return session.scalar(select(func.count(Listing.id)).where(where, Listing.seller_id.is_not(None))) or 0
+
+    new_count, older_count = count(Listing.id > after_row), count(Listing.id <= after_row)
+    if older_count == 0 or new_count > config.lookup_share * older_count:  # reading every listing costs less
+        facts = gather_listings(session)
+        return Gathered(facts=facts, new_from=len(facts) - new_count, informative=None)
+    new = _read_facts(session, lambda column: column > after_row, templates=None)
+    _add_vectors(session, [f for f in new if f.flagged], model_tag=None)
+    older: set[int] = set()
+    older |= _near_photos(session, [f.phash for f in new if f.phash is not None], after_row=after_row,
+                          bits=config.photo_bits)
+    digests = sorted({d for f in new for d in f.serials})
+    for start in range(0, len(digests), chunk):
+        older.update(session.scalars(select(ListingSerial.listing_row_id).where(
+            ListingSerial.serial_hmac.in_(digests[start : start + chunk]), ListingSerial.listing_row_id <= after_row)))
+    refs = sorted({r for f in new for r in f.fake_refs})
+    for start in range(0, len(refs), chunk):
+        older.update(session.scalars(select(RingFakeRef.listing_row_id).where(
+            RingFakeRef.reference_id.in_(refs[start : start + chunk]))))
+    informative, rows = _informative_templates(session, new, config=config)
+    older |= rows
+    older |= _near_flagged_vectors(session, [f for f in new if f.vector is not None], after_row=after_row,
+                                   similarity=config.embedding_similarity)
+    ids = sorted(i for i in older if i <= after_row)
+    templates = dict(_chunked_rows(session, select(RingListing.listing_row_id, RingListing.template),
+                                   RingListing.listing_row_id, ids, chunk))
+    known = [f for start in range(0, len(ids), chunk)
+             for f in _read_facts(session, lambda column, part=ids[start : start + chunk]: column.in_(part),
+                                  templates=templates)]
+    _add_vectors(session, [f for f in known if f.flagged], model_tag=None)
+    return Gathered(facts=known + new, new_from=len(known), informative=informative)
 
 
 def _add_vectors(session: Session, flagged: list[ListingFacts], *, model_tag: str | None, chunk: int = 1000) -> None:
@@ -153,6 +234,129 @@ def _add_vectors(session: Session, flagged: list[ListingFacts], *, model_tag: st
             at[row_id].vector = np.frombuffer(vector, dtype=np.float32)
 
 
+def keep_taken_in(session: Session, facts: Sequence[ListingFacts]) -> None:
+    """Record listings as taken into the network: their templates and known-fake references, where later
+    updates look them up (`gather_update`)."""
+    session.add_all(RingListing(listing_row_id=f.row, seller_id=f.seller, template=f.template,
+                                template_key=template_key(f.template) if f.template is not None else None)
+                    for f in facts)
+    session.add_all(RingFakeRef(reference_id=r, listing_row_id=f.row) for f in facts for r in sorted(set(f.fake_refs)))
+
+
+def keep_catalog(session: Session, *, up_to: int, window: int = 50_000) -> None:
+    """Record every listing up to row `up_to` as taken in, a window of row ids at a time (a network built
+    before `ring_listings` existed)."""
+    low = 0
+    while low < up_to:
+        high = min(low + window, up_to)
+        keep_taken_in(session, _read_facts(session, lambda column, lo=low, hi=high: (column > lo) & (column <= hi),
+                                           templates=None))
+        session.flush()
+        low = high
+
+
+def sellers_listings(session: Session, sellers: Iterable[str], *, chunk: int = 500) -> dict[str, list[ListingFacts]]:
+    """The listings of these sellers, by seller (without templates or vectors)."""
+    wanted = sorted(set(sellers))
+    out: dict[str, list[ListingFacts]] = {}
+    for start in range(0, len(wanted), chunk):
+        theirs = select(Listing.id).where(Listing.seller_id.in_(wanted[start : start + chunk]))
+        for f in _read_facts(session, lambda column, rows=theirs: column.in_(rows), templates={}):
+            out.setdefault(f.seller, []).append(f)
+    return out
+
+
+def _chunked_rows(session: Session, query: Select[Any], column: Any, ids: Sequence[int], chunk: int) -> list[Any]:
+    return [row for start in range(0, len(ids), chunk)
+            for row in session.execute(query.where(column.in_(ids[start : start + chunk]))).tuples()]
+
+
+def _near_photos(session: Session, hashes: list[int], *, after_row: int, bits: int, batch: int = 16) -> set[int]:
+    """Rows up to `after_row` whose photo hash is within `bits` of one of `hashes`: each band's values near
+    a batch of hashes looked up in the band's index, then the exact distance."""
+    found: set[int] = set()
+    bands = (Listing.phash_b0, Listing.phash_b1, Listing.phash_b2)
+    for start in range(0, len(hashes), batch):
+        part = hashes[start : start + batch]
+        values: list[set[int]] = [set() for _ in bands]
+        for h in part:
+            for band, near in zip(values, band_neighbours(h, bits), strict=True):
+                band.update(near)
+        queries = np.array(part, dtype=np.int64)
+        for column, near in zip(bands, values, strict=True):  # one band at a time: a few thousand values a query
+            rows = session.execute(select(Listing.id, Listing.phash).where(
+                column.in_(sorted(near)), Listing.id <= after_row, Listing.seller_id.is_not(None))).all()
+            if not rows:
+                continue
+            stored = np.array([r[1] for r in rows], dtype=np.int64)
+            close = np.bitwise_count(stored.view(np.uint64)[:, None] ^ queries.view(np.uint64)[None, :]) <= bits
+            found.update(int(r[0]) for r, hit in zip(rows, close.any(axis=1), strict=True) if hit)
+    return found
+
+
+def _informative_templates(session: Session, new: Sequence[ListingFacts], *,
+                           config: EvidenceConfig) -> tuple[set[str], set[int]]:
+    """The new listings' templates that fingerprint (2 to `template_max_sellers` sellers over the whole
+    catalog, enough literal words), and the older rows that carry them."""
+    sellers: dict[str, set[str]] = {}
+    for f in new:
+        if f.template is not None and _literal_words(f.template) >= config.template_min_words:
+            sellers.setdefault(f.template, set()).add(f.seller)
+    keys = {template_key(t): t for t in sellers}
+    key_list = sorted(keys)
+    crowded: set[str] = set()  # templates with more older sellers than a fingerprint has
+    for start in range(0, len(key_list), 500):
+        for key, count in session.execute(
+                select(RingListing.template_key, func.count(distinct(RingListing.seller_id)))
+                .where(RingListing.template_key.in_(key_list[start : start + 500]))
+                .group_by(RingListing.template_key)):
+            if count > config.template_max_sellers:
+                crowded.add(keys[key])
+    rows: dict[str, set[int]] = {}
+    for key in (k for k in key_list if keys[k] not in crowded):
+        for row_id, seller in session.execute(select(RingListing.listing_row_id, RingListing.seller_id)
+                                              .where(RingListing.template_key == key)):
+            sellers[keys[key]].add(seller)
+            rows.setdefault(keys[key], set()).add(row_id)
+    informative = {t for t, s in sellers.items() if t not in crowded and 2 <= len(s) <= config.template_max_sellers}
+    return informative, {r for t in informative for r in rows.get(t, ())}
+
+
+def _near_flagged_vectors(session: Session, new: Sequence[ListingFacts], *, after_row: int, similarity: float,
+                          chunk: int = 1000) -> set[int]:
+    """Flagged rows up to `after_row` whose stored vector is within `similarity` of a new flagged one's:
+    the older flagged vectors are read a chunk at a time, never held together."""
+    if not new:
+        return set()
+    labels: dict[int, str] = {}
+    for row_id, label in session.execute(select(Review.listing_row_id, Review.label)
+                                         .where(Review.listing_row_id <= after_row).order_by(Review.id)):
+        labels[row_id] = str(label)
+    flagged = {row_id for row_id, decision in session.execute(
+        select(Listing.id, Listing.decision).where(Listing.id <= after_row, Listing.seller_id.is_not(None),
+                                                   Listing.decision.in_(sorted(FLAGGED_DECISIONS))))
+               if _flagged(decision, labels.get(row_id))}
+    confirmed = [r for r, label in labels.items() if label == "counterfeit" and r not in flagged]
+    flagged.update(row_id for (row_id,) in _chunked_rows(  # labelled counterfeit, whatever the decision
+        session, select(Listing.id).where(Listing.seller_id.is_not(None)), Listing.id, confirmed, chunk))
+    queries: dict[int, np.ndarray] = {}  # by vector size: another model's vectors are not compared
+    for size in {f.vector.size for f in new}:  # type: ignore[union-attr]
+        queries[size] = np.stack([f.vector for f in new if f.vector.size == size])  # type: ignore[union-attr, misc]
+    found: set[int] = set()
+    ids = sorted(flagged)
+    for start in range(0, len(ids), chunk):
+        stored: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for row_id, blob in session.execute(select(ListingEvidence.listing_row_id, ListingEvidence.vector).where(
+                ListingEvidence.listing_row_id.in_(ids[start : start + chunk]), ListingEvidence.vector.is_not(None))):
+            vector = np.frombuffer(blob, dtype=np.float32)
+            stored.setdefault(vector.size, []).append((int(row_id), vector))
+        for size, part in stored.items():
+            if size in queries:
+                close = (np.stack([v for _, v in part]) @ queries[size].T).max(axis=1) >= similarity
+                found.update(row_id for (row_id, _), hit in zip(part, close, strict=True) if hit)
+    return found
+
+
 @dataclasses.dataclass(frozen=True)
 class Edge:
     """Evidence of `kind` between two listings (`a` older than `b`) of two sellers."""
@@ -164,8 +368,11 @@ class Edge:
     detail: Any = None
 
 
-def find_edges(facts: Sequence[ListingFacts], *, new_from: int, config: EvidenceConfig) -> list[Edge]:
+def find_edges(facts: Sequence[ListingFacts], *, new_from: int, config: EvidenceConfig,
+               informative: set[str] | None = None) -> list[Edge]:
     """Edges between each listing at index ≥ `new_from` and every older listing (each pair once).
+    `informative` are the templates that fingerprint; without it, they are counted over `facts`, which must
+    then be the whole catalog (`gather_update` counts them in the catalog and passes them).
 
     Near-same photos and near-identical vectors are found by index (`_close_photos`, `_close_vectors`), not
     by comparing each new listing with every older one, so a rebuild of a large catalog is not quadratic
@@ -179,13 +386,13 @@ def find_edges(facts: Sequence[ListingFacts], *, new_from: int, config: Evidence
     sellers = np.array([seller_codes.setdefault(f.seller, len(seller_codes)) for f in facts], dtype=np.int64)
     photos = _close_photos(facts, new_from=new_from, bits=config.photo_bits)
     vectors = _close_vectors(facts, new_from=new_from, similarity=config.embedding_similarity)
-    # sellers per template, over the whole catalog: how common a style is
-    template_sellers: dict[str, set[str]] = {}
-    for f in facts:
-        if f.template is not None:
-            template_sellers.setdefault(f.template, set()).add(f.seller)
-    informative = {t for t, s in template_sellers.items()
-                   if 2 <= len(s) <= config.template_max_sellers and _literal_words(t) >= config.template_min_words}
+    if informative is None:  # sellers per template, over the whole catalog: how common a style is
+        template_sellers: dict[str, set[str]] = {}
+        for f in facts:
+            if f.template is not None:
+                template_sellers.setdefault(f.template, set()).add(f.seller)
+        informative = {t for t, s in template_sellers.items()
+                       if 2 <= len(s) <= config.template_max_sellers and _literal_words(t) >= config.template_min_words}
     by_serial: dict[str, list[int]] = {}
     by_ref: dict[int, list[int]] = {}
     by_template: dict[str, list[int]] = {}
@@ -251,23 +458,24 @@ def _close_photos(facts: Sequence[ListingFacts], *, new_from: int, bits: int) ->
 def _close_vectors(facts: Sequence[ListingFacts], *, new_from: int, similarity: float,
                    block: int = 1024) -> dict[int, list[tuple[int, float]]]:
     """For each flagged listing at index ≥ `new_from` with a vector, the older flagged listings (ascending)
-    whose unit vector has a cosine of at least `similarity` with it, and that cosine. Vectors of another
-    size than the first flagged one's (another model's) are left out. Exact, in blocks of matrix products."""
-    flagged = [i for i, f in enumerate(facts) if f.vector is not None and f.flagged]
-    if not flagged:
-        return {}
-    dim = facts[flagged[0]].vector.size  # type: ignore[union-attr]
-    rows = np.array([i for i in flagged if facts[i].vector.size == dim], dtype=np.int64)  # type: ignore[union-attr]
-    vectors = np.stack([facts[i].vector for i in rows]).astype(np.float32)  # type: ignore[misc]
+    whose unit vector has a cosine of at least `similarity` with it, and that cosine. Only vectors of one
+    size (one model's) are compared. Exact, in blocks of matrix products."""
+    by_size: dict[int, list[int]] = {}
+    for i, f in enumerate(facts):
+        if f.vector is not None and f.flagged:
+            by_size.setdefault(f.vector.size, []).append(i)
     out: dict[int, list[tuple[int, float]]] = {}
-    new = np.nonzero(rows >= new_from)[0]
-    for start in range(0, len(new), block):
-        at = new[start : start + block]
-        sims = vectors[at] @ vectors[: at[-1]].T  # only rows before the block's last can be older
-        for k, q in enumerate(at):
-            close = np.nonzero(sims[k, :q] >= similarity)[0]
-            if len(close):
-                out[int(rows[q])] = [(int(rows[j]), float(sims[k, j])) for j in close]
+    for flagged in by_size.values():
+        rows = np.array(flagged, dtype=np.int64)
+        vectors = np.stack([facts[i].vector for i in flagged]).astype(np.float32)  # type: ignore[misc]
+        new = np.nonzero(rows >= new_from)[0]
+        for start in range(0, len(new), block):
+            at = new[start : start + block]
+            sims = vectors[at] @ vectors[: at[-1]].T  # only rows before the block's last can be older
+            for k, q in enumerate(at):
+                close = np.nonzero(sims[k, :q] >= similarity)[0]
+                if len(close):
+                    out[int(rows[q])] = [(int(rows[j]), float(sims[k, j])) for j in close]
     return out
 
 

@@ -1,7 +1,8 @@
 """Seller networks: rings are the communities (networkx Louvain) of a graph of sellers joined by evidence.
 
 `update_rings` takes in the listings scored since the last update: it finds their evidence edges
-against every older listing (`evidence.find_edges`), adds them to the seller edges kept in the catalog,
+against every older listing (`evidence.find_edges`, over the older listings `evidence.gather_update` looks
+up by index rather than the whole catalog), adds them to the seller edges kept in the catalog,
 and re-detects communities only in the connected parts of the graph those sellers touch; a community
 keeps the id of the ring it overlaps most. `rebuild_rings` forgets the edges and rings and takes in
 every listing again. Two sellers are linked when the summed weights of their evidence kinds reach
@@ -24,9 +25,19 @@ from markguard.serving.intelligence.evidence import (
     EvidenceConfig,
     ListingFacts,
     find_edges,
-    gather_listings,
+    gather_update,
+    keep_catalog,
+    keep_taken_in,
+    sellers_listings,
 )
-from markguard.serving.intelligence.tables import Ring, RingMember, RingState, SellerEdge
+from markguard.serving.intelligence.tables import (
+    Ring,
+    RingFakeRef,
+    RingListing,
+    RingMember,
+    RingState,
+    SellerEdge,
+)
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Brand, Listing
 from markguard.vision.errors import NotFound
@@ -142,13 +153,17 @@ def update_rings(home: Home, *, config: EvidenceConfig | None = None) -> RingUpd
     with home.write_lock(), home.sessions.begin() as session:
         state = session.get(RingState, 1)
         if state is None:
-            state = RingState(id=1, last_listing_row=0)
+            state = RingState(id=1, last_listing_row=0, listings_kept=True)
             session.add(state)
-        facts = gather_listings(session)
-        new_from = next((i for i, f in enumerate(facts) if f.row > state.last_listing_row), len(facts))
+        if not state.listings_kept:  # built before `ring_listings`: record what it took in, once
+            keep_catalog(session, up_to=state.last_listing_row)
+            state.listings_kept = True
+        gathered = gather_update(session, after_row=state.last_listing_row, config=config)
+        facts, new_from = gathered.facts, gathered.new_from
         if new_from == len(facts):
             return RingUpdate(0, 0, len(_live(session)), 0)
-        edges = find_edges(facts, new_from=new_from, config=config)
+        edges = find_edges(facts, new_from=new_from, config=config, informative=gathered.informative)
+        keep_taken_in(session, facts[new_from:])
         touched = _store_edges(session, edges) | {f.seller for f in facts[new_from:]}
         session.flush()
         graph = _component_graph(session, touched, config)
@@ -162,10 +177,9 @@ def update_rings(home: Home, *, config: EvidenceConfig | None = None) -> RingUpd
                                                .where(RingMember.ring_id.in_(list(old)))):
             old[ring_id].add(seller)
         changed, claimed = 0, set()
-        by_seller: dict[str, list[ListingFacts]] = {}
-        for f in facts:
-            by_seller.setdefault(f.seller, []).append(f)
-        for members in sorted(_communities(graph), key=lambda c: (-len(c), sorted(c))):
+        communities = _communities(graph)
+        by_seller = sellers_listings(session, {s for c in communities for s in c})
+        for members in sorted(communities, key=lambda c: (-len(c), sorted(c))):
             best = max(((len(members & m), rid) for rid, m in old.items() if rid not in claimed and members & m),
                        default=None)
             ring = session.get(Ring, best[1]) if best else None
@@ -195,6 +209,8 @@ def rebuild_rings(home: Home, *, config: EvidenceConfig | None = None) -> RingUp
         session.execute(delete(RingMember))
         session.execute(delete(Ring))
         session.execute(delete(SellerEdge))
+        session.execute(delete(RingFakeRef))
+        session.execute(delete(RingListing))
         session.execute(delete(RingState))
     return update_rings(home, config=config)
 

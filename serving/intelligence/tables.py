@@ -1,16 +1,19 @@
-"""The intelligence tables (migration 0005): listing evidence, seller edges, rings, exports, sharing."""
+"""The intelligence tables (migration 0005): listing evidence, seller edges, rings, exports, sharing; and
+the listings the network has taken in (migration 0011)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from markguard.serving.state.schema import Base
+from markguard.serving.state.schema import Base, BigId
 
-__all__ = ["ListingEvidence", "SellerEdge", "Ring", "RingMember", "RingState", "CaseExport", "BrandSharing"]
+__all__ = ["ListingEvidence", "SellerEdge", "Ring", "RingMember", "RingState", "RingListing", "RingFakeRef",
+           "CaseExport",
+           "BrandSharing"]
 
 
 def _now() -> dt.datetime:
@@ -77,7 +80,30 @@ class RingState(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     last_listing_row: Mapped[int] = mapped_column(Integer, default=0)
+    # False for a network built before `ring_listings` (migration 0011): the next update fills it first
+    listings_kept: Mapped[bool] = mapped_column(Boolean, default=True)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class RingListing(Base):
+    """A listing the network has taken in, as an update looks older listings up: its title template (with
+    the brand words of the day it was taken in) under an indexed key, and its seller."""
+
+    __tablename__ = "ring_listings"
+
+    listing_row_id: Mapped[int] = mapped_column(BigId, ForeignKey("listings.id", ondelete="CASCADE"), primary_key=True)
+    seller_id: Mapped[str] = mapped_column(String(200))
+    template: Mapped[str | None] = mapped_column(Text)
+    template_key: Mapped[str | None] = mapped_column(String(64), index=True)  # sha256 of the template
+
+
+class RingFakeRef(Base):
+    """A known-fake reference a taken-in listing matched (`ListingEvidence.fake_refs`, by reference)."""
+
+    __tablename__ = "ring_fake_refs"
+
+    reference_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    listing_row_id: Mapped[int] = mapped_column(BigId, ForeignKey("listings.id", ondelete="CASCADE"), primary_key=True)
 
 
 class CaseExport(Base):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -11,17 +12,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from markguard.serving.intelligence.evidence import (
     EvidenceConfig,
     ListingFacts,
     find_edges,
     gather_listings,
+    gather_update,
     title_template,
 )
 from markguard.serving.intelligence.rings import list_rings, rebuild_rings, ring_detail, update_rings
-from markguard.serving.intelligence.tables import CaseExport, ListingEvidence
+from markguard.serving.intelligence.tables import (
+    CaseExport,
+    ListingEvidence,
+    RingFakeRef,
+    RingListing,
+    RingState,
+    SellerEdge,
+)
 from markguard.serving.reviews import Review
 from markguard.serving.serials import record_serials
 from markguard.serving.state.home import Home
@@ -165,6 +174,93 @@ def test_indexed_photo_and_vector_search_finds_exactly_the_close_pairs():
         distances = {bin((phashes[a] ^ phashes[b]) & (2**64 - 1)).count("1") for a, b in photo}
         assert distances == set(range(bits + 1))  # every distance up to the limit was there to be found
         assert len(photo) > 200 and len(embedding) > 200
+
+
+def _random_catalog(catalog: Catalog, rng: np.random.Generator, n: int) -> None:
+    """Listings with every kind of evidence, near and far: photos a few bits off a handful of masters,
+    shared serials and known fakes, titles of fingerprint templates and of a house style, near vectors,
+    flags by decision and by review (some reviewed before the network takes them in)."""
+    masters = [int(m) for m in rng.integers(-(1 << 62), 1 << 62, size=6)]
+    directions = rng.normal(size=(6, 16))
+    for _ in range(n):
+        k = int(rng.integers(len(masters)))
+        phash = masters[k]
+        for b in rng.choice(64, size=int(rng.integers(0, 12)), replace=False):
+            phash ^= 1 << int(b)
+        phash = (phash + (1 << 63)) % (1 << 64) - (1 << 63)
+        titles = [None, f"Oatly Oat Milk GENUINE IMPORT lot {k}", "Oatly Oat Milk best price fast ship",
+                  f"Oat Milk factory outlet {rng.integers(3)}"]
+        row = catalog.add(f"s{rng.integers(60)}", brand=str(rng.choice(["Oatly", "Arla"])),
+                          phash=None if rng.random() < 0.1 else phash,
+                          decision=str(rng.choice(["pass", "pass", "review", "takedown"])),
+                          title=titles[int(rng.integers(len(titles)))],
+                          serial=f"OA-{rng.integers(40)}" if rng.random() < 0.3 else None,
+                          fake_refs=tuple(int(r) for r in rng.choice(8, size=int(rng.integers(0, 2)))),
+                          vector=directions[k] + rng.normal(size=16) * 0.15 if rng.random() < 0.6 else None,
+                          at=T0 + dt.timedelta(minutes=catalog.n))
+        if rng.random() < 0.15:
+            with catalog.home.sessions.begin() as s:
+                s.add(Review(listing_row_id=row, brand_id=None, label=str(rng.choice(["counterfeit", "genuine"])),
+                             image_sha256=f"{row:064x}", reviewer_key_id="mod"))
+
+
+def _seller_edges(home: Home) -> list[tuple]:
+    with home.sessions() as s:
+        return [(e.seller_a, e.seller_b, e.kind, e.weight, e.count, e.examples, _utc(e.first_seen), _utc(e.last_seen))
+                for e in s.scalars(select(SellerEdge).order_by(SellerEdge.seller_a, SellerEdge.seller_b, SellerEdge.kind))]
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _edges_both_ways(home: Home, config: EvidenceConfig) -> list[tuple]:
+    """The next update's edges as `gather_update` looks the older listings up, asserted equal to those over
+    the whole catalog (`gather_listings`, as updates read it before)."""
+    with home.sessions() as s:
+        state = s.get(RingState, 1)
+        gathered = gather_update(s, after_row=state.last_listing_row, config=config)
+        everything = gather_listings(s)
+    new_from = next(i for i, f in enumerate(everything) if f.row > state.last_listing_row)
+    def plain(facts: list[ListingFacts]) -> list[tuple]:
+        return [(*dataclasses.astuple(dataclasses.replace(f, vector=None)),
+                 None if f.vector is None else f.vector.tobytes()) for f in facts]
+
+    assert plain(gathered.facts[gathered.new_from :]) == plain(everything[new_from:])
+    assert gathered.new_from < new_from  # not every older listing was read
+    looked_up = find_edges(gathered.facts, new_from=gathered.new_from, config=config, informative=gathered.informative)
+    read_all = find_edges(everything, new_from=new_from, config=config)
+    as_tuples = [[(e.kind, e.weight, e.a.row, e.b.row, e.detail) for e in edges] for edges in (looked_up, read_all)]
+    assert as_tuples[0] == as_tuples[1]
+    return as_tuples[0]
+
+
+def test_updates_that_look_older_listings_up_find_the_edges_of_a_whole_catalog_read(catalog: Catalog):
+    """An update reads the new listings and looks up, by index, only the older ones an edge can join them
+    with (`gather_update`): it finds the edges that reading every listing finds, update after update, and
+    a network built before `ring_listings` existed fills it first. Seller edges of every kind but templates
+    are then those of a rebuild (a template judged rare when taken in may be common by now)."""
+    rng = np.random.default_rng(11)
+    lookups = EvidenceConfig(lookup_share=float("inf"))  # every update after the first by lookups
+    _random_catalog(catalog, rng, 150)
+    assert update_rings(catalog.home, config=lookups).listings == 150
+    kinds: set[str] = set()
+    for step in (1, 7, 30, 2, 60, "migrated", 20, 10):
+        if step == "migrated":  # a network kept before migration 0011: the next update fills its tables
+            with catalog.home.sessions.begin() as s:
+                s.execute(delete(RingFakeRef))
+                s.execute(delete(RingListing))
+                s.get(RingState, 1).listings_kept = False
+            continue
+        _random_catalog(catalog, rng, step)
+        with catalog.home.sessions() as s:
+            if s.get(RingState, 1).listings_kept:
+                kinds |= {edge[0] for edge in _edges_both_ways(catalog.home, lookups)}
+        assert update_rings(catalog.home, config=lookups).listings == step
+    assert kinds == {"photo", "serial", "known_fake", "template", "embedding"}
+    incremental = [e for e in _seller_edges(catalog.home) if e[2] != "template"]
+    rebuild_rings(catalog.home, config=EvidenceConfig(lookup_share=0.0))  # every listing read
+    assert [e for e in _seller_edges(catalog.home) if e[2] != "template"] == incremental
 
 
 def test_common_template_is_a_house_style_not_evidence(catalog: Catalog):
