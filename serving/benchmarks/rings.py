@@ -12,7 +12,8 @@ listings (near-copies of shared photos and vectors among unrelated ones). First 
 against an exhaustive search that compares each listing with every older one (how it searched before), in
 this process: the same photo and vector pairs, and the time of each. Then the listings are recorded in a
 fresh home (SQLite, or `MARKGUARD_DATABASE_URL`) and timed through `rebuild_rings` and an `update_rings`
-of the last 50.
+of the last 50; that update's reading step is timed both ways (older listings looked up by index, every
+listing read) on the same catalog, and their edges compared.
 """
 
 from __future__ import annotations
@@ -104,14 +105,26 @@ def exhaustive_pairs(facts: list, *, bits: int, similarity: float) -> tuple[set,
 
 
 def _catalog_timings(facts: list, *, last: int = 50) -> dict[str, Any]:
-    """The listings recorded in a fresh home (no scoring: a decision of review where flagged), then the
-    seconds of `rebuild_rings` over all but the `last` ones and of the `update_rings` that takes those in."""
+    """The listings recorded in a fresh home (no scoring: a decision of review where flagged, and their
+    vectors), then the seconds of `rebuild_rings` over all but the `last` ones and of the `update_rings`
+    that takes those in. Before that update, its reading step both ways on the same catalog: the older
+    listings looked up by index (`gather_update`, as updates read) against every listing read
+    (`gather_listings`, as they read before), each with its `find_edges`, and whether the edges are equal."""
+    import dataclasses
     import datetime as dt
 
+    from markguard.serving.intelligence.evidence import (
+        EvidenceConfig,
+        find_edges,
+        gather_listings,
+        gather_update,
+    )
     from markguard.serving.intelligence.rings import rebuild_rings, update_rings
+    from markguard.serving.intelligence.tables import ListingEvidence, RingState
     from markguard.serving.state.home import Home
     from markguard.serving.state.schema import Brand, Listing
 
+    config = EvidenceConfig()
     with tempfile.TemporaryDirectory(prefix="markguard-bench-rings-") as tmp:
         home = Home(Path(tmp) / "home")
         with home.sessions.begin() as session:
@@ -122,23 +135,45 @@ def _catalog_timings(facts: list, *, last: int = 50) -> dict[str, Any]:
 
         def record(chunk: list) -> None:
             with home.sessions.begin() as session:
-                session.add_all(Listing(listing_id=f.listing_id, seller_id=f.seller, brand_id=brand_id,
-                                        image_sha256=f"{f.row:064x}", phash=f.phash, risk=0.9 if f.flagged else 0.1,
-                                        decision="review" if f.flagged else "pass", model_tag="bench",
-                                        result={"title": f"Bench item lot {f.row % 97}"},
-                                        scored_at=dt.datetime.now(dt.UTC)) for f in chunk)
+                rows = [Listing(listing_id=f.listing_id, seller_id=f.seller, brand_id=brand_id,
+                                image_sha256=f"{f.row:064x}", phash=f.phash, risk=0.9 if f.flagged else 0.1,
+                                decision="review" if f.flagged else "pass", model_tag="bench",
+                                result={"title": f"Bench item lot {f.row % 97}"},
+                                scored_at=dt.datetime.now(dt.UTC)) for f in chunk]
+                session.add_all(rows)
+                session.flush()
+                session.add_all(ListingEvidence(listing_row_id=row.id, model_tag="bench", vector=f.vector.tobytes(),
+                                                fake_refs=[])
+                                for row, f in zip(rows, chunk, strict=True) if f.flagged and f.vector is not None)
+
+        def edges(gathered_facts: list, new_from: int, informative: set[str] | None) -> list[tuple]:
+            found = find_edges(gathered_facts, new_from=new_from, config=config, informative=informative)
+            return [(e.kind, e.weight, e.a.row, e.b.row, e.detail) for e in found]
 
         record(facts[:-last])
         t0 = time.perf_counter()
-        rebuilt = rebuild_rings(home)
+        rebuilt = rebuild_rings(home, config=config)
         rebuild_s = time.perf_counter() - t0
         record(facts[-last:])
+        with home.sessions() as session:
+            after = session.get(RingState, 1).last_listing_row
+            t0 = time.perf_counter()
+            gathered = gather_update(session, after_row=after, config=dataclasses.replace(config, lookup_share=1.0))
+            looked_up = edges(gathered.facts, gathered.new_from, gathered.informative)
+            lookup_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            every = gather_listings(session)
+            read_all = edges(every, next(i for i, f in enumerate(every) if f.row > after), None)
+            whole_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        updated = update_rings(home)
+        updated = update_rings(home, config=config)
         update_s = time.perf_counter() - t0
         home.close()
     return {"rebuild_s": round(rebuild_s, 2), "rebuild_edges": rebuilt.edges, "update_listings": updated.listings,
-            "update_s": round(update_s, 2)}
+            "update_s": round(update_s, 2), "update_read_lookups_s": round(lookup_s, 3),
+            "update_read_whole_s": round(whole_s, 3), "update_read_speedup": round(whole_s / lookup_s, 1),
+            "update_older_looked_up": gathered.new_from, "update_edges": len(looked_up),
+            "update_edges_equal": looked_up == read_all}
 
 
 def edge_search_scale(n: int, out: Path) -> int:
@@ -163,8 +198,10 @@ def edge_search_scale(n: int, out: Path) -> int:
     out.write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(figures, indent=1))
     print(f"speedup={figures['speedup']} photo_pairs_missed={figures['photo_pairs_missed']} "
-          f"embedding_pairs_differ={figures['embedding_pairs_differ']}")
-    return 0 if not figures["photo_pairs_missed"] and not figures["photo_pairs_extra"] else 1
+          f"embedding_pairs_differ={figures['embedding_pairs_differ']} "
+          f"update_read_speedup={figures['update_read_speedup']} update_edges_equal={figures['update_edges_equal']}")
+    return 0 if not figures["photo_pairs_missed"] and not figures["photo_pairs_extra"] \
+        and figures["update_edges_equal"] else 1
 
 
 def pairwise(predicted: list[set[str]], truth: list[set[str]]) -> tuple[float, float]:

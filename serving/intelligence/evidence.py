@@ -22,7 +22,7 @@ from typing import Any
 
 import faiss
 import numpy as np
-from sqlalchemy import Select, distinct, func, select, true
+from sqlalchemy import Select, distinct, func, insert, select, true
 from sqlalchemy.orm import Session
 
 from markguard.serving.intelligence.tables import ListingEvidence, RingFakeRef, RingListing
@@ -237,10 +237,13 @@ def _add_vectors(session: Session, flagged: list[ListingFacts], *, model_tag: st
 def keep_taken_in(session: Session, facts: Sequence[ListingFacts]) -> None:
     """Record listings as taken into the network: their templates and known-fake references, where later
     updates look them up (`gather_update`)."""
-    session.add_all(RingListing(listing_row_id=f.row, seller_id=f.seller, template=f.template,
-                                template_key=template_key(f.template) if f.template is not None else None)
-                    for f in facts)
-    session.add_all(RingFakeRef(reference_id=r, listing_row_id=f.row) for f in facts for r in sorted(set(f.fake_refs)))
+    # bulk inserts of plain rows: a rebuild takes in the whole catalog, and ORM objects cost most of the time
+    listings = [{"listing_row_id": f.row, "seller_id": f.seller, "template": f.template,
+                 "template_key": template_key(f.template) if f.template is not None else None} for f in facts]
+    refs = [{"reference_id": r, "listing_row_id": f.row} for f in facts for r in sorted(set(f.fake_refs))]
+    for table, rows in ((RingListing, listings), (RingFakeRef, refs)):
+        if rows:
+            session.execute(insert(table), rows)
 
 
 def keep_catalog(session: Session, *, up_to: int, window: int = 50_000) -> None:
