@@ -8,7 +8,8 @@ can claim 40 megapixels each.
   all, so `CAPS.score_pixels` bounds that memory; a reference upload decodes one image at a time, and
   `CAPS.upload_pixels` and `CAPS.upload_bytes` bound its time and the inflated members it holds.
 - Per process (503, retry): the requests in flight in one worker may together hold at most
-  `CAPS.process_pixels` decoded pixels (all of a scoring request's, the largest image of an upload);
+  `CAPS.process_pixels` decoded pixels (all of a scoring request's, the largest image of an upload or
+  of a drawing of kept photos: `evidence.png`, a case export);
   `RequestBudgets`, an ASGI middleware, gives a request's share back when it ends.
 """
 
@@ -26,10 +27,12 @@ from markguard.vision.archive import IMAGE_SUFFIXES, ArchiveError, ArchiveLimits
 from markguard.vision.decode import MAX_PIXELS, image_size
 from markguard.vision.errors import MarkguardError
 
-__all__ = ["OVER_BUDGET", "PixelPool", "RequestBudget", "RequestBudgets", "PROCESS_PIXELS", "score_budget", "upload_budget"]
+__all__ = ["OVER_BUDGET", "PixelPool", "RequestBudget", "RequestBudgets", "PROCESS_PIXELS", "score_budget", "upload_budget",
+           "draw_budget"]
 
 
 OVER_BUDGET = "over_budget"  # the code of a request over its budget (413): the request's, never one photo's
+UNCAPPED = 2**63 - 1  # a request budget with no cap of its own (only its share of the process's pixels)
 
 
 class PixelPool:
@@ -138,6 +141,13 @@ def upload_budget() -> RequestBudget:
     """This request's reference-upload budget (its images are decoded one at a time)."""
     return _budget("upload", lambda pool: RequestBudget(max_pixels=CAPS.upload_pixels, max_bytes=CAPS.upload_bytes,
                                                         pool=pool, decoded_at_once=True))
+
+
+def draw_budget() -> RequestBudget:
+    """This request's budget for drawing kept photos (`evidence.png`, a case export), decoded one at a time:
+    each passed the decoder's caps when it was kept, so only the process's share (its largest) is bounded."""
+    return _budget("draw", lambda pool: RequestBudget(max_pixels=UNCAPPED, max_bytes=UNCAPPED, pool=pool,
+                                                      decoded_at_once=True))
 
 
 class RequestBudgets:

@@ -8,9 +8,11 @@ routes (`serving.routes.listings`) are thin. `visible_to` is a brand id for a br
   riskiest first, keyset pages: `next` is an opaque cursor holding the last row's sort key, never an
   offset, so a page costs the same however deep it is and rows scored meanwhile do not shift it.
 - `listing_detail`: the stored result (`stored_result`), the reviews of the listing, earlier listings of the same photo
-  (same bytes or the same perceptual hash) or of a serial it showed.
+  (same bytes or the same perceptual hash) or of a serial it showed. A brand-scoped caller sees the stored
+  result cut to its brand (`_visible_result`), here and drawn in `evidence_png`.
 - `listing_photo`, `reference_photo`: the kept bytes and their media type; `evidence_png`: the photo
-  with matched regions, OCR lines and serial reads drawn and labelled (OpenCV).
+  with matched regions, OCR lines and serial reads drawn and labelled (OpenCV), its decoded pixels
+  charged to the process's budget (`serving.budget.draw_budget`).
 - `claim_listing`, `release_claim`: a moderator holds a listing for `CLAIM_TTL`; concurrent claims of
   one listing are decided by the database (a primary-key insert, then a conditional update of an
   expired claim), so exactly one wins on SQLite and PostgreSQL.
@@ -35,6 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from markguard.serving.brands import get_brand
+from markguard.serving.budget import draw_budget
 from markguard.serving.reviews import Review
 from markguard.serving.serials import record_serials
 from markguard.serving.state.home import Home
@@ -314,11 +317,20 @@ def listing_detail(home: Home, row_id: int, *, visible_to: int | None = None,
                 select(ListingSerial.listing_row_id).where(ListingSerial.serial_hmac.in_(hmacs))))
             .order_by(Listing.id.desc()).limit(MAX_RELATED)))
         earlier = {"same_photo": _summaries(session, photo, now=now), "same_serial": _summaries(session, serial, now=now)}
-    result = dict(row.result or {})
-    if visible_to is not None:  # the stored result may name other brands' references and listings: not theirs
-        result["matches"] = [m for m in result.get("matches") or [] if m.get("brand") == brand]
-        result.pop("duplicates", None)
+    result = _visible_result(row.result, brand=brand, visible_to=visible_to)
     return {**summary, "image_sha256": row.image_sha256, "result": result, "reviews": reviews, "earlier": earlier}
+
+
+def _visible_result(result: Mapping[str, Any] | None, *, brand: str | None, visible_to: int | None) -> dict[str, Any]:
+    """A listing's stored result as its caller may see it. It may name other brands' references (matches)
+    and listings (`duplicates`, counted by `duplicates_total`): a brand-scoped caller (`visible_to`) gets
+    only the matches of the listing's `brand` and no duplicates; everyone else gets all of it."""
+    out = dict(result or {})
+    if visible_to is not None:
+        out["matches"] = [m for m in out.get("matches") or [] if m.get("brand") == brand]
+        out.pop("duplicates", None)
+        out.pop("duplicates_total", None)
+    return out
 
 
 def _media(data: bytes) -> str:
@@ -359,12 +371,15 @@ def evidence_png(home: Home, row_id: int, *, visible_to: int | None = None) -> b
     """The listing's photo (upright, long side between `EVIDENCE_MIN_SIDE` and `EVIDENCE_LONG_SIDE`) with its evidence drawn and labelled:
     matched regions (green: genuine reference, red: known fake; the reference and similarity), OCR
     lines (blue, their text) and serial reads (orange, magenta when the format or checksum fails or
-    the registry does not know it)."""
+    the registry does not know it). A brand-scoped caller sees what `listing_detail` shows it."""
     with home.sessions() as session:
         row = _listing(session, row_id, visible_to)
-        sha, result = row.image_sha256, dict(row.result or {})
-    image = decode_image(_blob(home, sha, f"listing {row_id}"))
-    return draw_evidence(image, result)
+        brand = session.get(Brand, row.brand_id) if row.brand_id is not None else None
+        sha = row.image_sha256
+        result = _visible_result(row.result, brand=brand.name if brand else None, visible_to=visible_to)
+    data = _blob(home, sha, f"listing {row_id}")
+    draw_budget().charge_image(data, f"listing {row_id}")  # 503 while the process holds its share of pixels
+    return draw_evidence(decode_image(data), result)
 
 
 def draw_evidence(image: np.ndarray, result: dict[str, Any]) -> bytes:
@@ -372,10 +387,11 @@ def draw_evidence(image: np.ndarray, result: dict[str, Any]) -> bytes:
     h, w = image.shape[:2]
     # large photos drawn smaller, small ones larger: labels stay legible either way
     scale = min(EVIDENCE_LONG_SIDE, max(EVIDENCE_MIN_SIDE, max(h, w))) / max(h, w)
-    canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    if scale != 1.0:
-        canvas = cv2.resize(canvas, (max(1, round(w * scale)), max(1, round(h * scale))),
+    canvas = image
+    if scale != 1.0:  # resized first: no second full-size copy of a large photo
+        canvas = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
                             interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    canvas = cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)  # a copy: `image` is not drawn on
     thick = max(2, round(max(canvas.shape[:2]) / 400))
     labels: list[tuple[str, tuple[int, int], tuple[int, int, int], bool]] = []  # drawn after every box
 

@@ -1,10 +1,12 @@
 """Case bundles for investigators: one ring's evidence, self-contained and provably unaltered.
 
 `export_case` writes `case.json` (listings, sellers, serial hashes, decisions, reviews, times, model
-tags, evidence edges), the photos (`photos/`, as kept, and `annotated/`, each with its listing,
-decision and evidence drawn on it), `network.png` (the ring's graph), `report.html`, and last
-`manifest.sha256` (SHA-256 of every other file). `verify_case` re-hashes a bundle and names every
-changed, missing or added file. Each export is written to the `case_exports` audit log.
+tags, evidence edges), the photos (`photos/SHA256.img`, as kept, and `annotated/ROW.png`, each with
+its listing, decision and evidence drawn on it, at most `ANNOTATED_SIDE` on a side), `network.png`
+(the ring's graph), `report.html`, and last `manifest.sha256` (SHA-256 of every other file). Files
+are named by what the server decided (the photo's hash, the listing's catalog row), never by a
+client's `listing_id`, which is only data in `case.json`. `verify_case` re-hashes a bundle and names
+every changed, missing or added file. Each export is written to the `case_exports` audit log.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import cv2
 from PIL import Image, ImageDraw
 from sqlalchemy import select
 
+from markguard.serving.budget import draw_budget
 from markguard.serving.intelligence.rings import ring_detail
 from markguard.serving.intelligence.tables import CaseExport
 from markguard.serving.reviews import Review
@@ -34,6 +38,7 @@ from markguard.vision.weights import sha256_file
 __all__ = ["CaseReport", "export_case", "verify_case", "MANIFEST"]
 
 MANIFEST = "manifest.sha256"
+ANNOTATED_SIDE = 2048  # px: an annotated photo's longest side at most (the photo as kept is in photos/)
 _KIND_COLOURS = {"photo": "tab:blue", "serial": "tab:red", "known_fake": "black", "embedding": "tab:purple",
                  "template": "tab:green"}
 
@@ -80,8 +85,14 @@ def _network_png(detail: dict[str, Any]) -> bytes:
 
 
 def _annotate(data: bytes, lines: list[str], *, flagged: bool) -> bytes:
-    """The photo with a banner of its evidence (listing, seller, decision, the edges it is part of)."""
-    image = Image.fromarray(decode_image(data))
+    """The photo (at most `ANNOTATED_SIDE` on a side) with a banner of its evidence (listing, seller,
+    decision, the edges it is part of)."""
+    pixels = decode_image(data)
+    h, w = pixels.shape[:2]
+    scale = ANNOTATED_SIDE / max(h, w)
+    if scale < 1:
+        pixels = cv2.resize(pixels, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    image = Image.fromarray(pixels)
     banner = 14 * len(lines) + 8
     canvas = Image.new("RGB", (image.width, image.height + banner), (255, 255, 255))
     canvas.paste(image, (0, banner))
@@ -161,7 +172,8 @@ def export_case(home: Home, ring_id: int, out: Path, *, actor: str, role: str,
             (out / photo).write_bytes(data)
             lines = [f"{x['listing_id']}  seller {x['seller_id']}", f"{x['decision']}  risk {x['risk']}",
                      "evidence: " + (", ".join(sorted(kinds_of.get(x['row'], set()))) or "none shown")]
-            annotated = f"annotated/{x['listing_id'] or x['row']}.png"
+            draw_budget().charge_image(data, f"listing {x['row']}")  # 503 while the process holds its share
+            annotated = f"annotated/{int(x['row'])}.png"  # the catalog row: one file per listing, inside `out`
             (out / annotated).write_bytes(_annotate(data, lines, flagged=x["decision"] != "pass"))
             item.update(photo=photo, annotated=annotated)
         listings.append(item)

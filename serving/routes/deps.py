@@ -25,10 +25,11 @@ from markguard.serving.limits import ApiError, RateLimiter, note_request
 from markguard.serving.problems import PROBLEM_JSON, Problem
 from markguard.vision.errors import NotFound
 
-__all__ = ["brand_scope", "iso_time", "Backend", "Embed", "local_embed", "backend", "require", "brand_of", "errors", "MAX_ID", "Admin", "Platform",
+__all__ = ["brand_scope", "iso_time", "TIME_YEARS", "Backend", "Embed", "local_embed", "backend", "require", "brand_of", "errors", "MAX_ID", "Admin", "Platform",
            "BrandKey", "Moderator"]
 
 MAX_ID = 2**63 - 1  # catalog ids are signed 64-bit: a larger one is refused (422), never looked up
+TIME_YEARS = (1, 9998)  # years a query's time may name, in UTC: a year short of datetime's last, so a week added fits
 Embed = Callable[[np.ndarray], Awaitable[np.ndarray]]
 
 
@@ -117,11 +118,15 @@ def brand_scope(principal: Principal) -> int | None:
 
 
 def iso_time(value: str | None, name: str) -> dt.datetime | None:
-    """A query parameter's ISO date or time (UTC when it names no zone); 422 when it is not one."""
+    """A query parameter's ISO date or time, in UTC (taken as UTC when it names no zone); 422 when it is
+    not one, or falls outside `TIME_YEARS` in UTC (so no later conversion or arithmetic overflows)."""
     if value is None:
         return None
     try:
         parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise ApiError(422, f"{name}: expected an ISO date or time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+        parsed = parsed.astimezone(dt.UTC) if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    except (ValueError, OverflowError):
+        parsed = None
+    if parsed is None or not TIME_YEARS[0] <= parsed.year <= TIME_YEARS[1]:
+        raise ApiError(422, f"{name}: expected an ISO date or time in the years {TIME_YEARS[0]} to {TIME_YEARS[1]} (UTC)")
+    return parsed

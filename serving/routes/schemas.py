@@ -126,7 +126,7 @@ class EmbedOut(_Out):
 
 # -- request bodies: strict, so JSON is taken exactly as the schema types it (`0` is not `false`) ---------
 class _In(BaseModel):
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(strict=True, extra="forbid")  # a misspelt or unknown field: 422 naming it, never ignored
 
 
 # -- brands ---------------------------------------------------------------------------------------------
