@@ -24,7 +24,7 @@ from markguard.datasets.build import BuildReport, Skipped, Tile, finish_build, p
 from markguard.datasets.manifest import Label, ManifestRow
 from markguard.datasets.splits import split_for
 from markguard.vision.archive import ArchiveError, ArchiveLimits, member_problem, open_zip, read_member
-from markguard.vision.decode import MAX_BYTES, decode_image, sniff_format
+from markguard.vision.decode import MAX_BYTES, decode_image, file_name_text, sniff_format
 from markguard.vision.errors import ImageError
 
 __all__ = ["IMPORT_LIMITS", "ImportOptions", "build_import"]
@@ -56,7 +56,7 @@ def _folder_entries(root: Path, skipped: list[Skipped]) -> Iterator[_Entry]:
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            rel = path.relative_to(root).as_posix()
+            rel = file_name_text(path.relative_to(root).as_posix())  # stored in the manifest: valid text
             if path.is_symlink():
                 skipped.append(Skipped(rel, "symbolic link (not followed)"))
                 continue

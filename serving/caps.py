@@ -29,6 +29,7 @@ class Caps:
     score_pixels: int = 64_000_000  # decoded pixels of all photos of one /score, /score_batch or /embed
     upload_pixels: int = 200_000_000  # decoded pixels of one reference upload (decoded one at a time; bounds its time)
     upload_bytes: int = 128 * 1024**2  # image bytes of one reference upload, zip members inflated
+    upload_images: int = 500  # images of one reference upload, zip members counted (each is embedded, however small)
     # per worker process
     process_pixels: int = 160_000_000  # decoded pixels held by all requests in flight (an upload: its largest image)
 

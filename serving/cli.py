@@ -19,7 +19,7 @@ from pathlib import Path
 
 from markguard.vision.errors import MarkguardError
 
-__all__ = ["main", "build_parser", "add_home_argument"]
+__all__ = ["main", "build_parser", "add_home_argument", "text_argument"]
 
 # Modules that add sub-commands: each has `register(subparsers)`, setting `func(args) -> int`.
 # Imported only when the parser is built, so that `markguard score` does not import training code.
@@ -46,6 +46,19 @@ _HOME_HELP = "state directory (default: $MARKGUARD_HOME or ./.markguard)"
 def add_home_argument(parser: argparse.ArgumentParser) -> None:
     """`--home DIR` after the command; `main` fills it from the global `--home` or the settings."""
     parser.add_argument("--home", type=Path, default=None, metavar="DIR", help=_HOME_HELP)
+
+
+def text_argument(value: str) -> str:
+    """An argparse `type` for text that is stored or looked up (ids, titles, names): refused at parse time
+    (exit 2) when it holds NUL or bytes that are not UTF-8 (which Python carries as lone surrogates), which
+    the catalog cannot store. File paths are not text: they take any bytes the file system does."""
+    if "\0" in value:
+        raise argparse.ArgumentTypeError("holds a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("is not valid UTF-8 text") from None
+    return value
 
 
 def _version() -> str:

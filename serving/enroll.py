@@ -1,10 +1,12 @@
 """Enrolling reference images: files, folders and zip archives → blobs, catalog rows, index vectors.
 
-All inputs are read, decoded and embedded before anything is written. Then, under the home's write
-lock: the blobs, the catalog rows in one transaction and its commit, and only then the index
-(`indexing.commit_then_index`, write-ahead): a failure before the commit leaves the catalog as it was
-(and blobs that `markguard home sweep` collects); one after it leaves an index the next refresh rebuilds.
-A reference keeps only the file's name (`public_label`), never the operator's folders.
+All inputs are read, decoded and embedded before anything is written, outside the home's write lock (an
+upload of many images holds no other writer up). Then, under the lock: duplicates and the brand's cap
+checked again (another writer may have enrolled since), the blobs, the catalog rows in one transaction
+and its commit, and only then the index (`indexing.commit_then_index`, write-ahead): a failure before
+the commit leaves the catalog as it was (and blobs that `markguard home sweep` collects); one after it
+leaves an index the next refresh rebuilds.
+A reference keeps only the file's name (`public_label`, as valid text), never the operator's folders.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from markguard.serving.brands import get_brand, get_or_create_product
 from markguard.serving.caps import CAPS
@@ -24,10 +27,10 @@ from markguard.serving.state.home import Home
 from markguard.serving.state.schema import Reference, ReferenceKind
 from markguard.vision.archive import IMAGE_SUFFIXES, is_zip, iter_zip_images
 from markguard.vision.artifact import ModelArtifact
-from markguard.vision.decode import MAX_BYTES, decode_image
+from markguard.vision.decode import MAX_BYTES, decode_image, file_name_text
 from markguard.vision.embed import Embedder, embed_images
 from markguard.vision.embed.preprocess import resize_square
-from markguard.vision.errors import ImageError, MarkguardError
+from markguard.vision.errors import ImageError, ImageTooLarge, InvalidImage, MarkguardError
 
 __all__ = ["InputImage", "collect_inputs", "enroll", "EnrollReport", "public_label"]
 
@@ -36,6 +39,7 @@ __all__ = ["InputImage", "collect_inputs", "enroll", "EnrollReport", "public_lab
 class InputImage:
     label: str  # the file, or `archive.zip!member`, as the user will recognise it
     data: bytes
+    error: ImageError | None = None  # why the file was not read (too large, unreadable): `enroll` refuses or skips it
 
 
 def collect_inputs(paths: Iterable[str | Path]) -> list[InputImage]:
@@ -61,10 +65,14 @@ def collect_inputs(paths: Iterable[str | Path]) -> list[InputImage]:
 
 
 def _read_file(path: Path, label: str) -> InputImage:
-    size = path.stat().st_size
-    if size > MAX_BYTES:
-        raise MarkguardError(f"{label}: {size} bytes exceeds the {MAX_BYTES}-byte limit")
-    return InputImage(label, path.read_bytes())
+    """The file's bytes; a file too large to read, or unreadable, is left to `enroll` (`skip_bad`) with its error."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            return InputImage(label, b"", ImageTooLarge(f"{size} bytes exceeds the {MAX_BYTES}-byte limit"))
+        return InputImage(label, path.read_bytes())
+    except OSError as exc:
+        return InputImage(label, b"", InvalidImage(f"cannot read ({exc.strerror or exc})"))
 
 
 def public_label(label: str) -> str:
@@ -72,7 +80,7 @@ def public_label(label: str) -> str:
     the folders on the machine that enrolled it. `/srv/keys/acme/refs.zip!a/b.jpg` → `refs.zip!a/b.jpg`."""
     outer, sep, member = label.partition("!") if ".zip!" in label.lower() else (label, "", "")
     name = outer.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
-    return (name + sep + member)[-1000:]
+    return file_name_text(name + sep + member)[-1000:]
 
 
 @dataclasses.dataclass
@@ -96,14 +104,20 @@ def enroll(
 ) -> EnrollReport:
     report = EnrollReport()
     with home.sessions() as session:
-        get_brand(session, brand)  # unknown brand: fail before decoding anything
+        brand_row = get_brand(session, brand)  # unknown brand: fail before decoding anything
+        brand_name, enrolled = brand_row.name, _enrolled(session, brand_row.id)
     # one image decoded at a time and shrunk at once to the embedder's input (what `embed_images` would
     # do first, so the vectors are the same): a large upload never holds more than one full-size image
     decoded: list[tuple[InputImage, np.ndarray, str]] = []
     sizes: dict[str, tuple[int, int]] = {}  # sha256 → (width, height) as uploaded
-    seen: set[str] = set()
     for item in inputs:
+        digest = hashlib.sha256(item.data).hexdigest()
+        if item.error is None and (digest in sizes or digest in enrolled):
+            report.duplicates.append(item.label)
+            continue
         try:
+            if item.error is not None:
+                raise item.error
             full = decode_image(item.data)
             pixels = resize_square(full, model.config.input_size)
         except ImageError as exc:
@@ -111,25 +125,23 @@ def enroll(
                 raise type(exc)(f"{item.label}: {exc}") from None  # keeps its class: 415 or 422
             report.skipped.append((item.label, str(exc)))
             continue
-        digest = hashlib.sha256(item.data).hexdigest()
-        if digest in seen:
-            report.duplicates.append(item.label)
-            continue
-        seen.add(digest)
         sizes[digest] = (int(full.shape[1]), int(full.shape[0]))
         del full
         decoded.append((item, pixels, digest))
+    if not decoded:
+        return report
+    _check_cap(brand_name, len(enrolled) + len(decoded))  # before the embedding it would waste
+    vectors = embed_images(model, [d[1] for d in decoded], progress=progress)
 
     with home.write_lock(), home.sessions() as session:
         brand_row = get_brand(session, brand)
-        existing = set(session.scalars(select(Reference.sha256).where(Reference.brand_id == brand_row.id)))
-        fresh = [d for d in decoded if d[2] not in existing]
+        existing = _enrolled(session, brand_row.id)  # again: another writer may have enrolled some meanwhile
+        keep = [i for i, d in enumerate(decoded) if d[2] not in existing]
         report.duplicates.extend(d[0].label for d in decoded if d[2] in existing)
-        if not fresh:
+        if not keep:
             return report
-        if len(existing) + len(fresh) > CAPS.references:
-            raise MarkguardError(f"brand {brand_row.name!r} would hold more than {CAPS.references} references, the cap")
-        vectors = embed_images(model, [d[1] for d in fresh], progress=progress)
+        _check_cap(brand_row.name, len(existing) + len(keep))
+        fresh, vectors = [decoded[i] for i in keep], vectors[keep]
         product_row = get_or_create_product(session, brand_row, product) if product else None
         rows = []
         for item, _, digest in fresh:
@@ -150,3 +162,13 @@ def enroll(
         commit_then_index(home, session, artifact=artifact, added=rows, vectors=vectors)
         report.added = [r.id for r in rows]
     return report
+
+
+def _enrolled(session: Session, brand_id: int) -> set[str]:
+    """The SHA-256 of every reference the brand holds."""
+    return set(session.scalars(select(Reference.sha256).where(Reference.brand_id == brand_id)))
+
+
+def _check_cap(brand: str, count: int) -> None:
+    if count > CAPS.references:
+        raise MarkguardError(f"brand {brand!r} would hold more than {CAPS.references} references, the cap")

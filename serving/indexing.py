@@ -31,7 +31,7 @@ from markguard.serving.state.schema import Reference
 from markguard.vision.artifact import ModelArtifact
 from markguard.vision.decode import decode_image
 from markguard.vision.embed import Embedder, embed_images
-from markguard.vision.errors import IntegrityError, MarkguardError
+from markguard.vision.errors import ImageError, IntegrityError, MarkguardError
 from markguard.vision.index import KIND_CODES, ReferenceIndex, read_manifest, version_files
 
 __all__ = ["load_or_new", "sync_index", "add_references", "catalog_state", "reconcile", "commit_then_index",
@@ -132,9 +132,9 @@ def sync_index(
             index.remove(np.array(sorted(stale), dtype=np.int64))
         missing = _with_blobs(home, [r for r in refs if r.id not in have or r.id in stale])
         for start in tqdm(range(0, len(missing), 256), desc="re-embedding references", disable=len(missing) < 64):
-            chunk = missing[start : start + 256]
-            images = [decode_image(home.get_blob(r.sha256)) for r in chunk]
-            add_references(index, chunk, embed_images(model, images, batch_size=batch_size))
+            chunk, images = _decoded(home, missing[start : start + 256])
+            if chunk:
+                add_references(index, chunk, embed_images(model, images, batch_size=batch_size))
         if locked and (stale or missing or recorded != state or read_manifest(directory) is None):
             try:
                 index.save(directory, extra={"model_tag": artifact.tag, "catalog": state})
@@ -236,6 +236,21 @@ def _with_blobs(home: Home, refs: list[Reference]) -> list[Reference]:
         else:
             log.error("reference has no blob; left out of the index", extra={"fields": {"reference_id": ref.id}})
     return kept
+
+
+def _decoded(home: Home, refs: list[Reference]) -> tuple[list[Reference], list[np.ndarray]]:
+    """The rows whose blob is intact and decodes, with its pixels; a corrupt one stays out of the index
+    (logged), as a lost one does."""
+    kept, images = [], []
+    for ref in refs:
+        try:
+            images.append(decode_image(home.get_blob(ref.sha256)))
+        except (IntegrityError, ImageError, OSError) as exc:
+            log.error("reference blob is corrupt; left out of the index",
+                      extra={"fields": {"reference_id": ref.id, "error": str(exc)}})
+            continue
+        kept.append(ref)
+    return kept, images
 
 
 def _timestamp(value: dt.datetime | str | None) -> str | None:

@@ -19,10 +19,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from markguard.vision.errors import ImageTooLarge, InvalidImage, UnsupportedFormat
 
-__all__ = ["ImageFormat", "sniff_format", "image_size", "decode_image", "read_image", "MAX_PIXELS", "MAX_BYTES"]
+__all__ = ["ImageFormat", "sniff_format", "image_size", "decode_image", "read_image", "file_name_text", "MAX_PIXELS",
+           "MAX_BYTES"]
 
 MAX_PIXELS = 40_000_000  # 40 MP: larger than any phone photo, far below a bomb's billions
 MAX_BYTES = 32 * 1024 * 1024  # 32 MiB of encoded data
+_SURROGATE = re.compile("[\ud800-\udfff]")  # how Python carries the bytes of a file name that are not UTF-8
 
 # Pillow's own bomb guard is set just above ours so that ours, with its clearer message, fires first.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS * 2
@@ -101,13 +103,33 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS, ma
     return decode_image(data, max_pixels=max_pixels, max_bytes=max_bytes)
 
 
+def file_name_text(name: str) -> str:
+    """A file's name as text that can be stored, sent as JSON and printed: each byte of a name that is not
+    UTF-8 (which Python carries as a lone surrogate, `caf\\udce9.jpg`) becomes U+FFFD, the rest is kept."""
+    return _SURROGATE.sub("\ufffd", name)
+
+
 def _to_rgb(img: Image.Image) -> np.ndarray:
     """RGB uint8 with as few full-size copies as possible (a 40 MP photo is 120 MB a copy): no conversion
     of an image already RGB, and transparency laid on white in bands of rows."""
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         return _on_white(np.asarray(img if img.mode == "RGBA" else img.convert("RGBA")))
+    if img.mode.startswith("I;16") or img.mode == "I":
+        return _gray16_to_rgb(np.asarray(img))
     rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
     return np.ascontiguousarray(rgb)
+
+
+def _gray16_to_rgb(gray: np.ndarray) -> np.ndarray:
+    """16-bit gray (a PNG's `I;16`, or 32-bit `I` read as 0..65535) scaled to 8 bits, its top byte, on
+    three channels: Pillow's `convert("RGB")` clips it instead, so a 16-bit photo comes out all white."""
+    if gray.dtype.kind == "i":  # mode I: int32, whatever its range
+        gray = np.clip(gray, 0, 65535)
+    out = np.empty((*gray.shape, 3), dtype=np.uint8)
+    np.right_shift(gray, 8, out=out[..., 0], casting="unsafe")
+    out[..., 1] = out[..., 0]
+    out[..., 2] = out[..., 0]
+    return out
 
 
 def _on_white(rgba: np.ndarray, *, rows: int = 256) -> np.ndarray:

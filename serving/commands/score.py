@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from markguard.serving.cli import add_home_argument
+from markguard.serving.cli import add_home_argument, text_argument
 from markguard.vision.decode import MAX_BYTES
 from markguard.vision.errors import ImageError, MarkguardError
 
@@ -20,11 +20,12 @@ _ID_LIMIT = 200  # characters of --listing, --seller and --title, as the API tak
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("score", help="score listing photos; prints one JSON object per image")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="photo paths; `-` reads paths from stdin, one per line")
-    p.add_argument("--brand", help="the brand the listing claims")
-    p.add_argument("--product", help="the product the listing claims (needs --brand)")
-    p.add_argument("--seller", help="the seller's id, for reuse across sellers")
-    p.add_argument("--listing", help="the listing's id")
-    p.add_argument("--title", help="the listing's title (stored with the listing, echoed as claimed.title)")
+    p.add_argument("--brand", type=text_argument, help="the brand the listing claims")
+    p.add_argument("--product", type=text_argument, help="the product the listing claims (needs --brand)")
+    p.add_argument("--seller", type=text_argument, help="the seller's id, for reuse across sellers")
+    p.add_argument("--listing", type=text_argument, help="the listing's id")
+    p.add_argument("--title", type=text_argument,
+                   help="the listing's title (stored with the listing, echoed as claimed.title)")
     p.add_argument("--no-record", action="store_true", help="do not record the listing in the catalog")
     p.add_argument("--no-ocr", action="store_true", help="skip reading text (faster; no wordmark or serial evidence)")
     add_home_argument(p)
@@ -98,6 +99,8 @@ def _read(path: str) -> bytes:
         raise MarkguardError("is a directory") from None
     except OSError as exc:
         raise MarkguardError(exc.strerror or str(exc)) from None
+    except ValueError:  # a path no file system takes (a NUL byte, from stdin or a file list)
+        raise MarkguardError("not a valid path (holds a NUL character)") from None
     if len(data) > MAX_BYTES:
         raise MarkguardError(f"larger than the {MAX_BYTES}-byte limit")
     return data

@@ -12,7 +12,8 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
 
-from markguard.serving.budget import upload_budget
+from markguard.serving.budget import OVER_BUDGET, upload_budget
+from markguard.serving.caps import CAPS
 from markguard.serving.catalog import Catalog
 from markguard.serving.enroll import InputImage, collect_inputs, enroll
 from markguard.serving.limits import ApiError
@@ -115,6 +116,7 @@ async def read_uploads(files: list[UploadFile]) -> list[InputImage]:
                     found = collect_inputs([path])
                 except MarkguardError as exc:  # name the upload, not the server's temporary copy
                     raise ApiError(exc.status, f"{label}: {str(exc).replace(str(path), 'archive')}", code=exc.code) from None
+                _count_images(len(out) + len(found), label)
                 for x in found:
                     budget.charge_image(x.data, label, bytes_counted=True)
                 out.extend(InputImage(f"{label}!{x.label.split('!', 1)[-1]}", x.data) for x in found)
@@ -125,6 +127,15 @@ async def read_uploads(files: list[UploadFile]) -> list[InputImage]:
             raise ApiError(415, f"{label}: not a JPEG, PNG or WebP image, nor a zip archive") from None
         except InvalidImage as exc:
             raise ApiError(422, f"{label}: {exc}", code=exc.code) from None
+        _count_images(len(out) + 1, label)
         budget.charge_image(data, label)
         out.append(InputImage(label, data))
     return out
+
+
+def _count_images(count: int, label: str) -> None:
+    """413 when an upload holds more images than `CAPS.upload_images`: each is decoded and embedded, so
+    thousands of tiny ones cost time that the pixel and byte budgets do not see."""
+    if count > CAPS.upload_images:
+        raise ApiError(413, f"{label}: over the cap of {CAPS.upload_images} images per upload (zip members "
+                            f"counted); send fewer per request", code=OVER_BUDGET)
