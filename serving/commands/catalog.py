@@ -8,7 +8,7 @@ import json
 import sys
 
 from markguard.serving.catalog import Catalog, serial_checksums
-from markguard.serving.cli import add_home_argument
+from markguard.serving.cli import add_home_argument, text_argument
 from markguard.serving.state.home import Home
 from markguard.serving.state.schema import ReferenceKind
 from markguard.serving.tables import print_table
@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     brand_sub = brand.add_subparsers(dest="brand_command", metavar="ACTION", required=True)
     p = brand_sub.add_parser("add", help="add a brand")
     p.add_argument("name")
-    p.add_argument("--wordmark", action="append", default=None, help="a text mark of the brand (repeatable)")
+    p.add_argument("--wordmark", action="append", default=None, type=text_argument,
+                   help="a text mark of the brand (repeatable)")
     _add_serial_arguments(p)
     add_home_argument(p)
     p.set_defaults(func=cmd_brand_add)
@@ -35,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_brand_show)
     p = brand_sub.add_parser("update", help="change a brand's policy or wordmarks")
     p.add_argument("name")
-    p.add_argument("--wordmark", action="append", default=None, help="replace the wordmarks (repeatable)")
+    p.add_argument("--wordmark", action="append", default=None, type=text_argument,
+                   help="replace the wordmarks (repeatable)")
     p.add_argument("--review-at", type=_unit_float, help="risk from which a listing goes to review")
     p.add_argument("--takedown-at", type=_unit_float, help="risk from which a listing is taken down")
     p.add_argument("--genuine-from-reviews", choices=("yes", "no"),
@@ -47,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("enroll", help="enroll reference images (files, folders, zip archives)")
     p.add_argument("brand")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--product", help="the product these images show")
+    p.add_argument("--product", type=text_argument, help="the product these images show")
     p.add_argument("--kind", choices=[k.value for k in ReferenceKind], default="genuine")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of failing the enroll")
     add_home_argument(p)

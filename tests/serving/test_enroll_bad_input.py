@@ -89,6 +89,15 @@ def test_score_refuses_text_arguments_the_catalog_cannot_store(option: str, valu
     assert f"argument {option}" in err and reason in err
 
 
+@pytest.mark.parametrize("command", [["enroll", "Arla", "refs", "--product"], ["brand", "add", "Zeta", "--wordmark"],
+                                     ["brand", "update", "Arla", "--wordmark"]])
+def test_catalog_commands_refuse_text_arguments_the_catalog_cannot_store(command: list[str], capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "P\udce9"])
+    assert exited.value.code == 2
+    assert f"argument {command[-1]}: is not valid UTF-8 text" in capsys.readouterr().err
+
+
 def test_score_reports_a_path_holding_nul_and_prints_the_photo_before_it(
         home_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     good = tmp_path / "good.jpg"
