@@ -1,7 +1,9 @@
 """Reading a listing feed (JSON Lines, CSV or Parquet) in chunks, never whole.
 
 Each row names one listing photo: `listing_id`, `seller_id`, `brand`, `product`, `title`, `image`.
-Rows come out as plain dicts of strings (or None) with their 0-based position in the feed as `row`.
+Rows come out as plain dicts of strings (or None) with their 0-based position in the feed as `row`. A row
+that cannot be read (not JSON, not CSV, a field that is not text) comes out with its `error`, in its place:
+one bad row never stops the feed. A file that cannot be read at all (a corrupt Parquet) is a MarkguardError.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ FIELDS = ("listing_id", "seller_id", "brand", "product", "title", "image")
 _FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 FEED_SUFFIXES = frozenset(_FORMATS)
 _MAX_FIELD = 2000  # characters of any one field (titles are cut to the API's limit later)
+_CSV_FIELD_LIMIT = 1 << 24  # characters: Python's default (131,072) failed the whole feed on one long title
 
 
 def feed_format(path: Path) -> str:
@@ -34,12 +37,10 @@ def count_rows(path: Path) -> int:
     """Rows in the feed, read in a streamed pass (Parquet: from its footer)."""
     fmt = feed_format(path)
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
-    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
-        if fmt == "csv":
-            return sum(1 for _ in csv.reader(fh)) - 1 if path.stat().st_size else 0
+        return _parquet_file(path).metadata.num_rows
+    if fmt == "csv":
+        return sum(1 for _ in _csv_rows(path))
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
         return sum(1 for line in fh if line.strip())
 
 
@@ -77,12 +78,26 @@ def clean_row(raw: Any, *, row: int) -> dict[str, Any]:
         if len(value) > _MAX_FIELD:
             out["error"] = f"{name} longer than {_MAX_FIELD} characters"
             continue
+        if "\0" in value:  # no file name or catalog column can hold it
+            out["error"] = f"{name} holds a NUL character"
+            continue
+        if not _is_utf8(value):
+            out["error"] = f"{name} is not UTF-8 text (an unpaired surrogate)"
+            continue
         out[name] = value or None
     return out
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, from a JSON escape such as "\ud800"
+        return False
+    return True
+
+
 def _jsonl_rows(path: Path) -> Iterator[Any]:
-    with open(path, encoding="utf-8", errors="replace") as fh:
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:  # -sig: a BOM (Excel) is not the first row's
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -90,17 +105,53 @@ def _jsonl_rows(path: Path) -> Iterator[Any]:
                 yield json.loads(line)
             except json.JSONDecodeError as exc:
                 yield f"line {n}: not JSON ({exc.msg})"
+            except ValueError:  # an integer past Python's digit limit
+                yield f"line {n}: not JSON (a number too long)"
+            except RecursionError:
+                yield f"line {n}: not JSON (nested too deep)"
 
 
 def _csv_rows(path: Path) -> Iterator[Any]:
-    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
-        yield from csv.DictReader(fh)
+    """Each record as a dict, or a record the csv module refuses as its error message."""
+    csv.field_size_limit(_CSV_FIELD_LIMIT)
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
+        reader = csv.DictReader(fh)
+        try:
+            reader.fieldnames  # noqa: B018 - reads the header line
+        except csv.Error as exc:
+            raise MarkguardError(f"{path}: unreadable CSV header ({exc})") from None
+        while True:
+            line = reader.line_num + 1  # where the next record starts
+            try:
+                yield next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # the reader goes on at the next line
+                yield f"line {line}: not CSV ({exc})"
+
+
+def _parquet_file(path: Path) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except pa.ArrowException as exc:
+        raise _unreadable_parquet(path, exc) from None
 
 
 def _parquet_rows(path: Path) -> Iterator[Any]:
-    import pyarrow.parquet as pq
+    import pyarrow as pa
 
-    names = set(pq.ParquetFile(path).schema_arrow.names)
-    columns = [c for c in FIELDS if c in names]
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=columns):
-        yield from batch.to_pylist()
+    feed = _parquet_file(path)
+    columns = [c for c in FIELDS if c in set(feed.schema_arrow.names)]
+    try:
+        for batch in feed.iter_batches(batch_size=1024, columns=columns):
+            yield from batch.to_pylist()
+    except pa.ArrowException as exc:
+        raise _unreadable_parquet(path, exc) from None
+
+
+def _unreadable_parquet(path: Path, exc: Exception) -> MarkguardError:
+    """The feed as a whole: a Parquet file that is not one (or is cut short) has no rows to report."""
+    return MarkguardError(f"{path}: unreadable Parquet file ({(str(exc).splitlines() or ['?'])[0]})")

@@ -1,13 +1,16 @@
 """A scan's progress journal, `DIR/journal.jsonl`: append-only, fsynced after every entry.
 
-    {"scan": 1, "feed": ..., "start": N}           header, once (`start`: the catalog's last listing row then)
+    {"scan": 2, "feed": ..., "feed_stat": [size, mtime_ns], "start": N}
+                                                   header, once (`start`: the catalog's last listing row then)
     {"chunk": k, "before": N, "rows": [...]}       a chunk's outcomes, written BEFORE the catalog commit
-    {"committed": k}                               written after it (+ "dropped": keys never recorded)
+    {"committed": k}                               written after it (+ "dropped": rows never recorded)
 
-`before` is the catalog's highest listing row id before the chunk's commit, so a scan killed between
-the two lines learns, on restart, whether its chunk reached the catalog (rows above `before` with
-the same listing id and photo) and neither loses nor records it twice. A half-written last line
-(killed mid-write) is ignored.
+Each outcome carries its `row`, its position in the feed: what a resumed scan skips, so every feed row
+has exactly one outcome however often the scan is killed. A feed changed since the header (its size or
+modification time) is refused: its positions may name other rows. `before` is the catalog's highest listing row
+id before the chunk's commit, so a scan killed between the two lines learns, on restart, whether its
+chunk reached the catalog (rows above `before` with the same listing id and photo) and neither loses
+nor records it twice. A half-written last line (killed mid-write) is ignored.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import numpy as np
 from sqlalchemy import func, select
 
 from markguard.serving.scan.record import last_listing_row
-from markguard.serving.scan.worker import DoneMap, row_key
+from markguard.serving.scan.worker import DoneMap
 from markguard.vision.errors import MarkguardError
 
 __all__ = ["Journal"]
+
+_VERSION = 2  # 1: rows were known by listing id and photo, and a resume lost rows that shared them
 
 
 class Journal:
@@ -54,9 +59,9 @@ class Journal:
             if "chunk" in entry:
                 pending[entry["chunk"]] = entry["rows"]
             elif "committed" in entry:
-                dropped = {tuple(k) for k in entry.get("dropped", [])}
+                dropped = set(entry.get("dropped", []))
                 for out in pending.pop(entry["committed"], []):
-                    if not dropped or tuple(row_key(out)) not in dropped:
+                    if out["row"] not in dropped:
                         yield out
 
     def open(self, home: Any) -> DoneMap:
@@ -73,20 +78,27 @@ class Journal:
                 pending.pop(entry["committed"], None)
         if header is not None and header["feed"] != self.feed:
             raise MarkguardError(f"{self.path.parent} holds a scan of {header['feed']}: give a new --out")
+        if header is not None and header["scan"] != _VERSION:
+            raise MarkguardError(f"{self.path.parent} holds a scan journal of an older markguard: give a new --out")
+        if header is not None and header["feed_stat"] != self._feed_stat():  # rows are known by position
+            raise MarkguardError(f"{self.feed} changed since the scan in {self.path.parent} began (its rows are "
+                                 "resumed by position): restore it, or give a new --out")
         self._truncate_partial_line()
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the scan
         if header is None:
-            header = {"scan": 1, "feed": self.feed, "start": last_listing_row(home)}
+            header = {"scan": _VERSION, "feed": self.feed, "feed_stat": self._feed_stat(),
+                      "start": last_listing_row(home)}
             self._append(header)
         self.start = header["start"]
         for k, entry in sorted(pending.items()):
-            self._append({"committed": k, "dropped": [list(row_key(o)) for o in _not_recorded(home, entry)]})
-        listings, shas = array.array("Q"), array.array("Q")  # 16 bytes a finished row
-        for out in self.committed_rows():
-            listing, sha = row_key(out)
-            listings.append(listing)
-            shas.append(sha)
-        return DoneMap(np.frombuffer(listings, np.uint64), np.frombuffer(shas, np.uint64))
+            self._append({"committed": k, "dropped": [o["row"] for o in _not_recorded(home, entry)]})
+        rows = array.array("q", (out["row"] for out in self.committed_rows()))  # 8 bytes a finished row
+        return DoneMap(np.frombuffer(rows, np.int64))
+
+    def _feed_stat(self) -> list[int]:
+        """The feed's size and modification time: a feed edited in place would shift the positions."""
+        stat = os.stat(self.feed)
+        return [stat.st_size, stat.st_mtime_ns]
 
     # -- writing ---------------------------------------------------------------------------------
     def pending(self, rows: list[dict[str, Any]], *, before: int) -> int:

@@ -1,12 +1,15 @@
 """`run_scan`: a feed through the chosen engine's scorers, recorded by one writer, journaled per chunk,
-then written out as results.jsonl, results.parquet and summary.json."""
+then written out as results.jsonl, results.parquet and summary.json. One scan at a time writes an out
+folder: it holds `DIR/scan.lock` (an flock, released however the scan ends) while it runs."""
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import fcntl
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +27,8 @@ from markguard.vision.errors import MarkguardError
 
 __all__ = ["run_scan", "RESULT_COLUMNS"]
 
-RESULT_COLUMNS = ("listing_id", "seller_id", "image", "sha256", "status", "error", "risk", "decision", "brand",
-                  "product", "model")
+RESULT_COLUMNS = ("row", "listing_id", "seller_id", "image", "sha256", "status", "error", "risk", "decision",
+                  "brand", "product", "model")
 _PARQUET_BATCH = 2048
 
 
@@ -37,11 +40,29 @@ def run_scan(settings: ScanSettings, out_dir: Path, *, engine: str = "local", pr
     feed_format(settings.feed)
     if not settings.feed.is_file():
         raise MarkguardError(f"{settings.feed}: no such feed file")
-    home = Home(settings.home)
+    total = count_rows(settings.feed)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with _only_writer(out_dir):
+        return _scan(settings, out_dir, total=total, engine=engine, progress=progress, on_chunk=on_chunk)
+
+
+@contextlib.contextmanager
+def _only_writer(out_dir: Path) -> Iterator[None]:
+    """`DIR/scan.lock`, held for the scan: two scans into one folder would both append to its journal
+    and record its rows twice. The kernel drops the lock when the scan ends, SIGKILL included."""
+    with open(out_dir / "scan.lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MarkguardError(f"another scan is writing {out_dir}") from None
+        yield
+
+
+def _scan(settings: ScanSettings, out_dir: Path, *, total: int, engine: str, progress: bool,
+          on_chunk: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    home = Home(settings.home)
     journal = Journal(out_dir, feed=settings.feed)
     done = journal.open(home)
-    total = count_rows(settings.feed)
     run: collections.Counter[str] = collections.Counter()
     started = time.perf_counter()
     state = {"state": "running", "rows_total": total, "rows_finished_before": len(done), "engine": engine}
@@ -52,9 +73,10 @@ def run_scan(settings: ScanSettings, out_dir: Path, *, engine: str = "local", pr
     bar = tqdm(total=total, unit="row", desc="scan", disable=not progress, dynamic_ncols=True)
     try:
         for outcomes in ENGINES[engine](settings, done):
-            for o in outcomes:
+            for row, o in enumerate(outcomes, rows_done):  # both engines yield the feed in order
+                o["row"] = row  # a Ray block's rows do not know their position: the driver numbers them all
                 cpu.update(o.pop("cpu", None) or {})
-            fresh = [o for o in outcomes if o["status"] != "done"]
+            fresh = [o for o in outcomes if o["row"] not in done]  # Ray's scorers cannot skip them
             run["skipped"] += len(outcomes) - len(fresh)
             if fresh:
                 _mark_repeats(home, fresh, since=journal.start if settings.rescore else 0)
@@ -113,7 +135,7 @@ def _mark_repeats(home: Home, outcomes: list[dict[str, Any]], *, since: int) -> 
 
 def result_row(out: dict[str, Any]) -> dict[str, Any]:
     """An outcome as a line of results.jsonl: the score JSON with the listing id, status and error."""
-    return {"listing_id": out["listing_id"], "seller_id": out["seller_id"], "image": out["image"],
+    return {"row": out["row"], "listing_id": out["listing_id"], "seller_id": out["seller_id"], "image": out["image"],
             "sha256": out["sha256"], "status": out["status"], "error": out["error"], **(out["score"] or {})}
 
 
@@ -121,8 +143,8 @@ def _write_results(journal: Journal, out_dir: Path) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([(c, pa.float64() if c == "risk" else pa.string()) for c in RESULT_COLUMNS]
-                       + [("score_json", pa.string())])
+    types = {"row": pa.int64(), "risk": pa.float64()}
+    schema = pa.schema([(c, types.get(c, pa.string())) for c in RESULT_COLUMNS] + [("score_json", pa.string())])
     by_status: collections.Counter[str] = collections.Counter()
     by_decision: collections.Counter[str] = collections.Counter()
     by_brand: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)

@@ -6,7 +6,6 @@ or a Ray actor): check each row, read its photo, skip what is finished, score th
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 from pathlib import Path
@@ -18,54 +17,26 @@ from sqlalchemy import select
 from markguard.vision.decode import MAX_BYTES
 from markguard.vision.errors import MarkguardError
 
-__all__ = ["ScanWorker", "DoneMap", "row_key", "listing_key_of", "sha_key", "error_key"]
+__all__ = ["ScanWorker", "DoneMap"]
 
 MAX_ID = 200  # characters of listing, seller, brand and product names (the catalog's columns)
 MAX_TITLE = 500
 _URL = re.compile(r"^\s*[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
-def _key(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
-
-
-def listing_key_of(row: dict[str, Any]) -> int:
-    """A row's listing id as a 64-bit key; a row without one is keyed by its seller and image."""
-    return _key(row["listing_id"] or "\0" + json.dumps([row.get("seller_id"), row.get("image")]))
-
-
-def sha_key(sha256: str) -> int:
-    """A photo, by content: a row finished with this photo."""
-    return int(sha256[:16], 16)
-
-
-def error_key(image: str | None) -> int:
-    """A row finished with an error, by the image it named (its content may never have been read)."""
-    return _key("\0error:" + (image or ""))
-
-
-def row_key(out: dict[str, Any]) -> tuple[int, int]:
-    """(listing key, photo or error key) of an outcome: what a resumed scan skips."""
-    ok = out["status"] in ("scored", "unchanged", "duplicate")
-    return listing_key_of(out), sha_key(out["sha256"]) if ok else error_key(out["image"])
-
-
 class DoneMap:
-    """Listings a scan finished, as 64-bit keys (16 bytes a row): listing → photo hash, or ERROR_KEY."""
+    """The feed rows a scan finished, by position in the feed (8 bytes a row): a row's listing id and
+    photo cannot name it, as two rows of a feed may share both (two unreadable lines, a listing twice)."""
 
-    def __init__(self, listings: np.ndarray | None = None, shas: np.ndarray | None = None) -> None:
-        listings = np.zeros(0, np.uint64) if listings is None else np.asarray(listings, np.uint64)
-        shas = np.zeros(0, np.uint64) if shas is None else np.asarray(shas, np.uint64)
-        order = np.argsort(listings, kind="stable")
-        self.listings, self.shas = listings[order], shas[order]
+    def __init__(self, rows: np.ndarray | None = None) -> None:
+        self.rows = np.sort(np.zeros(0, np.int64) if rows is None else np.asarray(rows, np.int64))
 
     def __len__(self) -> int:
-        return len(self.listings)
+        return len(self.rows)
 
-    def __contains__(self, key: tuple[int, int]) -> bool:
-        listing = np.uint64(key[0])
-        lo, hi = np.searchsorted(self.listings, listing), np.searchsorted(self.listings, listing, side="right")
-        return bool((self.shas[lo:hi] == np.uint64(key[1])).any())
+    def __contains__(self, row: int) -> bool:
+        i = np.searchsorted(self.rows, row)
+        return bool(i < len(self.rows) and self.rows[i] == row)
 
 
 class ScanWorker:
@@ -131,11 +102,11 @@ class ScanWorker:
         claims: dict[tuple[str, str | None], bool] = {}
         pending: list[tuple[dict[str, Any], ScoreRequest]] = []
         for row in rows:
-            out = {"listing_id": row["listing_id"], "seller_id": row["seller_id"],
+            out = {"row": row["row"], "listing_id": row["listing_id"], "seller_id": row["seller_id"],
                    "image": row["image"], "sha256": None, "status": "error", "error": row.get("error"),
                    "score": None, "phash": None}
             outcomes.append(out)
-            if (listing_key_of(row), error_key(row["image"])) in self.done:
+            if row["row"] in self.done:
                 out["status"] = "done"
                 continue
             if out["error"] is None:
@@ -143,7 +114,7 @@ class ScanWorker:
                     data = self._check_and_read(row, out)
                 except MarkguardError as exc:
                     out["error"] = str(exc)
-            if out["error"] is not None or out["status"] == "done":
+            if out["error"] is not None:
                 continue
             try:  # what would fail the chunk's batch fails its row here: the claim (the pixels: in `_score`)
                 request = ScoreRequest(data, brand=row["brand"], product=row["product"], seller=row["seller_id"],
@@ -189,12 +160,13 @@ class ScanWorker:
             raise MarkguardError("image is a URL: scans read local files only")
         data = self._read(row["image"])
         out["sha256"] = hashlib.sha256(data).hexdigest()
-        if (listing_key_of(row), sha_key(out["sha256"])) in self.done:
-            out["status"] = "done"
         return data
 
     def _read(self, name: str) -> bytes:
-        path = (self.feed_dir / name).resolve()
+        try:
+            path = (self.feed_dir / name).resolve()
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the name (Ray's rows are cleaned alike)
+            raise MarkguardError(f"image path unusable: {exc}") from None
         if self.image_root is not None and not path.is_relative_to(self.image_root):
             raise MarkguardError("image lies outside the feed's folder")
         try:

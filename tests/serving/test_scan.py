@@ -18,7 +18,7 @@ from markguard.serving.cli import main
 from markguard.serving.scan import ScanSettings, run_scan
 from markguard.serving.scan.feed import count_rows, read_chunks
 from markguard.serving.scan.journal import Journal
-from markguard.serving.scan.worker import DoneMap, row_key
+from markguard.serving.scan.worker import DoneMap
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -403,9 +403,9 @@ def _feed_and_journal(folder: Path, n: int) -> tuple[Path, Path]:
     out.mkdir()
     journal = Journal(out, feed=feed)
     journal._fh = open(journal.path, "a")  # noqa: SIM115
-    journal._append({"scan": 1, "feed": journal.feed, "start": 0})
+    journal._append({"scan": 2, "feed": journal.feed, "start": 0})
     for chunk in read_chunks(feed, size=1024):
-        outs = [{"listing_id": r["listing_id"], "seller_id": r["seller_id"], "image": r["image"], "sha256": "ab" * 32,
+        outs = [{"row": r["row"], "listing_id": r["listing_id"], "seller_id": r["seller_id"], "image": r["image"], "sha256": "ab" * 32,
                  "status": "scored", "error": None, "score": {"risk": 0.1, "decision": "pass"}, "phash": 0}
                 for r in chunk]
         journal.committed(journal.pending(outs, before=0))
@@ -428,18 +428,14 @@ def test_a_100k_row_feed_streams_in_bounded_memory(tmp_path):
     assert peaks[100_000] - peaks[2_000] < 12 * 1024, peaks  # the feed alone is 17 MB; its journal 30 MB
 
 
-def test_done_map_knows_rows_by_listing_and_photo():
-    sha = "ab" * 32
-    rows = [{"listing_id": f"L{i}", "status": "scored", "sha256": sha, "image": "x"} for i in range(1000)]
-    rows.append({"listing_id": "E", "status": "error", "sha256": None, "image": "missing.jpg"})
-    keys = [row_key(r) for r in rows]
+def test_done_map_knows_rows_by_feed_position():
     import numpy as np
 
-    done = DoneMap(np.array([k[0] for k in keys], np.uint64), np.array([k[1] for k in keys], np.uint64))
-    assert all(k in done for k in keys)
-    assert row_key({"listing_id": "L5", "status": "scored", "sha256": "cd" * 32, "image": "x"}) not in done
-    assert row_key({"listing_id": "E", "status": "error", "sha256": None, "image": "other.jpg"}) not in done
-    assert row_key({"listing_id": "L1000", "status": "scored", "sha256": sha, "image": "x"}) not in done
+    rows = np.random.default_rng(0).choice(10_000, 3_000, replace=False)
+    done, truth = DoneMap(rows), set(rows.tolist())
+    assert len(done) == len(truth)
+    assert all((row in done) == (row in truth) for row in range(-1, 10_002))
+    assert 5 not in DoneMap()
 
 
 def test_scans_api_runs_a_feed_from_the_feeds_folder_only(api_home, home, grocery, tmp_path):
