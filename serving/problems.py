@@ -13,13 +13,30 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-__all__ = ["PROBLEM_JSON", "Problem", "problem_body", "problem_type", "code_of_status", "send_problem"]
+__all__ = ["PROBLEM_JSON", "Problem", "problem_body", "problem_type", "code_of_status", "send_problem",
+           "catalog_busy", "BUSY_RETRY_AFTER_S"]
 
 PROBLEM_JSON = "application/problem+json"
 _PREFIX = "urn:markguard:problem:"
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
           409: "conflict", 413: "too_large", 415: "unsupported_media_type", 422: "invalid", 429: "rate_limited",
           500: "internal", 503: "unavailable"}
+
+
+BUSY_RETRY_AFTER_S = 2  # the `Retry-After` of a 503 answered because another writer held the catalog
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6  # primary result codes (an extended code keeps them in its low byte)
+_PG_LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE
+
+
+def catalog_busy(exc: BaseException) -> bool:
+    """Whether a database error only says that another writer held the catalog past the wait (SQLite's
+    "database is locked", PostgreSQL's lock_not_available): a 503 worth retrying, not a 500. Decided by
+    the driver's error code, never by its message."""
+    orig = getattr(exc, "orig", exc)  # SQLAlchemy wraps the driver's error
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return getattr(orig, "sqlstate", None) == _PG_LOCK_NOT_AVAILABLE
 
 
 def code_of_status(status: int) -> str:

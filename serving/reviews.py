@@ -1,8 +1,9 @@
 """Moderators' reviews of scored listings: labelled data for retraining, and references that teach.
 
-A review names a listing that was scored (its `listing_id`; the newest score of it), whichever way it
-was scored (CLI, API or scan: each keeps the photo). Its label moves the listing's photo between the
-brand's references, so the next score of that photo sees the moderator's word:
+A review names a listing that was scored: the catalog row a moderator opened (the console), or its
+`listing_id` (the API and CLI; the newest score of it), whichever way it was scored (CLI, API or scan:
+each keeps the photo). Its label moves the listing's photo between the brand's references, so the next
+score of that photo sees the moderator's word:
 
 - `counterfeit`: the photo becomes a known-fake reference of the listing's brand (unless it already is);
   a genuine reference an earlier review made of it is removed.
@@ -81,23 +82,29 @@ def record_review(
     artifact: ModelArtifact,
     model: Embedder,
     *,
-    listing_id: str,
     label: ReferenceKind,
     reviewer_key_id: str,
+    listing_id: str | None = None,
+    row_id: int | None = None,
     note: str = "",
     brand_id: int | None = None,
 ) -> ReviewReport:
-    """Label the newest score of `listing_id`; `brand_id` (a brand-scoped caller) hides other brands' listings."""
+    """Label catalog row `row_id` (the score a moderator saw), or else the newest score of `listing_id`;
+    `brand_id` (a brand-scoped caller) hides other brands' listings."""
+    if (row_id is None) == (listing_id is None):
+        raise TypeError("record_review takes a listing_id or a row_id")
     label = ReferenceKind(label)
     with home.sessions() as session:
-        query = select(Listing).where(Listing.listing_id == listing_id)
+        query = select(Listing).where(Listing.id == row_id if row_id is not None else Listing.listing_id == listing_id)
         if brand_id is not None:
             query = query.where(Listing.brand_id == brand_id)
         listing = session.scalars(query.order_by(Listing.id.desc()).limit(1)).first()
         if listing is None:
-            raise NotFound(f"no scored listing {listing_id!r}")
+            raise NotFound(f"no scored listing {listing_id if row_id is None else row_id!r}")
+        if listing.listing_id is None:  # a review is reported (and listed) by listing id
+            raise Conflict("this listing has no listing id: it cannot be reviewed")
         brand = session.get(Brand, listing.brand_id) if listing.brand_id is not None else None
-        row_id, sha = listing.id, listing.image_sha256
+        row_id, sha, listing_id = listing.id, listing.image_sha256, listing.listing_id
         _check_claim(session, row_id, reviewer_key_id, listing_id)
         if brand is None and label is ReferenceKind.COUNTERFEIT:
             raise Conflict("the listing matched no brand: it cannot become a known-fake reference")

@@ -7,23 +7,26 @@ leak a brand's serials, and two homes cannot be joined on them.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import datetime as dt
 import hmac
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sqlalchemy import String, cast, distinct, func, literal, or_, select
+from sqlalchemy import String, cast, delete, distinct, func, literal, or_, select
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from markguard.serving.brands import get_brand
 from markguard.serving.caps import CAPS
 from markguard.serving.state.home import Home
-from markguard.serving.state.schema import GenuineSerial, Listing, ListingSerial
+from markguard.serving.state.schema import GenuineSerial, Listing, ListingSerial, SerialImport
 from markguard.vision.errors import MarkguardError
 from markguard.vision.evidence import OcrEvidence, SerialRecord
 from markguard.vision.patterns import PatternError, SerialPattern, compile_pattern
@@ -32,12 +35,13 @@ from markguard.vision.text import serial_key
 __all__ = [
     "ImportReport",
     "import_serials",
+    "registered_serials",
     "serial_records",
     "record_serials",
     "serials_to_record",
 ]
 
-CHUNK = 20_000  # serials hashed and inserted per statement: bounds memory whatever the file's size
+CHUNK = 5_000  # serials written per transaction: bounds memory, and how long other writers wait on an import
 MAX_LINE = 65_536  # bytes of one line of a serial file
 MAX_SERIAL = 200  # characters of one serial
 _HEADER_NAMES = {"serial", "serials", "serial_number", "serialnumber", "sn"}
@@ -117,8 +121,8 @@ def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) ->
         session.execute(pg_insert(GenuineSerial).on_conflict_do_nothing(), rows)
     elif dialect == "sqlite":  # the driver's executemany: SQLAlchemy's per-row work would dominate
         session.connection().exec_driver_sql(
-            "INSERT OR IGNORE INTO genuine_serials (brand_id, serial_hmac) VALUES (?, ?)",
-            [(r["brand_id"], r["serial_hmac"]) for r in rows],
+            "INSERT OR IGNORE INTO genuine_serials (brand_id, serial_hmac, import_id) VALUES (?, ?, ?)",
+            [(r["brand_id"], r["serial_hmac"], r.get("import_id")) for r in rows],
         )
     else:  # pragma: no cover - the catalog runs on SQLite or PostgreSQL
         raise MarkguardError(f"serial import does not support the {dialect} database")
@@ -127,49 +131,128 @@ def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) ->
 def import_serials(
     home: Home, brand: str, path: str | os.PathLike[str], *, progress: bool = True
 ) -> ImportReport:
-    """Register a brand's genuine serials from a CSV or text file of any size, streamed in chunks.
+    """Register a brand's genuine serials from a CSV or text file of any size, streamed.
 
-    One transaction: a malformed line anywhere (`MarkguardError` naming it) or a crash keeps nothing of
-    the file. Re-running is harmless: serials already registered are ignored.
+    All or nothing, in short transactions. The whole file is read, checked and hashed into a scratch
+    database before anything is written, so a malformed line anywhere (`MarkguardError` naming it) or a
+    file past the cap keeps nothing. The hashes are then written in key order, `CHUNK` to a transaction
+    (other writers, such as another brand's scores, go between them), under a `serial_imports` row; they
+    count from the moment that row is marked finished, in one small transaction. An error part-way removes
+    what the import wrote; a crash leaves rows that never count, which the brand's next import removes.
+    Imports of one brand take turns (`Home.serial_import_lock`). Re-running is harmless: serials already
+    registered are ignored.
     """
     path = Path(path)
     if not path.is_file():
         raise MarkguardError(f"{path}: no such file")
     started = time.perf_counter()
-    keyed = _hasher(home)
-    with home.write_lock(), home.sessions() as session:
+    with home.sessions() as session:
         row = get_brand(session, brand)
-        brand_id, brand_name, pattern = row.id, row.name, row.serial_pattern
-        before = _registered(session, brand_id)
-        regex = _pattern_or_none(pattern)
-        room = CAPS.serials - before  # serials this brand may still register (duplicates counted: a bound)
-        read = mismatched = 0
+        brand_id, brand_name, regex = row.id, row.name, _pattern_or_none(row.serial_pattern)
+    with home.serial_import_lock(brand_id), _scratch(home, brand_id) as scratch:
+        for stale in _unfinished(home, brand_id):  # killed imports' rows: they never counted
+            _remove(home, stale)
+        with home.sessions() as session:
+            before = _registered(session, brand_id)
         bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="serials", disable=not progress)
         with bar:
-            chunk: set[str] = set()
-            for text in _serials(path, bar):
-                read += 1
-                if read > room:
-                    raise MarkguardError(f"brand {brand_name!r} would hold more than {CAPS.serials} serials "
-                                         f"(the cap; {before} registered)")
-                if regex is not None and not (regex.fullmatch(text) or regex.fullmatch(text.upper())):
-                    mismatched += 1
-                key = serial_key(text)
-                if key:
-                    chunk.add(keyed(key))
-                if len(chunk) >= CHUNK:
-                    _flush(session, brand_id, chunk)
-            _flush(session, brand_id, chunk)
-        added = _registered(session, brand_id) - before
-        session.commit()
+            read, mismatched = _stage(path, scratch, _hasher(home), regex, bar=bar, room=CAPS.serials - before,
+                                      cap_error=f"brand {brand_name!r} would hold more than {CAPS.serials} "
+                                                f"serials (the cap; {before} registered)")
+        added = _write(home, brand_id, scratch)
     return ImportReport(
         brand=brand_name,
         read=read,
         added=added,
         duplicates=read - added,
         format_mismatch=mismatched,
-        elapsed_s=round(time.perf_counter() - started, 2),
+        elapsed_s=round(time.perf_counter() - started, 3),
     )
+
+
+@contextlib.contextmanager
+def _scratch(home: Home, brand_id: int) -> Iterator[sqlite3.Connection]:
+    """A scratch database in the home for the import's digests, which SQLite sorts on disk: the catalog
+    gets them in key order (each chunk touches a narrow run of its B-tree), in bounded memory. Taken
+    under the brand's import lock, so a killed import's file is this brand's and can go."""
+    folder = home.root / "imports"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = folder / f"serials-{brand_id}.scratch"
+    path.unlink(missing_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    scratch = sqlite3.connect(path)
+    try:
+        for pragma in ("journal_mode=OFF", "synchronous=OFF"):  # scratch: nothing to recover after a crash
+            scratch.execute(f"PRAGMA {pragma}")
+        scratch.execute("CREATE TABLE staged (digest BLOB NOT NULL)")
+        yield scratch
+    finally:
+        scratch.close()
+        path.unlink()
+
+
+def _stage(path: Path, scratch: sqlite3.Connection, keyed: Callable[[str], str], regex: SerialPattern | None, *,
+           bar: tqdm, room: int, cap_error: str) -> tuple[int, int]:
+    """Read, check and hash the whole file into the scratch database, writing nothing to the catalog:
+    (serials read, serials the pattern rejects)."""
+    read = mismatched = 0
+    batch: list[tuple[bytes]] = []
+    for text in _serials(path, bar):
+        read += 1
+        if read > room:  # duplicates counted: a bound
+            raise MarkguardError(cap_error)
+        if regex is not None and not (regex.fullmatch(text) or regex.fullmatch(text.upper())):
+            mismatched += 1
+        key = serial_key(text)
+        if key:
+            batch.append((bytes.fromhex(keyed(key)),))
+        if len(batch) >= CHUNK:
+            scratch.executemany("INSERT INTO staged VALUES (?)", batch)
+            batch.clear()
+    scratch.executemany("INSERT INTO staged VALUES (?)", batch)
+    scratch.commit()
+    return read, mismatched
+
+
+def _write(home: Home, brand_id: int, scratch: sqlite3.Connection) -> int:
+    """Write the staged digests in key order under a new import, `CHUNK` to a transaction, then mark the
+    import finished (from then on they count); on an error, remove what it wrote. The serials added."""
+    with home.write_lock(), home.sessions.begin() as session:
+        job = SerialImport(brand_id=brand_id)
+        session.add(job)
+        session.flush()
+        import_id = job.id
+    try:
+        cursor = scratch.execute("SELECT DISTINCT digest FROM staged ORDER BY digest")
+        while chunk := [digest.hex() for (digest,) in cursor.fetchmany(CHUNK)]:
+            with home.write_lock(), home.sessions.begin() as session:
+                _insert_ignoring_duplicates(session, [{"brand_id": brand_id, "serial_hmac": h, "import_id": import_id}
+                                                      for h in chunk])
+        with home.write_lock(), home.sessions.begin() as session:
+            session.get(SerialImport, import_id).finished_at = dt.datetime.now(dt.UTC)
+            return int(session.scalar(select(func.count()).where(GenuineSerial.import_id == import_id)) or 0)
+    except BaseException:
+        _remove(home, import_id)
+        raise
+
+
+def _unfinished(home: Home, brand_id: int) -> list[int]:
+    with home.sessions() as session:
+        return list(session.scalars(select(SerialImport.id).where(SerialImport.brand_id == brand_id,
+                                                                  SerialImport.finished_at.is_(None))))
+
+
+def _remove(home: Home, import_id: int) -> None:
+    """An unfinished import's rows, `CHUNK` to a transaction, then the import."""
+    while True:
+        with home.write_lock(), home.sessions.begin() as session:
+            chunk = list(session.scalars(select(GenuineSerial.serial_hmac)
+                                         .where(GenuineSerial.import_id == import_id).limit(CHUNK)))
+            if not chunk:
+                session.execute(delete(SerialImport).where(SerialImport.id == import_id))
+                return
+            session.execute(delete(GenuineSerial).where(GenuineSerial.import_id == import_id,
+                                                        GenuineSerial.serial_hmac.in_(chunk)))
 
 
 def _pattern_or_none(pattern: str | None) -> SerialPattern | None:
@@ -180,16 +263,23 @@ def _pattern_or_none(pattern: str | None) -> SerialPattern | None:
         return None
 
 
-def _flush(session: Session, brand_id: int, chunk: set[str]) -> None:
-    """Insert a chunk inside the import's transaction (committed once, at the end)."""
-    if chunk:
-        rows = [{"brand_id": brand_id, "serial_hmac": h} for h in sorted(chunk)]  # sorted: B-tree locality
-        _insert_ignoring_duplicates(session, rows)
-        chunk.clear()
+# a registered serial: from before imports were recorded (migration 0012), or of a finished import
+_COUNTED = or_(GenuineSerial.import_id.is_(None),
+               GenuineSerial.import_id.in_(select(SerialImport.id).where(SerialImport.finished_at.is_not(None))))
 
 
 def _registered(session: Session, brand_id: int) -> int:
+    """The brand's serials, counted or not (under its import lock, after the unfinished imports' removal,
+    all of them count)."""
     return int(session.scalar(select(func.count()).where(GenuineSerial.brand_id == brand_id)) or 0)
+
+
+def registered_serials(session: Session, brand_id: int | None = None) -> int:
+    """How many serials count as registered (of one brand, or of all)."""
+    query = select(func.count()).select_from(GenuineSerial).where(_COUNTED)
+    if brand_id is not None:
+        query = query.where(GenuineSerial.brand_id == brand_id)
+    return int(session.scalar(query) or 0)
 
 
 def serial_records(
@@ -202,10 +292,11 @@ def serial_records(
     listing_id: str | None = None,
 ) -> list[SerialRecord]:
     """Per serial read (normalised): registered in the brand's genuine registry (None: the brand has
-    none), and the distinct other listings (by listing id, else by row) and other sellers that showed it."""
+    none), and the distinct other listings (by listing id, else by row) and other sellers that showed it.
+    Only the serials of finished imports count (`_COUNTED`)."""
     keyed = _hasher(home)
     has_registry = brand_id is not None and session.scalar(
-        select(GenuineSerial.serial_hmac).where(GenuineSerial.brand_id == brand_id).limit(1)
+        select(GenuineSerial.serial_hmac).where(GenuineSerial.brand_id == brand_id, _COUNTED).limit(1)
     )
     out = []
     for text in normalized:
@@ -213,7 +304,7 @@ def serial_records(
         registered = None
         if has_registry:
             registered = session.scalar(select(GenuineSerial.serial_hmac).where(
-                GenuineSerial.brand_id == brand_id, GenuineSerial.serial_hmac == digest)) is not None
+                GenuineSerial.brand_id == brand_id, GenuineSerial.serial_hmac == digest, _COUNTED)) is not None
         listings, sellers = _seen(session, digest, brand_id, None, seller_id, listing_id)
         out.append(SerialRecord(registered=registered, seen_in_listings=listings, seen_by_sellers=sellers))
     return out

@@ -18,6 +18,7 @@ from typing import Any
 import jinja2
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -46,6 +47,7 @@ from markguard.serving.listings import (
     listing_photo,
     reference_photo,
 )
+from markguard.serving.problems import BUSY_RETRY_AFTER_S, catalog_busy
 from markguard.serving.redact import public_message
 from markguard.serving.settings import get_settings
 from markguard.serving.state.schema import ReferenceKind
@@ -137,6 +139,15 @@ def build_console(parent: FastAPI) -> FastAPI:
         message = "not found" if exc.status_code == 404 else public_message(str(exc.detail))
         return render(request, "error.html", _who_or_none(request), status=exc.status_code,
                       status_code=exc.status_code, error=message)
+
+    @app.exception_handler(OperationalError)
+    async def _database(request: Request, exc: OperationalError) -> HTMLResponse:
+        if not catalog_busy(exc):  # not ours to explain: the server's 500, logged
+            raise exc
+        page = render(request, "error.html", _who_or_none(request), status=503, status_code=503,
+                      error="the catalog is busy with another write; try again shortly")
+        page.headers["Retry-After"] = str(BUSY_RETRY_AFTER_S)
+        return page
 
     @app.exception_handler(_SignIn)
     async def _sign_in(request: Request, exc: _SignIn) -> Response:
@@ -303,8 +314,9 @@ def build_console(parent: FastAPI) -> FastAPI:
             detail = listing_detail(b.home, _id(row_id), visible_to=w.scope)
             if not detail["listing_id"]:
                 raise PageError(409, "this listing has no listing id; it cannot be reviewed")
-            # exactly what `POST /reviews` does: another moderator's claim refuses it (409), ours ends
-            record_review(b.home, b.engine.artifact, b.engine.model, listing_id=detail["listing_id"],
+            # what `POST /reviews` does (another moderator's claim refuses it, 409; ours ends), on the row
+            # shown here, not the newest score of its listing id (a later photo the moderator never saw)
+            record_review(b.home, b.engine.artifact, b.engine.model, row_id=detail["id"],
                           label=ReferenceKind(label), reviewer_key_id=w.principal.key_id, note=note[:2000])
             return detail["listing_id"]
 
@@ -619,8 +631,11 @@ class QueueFilter:
 
 
 def _day(day: dt.date | None, *, after: bool = False) -> dt.datetime | None:
+    """The start of `day` (UTC), or with `after` the start of the next one (the last day has none: 422)."""
     if day is None:
         return None
+    if after and day == dt.date.max:
+        raise PageError(422, f"dates are at most {dt.date.max - dt.timedelta(days=1)}")
     return dt.datetime.combine(day + dt.timedelta(days=1) if after else day, dt.time(), dt.UTC)
 
 

@@ -13,11 +13,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from markguard.serving.limits import _BodyTooLarge, log, request_id_of
-from markguard.serving.problems import PROBLEM_JSON, problem_body
+from markguard.serving.problems import BUSY_RETRY_AFTER_S, PROBLEM_JSON, catalog_busy, problem_body
 from markguard.serving.redact import public_message
 from markguard.vision.errors import MarkguardError
 
@@ -82,9 +83,18 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, 500, "internal error", code="internal")
 
 
+async def _database(request: Request, exc: Exception) -> JSONResponse:
+    """Another writer held the catalog past the wait (a long import, a busy disk): 503, retry shortly."""
+    if catalog_busy(exc):
+        return problem_response(request, 503, "the catalog is busy with another write; retry shortly", code="busy",
+                                headers={"Retry-After": str(BUSY_RETRY_AFTER_S)})
+    return await _unexpected(request, exc)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(MarkguardError, _expected)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(_BodyTooLarge, _too_large)
+    app.add_exception_handler(OperationalError, _database)
     app.add_exception_handler(Exception, _unexpected)

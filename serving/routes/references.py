@@ -83,7 +83,7 @@ async def import_brand_serials(
     __: Multipart,
     file: Annotated[UploadFile, File(description="one serial a line, or a CSV with a `serial` column")],
 ) -> Any:
-    """Stored as keyed hashes, in one transaction: a malformed file adds nothing."""
+    """Stored as keyed hashes, all or nothing: a malformed file adds nothing."""
     from markguard.serving.serials import import_serials
 
     name = brand_of(request, principal, brand)

@@ -105,6 +105,17 @@ class Home:
             yield
 
     @contextlib.contextmanager
+    def serial_import_lock(self, brand_id: int) -> Iterator[None]:
+        """Serialise one brand's serial imports across processes and (on PostgreSQL) hosts: an import
+        removes the rows of the brand's imports that never finished, which only holds while none runs.
+        Taken before `write_lock`, never inside it."""
+        folder = self.root / "locks"
+        folder.mkdir(mode=_DIR_MODE, exist_ok=True)
+        with self._file_lock(None, folder / f"serials-{brand_id}.lock"), \
+                advisory_lock(self.engine, SERIAL_IMPORT_LOCK + brand_id):
+            yield
+
+    @contextlib.contextmanager
     def _file_lock(self, timeout_s: float | None = None, path: Path | None = None) -> Iterator[bool]:
         path = self.root / "write.lock" if path is None else path
         with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, _FILE_MODE), "r+b") as fh:
@@ -172,6 +183,7 @@ def _flock(fd: int, timeout_s: float | None) -> bool:
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 PHOTO_LOCK = 0x6D67_7068_6F74_6F00  # "mgphoto", + one of 256 stripes: PostgreSQL advisory keys of photo_lock
+SERIAL_IMPORT_LOCK = 0x2D67_7365_7200_0000  # "mgser" (its top bit cleared: a signed key), + the brand's id
 
 
 def _private(path: Path, mode: int) -> None:

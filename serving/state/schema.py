@@ -36,6 +36,7 @@ __all__ = [
     "Listing",
     "ListingSerial",
     "GenuineSerial",
+    "SerialImport",
 ]
 
 
@@ -200,9 +201,23 @@ class ListingSerial(Base):
 
 
 class GenuineSerial(Base):
-    """A brand's registered genuine serial, as a keyed hash (HMAC with the home's secret)."""
+    """A brand's registered genuine serial, as a keyed hash (HMAC with the home's secret). A row written
+    by an import (`import_id`) counts once that import has finished (migration 0012)."""
 
     __tablename__ = "genuine_serials"
 
     brand_id: Mapped[int] = mapped_column(ForeignKey("brands.id", ondelete="CASCADE"), primary_key=True)
     serial_hmac: Mapped[str] = mapped_column(String(64), primary_key=True)
+    import_id: Mapped[int | None] = mapped_column(Integer, index=True)  # None: registered before 0012
+
+
+class SerialImport(Base):
+    """One serial import: its rows count from `finished_at`; an import that never finished (killed) is
+    removed, rows and all, by the brand's next import."""
+
+    __tablename__ = "serial_imports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    brand_id: Mapped[int] = mapped_column(ForeignKey("brands.id", ondelete="CASCADE"), index=True)
+    started_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=_now)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
