@@ -10,6 +10,7 @@ reviewed whichever way it was scored (CLI, API or scan).
 
 from __future__ import annotations
 
+import hmac
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -35,7 +36,7 @@ from markguard.vision.index import ReferenceIndex
 from markguard.vision.ocr import OcrEngine, create_ocr_engine, shared_ocr_engine
 from markguard.vision.phash import band_neighbours, hamming_many, phash
 from markguard.vision.pipeline import BrandProfile, ListingClaim, OcrGate, ScorePlan, Scorer, ScoreRequest
-from markguard.vision.runtime import RUNTIMES, onnx_forward
+from markguard.vision.runtime import RUNTIMES, onnx_forward, sign_cache_with
 from markguard.vision.scoring import Fusion, ScoreResult
 from markguard.vision.verify import MarkVerifier
 
@@ -229,6 +230,8 @@ class ScoringEngine:
         self.artifact = ensure_default_model(home)
         self.model = self.artifact.load_embedder(device=device, fuse=True)
         self._forward = None
+        if runtime == "onnx":  # graphs cached by a process of this home are trusted, no one else's
+            sign_cache_with(hmac.digest(home.secret(), b"markguard onnx cache", "sha256"))  # a key of its own
         if runtime == "onnx" and device == "cpu":
             size = self.model.config.input_size
             self._forward = onnx_forward(self.model, torch.rand(2, 3, size, size) * 2 - 1, outputs=("vectors",))

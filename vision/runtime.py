@@ -11,6 +11,11 @@ probe batch equal eager PyTorch's within `TOLERANCE`; otherwise (or without `onn
 probe, which decides whether a photo is read, never what it reads): the same graph with int8 weights
 and activations (ONNX Runtime's static quantization), 3.3–3.5 times faster for EasyOCR's CRAFT, kept
 only where the caller's own agreement test passes against eager PyTorch.
+
+Graphs cached between processes are model files outside the home: each is written with an HMAC-SHA256 of
+its bytes (`.sig` beside it) under this process's cache key (`sign_cache_with`; serving passes the home's
+secret), and loaded only from the bytes that were read and verified; any other file is deleted and built
+again. The int8 `.checked` record is signed the same way.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import hmac
 import io
 import logging
 import os
+import secrets
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,12 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["TOLERANCE", "RUNTIMES", "onnx_forward", "int8_forward", "available", "cache_dir", "limit_threads"]
+__all__ = ["TOLERANCE", "RUNTIMES", "onnx_forward", "int8_forward", "available", "cache_dir", "sign_cache_with",
+           "limit_threads"]
 
 TOLERANCE = 1e-3  # largest absolute difference from eager PyTorch on the probe batch
 RUNTIMES = ("onnx", "torch")
 _OPSET = 17
 _log = logging.getLogger(__name__)
+_cache_key = secrets.token_bytes(32)  # this process's own until `sign_cache_with`: no other process's graph is trusted
 
 Forward = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
 
@@ -53,6 +62,16 @@ def limit_threads(threads: int) -> None:
     cv2.setNumThreads(threads)
     faiss.omp_set_num_threads(threads)
     threadpool_limits(limits=threads)
+
+
+def sign_cache_with(key: bytes) -> None:
+    """Sign and verify this process's cached graphs with `key`, a secret the cache's owner holds (serving: the
+    home's), so a graph one process cached is loaded by the next that holds the same key. Until it is called,
+    a random key of this process's own: graphs cached by other processes are built again, never trusted."""
+    global _cache_key
+    if len(key) < 16:
+        raise ValueError("an ONNX cache key needs at least 16 bytes")
+    _cache_key = bytes(key)
 
 
 def available() -> bool:
@@ -79,7 +98,7 @@ def onnx_forward(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Seque
         session = _session(model, threads)
     except Exception as exc:  # noqa: BLE001 - an unreadable graph: a damaged cache file is exported again
         if cached is not None:
-            cached.unlink(missing_ok=True)
+            _discard(cached)
             return onnx_forward(module, probe, outputs=outputs, threads=threads, spatial=spatial)
         _log.warning("ONNX Runtime could not load the graph (%s); running eager PyTorch", exc)
         return None
@@ -123,8 +142,8 @@ def int8_forward(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Seque
     fails, or `agree(eager outputs, int8 outputs)` is False for any of `checks`: the caller then keeps
     its exact forward. The quantized graph is cached beside the exported one, keyed by that graph, the
     calibration inputs and the onnxruntime version. A graph that passed the checks is recorded as
-    checked (a digest of it, the checks and `agree`'s name, `.checked` beside it); a cached graph that
-    does not match the record is checked again (eager PyTorch on the checks costs seconds a process)."""
+    checked (a signed digest of it, the checks and `agree`'s name, `.checked` beside it); a cached graph
+    that does not match the record is checked again (eager PyTorch on the checks costs seconds a process)."""
     if not available():
         return None
     module = module.eval()
@@ -138,7 +157,7 @@ def int8_forward(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Seque
         session = _session(quantized, threads)
     except Exception as exc:  # noqa: BLE001 - a damaged cache file is quantized again; else keep the exact forward
         if cached:
-            path.unlink(missing_ok=True)
+            _discard(path)
             return int8_forward(module, probe, outputs=outputs, calibration=calibration, checks=checks, agree=agree,
                                 threads=threads, spatial=spatial)
         _log.warning("ONNX Runtime could not load the int8 graph (%s); keeping the exact forward", exc)
@@ -152,7 +171,7 @@ def int8_forward(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Seque
         record.update(repr(tuple(x.shape)).encode())
         record.update(x.detach().cpu().contiguous().numpy().tobytes())
     checked = path.with_suffix(".checked") if path is not None else None
-    if checked is not None and checked.is_file() and checked.read_text().strip() == record.hexdigest():
+    if checked is not None and _verified(checked, record.digest(), _read_or_none(checked)):
         return forward
     for x in checks:
         with torch.no_grad():
@@ -163,7 +182,7 @@ def int8_forward(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Seque
             return None
     if checked is not None:
         try:
-            _write_whole(checked, record.hexdigest().encode())
+            _write_whole(checked, _signature(checked, record.digest()))
         except OSError as exc:
             _log.warning("ONNX cache %s not written (%s)", checked, exc)
     return forward
@@ -186,8 +205,9 @@ def _quantized(model: bytes, calibration: Sequence[torch.Tensor]) -> tuple[bytes
     folder = cache_dir()
     path = folder / f"{key.hexdigest()}.int8.onnx" if folder is not None else None
     with _one_process(path):  # the scorers of a scan starting together: one quantizes, the rest read it
-        if path is not None and path.is_file():
-            return path.read_bytes(), path, True
+        cached = _read_signed(path)
+        if cached is not None:
+            return cached, path, True
         return _quantize(model, calibration, path, reduce_range=reduce_range), path, False
 
 
@@ -250,11 +270,7 @@ def _quantize(model: bytes, calibration: Sequence[torch.Tensor], path: Path | No
         finally:
             root.setLevel(level)
         quantized = target.read_bytes()
-    if path is not None:
-        try:
-            _write_whole(path, quantized)
-        except OSError as exc:
-            _log.warning("ONNX cache %s not written (%s)", path, exc)
+    _write_signed(path, quantized)
     return quantized
 
 
@@ -266,9 +282,64 @@ def _write_whole(path: Path, data: bytes) -> None:
     os.replace(tmp_path, path)
 
 
+def _signature(path: Path, data: bytes) -> bytes:
+    """`<key id> <HMAC-SHA256 of path's name and data>` under this process's cache key: the name is signed
+    too, so a signed graph moved into another graph's place does not verify."""
+    key = _cache_key
+    key_id = hashlib.sha256(b"markguard-onnx-cache-key-id" + key).hexdigest()[:16]
+    tag = hmac.new(key, path.name.encode() + b"\0" + data, hashlib.sha256).hexdigest()
+    return f"{key_id} {tag}".encode()
+
+
+def _verified(record: Path, data: bytes, signature: bytes | None) -> bool:
+    return signature is not None and hmac.compare_digest(signature.strip(), _signature(record, data))
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _read_signed(path: Path | None) -> bytes | None:
+    """`path`'s bytes, read once, when its `.sig` is this process's cache key's signature of exactly them
+    (the caller loads these bytes, never the file again); else None, the file deleted to be built again."""
+    if path is None or not path.is_file():
+        return None
+    data, signature = _read_or_none(path), _read_or_none(path.with_suffix(".sig"))
+    if data is not None and _verified(path, data, signature):
+        return data
+    if signature is not None and signature.split(b" ")[0] == _signature(path, b"").split(b" ")[0]:
+        _log.warning("ONNX cache %s does not match its signature (changed since it was written); "
+                     "deleting it and building it again", path)
+    else:
+        _log.info("ONNX cache %s is not signed with this process's cache key; building it again", path)
+    _discard(path)
+    return None
+
+
+def _write_signed(path: Path | None, data: bytes) -> None:
+    """`data` cached at `path`, then its signature beside it (`_read_signed`); readers hold `_one_process`."""
+    if path is None:
+        return
+    try:
+        _write_whole(path, data)
+        _write_whole(path.with_suffix(".sig"), _signature(path, data))
+    except OSError as exc:
+        _log.warning("ONNX cache %s not written (%s)", path, exc)
+
+
+def _discard(path: Path) -> None:
+    """A cached graph, its signature and (int8) its `.checked` record, gone: none of them is trusted again."""
+    for stale in (path, path.with_suffix(".sig"), path.with_suffix(".checked")):
+        stale.unlink(missing_ok=True)
+
+
 def cache_dir() -> Path | None:
     """Where exported graphs are kept between processes (`MARKGUARD_ONNX_CACHE`; empty: none), by default
-    `~/.cache/markguard/onnx`. A cached graph is used only after the same check against eager PyTorch."""
+    `~/.cache/markguard/onnx`. A cached graph is loaded only when signed with this process's cache key
+    (`sign_cache_with`), and used only after the same check against eager PyTorch."""
     value = os.environ.get("MARKGUARD_ONNX_CACHE")
     if value is not None:
         return Path(value) if value else None
@@ -278,8 +349,8 @@ def cache_dir() -> Path | None:
 def _exported(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Sequence[str],
               spatial: Mapping[str, Sequence[int]]) -> tuple[bytes | None, Path | None]:
     """(the ONNX graph of `module`, the cache file it was read from or None): exported once per weights,
-    shapes and torch version, then read from `cache_dir()` (each scorer of a scan would otherwise
-    export it again: 1–5 CPU s a network)."""
+    shapes and torch version, then read from `cache_dir()` where its signature holds (each scorer of a
+    scan would otherwise export it again: 1–5 CPU s a network)."""
     axes = {name: {0: "n"} | {a: f"{name}_{a}" for a in spatial.get(name, ())} for name in ("x", *outputs)}
     key = hashlib.sha256(repr((type(module).__qualname__, tuple(probe.shape[1:]), tuple(outputs), axes,
                                torch.__version__, _OPSET)).encode())
@@ -288,8 +359,16 @@ def _exported(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Sequence
         key.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     folder = cache_dir()
     path = folder / f"{key.hexdigest()}.onnx" if folder is not None else None
-    if path is not None and path.is_file():
-        return path.read_bytes(), path
+    with _one_process(path):  # the scorers of a scan starting together: one exports, the rest read it
+        cached = _read_signed(path)
+        if cached is not None:
+            return cached, path
+        return _export(module, probe, outputs=outputs, axes=axes, path=path), None
+
+
+def _export(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Sequence[str],
+            axes: dict[str, dict[int, str]], path: Path | None) -> bytes | None:
+    """Export `module` now (1–5 CPU s a network) and cache it, signed, at `path`."""
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -298,10 +377,6 @@ def _exported(module: torch.nn.Module, probe: torch.Tensor, *, outputs: Sequence
                               dynamic_axes=axes, opset_version=_OPSET, dynamo=False)
     except Exception as exc:  # noqa: BLE001 - any export failure means: stay on eager PyTorch
         _log.warning("ONNX export failed (%s); running eager PyTorch", exc)
-        return None, None
-    if path is not None:
-        try:
-            _write_whole(path, buffer.getvalue())
-        except OSError as exc:
-            _log.warning("ONNX cache %s not written (%s)", path, exc)
-    return buffer.getvalue(), None
+        return None
+    _write_signed(path, buffer.getvalue())
+    return buffer.getvalue()
