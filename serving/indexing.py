@@ -42,10 +42,34 @@ LOCK_WAIT_S = 10.0  # seconds a reader waits for a writer before repairing its i
 
 
 def load_or_new(home: Home, artifact: ModelArtifact) -> ReferenceIndex:
+    """The saved index of `artifact`, or a new empty one; IntegrityError when the saved one is unreadable
+    or was saved for another model (its manifest's `model_tag`)."""
     directory = home.index_dir(artifact.tag)
-    if read_manifest(directory) is None:
+    manifest = read_manifest(directory)
+    if manifest is None:
         return ReferenceIndex(artifact.embedder.embedding_dim)
-    return ReferenceIndex.load(directory)
+    _check_model(directory, manifest, artifact)
+    index = ReferenceIndex.load(directory)
+    _check_model(directory, index.extra, artifact)
+    return index
+
+
+def _check_model(directory: Path, manifest: dict, artifact: ModelArtifact) -> None:
+    """An index saved for another model (or of another dimension) is not this model's: IntegrityError."""
+    tag = manifest.get("model_tag", artifact.tag)  # a manifest of before the field: its folder names it
+    if tag != artifact.tag:
+        raise IntegrityError(f"{directory}: index saved for model {str(tag)[:60]!r}, not {artifact.tag!r}")
+    if manifest.get("dim", artifact.embedder.embedding_dim) != artifact.embedder.embedding_dim:
+        raise IntegrityError(f"{directory}: index dimension differs from {artifact.tag!r}'s embeddings")
+
+
+def _readable_manifest(directory: Path) -> dict | None:
+    """`read_manifest`, an unreadable manifest as none (the index is then rebuilt and saved over it)."""
+    try:
+        return read_manifest(directory)
+    except IntegrityError as exc:
+        log.warning("index manifest unreadable", extra={"fields": {"error": str(exc)}})
+        return None
 
 
 def add_references(index: ReferenceIndex, refs: Sequence[Reference], vectors: np.ndarray) -> None:
@@ -92,7 +116,7 @@ def reconcile(
     try:
         manifest = read_manifest(directory)
         if manifest is not None and manifest.get("catalog") == state:
-            index = ReferenceIndex.load(directory)
+            index = load_or_new(home, artifact)
             if index.extra.get("catalog") == state:
                 return index
     except (IntegrityError, OSError, ValueError) as exc:
@@ -135,7 +159,7 @@ def sync_index(
             chunk, images = _decoded(home, missing[start : start + 256])
             if chunk:
                 add_references(index, chunk, embed_images(model, images, batch_size=batch_size))
-        if locked and (stale or missing or recorded != state or read_manifest(directory) is None):
+        if locked and (stale or missing or recorded != state or _readable_manifest(directory) is None):
             try:
                 index.save(directory, extra={"model_tag": artifact.tag, "catalog": state})
             except OSError as exc:
@@ -171,7 +195,12 @@ def commit_then_index(
         target = home.index_dir(artifact.tag) if artifact is not None and added else None
         doomed = np.array([*removed, *added_ids], dtype=np.int64)  # added: ids a crash may have left behind
         for directory in sorted({*index_dirs(home), *([target] if target is not None else [])}):
-            exists = read_manifest(directory) is not None
+            try:
+                exists = read_manifest(directory) is not None
+            except IntegrityError as exc:  # left to the next `reconcile`, which rebuilds it
+                log.error("index manifest unreadable; the next refresh rebuilds it",
+                          extra={"fields": {"error": str(exc)}})
+                continue
             if not exists and directory != target:
                 continue
             index = ReferenceIndex.load(directory) if exists else ReferenceIndex(artifact.embedder.embedding_dim)

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -141,9 +142,40 @@ def write_recalibrated(artifact: ModelArtifact, dest: Path, *, fusion: dict[str,
     copied = load_artifact(tmp)  # the copied weights checked against their pinned SHA-256:
     copied.load_detector()
     copied.load_verifier()
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    _replace_folder(tmp, dest)
     return load_artifact(dest)
+
+
+def _replace_folder(tmp: Path, dest: Path) -> None:
+    """Put the finished folder `tmp` in place of `dest`: its files made durable, the old folder moved
+    aside, the new one renamed in and the parent synced, then the old one deleted. A failure puts the old
+    one back; a crash leaves `dest` whole (old or new), or between the renames the old one whole beside
+    it as `.<name>.old`."""
+    for f in tmp.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        os.replace(dest, old)
+    try:
+        os.replace(tmp, dest)
+    except OSError:
+        if old.exists():
+            os.replace(old, dest)  # put the previous output back
+        raise
+    _fsync_dir(dest.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def run(args: argparse.Namespace) -> int:

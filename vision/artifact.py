@@ -16,8 +16,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import save_file
@@ -40,12 +41,18 @@ __all__ = [
     "changed_settings",
     "DEFAULT_MAX_REGIONS",
     "SETTINGS_FILES",
+    "read_settings",
+    "parse_artifact",
 ]
 
+_T = TypeVar("_T")
 DEFAULT_MAX_REGIONS = 6  # regions per query photo when a fusion does not say (`ModelArtifact.max_regions`)
 # Beside the weights, what decides a score: input sizes, region and box limits, the verifier's reference
 # gate, the fusion's weights and thresholds. A registry pins them (`settings_digests`) as it pins weights.
-SETTINGS_FILES = ("embedder.json", "detector.json", "verifier.json", "fusion.json")
+SETTINGS_FILES = ("card.json", "embedder.json", "detector.json", "verifier.json", "fusion.json")
+# card.json (its tag names the model's index folder and Bento tag) joined the pin later: a pin taken
+# before lacks it, read as "card not pinned yet" (`changed_settings`).
+LEGACY_UNPINNED = "card.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,22 +96,66 @@ class ModelArtifact:
 
     def load_verifier(self) -> MarkVerifier | None:
         """The mark verifier in eval mode (CPU), or None when the artifact has none (no `mark_mismatch`)."""
-        return read_verifier(self.path) if self.verifier is not None else None
+        return _verifier(self.path, self.verifier) if self.verifier is not None else None
+
+
+def read_settings(path: str | os.PathLike[str]) -> dict[str, bytes]:
+    """The raw bytes of each of the artifact's settings files (`SETTINGS_FILES`, those it has), by name:
+    read once, so the bytes a caller checks against a pin are the bytes `parse_artifact` parses."""
+    folder = Path(path)
+    found = {}
+    for name in SETTINGS_FILES:
+        try:
+            found[name] = (folder / name).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            continue
+    return found
+
+
+def parse_artifact(path: str | os.PathLike[str], files: Mapping[str, bytes]) -> ModelArtifact:
+    """The artifact at `path` from its settings files' bytes (`read_settings`); a file that is missing or
+    does not parse as what it should hold is an IntegrityError naming it, never a bare parse error."""
+    path = Path(path)
+    for name in ("embedder.json", "fusion.json", "card.json"):
+        if name not in files:
+            raise IntegrityError(f"{path}: not a model artifact ({name} missing)")
+    embedder = _parsed(path / "embedder.json", files["embedder.json"], _config(EmbedderConfig))
+    fusion = _parsed(path / "fusion.json", files["fusion.json"], dict)
+    card = _parsed(path / "card.json", files["card.json"], dict)
+    if not isinstance(card.get("tag"), str) or not card["tag"]:
+        raise IntegrityError(f"{path}: card.json has no tag")
+    detector = verifier = None
+    if "detector.json" in files:
+        detector = _parsed(path / "detector.json", files["detector.json"], _config(DetectorConfig))
+    if "verifier.json" in files:
+        verifier = _parsed(path / "verifier.json", files["verifier.json"], _config(VerifierConfig))
+    return ModelArtifact(path=path, embedder=embedder, fusion=fusion, card=card, detector=detector, verifier=verifier)
+
+
+def _parsed(path: Path, data: bytes, build: Callable[[dict[str, Any]], _T]) -> _T:
+    """`build` of the JSON object `data` (the file `path`'s bytes); anything else an IntegrityError naming it."""
+    try:
+        raw = json.loads(data.decode("utf-8"))
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        return build(raw)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # UnicodeDecodeError is a ValueError
+        raise IntegrityError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+
+
+def _config(cls: type[_T]) -> Callable[[dict[str, Any]], _T]:
+    """What `cls.from_json` does, for bytes already read: unknown keys refused, mean/std as tuples."""
+    def build(raw: dict[str, Any]) -> _T:
+        unknown = set(raw) - {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)}")
+        return cls(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
+    return build
 
 
 def load_artifact(path: str | os.PathLike[str]) -> ModelArtifact:
-    path = Path(path)
-    for name in ("embedder.json", "fusion.json", "card.json"):
-        if not (path / name).is_file():
-            raise IntegrityError(f"{path}: not a model artifact ({name} missing)")
-    embedder = EmbedderConfig.from_json(path / "embedder.json")
-    fusion = json.loads((path / "fusion.json").read_text())
-    card = json.loads((path / "card.json").read_text())
-    if "tag" not in card:
-        raise IntegrityError(f"{path}: card.json has no tag")
-    detector = DetectorConfig.from_json(path / "detector.json") if (path / "detector.json").is_file() else None
-    verifier = VerifierConfig.from_json(path / "verifier.json") if (path / "verifier.json").is_file() else None
-    return ModelArtifact(path=path, embedder=embedder, fusion=fusion, card=card, detector=detector, verifier=verifier)
+    """The artifact at `path`, unchecked against any pin (a registry checks `read_settings` first)."""
+    return parse_artifact(path, read_settings(path))
 
 
 def read_verifier(folder: str | os.PathLike[str]) -> MarkVerifier:
@@ -113,7 +164,11 @@ def read_verifier(folder: str | os.PathLike[str]) -> MarkVerifier:
     folder = Path(folder)
     if not (folder / "verifier.json").is_file():
         raise IntegrityError(f"{folder}: no verifier.json")
-    config = VerifierConfig.from_json(folder / "verifier.json")
+    return _verifier(folder, _parsed(folder / "verifier.json", (folder / "verifier.json").read_bytes(),
+                                     _config(VerifierConfig)))
+
+
+def _verifier(folder: Path, config: VerifierConfig) -> MarkVerifier:
     if not config.weights_sha256:
         raise IntegrityError(f"{folder}: verifier.json pins no weights_sha256")
     verifier = MarkVerifier(config)
@@ -121,19 +176,23 @@ def read_verifier(folder: str | os.PathLike[str]) -> MarkVerifier:
     return verifier.eval()
 
 
-def settings_digests(path: str | os.PathLike[str]) -> dict[str, str]:
-    """SHA-256 of each of the artifact's settings files (`SETTINGS_FILES`, those it has), by name. A weights
-    checksum lives in its settings file, so these also cover which weights are loaded."""
-    folder = Path(path)
-    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
-            for name in SETTINGS_FILES if (folder / name).is_file()}
+def settings_digests(source: str | os.PathLike[str] | Mapping[str, bytes]) -> dict[str, str]:
+    """SHA-256 of each of the artifact's settings files (`SETTINGS_FILES`, those it has), by name, of the
+    folder `source` or of files already read (`read_settings`). A weights checksum lives in its settings
+    file, so these also cover which weights are loaded."""
+    files = source if isinstance(source, Mapping) else read_settings(source)
+    return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
 
 
-def changed_settings(path: str | os.PathLike[str], pinned: dict[str, str]) -> list[str]:
-    """The settings files of the artifact at `path` that differ from `pinned` (`settings_digests` taken
-    when it was registered or stored): edited, added or removed since."""
-    found = settings_digests(path)
-    return sorted(name for name in {*found, *pinned} if found.get(name) != pinned.get(name))
+def changed_settings(source: str | os.PathLike[str] | Mapping[str, bytes], pinned: Mapping[str, str]) -> list[str]:
+    """The settings files of the artifact (a folder, or files already read) that differ from `pinned`
+    (`settings_digests` taken when it was registered or stored): edited, added or removed since.
+
+    A pin taken before `card.json` was pinned has no entry for it; its card is then not compared (the
+    registry still compares the card's tag with the row's, and `markguard model pin` adds the entry)."""
+    found = settings_digests(source)
+    names = {*found, *pinned} - (set() if LEGACY_UNPINNED in pinned else {LEGACY_UNPINNED})
+    return sorted(name for name in names if found.get(name) != pinned.get(name))
 
 
 def write_artifact(

@@ -198,8 +198,13 @@ class ReferenceIndex:
         """Write a new version into `directory`, then point the manifest at it. Returns the version."""
         directory = Path(directory)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        previous = read_manifest(directory)
-        version = max(self.version, previous["version"] if previous else 0) + 1
+        try:
+            previous = read_manifest(directory)
+            last = previous["version"] if previous else 0
+        except IntegrityError:  # unreadable: this save replaces it, past every version a file is left of
+            previous = None
+            last = max((v for v, _ in version_files(directory)), default=0)
+        version = max(self.version, last) + 1
         index_bytes = faiss.serialize_index(self._index).tobytes()
         meta = io.BytesIO()
         np.savez(meta, ids=self.ids, brand_ids=self.brand_ids, product_ids=self.product_ids, kinds=self.kinds)
@@ -239,8 +244,6 @@ class ReferenceIndex:
             raise IntegrityError(f"{directory}: no index manifest")
         blobs = {}
         for name, digest in manifest["files"].items():
-            if "/" in name or name.startswith("."):
-                raise IntegrityError(f"{directory}: unsafe file name {name!r} in manifest")
             data = (directory / name).read_bytes()
             if hashlib.sha256(data).hexdigest() != digest:
                 raise IntegrityError(f"{directory / name}: checksum does not match the manifest")
@@ -258,12 +261,33 @@ class ReferenceIndex:
 
 
 def read_manifest(directory: str | os.PathLike[str]) -> dict | None:
+    """The manifest of the index saved in `directory`, None when there is none. One that is not what
+    `save` writes (not JSON, another shape, a file name outside the folder) is an IntegrityError naming
+    it, never a bare parse error: a reader rebuilds the index from the catalog then."""
     path = Path(directory) / _MANIFEST
-    if not path.exists():
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
         return None
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise IntegrityError(f"{path}: unreadable index manifest ({type(exc).__name__})") from None
+    if not isinstance(manifest, dict):
+        raise IntegrityError(f"{path}: index manifest is not a JSON object")
     if manifest.get("format") != _FORMAT:
         raise IntegrityError(f"{path}: unknown index format {manifest.get('format')!r}")
+    for key in ("version", "dim", "count"):
+        if not isinstance(manifest.get(key), int) or isinstance(manifest[key], bool) or manifest[key] < 0:
+            raise IntegrityError(f"{path}: index manifest has no valid {key!r}")
+    if manifest["dim"] < 1:
+        raise IntegrityError(f"{path}: index manifest has no valid 'dim'")
+    files = manifest.get("files")
+    version = manifest["version"]
+    expected = {f"index-{version}.faiss", f"meta-{version}.npz"}
+    if not isinstance(files, dict) or set(files) != expected or not all(
+            isinstance(d, str) and len(d) == 64 for d in files.values()):
+        raise IntegrityError(f"{path}: index manifest does not name version {version}'s files with their SHA-256")
     return manifest
 
 

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors import SafetensorError
+from safetensors.torch import load
 
 from markguard.vision.errors import IntegrityError
 
@@ -23,13 +25,18 @@ def sha256_file(path: Path) -> str:
 
 
 def load_weights(path: Path, *, sha256: str) -> dict[str, torch.Tensor]:
-    """Checksum first, then safetensors or a weights-only torch file."""
+    """Checksum first, then safetensors or a weights-only torch file. The file is read once: the bytes
+    hashed are the bytes parsed, so a file swapped between the two cannot slip through."""
     path = Path(path)
     if not path.is_file():
         raise IntegrityError(f"{path}: weights file missing")
-    actual = sha256_file(path)
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
         raise IntegrityError(f"{path}: SHA-256 {actual[:12]}… does not match the expected {sha256[:12]}…")
-    if path.suffix == ".safetensors":
-        return load_file(str(path), device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".safetensors":
+            return load(data)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, ValueError, EOFError) as exc:  # pinned, yet not weights
+        raise IntegrityError(f"{path}: not a readable weights file ({exc})") from None
