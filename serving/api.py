@@ -11,6 +11,7 @@ answer 404, as if they did not exist. Every error is `application/problem+json` 
 from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
+from fastapi.responses import RedirectResponse
 
 from markguard.serving.budget import RequestBudgets
 from markguard.serving.console import build_console
@@ -55,4 +56,6 @@ def build_app(backend: Backend | None = None) -> FastAPI:
     mount(app, intelligence_router)
     app.include_router(docs.router)  # `/docs.json`, `/docs`, `/`
     app.mount("/console", build_console(app))  # the web console (markguard.serving.console)
+    app.add_api_route("/console", lambda: RedirectResponse("/console/", status_code=303), methods=["GET"],
+                      include_in_schema=False)  # the address README gives (the mount answers under `/console/`)
     return app

@@ -1,6 +1,8 @@
 """The console's pages: server-rendered (Jinja2), plain forms, one small script (keyboard shortcuts and the
-upload progress bar). Every page answers with a strict Content-Security-Policy; every form carries the
-session's CSRF token; a brand session reaches only its own brand's pages and images (others answer 404).
+upload progress bar). Every answer, error pages included, carries a strict Content-Security-Policy (set
+outside the error layer); every form carries the session's CSRF token; a brand session reaches only its own
+brand's pages and images (others answer 404). A notice for the next page travels in a signed cookie, never
+in the URL.
 """
 
 from __future__ import annotations
@@ -8,26 +10,32 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import io
+import logging
 import tempfile
 import urllib.parse
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jinja2
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from markguard.serving.console import queries
 from markguard.serving.console.sessions import (
     COOKIE,
+    FLASH_COOKIE,
+    FLASH_SECONDS,
     PRE_COOKIE,
+    flash_text,
+    flash_token,
     issue,
     login_csrf,
     principal_of,
@@ -55,6 +63,7 @@ from markguard.vision.errors import Conflict, MarkguardError, NotFound
 
 __all__ = ["build_console"]
 
+log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -72,6 +81,48 @@ class PageError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message
+
+
+class _Secured:
+    """The console's security headers on every answer it sends, the error layer's 500 page included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def secured(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = MutableHeaders(scope=message)
+                html = headers.get("content-type", "").startswith("text/html")
+                # an image or download opened on its own: no script at all; Chromium's image viewer styles inline
+                headers["Content-Security-Policy"] = CSP if html else FILE_CSP
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["X-Frame-Options"] = "DENY"
+                headers["Referrer-Policy"] = "no-referrer"
+                headers["Cross-Origin-Resource-Policy"] = "same-origin"
+                headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send=secured)
+        except Exception:
+            if not started:
+                raise
+            # answered (the 500 page) and logged by `_unexpected`; Starlette raises it again after answering
+
+
+class _Console(FastAPI):
+    """FastAPI, with `_Secured` outside its error layer (user middleware runs inside it)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return _Secured(super().build_middleware_stack())
 
 
 class _SignIn(Exception):
@@ -98,21 +149,8 @@ class Who:
 
 def build_console(parent: FastAPI) -> FastAPI:
     """The console app, mounted at `/console`; it reads the parent's backend (`parent.state.backend`)."""
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app = _Console(docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-
-    @app.middleware("http")
-    async def _headers(request: Request, call_next: Callable) -> Response:
-        response = await call_next(request)
-        html = response.headers.get("content-type", "").startswith("text/html")
-        # an image or download opened on its own: no script at all; Chromium's image viewer styles inline
-        response.headers["Content-Security-Policy"] = CSP if html else FILE_CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["Cross-Origin-Resource-Policy"] = "same-origin"
-        response.headers.setdefault("Cache-Control", "no-store")
-        return response
 
     def backend() -> Any:
         b = parent.state.backend
@@ -124,10 +162,21 @@ def build_console(parent: FastAPI) -> FastAPI:
         return backend().home
 
     def render(request: Request, name: str, who: Who | None, status: int = 200, **context: Any) -> HTMLResponse:
+        """The page, with the notice of the flash cookie the URL's `notice` id names (text only we signed)."""
+        flash, b = request.cookies.get(FLASH_COOKIE), parent.state.backend
+        message = flash_text(b.home, flash, request.query_params.get("notice")) if flash and b is not None else None
         html = _ENV.get_template(name).render(
-            who=who, Role=Role, csrf=who.csrf if who else "", base="/console", message=request.query_params.get("msg"),
+            who=who, Role=Role, csrf=who.csrf if who else "", base="/console", message=message,
             path=request.url.path, **context)
         return HTMLResponse(html, status_code=status)
+
+    def flashed(target: str, message: str) -> RedirectResponse:
+        """A 303 to `target` whose page shows `message`: the text in a signed cookie, only its id in the URL
+        (the upload's script follows the redirect before the browser goes there: the notice survives it)."""
+        token, notice = flash_token(home(), message)
+        response = RedirectResponse(_with_params(target, notice=notice), status_code=303)
+        cookie(response, FLASH_COOKIE, token, max_age=FLASH_SECONDS)
+        return response
 
     @app.exception_handler(PageError)
     async def _page_error(request: Request, exc: PageError) -> HTMLResponse:
@@ -156,6 +205,24 @@ def build_console(parent: FastAPI) -> FastAPI:
         target = "/console/login?next=" + urllib.parse.quote(_local(request.url.path + (
             "?" + request.url.query if request.url.query else "")))
         return RedirectResponse(target, status_code=303)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> HTMLResponse:
+        """A path parameter of the wrong type (`/listings/abc`) names nothing: 404; other bad input 422."""
+        in_path = all(e.get("loc", ("",))[0] == "path" for e in exc.errors())
+        status = 404 if in_path else 422
+        return render(request, "error.html", _who_or_none(request), status=status, status_code=status,
+                      error="not found" if in_path else "the request's parameters are not valid")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> HTMLResponse:
+        """Anything else: logged, and the error page (never the exception's text) with 500."""
+        log.error("console: unhandled error", exc_info=exc, extra={"fields": {"path": request.url.path}})
+        try:
+            who = _who_or_none(request)
+        except Exception:  # noqa: BLE001 - the page must not fail for want of the user's name
+            who = None
+        return render(request, "error.html", who, status=500, status_code=500, error="internal error")
 
     @app.exception_handler(MarkguardError)
     async def _known(request: Request, exc: MarkguardError) -> HTMLResponse:
@@ -322,7 +389,7 @@ def build_console(parent: FastAPI) -> FastAPI:
 
         listing_id = await run_in_threadpool(work)
         target = _local(form.get("next") or "") or f"/console/listings/{row_id}"
-        return RedirectResponse(_with_msg(target, f"{listing_id} reviewed {label}"), status_code=303)
+        return flashed(target, f"{listing_id} reviewed {label}")
 
     @app.get("/listings/{row_id}/image")
     async def listing_image(request: Request, row_id: int) -> Response:
@@ -409,7 +476,7 @@ def build_console(parent: FastAPI) -> FastAPI:
         report = await run_in_threadpool(enroll, b.home, b.engine.artifact, b.engine.model, brand=canonical,
                                          inputs=inputs, product=product, kind=ReferenceKind(kind))
         msg = f"added {len(report.added)} reference(s), {len(report.duplicates)} duplicate(s) skipped"
-        return RedirectResponse(_with_msg(brand_url(canonical), msg), status_code=303)
+        return flashed(brand_url(canonical), msg)
 
     @app.post("/brands/{name}/references/{reference_id}/delete")
     async def delete(request: Request, name: str, reference_id: int) -> Response:
@@ -419,7 +486,7 @@ def build_console(parent: FastAPI) -> FastAPI:
         with home().sessions() as session:
             canonical = brand_of(session, w, name).name
         await run_in_threadpool(delete_references, home(), brand=canonical, ids=[_id(reference_id)])
-        return RedirectResponse(_with_msg(brand_url(canonical), f"deleted reference {reference_id}"), status_code=303)
+        return flashed(brand_url(canonical), f"deleted reference {reference_id}")
 
     @app.post("/brands/{name}/policy")
     async def policy(request: Request, name: str) -> Response:
@@ -433,7 +500,7 @@ def build_console(parent: FastAPI) -> FastAPI:
             row.review_at, row.takedown_at = values["review_at"], values["takedown_at"]
             row.genuine_from_reviews = form.get("genuine_from_reviews") == "on"
             canonical = row.name
-        return RedirectResponse(_with_msg(brand_url(canonical), "policy saved"), status_code=303)
+        return flashed(brand_url(canonical), "policy saved")
 
     @app.post("/brands/{name}/serials")
     async def serials(request: Request, name: str) -> Response:
@@ -453,7 +520,7 @@ def build_console(parent: FastAPI) -> FastAPI:
             report = await run_in_threadpool(import_serials, home(), canonical, fh.name, progress=False)
         fields = dataclasses.asdict(report)
         msg = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in fields.items() if isinstance(v, int | str))
-        return RedirectResponse(_with_msg(brand_url(canonical), f"serials imported ({msg})"), status_code=303)
+        return flashed(brand_url(canonical), f"serials imported ({msg})")
 
     # -- rings and reports ---------------------------------------------------------------------------
     @app.get("/rings")
@@ -577,10 +644,6 @@ def _local(target: str) -> str:
     return target
 
 
-def _with_msg(target: str, msg: str) -> str:
-    return _with_params(target, msg=msg)
-
-
 def _risk(value: Any, name: str) -> float | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -654,5 +717,5 @@ def _queue_filter(request: Request) -> QueueFilter:
 
 def _with_params(target: str, **params: str) -> str:
     parts = urllib.parse.urlsplit(target)
-    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k not in params and k != "msg"]
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k not in params and k not in ("msg", "notice")]
     return urllib.parse.urlunsplit(("", "", parts.path, urllib.parse.urlencode([*query, *params.items()]), ""))

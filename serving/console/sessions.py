@@ -6,7 +6,10 @@ request checks the signature and the expiry, then the API key row again: a revok
 sessions at once. Signing out revokes the session on the server (its nonce goes in
 `console_revoked_sessions` until the token would have expired), so a copy of the cookie taken before
 sign-out is refused too. The CSRF token of a session is a keyed hash of its nonce; before sign-in, the
-sign-in form's token is bound to a random cookie of its own (double submit).
+sign-in form's token is bound to a random cookie of its own (double submit). A page's notice ("policy
+saved") travels in a short-lived signed cookie (`FLASH_COOKIE`), never in the URL: the redirect's URL
+carries only a random `notice` id, and the page shows the cookie's text when the ids match, so no link can
+put text on a console page.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ from markguard.serving.state.home import Home
 from markguard.serving.state.schema import ApiKey, Base, Brand, UtcDateTime
 
 __all__ = ["Session", "issue", "verify", "revoke", "purge_expired", "csrf_for", "login_csrf", "principal_of", "COOKIE",
-           "PRE_COOKIE"]
+           "PRE_COOKIE", "FLASH_COOKIE", "FLASH_SECONDS", "flash_token", "flash_text"]
 
 COOKIE = "mg_console"
 PRE_COOKIE = "mg_console_pre"  # the sign-in form's double-submit value
+FLASH_COOKIE = "mg_console_flash"  # the next page's notice, signed by the server
+FLASH_SECONDS = 60  # a notice not shown within this is dropped
 _VERSION = "v1"
 
 
@@ -117,6 +122,32 @@ def csrf_for(home: Home, nonce: str) -> str:
 
 def login_csrf(home: Home, pre: str) -> str:
     return _mac(home, f"login.{pre}")
+
+
+def flash_token(home: Home, text: str, *, seconds: int = FLASH_SECONDS) -> tuple[str, str]:
+    """A signed cookie value carrying the server's notice `text` (at most 500 characters), and its random id
+    (for the redirect's URL)."""
+    notice = secrets.token_urlsafe(9)
+    encoded = base64.urlsafe_b64encode(text[:500].encode()).decode().rstrip("=")
+    body = f"flash.{notice}.{encoded}.{int(time.time()) + seconds}"
+    return f"{body}.{_mac(home, body)}", notice
+
+
+def flash_text(home: Home, token: str | None, notice: str | None) -> str | None:
+    """The notice of a flash cookie whose id is `notice`, or None when missing, another's, forged or expired."""
+    if not token or not notice or len(token) > 1000:
+        return None
+    parts = token.split(".")
+    if len(parts) != 5 or parts[0] != "flash" or not parts[3].isdigit():
+        return None
+    body = ".".join(parts[:4])
+    if not hmac.compare_digest(_mac(home, body), parts[4]) or not same(parts[1], notice) \
+            or int(parts[3]) < time.time():
+        return None
+    try:
+        return base64.urlsafe_b64decode(parts[2] + "=" * (-len(parts[2]) % 4)).decode()
+    except ValueError:
+        return None
 
 
 def same(a: str | None, b: str | None) -> bool:

@@ -41,6 +41,10 @@ MANIFEST = "manifest.sha256"
 ANNOTATED_SIDE = 2048  # px: an annotated photo's longest side at most (the photo as kept is in photos/)
 _KIND_COLOURS = {"photo": "tab:blue", "serial": "tab:red", "known_fake": "black", "embedding": "tab:purple",
                  "template": "tab:green"}
+# the bundle's report.html: no script, fetch or form; its inline style, the embedded network picture and the
+# annotated photos beside it (opened from disk: `file:`, or from wherever the bundle is served: 'self')
+REPORT_CSP = ("default-src 'none'; img-src 'self' data: file:; style-src 'unsafe-inline'; base-uri 'none'; "
+              "form-action 'none'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +53,11 @@ class CaseReport:
     out: Path
     files: int
     manifest_sha256: str
+
+
+def _literal(text: Any) -> str:
+    """`text` drawn by matplotlib as written: every `$` escaped, so a seller id is never parsed as math."""
+    return str(text).replace("$", r"\$")
 
 
 def _network_png(detail: dict[str, Any]) -> bytes:
@@ -65,7 +74,7 @@ def _network_png(detail: dict[str, Any]) -> bytes:
     pos = nx.spring_layout(graph, seed=0)
     fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
     nx.draw_networkx_nodes(graph, pos, ax=ax, node_color="#f4b942", node_size=500)
-    nx.draw_networkx_labels(graph, pos, ax=ax, font_size=7)
+    nx.draw_networkx_labels(graph, pos, ax=ax, font_size=7, labels={n: _literal(n) for n in graph})
     from matplotlib.lines import Line2D
 
     handles = []
@@ -122,7 +131,8 @@ def _html(case: dict[str, Any], network: bytes) -> str:
         f"<td>{e(json.dumps(x['examples']))}</td></tr>"
         for x in case["edges"] for a, b in [x["sellers"]])
     ring = case["ring"]
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>markguard case: ring {ring['id']}</title>
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{REPORT_CSP}"><title>markguard case: ring {ring['id']}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 6px;font-size:12px}}</style>
 </head><body><h1>Ring {ring['id']}</h1>
 <p>score {ring['score']} · {ring['sellers']} sellers · {ring['listings']} listings · brands {e(', '.join(ring['brands']))}

@@ -101,6 +101,15 @@ def build_report(session: Session, *, start: dt.datetime, end: dt.datetime, bran
     }
 
 
+# report.html: no script, fetch, style or form; only the charts embedded as data: images
+REPORT_CSP = "default-src 'none'; img-src data:; base-uri 'none'; form-action 'none'"
+
+
+def _literal(text: Any) -> str:
+    """`text` drawn by matplotlib as written: every `$` escaped, so a brand name is never parsed as math."""
+    return str(text).replace("$", r"\$")
+
+
 def _charts(figures: dict[str, Any]) -> list[Any]:
     import matplotlib
 
@@ -113,7 +122,7 @@ def _charts(figures: dict[str, Any]) -> list[Any]:
     bottom = [0] * len(weeks)
     for decision, colour in (("pass", "tab:green"), ("review", "tab:orange"), ("takedown", "tab:red")):
         values = [figures["decisions_by_week"][w].get(decision, 0) for w in weeks]
-        ax.bar(weeks, values, bottom=bottom, color=colour, label=decision)
+        ax.bar([_literal(w) for w in weeks], values, bottom=bottom, color=colour, label=decision)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_title("Decisions by week")
     ax.legend()
@@ -123,7 +132,7 @@ def _charts(figures: dict[str, Any]) -> list[Any]:
     fig, ax = plt.subplots(figsize=(8, 4))
     brands = list(figures["decisions_by_brand"])
     flagged = [sum(v for k, v in figures["decisions_by_brand"][b].items() if k != "pass") for b in brands]
-    ax.barh(brands, flagged, color="tab:red")
+    ax.barh([_literal(b) for b in brands], flagged, color="tab:red")
     ax.set_title("Listings flagged (review or takedown) by brand")
     fig.tight_layout()
     out.append(fig)
@@ -160,7 +169,7 @@ def write_report(figures: dict[str, Any], out: Path) -> list[Path]:
                "model versions: " + ", ".join(f"{k} ({v})" for k, v in figures["model_versions"].items())]
     with PdfPages(out / "report.pdf", metadata={"Creator": "markguard"}) as pdf:
         page = plt.figure(figsize=(8.27, 11.69))
-        page.text(0.08, 0.95, "\n\n".join(summary), va="top", fontsize=10, wrap=True)
+        page.text(0.08, 0.95, _literal("\n\n".join(summary)), va="top", fontsize=10, wrap=True)
         pdf.savefig(page)
         plt.close(page)
         for fig in charts:
@@ -170,7 +179,8 @@ def write_report(figures: dict[str, Any], out: Path) -> list[Path]:
     body = "".join(f"<li>{e(line)}</li>" for line in summary[1:])
     imgs = "".join(f'<img src="data:image/png;base64,{b}"><br>' for b in images)
     (out / "report.html").write_text(
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(summary[0])}</title></head><body>"
+        f"<!doctype html><html><head><meta charset='utf-8'>"
+        f"<meta http-equiv='Content-Security-Policy' content=\"{REPORT_CSP}\"><title>{e(summary[0])}</title></head><body>"
         f"<h1>{e(summary[0])}</h1><ul>{body}</ul>{imgs}<h2>Figures</h2><pre>{e(json.dumps(figures, indent=1))}</pre>"
         "</body></html>\n", encoding="utf-8")
     return [out / "report.json", out / "report.html", out / "report.pdf"]
