@@ -403,7 +403,7 @@ def _feed_and_journal(folder: Path, n: int) -> tuple[Path, Path]:
     out.mkdir()
     journal = Journal(out, feed=feed)
     journal._fh = open(journal.path, "a")  # noqa: SIM115
-    journal._append({"scan": 2, "feed": journal.feed, "start": 0})
+    journal._append({"scan": 2, "feed": journal.feed, "feed_stat": journal._feed_stat(), "start": 0})
     for chunk in read_chunks(feed, size=1024):
         outs = [{"row": r["row"], "listing_id": r["listing_id"], "seller_id": r["seller_id"], "image": r["image"], "sha256": "ab" * 32,
                  "status": "scored", "error": None, "score": {"risk": 0.1, "decision": "pass"}, "phash": 0}
