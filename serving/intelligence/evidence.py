@@ -191,8 +191,9 @@ def gather_update(session: Session, *, after_row: int, config: EvidenceConfig, c
 
     new_count, older_count = count(Listing.id > after_row), count(Listing.id <= after_row)
     if older_count == 0 or new_count > config.lookup_share * older_count:  # reading every listing costs less
-        facts = gather_listings(session)
-        return Gathered(facts=facts, new_from=len(facts) - new_count, informative=None)
+        facts = gather_listings(session)  # counted from what it read: PostgreSQL reads each statement anew
+        return Gathered(facts=facts, new_from=next((i for i, f in enumerate(facts) if f.row > after_row), len(facts)),
+                        informative=None)
     new = _read_facts(session, lambda column: column > after_row, templates=None)
     _add_vectors(session, [f for f in new if f.flagged], model_tag=None)
     older: set[int] = set()
