@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from markguard.serving.intelligence.tables import ListingEvidence, RingFakeRef, RingListing
 from markguard.serving.reviews import Review
 from markguard.serving.state.schema import Brand, Listing, ListingSerial, Product
-from markguard.vision.phash import band_neighbours
+from markguard.vision.phash import band_neighbours, hamming_many
 from markguard.vision.scoring import ScoreResult
 
 __all__ = ["EvidenceConfig", "ListingFacts", "Gathered", "gather_listings", "gather_update", "keep_taken_in",
@@ -120,6 +120,15 @@ def template_key(template: str) -> str:
 RowFilter = Callable[[Any], Any]  # a listing-row-id column -> the WHERE clause choosing the rows to read
 
 
+def _newest_labels(session: Session, where: RowFilter) -> dict[int, str]:
+    """The label of the newest review of each listing whose row id `where` chooses."""
+    labels: dict[int, str] = {}
+    for row_id, label in session.execute(select(Review.listing_row_id, Review.label)
+                                         .where(where(Review.listing_row_id)).order_by(Review.id)):
+        labels[row_id] = str(label)  # the newest review wins
+    return labels
+
+
 def _read_facts(session: Session, where: RowFilter, *, templates: dict[int, str | None] | None) -> list[ListingFacts]:
     """The facts of the listings with a seller whose row ids `where` chooses, oldest first (no vectors).
     Templates are computed from the titles with today's brand words, or, given `templates`, taken from it."""
@@ -127,10 +136,7 @@ def _read_facts(session: Session, where: RowFilter, *, templates: dict[int, str 
     for row_id, digest in session.execute(select(ListingSerial.listing_row_id, ListingSerial.serial_hmac)
                                           .where(where(ListingSerial.listing_row_id))):
         serials.setdefault(row_id, []).append(digest)
-    labels: dict[int, str] = {}
-    for row_id, label in session.execute(select(Review.listing_row_id, Review.label)
-                                         .where(where(Review.listing_row_id)).order_by(Review.id)):
-        labels[row_id] = str(label)  # the newest review wins
+    labels = _newest_labels(session, where)
     # rows as tuples, not ORM objects: building an object a row was most of a whole-catalog read's time
     evidence = {row.listing_row_id: row for row in session.execute(
         select(ListingEvidence.listing_row_id, ListingEvidence.fake_refs, ListingEvidence.listed_at)
@@ -286,15 +292,14 @@ def _near_photos(session: Session, hashes: list[int], *, after_row: int, bits: i
         for h in part:
             for band, near in zip(values, band_neighbours(h, bits), strict=True):
                 band.update(near)
-        queries = np.array(part, dtype=np.int64)
         for column, near in zip(bands, values, strict=True):  # one band at a time: a few thousand values a query
             rows = session.execute(select(Listing.id, Listing.phash).where(
                 column.in_(sorted(near)), Listing.id <= after_row, Listing.seller_id.is_not(None))).all()
             if not rows:
                 continue
             stored = np.array([r[1] for r in rows], dtype=np.int64)
-            close = np.bitwise_count(stored.view(np.uint64)[:, None] ^ queries.view(np.uint64)[None, :]) <= bits
-            found.update(int(r[0]) for r, hit in zip(rows, close.any(axis=1), strict=True) if hit)
+            close = np.any([hamming_many(h, stored) <= bits for h in part], axis=0)
+            found.update(int(r[0]) for r, hit in zip(rows, close, strict=True) if hit)
     return found
 
 
@@ -332,10 +337,7 @@ def _near_flagged_vectors(session: Session, new: Sequence[ListingFacts], *, afte
     the older flagged vectors are read a chunk at a time, never held together."""
     if not new:
         return set()
-    labels: dict[int, str] = {}
-    for row_id, label in session.execute(select(Review.listing_row_id, Review.label)
-                                         .where(Review.listing_row_id <= after_row).order_by(Review.id)):
-        labels[row_id] = str(label)
+    labels = _newest_labels(session, lambda column: column <= after_row)
     flagged = {row_id for row_id, decision in session.execute(
         select(Listing.id, Listing.decision).where(Listing.id <= after_row, Listing.seller_id.is_not(None),
                                                    Listing.decision.in_(sorted(FLAGGED_DECISIONS))))

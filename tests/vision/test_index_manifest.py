@@ -57,11 +57,10 @@ def test_a_tampered_manifest_is_an_integrity_error_and_a_save_replaces_it(tmp_pa
     assert len(ReferenceIndex.load(tmp_path)) == 3
 
 
-@pytest.mark.parametrize("case", ["manifest_list", "no_files", "not_utf8", "dim_str"])
-def test_a_home_rebuilds_an_index_whose_manifest_is_tampered(tmp_path: Path, grocery: Path, case: str) -> None:
+def _home_with_references(tmp_path: Path, grocery: Path, count: int):  # noqa: ANN202
+    """A fresh home on the shipped model with `count` of Arla's catalogue photos enrolled (its index saved)."""
     from markguard.serving.brands import add_brand
     from markguard.serving.enroll import collect_inputs, enroll
-    from markguard.serving.indexing import reconcile
     from markguard.serving.registry import ensure_default_model
     from markguard.serving.state.home import Home
 
@@ -70,8 +69,16 @@ def test_a_home_rebuilds_an_index_whose_manifest_is_tampered(tmp_path: Path, gro
     model = artifact.load_embedder()
     with home.sessions.begin() as session:
         add_brand(session, "Arla")
-    iconic = sorted((grocery / "iconic" / "Packages").rglob("*_Iconic.jpg"))[:2]
+    iconic = sorted((grocery / "iconic" / "Packages").rglob("*_Iconic.jpg"))[:count]
     enroll(home, artifact, model, brand="Arla", inputs=collect_inputs(iconic))
+    return home, artifact, model
+
+
+@pytest.mark.parametrize("case", ["manifest_list", "no_files", "not_utf8", "dim_str"])
+def test_a_home_rebuilds_an_index_whose_manifest_is_tampered(tmp_path: Path, grocery: Path, case: str) -> None:
+    from markguard.serving.indexing import reconcile
+
+    home, artifact, model = _home_with_references(tmp_path, grocery, 2)
     directory = home.index_dir(artifact.tag)
     assert len(ReferenceIndex.load(directory)) == 2
     TAMPERED[case](directory / "manifest.json")
@@ -84,19 +91,9 @@ def test_a_home_rebuilds_an_index_whose_manifest_is_tampered(tmp_path: Path, gro
 def test_an_index_saved_for_another_model_is_rebuilt(tmp_path: Path, grocery: Path) -> None:
     """The index folder follows the model's tag; an index whose manifest names another model (a copied
     folder, a card edited before the tag was pinned) is never searched with this model's embeddings."""
-    from markguard.serving.brands import add_brand
-    from markguard.serving.enroll import collect_inputs, enroll
     from markguard.serving.indexing import load_or_new, reconcile
-    from markguard.serving.registry import ensure_default_model
-    from markguard.serving.state.home import Home
 
-    home = Home(tmp_path / "home")
-    artifact = ensure_default_model(home)
-    model = artifact.load_embedder()
-    with home.sessions.begin() as session:
-        add_brand(session, "Arla")
-    iconic = sorted((grocery / "iconic" / "Packages").rglob("*_Iconic.jpg"))[:1]
-    enroll(home, artifact, model, brand="Arla", inputs=collect_inputs(iconic))
+    home, artifact, model = _home_with_references(tmp_path, grocery, 1)
     directory = home.index_dir(artifact.tag)
     manifest = json.loads((directory / "manifest.json").read_text())
     (directory / "manifest.json").write_text(json.dumps({**manifest, "model_tag": "markguard-other-7"}))
