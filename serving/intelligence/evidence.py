@@ -205,14 +205,12 @@ def gather_update(session: Session, *, after_row: int, config: EvidenceConfig, c
     older: set[int] = set()
     older |= _near_photos(session, [f.phash for f in new if f.phash is not None], after_row=after_row,
                           bits=config.photo_bits)
-    digests = sorted({d for f in new for d in f.serials})
-    for start in range(0, len(digests), chunk):
-        older.update(session.scalars(select(ListingSerial.listing_row_id).where(
-            ListingSerial.serial_hmac.in_(digests[start : start + chunk]), ListingSerial.listing_row_id <= after_row)))
-    refs = sorted({r for f in new for r in f.fake_refs})
-    for start in range(0, len(refs), chunk):
-        older.update(session.scalars(select(RingFakeRef.listing_row_id).where(
-            RingFakeRef.reference_id.in_(refs[start : start + chunk]))))
+    older.update(row_id for (row_id,) in _chunked_rows(
+        session, select(ListingSerial.listing_row_id).where(ListingSerial.listing_row_id <= after_row),
+        ListingSerial.serial_hmac, sorted({d for f in new for d in f.serials}), chunk))
+    older.update(row_id for (row_id,) in _chunked_rows(
+        session, select(RingFakeRef.listing_row_id), RingFakeRef.reference_id,
+        sorted({r for f in new for r in f.fake_refs}), chunk))
     informative, rows = _informative_templates(session, new, config=config)
     older |= rows
     older |= _near_flagged_vectors(session, [f for f in new if f.vector is not None], after_row=after_row,
@@ -230,15 +228,11 @@ def gather_update(session: Session, *, after_row: int, config: EvidenceConfig, c
 def _add_vectors(session: Session, flagged: list[ListingFacts], *, model_tag: str | None, chunk: int = 1000) -> None:
     """Set the stored vectors of these listings (a kilobyte each: unflagged listings' are never read)."""
     at = {f.row: f for f in flagged}
-    rows = list(at)
-    for start in range(0, len(rows), chunk):
-        query = (select(ListingEvidence.listing_row_id, ListingEvidence.vector)
-                 .where(ListingEvidence.listing_row_id.in_(rows[start : start + chunk]),
-                        ListingEvidence.vector.is_not(None)))
-        if model_tag is not None:
-            query = query.where(ListingEvidence.model_tag == model_tag)
-        for row_id, vector in session.execute(query):
-            at[row_id].vector = np.frombuffer(vector, dtype=np.float32)
+    query = select(ListingEvidence.listing_row_id, ListingEvidence.vector).where(ListingEvidence.vector.is_not(None))
+    if model_tag is not None:
+        query = query.where(ListingEvidence.model_tag == model_tag)
+    for row_id, vector in _chunked_rows(session, query, ListingEvidence.listing_row_id, list(at), chunk):
+        at[row_id].vector = np.frombuffer(vector, dtype=np.float32)
 
 
 def keep_taken_in(session: Session, facts: Sequence[ListingFacts]) -> None:
